@@ -1,0 +1,117 @@
+"""Reading third-party weight files safely: safetensors natively, pickles only with weights_only.
+
+Every problem becomes a one-line :class:`CheckpointError` naming the file and what was expected;
+nothing here executes pickled code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+# Containers that training code wraps a state dict in (Lightning, EMA trainers, ...).
+_NESTED_KEYS = ("state_dict", "params_ema", "params", "model", "module")
+
+
+def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
+    """Read every tensor of a weights file into a flat `name -> tensor` dict on the CPU.
+
+    Args:
+        path: a `.safetensors` file, or a `.pth`/`.pt`/`.ckpt`/`.bin` PyTorch file (loaded with
+            `torch.load(weights_only=True)`, so a pickle that would run code is refused).
+        expected: what the caller wants, for error messages (e.g. "an SR3 generator checkpoint").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, "file not found", expected)
+    if path.is_dir():
+        raise CheckpointError(path, "is a folder, not a weights file", expected)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(path, "file is empty (0 bytes)", expected)
+
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and _looks_like_safetensors(path)):
+        state = _read_safetensors(path, expected)
+    elif suffix in PICKLE_SUFFIXES or zipfile.is_zipfile(path):
+        state = _read_torch_pickle(path, expected)
+    else:
+        raise CheckpointError(
+            path, f"unsupported file type {suffix or '(no extension)'!r}",
+            f"{expected} as .safetensors, .pth, .pt or .ckpt",
+        )
+    return canonicalize_state_dict(state, path, expected)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path, expected: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            path, f"not a readable safetensors file, possibly truncated or corrupt ({_first_line(exc)})",
+            expected,
+        ) from None
+
+
+def _read_torch_pickle(path: Path, expected: str) -> dict:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+            raise CheckpointError(
+                path, "refused: the pickle contains code or objects other than tensors, "
+                "and rsvl never executes pickled code",
+                expected,
+            ) from None
+        raise CheckpointError(path, f"not a readable PyTorch file ({_first_line(exc)})", expected) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise CheckpointError(
+            path, f"not a readable PyTorch file, possibly truncated or corrupt ({_first_line(exc)})",
+            expected,
+        ) from None
+
+
+def canonicalize_state_dict(state: object, path: Path, expected: str) -> dict[str, torch.Tensor]:
+    """Unwrap training containers (`state_dict`, `params_ema`, ...) and drop non-tensor entries."""
+    for _ in range(3):
+        if not isinstance(state, dict):
+            break
+        nested = next((k for k in _NESTED_KEYS if isinstance(state.get(k), dict)), None)
+        if nested is None or any(isinstance(v, torch.Tensor) for v in state.values()):
+            break
+        state = state[nested]
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds a {type(state).__name__}, not a dict of tensors", expected)
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(sorted(map(str, state))[:6])
+        raise CheckpointError(path, f"contains no tensors (top-level keys: {keys or 'none'})", expected)
+    return tensors
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys under `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

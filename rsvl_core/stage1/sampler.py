@@ -1,0 +1,192 @@
+"""Stage-1 samplers for SR3: the seed's ancestral DDPM ("faithful") and fast diffusers solvers.
+
+SR3 is conditioned on the continuous noise level sqrt(alpha_bar_t), not on an integer timestep,
+so every sampler here maps its timestep to that level before calling the UNet. All sampler
+arithmetic is float32; the UNet may run in a lower precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..progress import ProgressCallback, report
+from ..tiling import pad_to_multiple, run_tiled
+from .model import SR3UNet
+from .schedule import SR3NoiseSchedule
+
+SAMPLERS: tuple[str, ...] = ("faithful", "ddim", "dpmpp")
+DEFAULT_FAST_STEPS = 50
+
+# (x_t, noise_level) -> predicted noise, both (B, 3, H, W) float32; noise_level is sqrt(alpha_bar).
+EpsModel = Callable[[torch.Tensor, float], torch.Tensor]
+# shape -> standard normal noise (float32); lets tests replay the seed's exact draws.
+NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SR3SamplerOptions:
+    """How stage 1 samples.
+
+    Args:
+        sampler: "faithful" (the seed: ancestral DDPM over a linear 1e-6 -> 1e-2 schedule, x0
+            clipping), "ddim" or "dpmpp" (DPM-Solver++ 2M), both from diffusers.
+        steps: faithful: length of the linear schedule (None = the seed's 500); fast solvers:
+            number of solver steps (None = 50) over the same 500-step base schedule.
+        clip_denoised: clamp the x0 estimate to [-1, 1] at every step (the seed does).
+        tile_size: tile edge in output pixels (0 = whole image at once). 224 is the training size.
+        tile_overlap: pixels shared by neighbouring tiles (blended with a raised-cosine window).
+        tile_batch: tiles per UNet call.
+    """
+
+    sampler: str = "faithful"
+    steps: int | None = None
+    clip_denoised: bool = True
+    tile_size: int = 224
+    tile_overlap: int = 32
+    tile_batch: int = 4
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad option, before any heavy work starts."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"stage-1 sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"stage-1 steps must be >= 1, got {self.steps}")
+        if self.tile_size < 0 or (0 < self.tile_size < 32):
+            raise ValueError(f"stage-1 tile_size must be 0 (no tiling) or >= 32, got {self.tile_size}")
+        if self.tile_size and not 0 <= self.tile_overlap < self.tile_size // 2:
+            raise ValueError(
+                f"stage-1 tile_overlap must be in [0, tile_size/2) = [0, {self.tile_size // 2}), "
+                f"got {self.tile_overlap}"
+            )
+        if self.tile_batch < 1:
+            raise ValueError(f"stage-1 tile_batch must be >= 1, got {self.tile_batch}")
+
+
+def gaussian_noise_source(generator: torch.Generator | None, device: torch.device) -> NoiseSource:
+    """Noise drawn on the CPU from `generator`, then moved: one seed gives the same noise anywhere."""
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+    return draw
+
+
+def make_eps_model(
+    unet: SR3UNet, condition: torch.Tensor, tile_size: int = 0, tile_overlap: int = 0, tile_batch: int = 1
+) -> EpsModel:
+    """Bind the condition (B, 3, H, W in [-1, 1]) to the UNet, with tiling and padding as needed."""
+    multiple = unet.config.size_multiple
+    param = next(unet.parameters())
+
+    def run_unet(tiles: torch.Tensor, noise_level: float) -> torch.Tensor:
+        h, w = tiles.shape[-2:]
+        padded, _ = pad_to_multiple(tiles, multiple)
+        level = torch.full((padded.shape[0], 1), noise_level, dtype=torch.float32, device=param.device)
+        with torch.inference_mode():
+            eps = unet(padded.to(device=param.device, dtype=param.dtype), level)
+        return eps[..., :h, :w].float()
+
+    def eps_model(x_t: torch.Tensor, noise_level: float) -> torch.Tensor:
+        inputs = torch.cat([condition, x_t], dim=1)  # condition first, as the model was trained
+        return run_tiled(lambda t: run_unet(t, noise_level), inputs, unet.config.out_channel,
+                         tile_size, tile_overlap, tile_batch).to(x_t.device)
+
+    return eps_model
+
+
+class FaithfulDDPM:
+    """The seed's reverse step (SR3 `GaussianDiffusion.p_sample`), one method per equation."""
+
+    def __init__(self, schedule: SR3NoiseSchedule) -> None:
+        self.schedule = schedule
+
+    def predict_x0(self, x_t: torch.Tensor, t: int, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """x0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps, optionally clamped to [-1, 1]."""
+        s = self.schedule
+        x0 = s.sqrt_recip_alphas_cumprod[t] * x_t - s.sqrt_recipm1_alphas_cumprod[t] * eps
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
+    def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        s = self.schedule
+        return s.posterior_mean_coef1[t] * x0 + s.posterior_mean_coef2[t] * x_t
+
+    def step(
+        self, x_t: torch.Tensor, t: int, eps: torch.Tensor, noise: torch.Tensor | None, clip: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step t -> t-1. Returns (x_{t-1}, x0 estimate). No noise is added at t = 0."""
+        x0 = self.predict_x0(x_t, t, eps, clip)
+        mean = self.posterior_mean(x0, x_t, t)
+        if t == 0 or noise is None:
+            return mean, x0
+        return mean + noise * torch.exp(0.5 * self.schedule.posterior_log_variance_clipped[t]), x0
+
+
+def _clip_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-express eps so that its implied x0 is clamped to [-1, 1] (x0 clipping for any solver)."""
+    a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
+    x0 = ((x_t - s * eps) / a).clamp(-1.0, 1.0)
+    return (x_t - a * x0) / s, x0
+
+
+def _build_solver(name: str, schedule: SR3NoiseSchedule, steps: int):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    common = dict(
+        num_train_timesteps=schedule.num_timesteps,
+        trained_betas=schedule.betas.double().numpy(),
+        prediction_type="epsilon",
+        timestep_spacing="trailing",  # start at the last (noisiest) step, as the faithful path does
+    )
+    if name == "ddim":
+        solver = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **common)
+    else:
+        solver = DPMSolverMultistepScheduler(
+            algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+            lower_order_final=True, **common,
+        )
+    solver.set_timesteps(steps)
+    return solver
+
+
+def sample_sr3(
+    eps_model: EpsModel,
+    shape: tuple[int, ...],
+    schedule: SR3NoiseSchedule,
+    options: SR3SamplerOptions,
+    noise_source: NoiseSource,
+    callback: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from pure noise. Returns the final sample (B, 3, H, W) in [-1, 1].
+
+    `schedule` is the faithful inference schedule (the base schedule for the fast solvers).
+    `callback` gets (step, total, "stage1", x0 preview in [0, 1]) after every step and may raise
+    to cancel.
+    """
+    options.check()
+    x = noise_source(shape)
+    if options.sampler == "faithful":
+        ddpm = FaithfulDDPM(schedule)
+        total = schedule.num_timesteps
+        for i, t in enumerate(reversed(range(total))):
+            eps = eps_model(x, schedule.noise_level(t))
+            noise = noise_source(shape) if t > 0 else None
+            x, x0 = ddpm.step(x, t, eps, noise, clip=options.clip_denoised)
+            report(callback, i + 1, total, "stage1", (x0 + 1) / 2)
+        return x
+
+    solver = _build_solver(options.sampler, schedule, options.steps or DEFAULT_FAST_STEPS)
+    total = len(solver.timesteps)
+    for i, t in enumerate(solver.timesteps):
+        t = int(t)
+        eps = eps_model(x, schedule.noise_level(t))
+        alpha_bar = float(schedule.alphas_cumprod[t])
+        if options.clip_denoised:
+            eps, x0 = _clip_eps(x, eps, alpha_bar)
+        else:
+            x0 = (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+        x = solver.step(eps, t, x).prev_sample
+        report(callback, i + 1, total, "stage1", ((x0 + 1) / 2).clamp(0, 1))
+    return x

@@ -1,0 +1,56 @@
+"""Stage 1 end to end: low-resolution image -> bicubic condition -> SR3 sampling -> base image."""
+
+from __future__ import annotations
+
+import torch
+
+from ..image import bicubic_resize
+from ..progress import ProgressCallback
+from .loader import SR3Model
+from .sampler import SR3SamplerOptions, gaussian_noise_source, make_eps_model, sample_sr3
+
+SCALES: tuple[int, ...] = (2, 4, 8)
+
+
+def check_stage1_inputs(image: torch.Tensor, scale: int) -> None:
+    """Raise ValueError for an unusable image tensor or scale, before any heavy work."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W) RGB, got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a float tensor in [0, 1], got {image.dtype}")
+
+
+def upscale_stage1(
+    model: SR3Model,
+    image: torch.Tensor,
+    scale: int,
+    options: SR3SamplerOptions | None = None,
+    seed: int = 0,
+    callback: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Super-resolve with SR3: no text, no guidance, only the low-resolution image.
+
+    Args:
+        model: a loaded SR3 model (see :func:`rsvl_core.stage1.loader.load_sr3`).
+        image: (B, 3, h, w) float in [0, 1], any size and aspect ratio (nothing is cropped).
+        scale: 2, 4 or 8.
+        options: sampler and tiling (default: the seed's faithful 500-step sampler).
+        seed: seeds every random draw (noise is drawn on the CPU, so devices agree).
+        callback: progress (step, total, "stage1", preview); raise from it to cancel.
+    Returns:
+        (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
+    """
+    options = options or SR3SamplerOptions()
+    options.check()
+    check_stage1_inputs(image, scale)
+    height, width = image.shape[-2] * scale, image.shape[-1] * scale
+    device = model.device
+    condition = bicubic_resize(image, (height, width)).to(device) * 2 - 1
+    steps = options.steps if options.sampler == "faithful" else None
+    schedule = model.inference_schedule(steps)
+    eps_model = make_eps_model(model.unet, condition, options.tile_size, options.tile_overlap, options.tile_batch)
+    noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)
+    sample = sample_sr3(eps_model, (image.shape[0], 3, height, width), schedule, options, noise, callback)
+    return ((sample + 1) / 2).clamp(0, 1)
