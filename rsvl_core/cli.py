@@ -129,10 +129,10 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     device = resolve_device(args.device)
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
     sr3_path = locate_sr3(models_dir, args.sr3)
+    model = load_sr3(sr3_path, device=device, dtype=DTYPES[args.dtype])
     if not args.stage1_only:
         tqdm.write("note: stage 2 (caption + refiner) is not in this version yet; running stage 1 (SR3) only",
                    file=sys.stderr)
-    model = load_sr3(sr3_path, device=device, dtype=DTYPES[args.dtype])
 
     summary = RunSummary()
     claimed: dict[Path, Path] = {}

@@ -96,16 +96,19 @@ def bicubic_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize (B, C, H, W) in [0, 1] to `size` = (height, width) with PIL's bicubic kernel.
 
     SR3 was trained on PIL-bicubic-upsampled inputs (a = -0.5; torch's bicubic uses -0.75), so
-    the condition image is made the same way, in float to avoid 8-bit rounding, and clipped to
-    [0, 1] as the seed's 8-bit path is.
+    the condition image is made the same way: in float to avoid 8-bit rounding, clipped to
+    [0, 1] after each pass as the seed's 8-bit path is.
     """
     height, width = size
     batch = image.detach().float().cpu().numpy()
     out = np.empty((*batch.shape[:2], height, width), dtype=np.float32)
     for b in range(batch.shape[0]):
         for c in range(batch.shape[1]):
-            plane = Image.fromarray(batch[b, c], mode="F").resize((width, height), Image.Resampling.BICUBIC)
-            out[b, c] = np.asarray(plane)
+            # PIL resamples horizontally then vertically and its 8-bit path clips after each pass
+            plane = Image.fromarray(batch[b, c], mode="F")
+            plane = plane.resize((width, plane.height), Image.Resampling.BICUBIC)
+            plane = Image.fromarray(np.clip(np.asarray(plane), 0.0, 1.0), mode="F")
+            out[b, c] = np.asarray(plane.resize((width, height), Image.Resampling.BICUBIC))
     return torch.from_numpy(out).clamp_(0.0, 1.0).to(image.device)
 
 

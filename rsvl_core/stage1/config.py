@@ -52,7 +52,7 @@ class SR3Config:
     attention_levels: tuple[int, ...] = (3,)
     res_blocks: int = 1
     norm_groups: int = 32
-    dropout: float = 0.2
+    dropout: float = field(default=0.2, compare=False)  # training-only: no parameters, no effect in eval
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

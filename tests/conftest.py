@@ -1,0 +1,16 @@
+"""pytest fixtures shared by all tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rsvl_testing import FIXTURES
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    """The seed's reference tensors; tests that compare with them skip (with the reason) without them."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"seed reference fixtures not found at {FIXTURES} (set RSVL_FIXTURES to their folder)")
+    return FIXTURES

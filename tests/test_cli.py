@@ -1,0 +1,148 @@
+"""The `rsvl` command line on tiny weights written in the real layout (what `rsvl demo` writes)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rsvl_testing import REPO, SAMPLE_IMAGE, tiny_sr3_config
+
+from rsvl_core.cli import main
+from rsvl_core.demo import write_demo_models
+from rsvl_core.stage1 import SR3UNet, save_sr3
+
+FAST = ["--sampler", "ddim", "--steps", "3", "-q"]
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    folder = tmp_path / "models"
+    save_sr3(SR3UNet(tiny_sr3_config(inner_channel=32, norm_groups=32)), folder / "sr3" / "I9_E9_gen.pth")
+    return folder
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (10, 14, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (9, 6), dtype=np.uint8)).save(folder / "gray.jpg")
+    return folder
+
+
+def png_size(path):
+    with Image.open(path) as img:
+        return img.size
+
+
+def test_upscale_folder_writes_exact_sizes_and_skips_existing(models_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "--output", str(out), "--scale", "4", "--models-dir", str(models_dir), *FAST]
+    assert main(args) == 0
+    assert png_size(out / "wide_x4.png") == (56, 40)
+    assert png_size(out / "gray_x4.png") == (24, 36)
+    err = capsys.readouterr().err
+    assert "gray.jpg: grayscale replicated to RGB" in err
+    assert "2 written, 0 skipped" in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    before = (out / "wide_x4.png").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().err
+    assert (out / "wide_x4.png").stat().st_mtime_ns == before
+    assert main([*args, "--overwrite"]) == 0
+    assert "2 written" in capsys.readouterr().err
+
+
+def test_seed_compatible_aliases_and_explicit_checkpoint(models_dir, inputs, tmp_path):
+    out = tmp_path / "seedstyle"
+    ckpt = models_dir / "sr3" / "I9_E9_gen.pth"
+    code = main(["upscale", "--input_img", str(inputs / "wide.png"), "--save_dir", str(out), "--upscale", "2",
+                 "--sr3", str(ckpt), "--stage1-only", *FAST])
+    assert code == 0 and png_size(out / "wide_x2.png") == (28, 20)
+    code = main(["upscale", "--image_dir", str(inputs), "--save_dir", str(out), "--upscale", "8",
+                 "--models-dir", str(models_dir), *FAST])
+    assert code == 0 and png_size(out / "gray_x8.png") == (48, 72)
+
+
+def test_models_dir_from_environment(models_dir, inputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("RSVL_MODELS_DIR", str(models_dir))
+    assert main(["upscale", str(inputs / "wide.png"), "-o", str(tmp_path / "o"), "--scale", "2", *FAST]) == 0
+
+
+def test_missing_weights_say_what_where_and_how(inputs, tmp_path, capsys):
+    empty = tmp_path / "nomodels"
+    code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(empty), *FAST])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "SR3 weights not found" in err and str(empty / "sr3") in err
+    assert "--sr3 PATH" in err and "RSVL_MODELS_DIR" in err and "_gen.pth" in err
+    code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--sr3", str(tmp_path / "x.pth"), *FAST])
+    assert code == 2 and "--sr3" in capsys.readouterr().err
+
+
+def test_wrong_checkpoint_is_one_line(inputs, tmp_path, capsys):
+    bad = tmp_path / "sdxl.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(2)}, str(bad))
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--sr3", str(bad), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(bad) in err and "SDXL" in err and "\n" not in err
+
+
+def test_one_bad_file_does_not_stop_the_folder(models_dir, inputs, tmp_path, capsys):
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (inputs / "empty.tif").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["upscale", str(inputs), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir), *FAST])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "2 written, 0 skipped (already exist; --overwrite replaces), 2 failed" in err
+    assert "broken.png: not a readable image" in err and "empty.tif: file is empty" in err
+    assert sorted(p.name for p in out.iterdir()) == ["gray_x2.png", "wide_x2.png"]
+
+
+def test_bad_options_and_inputs(models_dir, tmp_path, capsys):
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path), "--models-dir", str(models_dir)]) == 2
+    assert "missing.png: input not found" in capsys.readouterr().err
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(tmp_path), "--tile-size", "8",
+                 "--models-dir", str(models_dir)]) == 2
+    assert "tile_size must be 0 (no tiling) or >= 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["upscale", str(SAMPLE_IMAGE), "-o", str(tmp_path), "--scale", "3"])
+
+
+def test_demo_models_are_laid_out_like_real_weights(tmp_path, capsys):
+    written = write_demo_models(tmp_path / "m")
+    assert written["sr3"] == tmp_path / "m" / "sr3" / "rsvl_demo_sr3_gen.pth"
+    assert not list((tmp_path / "m" / "sr3").glob("*.json"))  # like the released gen.pth: no config
+    out = tmp_path / "o"
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2",
+                 "--models-dir", str(tmp_path / "m"), *FAST]) == 0
+    assert png_size(out / "osbs_029_lr100_x2.png") == (200, 200)
+
+
+@pytest.mark.skipif(shutil.which("rsvl") is None, reason="the rsvl console script is not installed (pip install -e .)")
+def test_console_script_demo_end_to_end(tmp_path):
+    result = subprocess.run(["rsvl", "demo", "--models-dir", str(tmp_path / "m"), "-o", str(tmp_path / "o"), "-q"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM weights" in result.stderr and "demo passed" in result.stderr
+    assert png_size(tmp_path / "o" / "osbs_029_lr100_x4.png") == (400, 400)
+    assert (tmp_path / "m" / "sr3" / "rsvl_demo_sr3_gen.pth").is_file()
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "rsvl_core", "upscale", "--help"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0
+    for flag in ("--input_img", "--image_dir", "--save_dir", "--upscale", "--models-dir", "--sr3", "--stage1-only",
+                 "--overwrite"):
+        assert flag in result.stdout
