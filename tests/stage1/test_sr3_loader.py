@@ -194,3 +194,24 @@ def test_sr3_load_dtype(tmp_path):
     path = save_sr3(SR3UNet(tiny_sr3_config()), tmp_path / "gen.safetensors", write_config=True)
     model = load_sr3(path, dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(channel_mults=(1, 2, 4), attention_levels=(1, 2), res_blocks=2),
+        dict(channel_mults=(1, 1, 2, 2), attention_levels=(), res_blocks=1),
+        dict(channel_mults=(2, 3), attention_levels=(0,), res_blocks=3, in_channel=9, out_channel=4),
+    ],
+)
+def test_sr3_architecture_is_inferred_from_shapes(tmp_path, overrides):
+    # spandrel-style: varied random architectures -> released layout -> our loader -> same config and outputs
+    config = tiny_sr3_config(inner_channel=32, norm_groups=32, **overrides)
+    torch.manual_seed(0)
+    unet = SR3UNet(config).eval()
+    model = load_sr3(save_sr3(unet, tmp_path / "gen.safetensors"))
+    assert model.config == config
+    sample = torch.randn(1, config.in_channel, 16, 24)
+    level = torch.tensor([[0.7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.unet(sample, level), unet(sample, level), atol=0, rtol=0)
