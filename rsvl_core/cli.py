@@ -14,7 +14,7 @@ from .errors import RsvlError
 from .image import IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
 from .progress import ProgressCallback
 from .stage1 import SAMPLERS, SCALES, SR3SamplerOptions, load_sr3, upscale_stage1
-from .weights import MODELS_DIR_ENV, default_models_dir, locate_sr3
+from .weights import MODELS_DIR_ENV, default_models_dir, locate_caption_adapter, locate_captioner, locate_sr3
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="upscaling factor (default 8, the released model's)")
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true",
-                    help="run stage 1 (SR3) only; today this is also what the default does, "
-                         "since the refiner and captioner have not landed yet")
+                    help="run stage 1 (SR3) alone: no caption (and, once it lands, no refiner)")
+    up.add_argument("--caption", default=None,
+                    help="use this text as the caption instead of running the captioner")
+    up.add_argument("--caption-max-tokens", type=int, default=None,
+                    help="longest generated caption in tokens (default: the seed's 256)")
     up.add_argument("--sampler", choices=SAMPLERS, default="faithful",
                     help="faithful = the seed's 500-step ancestral DDPM (default); ddim / dpmpp are faster")
     up.add_argument("--steps", type=int, default=None,
@@ -51,12 +54,90 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    add_caption_parser(sub)
+
     demo = sub.add_parser("demo", help="prove the install: tiny random models, real file formats, real pipeline")
     demo.add_argument("--models-dir", type=Path, default=None,
                       help="write the tiny models here (laid out like real weights) and keep them")
     demo.add_argument("-o", "--output", type=Path, default=None, help="where to write the result")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def add_caption_parser(sub: argparse._SubParsersAction) -> None:
+    """`rsvl caption IMAGE... --models-dir DIR`: describe images with the captioner (LLaVA-NeXT + LoRA)."""
+    from .caption.config import ATTENTIONS, QUANTIZATIONS, CaptionOptions
+
+    defaults = CaptionOptions()
+    cap = sub.add_parser("caption", help="describe images with the vision-language captioner (LLaVA-NeXT)")
+    cap.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
+    cap.add_argument("--models-dir", type=Path, default=None,
+                     help=f"folder with llava/ (and optionally llava_adapter/) (default: ${MODELS_DIR_ENV}, "
+                          f"else ./models)")
+    cap.add_argument("--llava", type=Path, default=None, help="the model folder (overrides <models-dir>/llava)")
+    cap.add_argument("--adapter", type=Path, default=None,
+                     help="the LoRA adapter folder (overrides <models-dir>/llava_adapter)")
+    cap.add_argument("--no-adapter", action="store_true", help="caption with the base model only")
+    cap.add_argument("--merge-adapter", action="store_true", help="merge the LoRA into the weights (faster)")
+    cap.add_argument("-o", "--output", type=Path, default=None,
+                     help="write `name: caption` lines to this file instead of printing them")
+    cap.add_argument("--prompt", default=defaults.prompt, help="the instruction (default: the seed's analyst prompt)")
+    cap.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                     help=f"longest caption in tokens (default {defaults.max_new_tokens})")
+    cap.add_argument("--temperature", type=float, default=defaults.temperature,
+                     help=f"sampling temperature (default {defaults.temperature})")
+    cap.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    cap.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    cap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    cap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                     help="model precision (default fp32; bf16/fp16 on a GPU)")
+    cap.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
+                     help="8bit/4bit need the optional bitsandbytes package and CUDA")
+    cap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
+                     help="sdpa (default); flash_attention_2 needs flash-attn and CUDA")
+    cap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run_caption(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """Caption every input; print `name: caption` lines or write them (atomically) to --output."""
+    from tqdm import tqdm
+
+    from .atomic import atomic_path
+    from .caption import CaptionOptions, load_captioner
+
+    options = CaptionOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             do_sample=not args.greedy, seed=args.seed)
+    try:
+        options.check()
+    except ValueError as exc:
+        raise RsvlError(str(exc)) from None
+    inputs = collect_inputs(argparse.Namespace(inputs=args.inputs, input_img=[], image_dir=[]))
+    device = resolve_device(args.device)
+    models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
+    folder = locate_captioner(models_dir, args.llava)
+    adapter = None if args.no_adapter else locate_caption_adapter(models_dir, args.adapter)
+    try:
+        captioner = load_captioner(folder, adapter, device=device, dtype=args.dtype, quantization=args.quantization,
+                                   attention=args.attention, merge_adapter=args.merge_adapter)
+    except ValueError as exc:
+        raise RsvlError(str(exc)) from None
+    results: list[tuple[Path, str]] = []
+    for source in inputs:
+        image, notes = read_image(source)
+        for note in notes:
+            tqdm.write(f"{source.name}: {note}", file=sys.stderr)
+        with tqdm(desc=f"{source.name} caption", unit="tok", leave=False, disable=args.quiet) as bar:
+            caption = captioner.caption(image, options, progress_bar_callback(bar))[0]
+        results.append((source, " ".join(caption.split())))
+    lines = "".join(f"{source.name}: {caption}\n" for source, caption in results)
+    if args.output is None:
+        sys.stdout.write(lines)
+    else:
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(lines, encoding="utf-8")
+        if not args.quiet:
+            print(f"wrote {len(results)} caption(s) to {args.output}", file=sys.stderr)
+    return results
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -129,10 +210,11 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     device = resolve_device(args.device)
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
     sr3_path = locate_sr3(models_dir, args.sr3)
+    captioning = CaptionStep.from_args(args, models_dir, device)  # locates weights before any heavy work
     model = load_sr3(sr3_path, device=device, dtype=DTYPES[args.dtype])
     if not args.stage1_only:
-        tqdm.write("note: stage 2 (caption + refiner) is not in this version yet; running stage 1 (SR3) only",
-                   file=sys.stderr)
+        tqdm.write("note: the refiner (stage 2) is not in this version yet: outputs are the stage-1 images, "
+                   "and their captions are written beside them (<name>.caption.json)", file=sys.stderr)
 
     summary = RunSummary()
     claimed: dict[Path, Path] = {}
@@ -152,6 +234,9 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
             start = time.perf_counter()
             with tqdm(desc=f"{source.name} stage 1", unit="step", leave=False, disable=args.quiet) as bar:
                 result = upscale_stage1(model, image, args.scale, options, args.seed, progress_bar_callback(bar))
+            if captioning is not None:
+                caption = captioning.run(result, source.name, args.quiet)
+                write_caption_sidecar(target, caption, captioning.source, args)
             write_image_atomic(result.cpu(), target)
             summary.written.append(target)
             if not args.quiet:
@@ -161,6 +246,60 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
             summary.failed.append((source, str(exc)))
             tqdm.write(f"error: {exc}", file=sys.stderr)
     return summary
+
+
+class CaptionStep:
+    """The caption between the stages: a given text, or the captioner run on the stage-1 image."""
+
+    def __init__(self, text: str | None, loader=None, options=None) -> None:
+        self.text, self.loader, self.options, self.captioner = text, loader, options, None
+        self.source = "--caption" if text is not None else "captioner"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, models_dir: Path, device: torch.device) -> CaptionStep | None:
+        if args.stage1_only:
+            return None
+        if args.caption is not None:
+            return cls(args.caption)
+        from .caption import CaptionOptions, load_captioner
+
+        overrides = {} if args.caption_max_tokens is None else {"max_new_tokens": args.caption_max_tokens}
+        options = CaptionOptions(seed=args.seed, **overrides)
+        try:
+            options.check()
+        except ValueError as exc:
+            raise RsvlError(str(exc)) from None
+        try:
+            folder = locate_captioner(models_dir)
+            adapter = locate_caption_adapter(models_dir)
+        except RsvlError as exc:
+            raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
+        return cls(None, lambda: load_captioner(folder, adapter, device=device, dtype=args.dtype), options)
+
+    def run(self, image: torch.Tensor, name: str, quiet: bool) -> str:
+        from tqdm import tqdm
+
+        if self.text is not None:
+            return self.text
+        if self.captioner is None:
+            self.captioner = self.loader()  # loaded once, on first use
+        with tqdm(desc=f"{name} caption", unit="tok", leave=False, disable=quiet) as bar:
+            caption = self.captioner.caption(image, self.options, progress_bar_callback(bar))[0]
+        return " ".join(caption.split())
+
+
+def write_caption_sidecar(target: Path, caption: str, source: str, args: argparse.Namespace) -> Path:
+    """`<output>.caption.json` beside the image: the caption and what produced it."""
+    import json
+
+    from .atomic import atomic_path
+
+    sidecar = target.with_suffix(".caption.json")
+    record = {"image": target.name, "caption": caption, "caption_source": source, "seed": args.seed,
+              "scale": args.scale, "stage1": {"sampler": args.sampler, "steps": args.steps}}
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return sidecar
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -178,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_upscale(args)
             print_summary(summary)
             return 1 if summary.failed else 0
+        if args.command == "caption":
+            run_caption(args)
+            return 0
         if args.command == "demo":
             from .demo import run_demo
 

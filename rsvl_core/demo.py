@@ -1,13 +1,15 @@
 """`rsvl demo`: prove an install without downloads.
 
 Writes tiny random-weight models in the real file formats, laid out as real weights are, and runs
-the real `rsvl upscale` path on a bundled real aerial image. Random weights do not super-resolve:
-the output is noise-like by design. This only proves that loading, sampling, tiling and writing work.
+the real `rsvl upscale` path (stage 1, then the captioner) on a bundled real aerial image. Random
+weights do not super-resolve: the output is noise-like by design. This only proves that loading,
+sampling, tiling, captioning and writing work.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .stage1 import SR3Config, SR3UNet, save_sr3
-from .weights import SR3_SUBDIR
+from .weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SR3_SUBDIR
 
 SAMPLE_IMAGE = Path(__file__).parent / "samples" / "osbs_029_lr100.png"
 DEMO_SCALE = 4
@@ -37,7 +39,12 @@ def write_demo_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
     torch.manual_seed(seed)
     unet = SR3UNet(DEMO_SR3_CONFIG)
     sr3_path = save_sr3(unet, Path(models_dir) / SR3_SUBDIR / "rsvl_demo_sr3_gen.pth")
-    return {"sr3": sr3_path}
+    # The captioner as real weights come: a Hugging Face LLaVA-NeXT folder + the seed-style LoRA folder.
+    from .caption.tiny import write_tiny_llava_next, write_tiny_seed_adapter
+
+    llava = write_tiny_llava_next(Path(models_dir) / CAPTIONER_SUBDIR, seed=seed)
+    adapter = write_tiny_seed_adapter(Path(models_dir) / ADAPTER_SUBDIR, seed=seed + 1)
+    return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -52,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"wrote tiny {stage} model: {path}", file=sys.stderr)
         argv = [
             "upscale", str(SAMPLE_IMAGE), "--output", str(output), "--scale", str(DEMO_SCALE),
-            "--models-dir", str(models_dir), "--stage1-only", "--sampler", "dpmpp", "--steps", "20",
+            "--models-dir", str(models_dir), "--sampler", "dpmpp", "--steps", "20", "--caption-max-tokens", "24",
             "--overwrite", "--device", "cpu",
         ]
         if args.quiet:
@@ -62,11 +69,14 @@ def run_demo(args: argparse.Namespace) -> int:
         print_summary(summary)
         if summary.failed or not summary.written:
             return 1
+        sidecar = summary.written[0].with_suffix(".caption.json")
+        print(f"caption (random weights, so random words): {json.loads(sidecar.read_text())['caption']!r}",
+              file=sys.stderr)
         if args.output is None:
             print("demo passed (the output was in a temporary folder; pass --output DIR to keep it)", file=sys.stderr)
         else:
             print(f"demo passed: {summary.written[0]}", file=sys.stderr)
         if args.models_dir is not None:
             print(f"tiny models kept in {models_dir}; try: rsvl upscale IMAGE --output DIR "
-                  f"--models-dir {models_dir} --stage1-only", file=sys.stderr)
+                  f"--models-dir {models_dir}", file=sys.stderr)
     return 0

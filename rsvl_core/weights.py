@@ -3,6 +3,9 @@
 Layout of a models folder (the same under ComfyUI's `models/rsvl/`):
 
     <models dir>/sr3/<any name>.safetensors | .pth | .ckpt   SR3 generator (e.g. I..._E..._gen.pth)
+    <models dir>/llava/config.json, model*.safetensors, ...  captioner in Hugging Face layout
+                                                             (e.g. llava-hf/llama3-llava-next-8b-hf)
+    <models dir>/llava_adapter/adapter_config.json + adapter_model.safetensors   the seed's LoRA (optional)
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from .errors import WeightsNotFoundError
 
 MODELS_DIR_ENV = "RSVL_MODELS_DIR"
 SR3_SUBDIR = "sr3"
+CAPTIONER_SUBDIR = "llava"
+ADAPTER_SUBDIR = "llava_adapter"
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt")
 
 
@@ -49,3 +54,43 @@ def locate_sr3(models_dir: Path | None = None, explicit: Path | None = None) -> 
         f"--models-dir / ${MODELS_DIR_ENV} at a folder with a {SR3_SUBDIR}/ subfolder. "
         f"To try the install without weights: rsvl demo"
     )
+
+
+def locate_captioner(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
+    """The captioner's model folder: `explicit` if given, else `<models_dir>/llava/` (must hold config.json)."""
+    if explicit is not None:
+        if not (Path(explicit) / "config.json").is_file():
+            raise WeightsNotFoundError(f"captioner model folder not usable: {explicit} has no config.json "
+                                       f"(expected a Hugging Face model folder, e.g. llava-hf/llama3-llava-next-8b-hf)")
+        return Path(explicit)
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    folder = models_dir / CAPTIONER_SUBDIR
+    if (folder / "config.json").is_file():
+        return folder
+    raise WeightsNotFoundError(
+        f"captioner weights not found: no config.json in {folder.resolve()}. Put a Hugging Face-layout "
+        f"LLaVA-NeXT folder there (e.g. a local copy of llava-hf/llama3-llava-next-8b-hf: config.json, "
+        f"model*.safetensors, tokenizer and processor files), or point --models-dir / ${MODELS_DIR_ENV} at a "
+        f"folder with a {CAPTIONER_SUBDIR}/ subfolder. To try the install without weights: rsvl demo"
+    )
+
+
+def locate_caption_adapter(models_dir: Path | None = None, explicit: Path | None = None) -> Path | None:
+    """The LoRA adapter folder: `explicit` if given, else `<models_dir>/llava_adapter/` if present, else None."""
+    if explicit is not None:
+        if not (Path(explicit) / "adapter_config.json").is_file():
+            raise WeightsNotFoundError(f"caption adapter not usable: {explicit} has no adapter_config.json "
+                                       f"(expected the seed's PEFT LoRA folder: adapter_config.json + "
+                                       f"adapter_model.safetensors or .bin)")
+        return Path(explicit)
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    folder = models_dir / ADAPTER_SUBDIR
+    if not folder.exists():
+        return None
+    if not (folder / "adapter_config.json").is_file():
+        raise WeightsNotFoundError(
+            f"caption adapter folder {folder.resolve()} has no adapter_config.json. Put the seed's LoRA adapter "
+            f"there (adapter_config.json + adapter_model.safetensors or .bin), or remove the folder to caption "
+            f"without it"
+        )
+    return folder

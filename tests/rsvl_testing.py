@@ -62,3 +62,51 @@ def zero_padded_blur(image: torch.Tensor, radius: int = 3) -> torch.Tensor:
     k = 2 * radius + 1
     kernel = torch.full((image.shape[1], 1, k, k), 1.0 / k**2, dtype=image.dtype)
     return torch.nn.functional.conv2d(image, kernel, padding=radius, groups=image.shape[1])
+
+
+def tiny_llava_next_folder(tmp_path: Path, seed: int = 0) -> Path:
+    """A tiny random LLaVA-NeXT (Llama 2x32, CLIP 16px/patch 4) + processor saved in Hugging Face layout."""
+    from rsvl_core.caption.tiny import write_tiny_llava_next
+
+    return write_tiny_llava_next(Path(tmp_path) / "llava", seed=seed)
+
+
+def tiny_seed_adapter(folder: Path, **options) -> Path:
+    """A tiny LoRA adapter in the seed's ORIGINAL LLaVA-NeXT naming (adapter_config.json + safetensors)."""
+    from rsvl_core.caption.tiny import write_tiny_seed_adapter
+
+    return write_tiny_seed_adapter(folder, **options)
+
+
+# Original LLaVA-NeXT module name -> transformers 5.x name, written out by hand (independent of the loader's table).
+def hand_mapped_name(original: str) -> str:
+    """The transformers module name for an original LLaVA-NeXT one, by explicit string rules."""
+    if original == "lm_head":
+        return "lm_head"
+    if original == "model.mm_projector.0":
+        return "model.multi_modal_projector.linear_1"
+    if original == "model.mm_projector.2":
+        return "model.multi_modal_projector.linear_2"
+    vision = "model.vision_tower.vision_tower.vision_model."
+    if original.startswith(vision):
+        return "model.vision_tower." + original[len(vision):]
+    if original.startswith("model."):
+        return "model.language_model." + original[len("model."):]
+    raise KeyError(original)
+
+
+def tiny_llava_inputs(processor, seed: int = 0, size: tuple[int, int] = (24, 30)) -> dict:
+    """Processor inputs (input_ids, pixel_values, image_sizes, ...) for one random image and the seed's prompt."""
+    from rsvl_core.caption import CaptionOptions, to_pil_images
+    from rsvl_core.caption.captioner import prompt_messages
+
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed))
+    text = processor.apply_chat_template(prompt_messages(CaptionOptions().prompt), add_generation_prompt=True,
+                                         tokenize=False)
+    return dict(processor(images=to_pil_images(image)[0], text=text, return_tensors="pt"))
+
+
+@torch.no_grad()
+def llava_logits(model, inputs: dict) -> torch.Tensor:
+    """Next-token logits for every position: (1, L, vocab) float32."""
+    return model(**inputs).logits.float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from rsvl_core.cli import main
 from rsvl_core.demo import write_demo_models
 from rsvl_core.stage1 import SR3UNet, save_sr3
 
-FAST = ["--sampler", "ddim", "--steps", "3", "-q"]
+FAST = ["--sampler", "ddim", "--steps", "3", "-q", "--stage1-only"]
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_seed_compatible_aliases_and_explicit_checkpoint(models_dir, inputs, tmp
     out = tmp_path / "seedstyle"
     ckpt = models_dir / "sr3" / "I9_E9_gen.pth"
     code = main(["upscale", "--input_img", str(inputs / "wide.png"), "--save_dir", str(out), "--upscale", "2",
-                 "--sr3", str(ckpt), "--stage1-only", *FAST])
+                 "--sr3", str(ckpt), *FAST])
     assert code == 0 and png_size(out / "wide_x2.png") == (28, 20)
     code = main(["upscale", "--image_dir", str(inputs), "--save_dir", str(out), "--upscale", "8",
                  "--models-dir", str(models_dir), *FAST])
@@ -136,7 +137,10 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "RANDOM weights" in result.stderr and "demo passed" in result.stderr
     assert png_size(tmp_path / "o" / "osbs_029_lr100_x4.png") == (400, 400)
-    assert (tmp_path / "m" / "sr3" / "rsvl_demo_sr3_gen.pth").is_file()
+    sidecar = json.loads((tmp_path / "o" / "osbs_029_lr100_x4.caption.json").read_text())
+    assert sidecar["caption_source"] == "captioner" and sidecar["caption"].strip()
+    for part in ("sr3/rsvl_demo_sr3_gen.pth", "llava/config.json", "llava_adapter/adapter_config.json"):
+        assert (tmp_path / "m" / part).is_file(), part
 
 
 def test_module_entry_point_help():
@@ -146,3 +150,39 @@ def test_module_entry_point_help():
     for flag in ("--input_img", "--image_dir", "--save_dir", "--upscale", "--models-dir", "--sr3", "--stage1-only",
                  "--overwrite"):
         assert flag in result.stdout
+
+
+FULL = ["--sampler", "ddim", "--steps", "2", "-q"]
+
+
+def test_upscale_captions_between_the_stages(tmp_path, capsys):
+    models = tmp_path / "models"
+    write_demo_models(models)
+    out = tmp_path / "out"
+    args = ["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models),
+            "--caption-max-tokens", "6", *FULL]
+    assert main(args) == 0
+    first = json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())
+    assert first["caption_source"] == "captioner" and first["caption"].strip() and first["seed"] == 0
+    assert main([*args, "--overwrite"]) == 0  # same seed: same caption
+    assert json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())["caption"] == first["caption"]
+    # a given caption replaces the captioner
+    assert main([*args, "--overwrite", "--caption", "a road through pine forest"]) == 0
+    given = json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())
+    assert given["caption"] == "a road through pine forest" and given["caption_source"] == "--caption"
+    # stage 1 alone writes no caption
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(tmp_path / "s1"), "--scale", "2", "--models-dir",
+                 str(models), "--stage1-only", *FULL]) == 0
+    assert [p.name for p in (tmp_path / "s1").iterdir()] == ["osbs_029_lr100_x2.png"]
+
+
+def test_upscale_without_captioner_weights_says_how_to_skip(models_dir, inputs, tmp_path, capsys):
+    code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir), *FULL])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "captioner weights not found" in err and str(models_dir / "llava") in err
+    assert "--caption TEXT" in err and "--stage1-only" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before any work
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir),
+                 "--caption", "fields", *FULL]) == 0
+    assert json.loads((tmp_path / "o" / "wide_x8.caption.json").read_text())["caption"] == "fields"
