@@ -32,6 +32,8 @@ from ..errors import CheckpointError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# The original LLaVA training code saves the trained non-LoRA weights (the mm_projector) here, beside the adapter.
+NON_LORA_WEIGHTS = ("non_lora_trainables.safetensors", "non_lora_trainables.bin")
 EXPECTED = "a PEFT LoRA adapter for LLaVA-NeXT (adapter_config.json + adapter_model.safetensors or .bin)"
 ADAPTER_NAME = "rsvl"
 PEFT_PREFIX = "base_model.model."
@@ -119,6 +121,11 @@ def read_adapter(folder: str | Path) -> LoraAdapter:
             raise CheckpointError(config_path, f"{name!r} is missing or not a positive number", EXPECTED)
     weights_path = find_adapter_weights(folder)
     state = read_state_dict(weights_path, EXPECTED)
+    for name in NON_LORA_WEIGHTS:
+        if (folder / name).is_file():
+            extra = read_state_dict(folder / name, "LLaVA's non-LoRA trainables (projector weights)")
+            state.update({k: v for k, v in extra.items() if k not in state})
+            break
 
     lora: dict[str, dict[str, torch.Tensor]] = {}
     full: dict[str, torch.Tensor] = {}

@@ -104,6 +104,24 @@ def test_modules_to_save_replace_the_base_weights(base, tmp_path):
     assert report.tensors_applied == 52
 
 
+def test_non_lora_trainables_beside_the_adapter_are_applied(base, adapter_dir, tmp_path):
+    # LLaVA's own LoRA training saves the trained projector in non_lora_trainables.bin, not in the adapter file
+    import shutil
+
+    folder = tmp_path / "a"
+    shutil.copytree(adapter_dir, folder)
+    model, _ = base
+    weight = torch.randn_like(model.model.multi_modal_projector.linear_2.weight)
+    bias = torch.randn_like(model.model.multi_modal_projector.linear_2.bias)
+    torch.save({"base_model.model.model.mm_projector.2.weight": weight,
+                "base_model.model.model.mm_projector.2.bias": bias}, folder / "non_lora_trainables.bin")
+    adapted, report = apply_adapter(copy.deepcopy(model), folder)
+    assert torch.equal(adapted.model.multi_modal_projector.linear_2.base_layer.weight, weight)
+    assert torch.equal(adapted.model.multi_modal_projector.linear_2.base_layer.bias, bias)
+    assert "model.multi_modal_projector.linear_2.weight" in report.replaced_parameters
+    assert report.tensors_applied == 52
+
+
 def test_modules_to_save_without_weights_fails_naming_it(base, adapter_dir, tmp_path):
     import json
     import shutil
