@@ -6,6 +6,7 @@ nothing here executes pickled code.
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -105,6 +106,23 @@ def canonicalize_state_dict(state: object, path: Path, expected: str) -> dict[st
         keys = ", ".join(sorted(map(str, state))[:6])
         raise CheckpointError(path, f"contains no tensors (top-level keys: {keys or 'none'})", expected)
     return tensors
+
+
+def read_json_config(path: str | Path, expected: str, comment_lines: bool = False) -> dict:
+    """Read a JSON object file (a model or adapter config); `comment_lines` drops `//` lines (SR3 configs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found", expected)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if comment_lines:
+            text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"not readable JSON ({exc})", expected) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(path, "is not a JSON object", expected)
+    return data
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

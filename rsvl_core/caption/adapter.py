@@ -19,7 +19,6 @@ themselves are peft's (`LoraModel`), so scaling (alpha / r, rsLoRA, rank/alpha p
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import read_state_dict
+from ..checkpoint import read_json_config, read_state_dict
 from ..errors import CheckpointError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -105,14 +104,7 @@ def read_adapter(folder: str | Path) -> LoraAdapter:
     if not folder.is_dir():
         raise CheckpointError(folder, "adapter folder not found", EXPECTED)
     config_path = folder / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise CheckpointError(config_path, "file not found", EXPECTED)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(config_path, f"not readable JSON ({exc})", EXPECTED) from None
-    if not isinstance(config, dict):
-        raise CheckpointError(config_path, "is not a JSON object", EXPECTED)
+    config = read_json_config(config_path, EXPECTED)
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise CheckpointError(config_path, f"peft_type is {peft_type!r}", "a LORA adapter")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import read_json_config
 from ..errors import CheckpointError, RsvlError
 from .adapter import AdapterReport, apply_adapter
 from .config import ATTENTIONS, DTYPE_NAMES, QUANTIZATIONS
@@ -34,13 +35,8 @@ def check_model_folder(folder: Path) -> dict:
     if not folder.is_dir():
         raise CheckpointError(folder, "model folder not found", EXPECTED)
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(config_path, "file not found", EXPECTED)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(config_path, f"not readable JSON ({exc})", EXPECTED) from None
-    if not isinstance(config, dict) or "model_type" not in config:
+    config = read_json_config(config_path, EXPECTED)
+    if "model_type" not in config:
         raise CheckpointError(config_path, "has no 'model_type'", "a transformers model config")
     weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
     if weights is None:

@@ -8,7 +8,6 @@ one, otherwise it is inferred from tensor shapes.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path
-from ..checkpoint import read_state_dict, strip_prefix
+from ..checkpoint import read_json_config, read_state_dict, strip_prefix
 from ..errors import CheckpointError
 from .config import SCHEDULE_BUFFER_NAMES, SR3Config
 from .model import SR3UNet
@@ -150,19 +149,6 @@ def infer_sr3_config(unet_state: dict[str, torch.Tensor], path: Path) -> SR3Conf
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    # The SR3 code base's configs carry `//` comment lines; drop them as its parser does.
-    text = "\n".join(line.split("//")[0] if line.lstrip().startswith("//") else line
-                     for line in path.read_text().splitlines())
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(path, f"config is not valid JSON ({exc})", "an SR3 config JSON") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(path, "config is not a JSON object", "an SR3 config JSON")
-    return data
-
-
 def parse_sr3_config(data: dict[str, Any]) -> tuple[SR3Config, dict[str, Any] | None] | None:
     """(architecture, inference schedule or None) from a known config layout, or None if unknown.
 
@@ -187,7 +173,7 @@ def find_config_beside(path: Path) -> tuple[Path, tuple[SR3Config, dict[str, Any
     """A config next to the weights: `<name>.json`, else `config.json` or `sr_sr3.json` if it is an SR3 one."""
     own = path.with_suffix(".json")
     if own.is_file():
-        parsed = parse_sr3_config(_read_json(own))
+        parsed = parse_sr3_config(read_json_config(own, "an SR3 config JSON", comment_lines=True))
         if parsed is None:
             raise CheckpointError(
                 own, "unrecognised config layout", "an SR3 config JSON with a 'sr3' or 'model.unet' block"
@@ -196,7 +182,7 @@ def find_config_beside(path: Path) -> tuple[Path, tuple[SR3Config, dict[str, Any
     for name in ("config.json", "sr_sr3.json"):
         candidate = path.parent / name
         if candidate.is_file():
-            parsed = parse_sr3_config(_read_json(candidate))
+            parsed = parse_sr3_config(read_json_config(candidate, "an SR3 config JSON", comment_lines=True))
             if parsed is not None:
                 return candidate, parsed
     return None
