@@ -66,7 +66,7 @@ def _read_safetensors(path: Path, expected: str) -> dict:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            path, f"not a readable safetensors file, possibly truncated or corrupt ({_first_line(exc)})",
+            path, f"not a readable safetensors file, possibly truncated or corrupt ({first_line(exc)})",
             expected,
         ) from None
 
@@ -82,10 +82,10 @@ def _read_torch_pickle(path: Path, expected: str) -> dict:
                 "and rsvl never executes pickled code",
                 expected,
             ) from None
-        raise CheckpointError(path, f"not a readable PyTorch file ({_first_line(exc)})", expected) from None
+        raise CheckpointError(path, f"not a readable PyTorch file ({first_line(exc)})", expected) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(
-            path, f"not a readable PyTorch file, possibly truncated or corrupt ({_first_line(exc)})",
+            path, f"not a readable PyTorch file, possibly truncated or corrupt ({first_line(exc)})",
             expected,
         ) from None
 
@@ -130,6 +130,7 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception message (at most 200 characters), for one-line errors."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]

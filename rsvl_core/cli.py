@@ -107,10 +107,7 @@ def run_caption(args: argparse.Namespace) -> list[tuple[Path, str]]:
 
     options = CaptionOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              do_sample=not args.greedy, seed=args.seed)
-    try:
-        options.check()
-    except ValueError as exc:
-        raise RsvlError(str(exc)) from None
+    check_options(options)
     inputs = collect_inputs(argparse.Namespace(inputs=args.inputs, input_img=[], image_dir=[]))
     device = resolve_device(args.device)
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
@@ -126,9 +123,7 @@ def run_caption(args: argparse.Namespace) -> list[tuple[Path, str]]:
         image, notes = read_image(source)
         for note in notes:
             tqdm.write(f"{source.name}: {note}", file=sys.stderr)
-        with tqdm(desc=f"{source.name} caption", unit="tok", leave=False, disable=args.quiet) as bar:
-            caption = captioner.caption(image, options, progress_bar_callback(bar))[0]
-        results.append((source, " ".join(caption.split())))
+        results.append((source, caption_with_progress(captioner, image, options, source.name, args.quiet)))
     lines = "".join(f"{source.name}: {caption}\n" for source, caption in results)
     if args.output is None:
         sys.stdout.write(lines)
@@ -146,6 +141,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr3", type=Path, default=None, help="the SR3 checkpoint file (overrides --models-dir)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model precision (default fp32)")
+
+
+def check_options(options) -> None:
+    """Run an options object's `check()`, turning its ValueError into a one-line CLI error."""
+    try:
+        options.check()
+    except ValueError as exc:
+        raise RsvlError(str(exc)) from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,10 +205,7 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
         sampler=args.sampler, steps=args.steps, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
     )
-    try:
-        options.check()
-    except ValueError as exc:
-        raise RsvlError(str(exc)) from None
+    check_options(options)
     inputs = collect_inputs(args)
     device = resolve_device(args.device)
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
@@ -265,10 +265,7 @@ class CaptionStep:
 
         overrides = {} if args.caption_max_tokens is None else {"max_new_tokens": args.caption_max_tokens}
         options = CaptionOptions(seed=args.seed, **overrides)
-        try:
-            options.check()
-        except ValueError as exc:
-            raise RsvlError(str(exc)) from None
+        check_options(options)
         try:
             folder = locate_captioner(models_dir)
             adapter = locate_caption_adapter(models_dir)
@@ -277,15 +274,20 @@ class CaptionStep:
         return cls(None, lambda: load_captioner(folder, adapter, device=device, dtype=args.dtype), options)
 
     def run(self, image: torch.Tensor, name: str, quiet: bool) -> str:
-        from tqdm import tqdm
-
         if self.text is not None:
             return self.text
         if self.captioner is None:
             self.captioner = self.loader()  # loaded once, on first use
-        with tqdm(desc=f"{name} caption", unit="tok", leave=False, disable=quiet) as bar:
-            caption = self.captioner.caption(image, self.options, progress_bar_callback(bar))[0]
-        return " ".join(caption.split())
+        return caption_with_progress(self.captioner, image, self.options, name, quiet)
+
+
+def caption_with_progress(captioner, image: torch.Tensor, options, name: str, quiet: bool) -> str:
+    """One image's caption with a token progress bar, whitespace collapsed to single spaces."""
+    from tqdm import tqdm
+
+    with tqdm(desc=f"{name} caption", unit="tok", leave=False, disable=quiet) as bar:
+        caption = captioner.caption(image, options, progress_bar_callback(bar))[0]
+    return " ".join(caption.split())
 
 
 def write_caption_sidecar(target: Path, caption: str, source: str, args: argparse.Namespace) -> Path:

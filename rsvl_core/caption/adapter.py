@@ -152,10 +152,9 @@ def map_module_name(name: str, module_names: set[str] | dict) -> str | None:
     return name if name in module_names else None
 
 
-def _map_parameter(name: str, modules: dict[str, nn.Module]) -> str | None:
+def _map_parameter(name: str, modules: dict[str, nn.Module], params: dict[str, nn.Parameter]) -> str | None:
     """Map `<module>.<param>` (or a bare parameter such as `model.image_newline`)."""
     owner, _, leaf = name.rpartition(".")
-    params = {n for n, _ in modules[""].named_parameters()}
     direct = map_module_name(name, params)
     if direct is not None:
         return direct
@@ -222,7 +221,7 @@ def apply_adapter(model: nn.Module, adapter: LoraAdapter | str | Path, merge: bo
         mapping[original] = mapped
     full_mapping: dict[str, str] = {}
     for original, tensor in adapter.full.items():
-        mapped = _map_parameter(original, modules)
+        mapped = _map_parameter(original, modules, params)
         if mapped is None:
             unmapped.append(original)
             continue

@@ -5,11 +5,11 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import RsvlError
+from ..image import to_uint8
 from ..progress import ProgressCallback, report
 from .adapter import AdapterReport
 from .config import CaptionOptions
@@ -46,8 +46,7 @@ def to_pil_images(image: torch.Tensor | Image.Image | list[Image.Image]) -> list
         image = image.unsqueeze(0)
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected shape (B, 3, H, W), got {tuple(image.shape)}")
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in array]
+    return [Image.fromarray(to_uint8(single), "RGB") for single in image]
 
 
 def prompt_messages(prompt: str) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_json_config
+from ..checkpoint import first_line, read_json_config
 from ..errors import CheckpointError, RsvlError
 from .adapter import AdapterReport, apply_adapter
 from .config import ATTENTIONS, DTYPE_NAMES, QUANTIZATIONS
@@ -144,12 +144,12 @@ def load_vlm(
         try:
             processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(folder, f"processor/tokenizer files could not be loaded ({_first_line(exc)})",
+            raise CheckpointError(folder, f"processor/tokenizer files could not be loaded ({first_line(exc)})",
                                   EXPECTED) from None
         try:
             model, info = model_class.from_pretrained(str(folder), **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-            raise CheckpointError(folder, f"model could not be loaded ({_first_line(exc)})", EXPECTED) from None
+            raise CheckpointError(folder, f"model could not be loaded ({first_line(exc)})", EXPECTED) from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
     if problems:
         kind, keys = next(iter(problems.items()))
@@ -183,7 +183,3 @@ def load_captioner(
         model, report = apply_adapter(model, adapter, merge=merge_adapter)
     return Captioner(model, processor, adapter_report=report, source=Path(folder))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
