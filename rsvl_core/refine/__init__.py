@@ -1,0 +1,1 @@
+"""Stage 2: the SUPIR-style refiner on SDXL (control network, ZeroSFT connectors, restore EDM sampler)."""
