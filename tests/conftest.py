@@ -8,7 +8,7 @@ import pytest
 from rsvl_testing import FIXTURES
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """The seed's reference tensors; tests that compare with them skip (with the reason) without them."""
     if not FIXTURES.is_dir():

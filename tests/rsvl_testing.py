@@ -110,3 +110,19 @@ def tiny_llava_inputs(processor, seed: int = 0, size: tuple[int, int] = (24, 30)
 def llava_logits(model, inputs: dict) -> torch.Tensor:
     """Next-token logits for every position: (1, L, vocab) float32."""
     return model(**inputs).logits.float()
+
+
+def supir_tiny_parts(fixtures_dir: Path):
+    """The seed's tiny SUPIR (fixtures/supir_tiny) loaded through our loader with its SGM config."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from rsvl_core.refine.config import RefinerConfig
+    from rsvl_core.refine.loader import load_unet_and_control
+
+    folder = fixtures_dir / "supir_tiny"
+    params = json.loads((folder / "config.json").read_text())
+    config = RefinerConfig.from_sgm_params(params["network_config.params"], zero_sft_hidden=params["zerosft_nhidden"])
+    state = load_file(folder / "weights.safetensors")
+    return load_unet_and_control(state, folder / "weights.safetensors", config=config)

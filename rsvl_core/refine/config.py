@@ -49,6 +49,8 @@ class RefinerConfig:
     extras: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # a set in meaning: keep one canonical order so configs compare equal
+        object.__setattr__(self, "attention_resolutions", tuple(sorted(set(self.attention_resolutions), reverse=True)))
         levels = len(self.channel_mult)
         if levels < 2:
             raise ValueError(f"channel_mult needs at least 2 levels, got {list(self.channel_mult)}")
