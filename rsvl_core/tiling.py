@@ -89,31 +89,60 @@ def run_tiled(
     tile_size: int,
     overlap: int,
     tile_batch: int = 1,
+    scale: int | float = 1,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Apply `fn` to overlapping tiles of `inputs` and blend the outputs.
 
     Args:
-        fn: maps (N, C, h, w) tiles to (N, out_channels, h, w) (same spatial size).
+        fn: maps (N, C, h, w) tiles to (N, out_channels, h * scale, w * scale).
         inputs: (B, C, H, W).
-        tile_size: tile edge in pixels (0 disables tiling: one call on the whole input).
-        overlap: pixels shared by neighbouring tiles; also the feathering width.
+        tile_size: tile edge in input pixels (0 disables tiling: one call on the whole input).
+        overlap: input pixels shared by neighbouring tiles; also the feathering width.
         tile_batch: how many tiles go through `fn` at once.
+        scale: output size / input size: an integer >= 1 (e.g. 8 for a VAE decoder) or 1/k for an
+            integer k (e.g. 1/8 for a VAE encoder; H and W must then be multiples of k). Tiles are
+            planned on the coarser of the two grids, so every tile edge maps to a whole pixel on both.
+        on_tile: called as `on_tile(done, total)` after each group of tiles (progress reporting).
     Returns:
-        (B, out_channels, H, W) float32.
+        (B, out_channels, H * scale, W * scale) float32.
     """
     b, _, height, width = inputs.shape
-    tiles = plan_tiles(height, width, tile_size, overlap)
+    up, down = _scale_factors(scale)
+    if height % down or width % down:
+        raise ValueError(f"run_tiled: input size {height}x{width} must be a multiple of {down} for scale 1/{down}")
+    # Plan on the coarse grid (the input when upscaling, the output when downscaling).
+    tiles = plan_tiles(height // down, width // down, tile_size // down if tile_size else 0, overlap // down)
     if len(tiles) == 1:
-        return fn(inputs).float()
-    out = torch.zeros(b, out_channels, height, width, dtype=torch.float32, device=inputs.device)
-    weight_sum = torch.zeros(1, 1, height, width, dtype=torch.float32, device=inputs.device)
-    window = feather_window(tiles[0].y1 - tiles[0].y0, tiles[0].x1 - tiles[0].x0, overlap, inputs.device)
-    for start in range(0, len(tiles), max(1, tile_batch)):
-        group = tiles[start:start + max(1, tile_batch)]
-        batch = torch.cat([inputs[..., t.y0:t.y1, t.x0:t.x1] for t in group], dim=0)
+        result = fn(inputs).float()
+        if on_tile is not None:
+            on_tile(1, 1)
+        return result
+    out = torch.zeros(b, out_channels, height * up // down, width * up // down, dtype=torch.float32,
+                      device=inputs.device)
+    weight_sum = torch.zeros(1, 1, *out.shape[-2:], dtype=torch.float32, device=inputs.device)
+    first = tiles[0]
+    window = feather_window((first.y1 - first.y0) * up, (first.x1 - first.x0) * up, overlap * up // down,
+                            inputs.device)
+    step = max(1, tile_batch)
+    for start in range(0, len(tiles), step):
+        group = tiles[start:start + step]
+        batch = torch.cat([inputs[..., t.y0 * down:t.y1 * down, t.x0 * down:t.x1 * down] for t in group], dim=0)
         result = fn(batch).float()
         for i, t in enumerate(group):
-            w = window[: t.y1 - t.y0, : t.x1 - t.x0]
-            out[..., t.y0:t.y1, t.x0:t.x1] += result[i * b:(i + 1) * b] * w
-            weight_sum[..., t.y0:t.y1, t.x0:t.x1] += w
+            y0, y1, x0, x1 = t.y0 * up, t.y1 * up, t.x0 * up, t.x1 * up
+            w = window[: y1 - y0, : x1 - x0]
+            out[..., y0:y1, x0:x1] += result[i * b:(i + 1) * b] * w
+            weight_sum[..., y0:y1, x0:x1] += w
+        if on_tile is not None:
+            on_tile(start + len(group), len(tiles))
     return out / weight_sum
+
+
+def _scale_factors(scale: int | float) -> tuple[int, int]:
+    """(up, down) integers with scale == up / down and one of them 1; ValueError for other ratios."""
+    if scale >= 1 and float(scale).is_integer():
+        return int(scale), 1
+    if 0 < scale < 1 and abs(1 / scale - round(1 / scale)) < 1e-6:
+        return 1, round(1 / scale)
+    raise ValueError(f"run_tiled: scale must be an integer >= 1 or 1/k for an integer k, got {scale}")

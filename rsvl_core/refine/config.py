@@ -60,8 +60,8 @@ class RefinerConfig:
             )
         if not self.has_attention(levels - 1):
             raise ValueError("the deepest level must have attention (the middle block is a transformer)")
-        for width in self.block_out_channels:
-            if width % self.num_head_channels:
+        for level, width in enumerate(self.block_out_channels):
+            if self.has_attention(level) and width % self.num_head_channels:
                 raise ValueError(f"width {width} is not a multiple of num_head_channels {self.num_head_channels}")
             if width % self.norm_groups:
                 raise ValueError(f"width {width} is not a multiple of norm_groups {self.norm_groups}")

@@ -1,0 +1,315 @@
+"""Stage 2 end to end: load the refiner from the user's files and refine one stage-1 image.
+
+`refine_image` is a numbered script in the diffusers pipeline style:
+check options -> working size -> LQ latent -> text conditioning -> noise -> restore EDM sampling
+(tiled over the latent when large) -> decode -> colour fix -> back to exactly the input size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import read_state_dict
+from ..errors import CheckpointError
+from ..image import bicubic_resize
+from ..progress import ProgressCallback, report
+from ..tiling import plan_tiles, run_tiled
+from .colorfix import apply_color_fix
+from .config import RefinerConfig
+from .control import GLVControl
+from .loader import (
+    EXPECTED_SUPIR,
+    TEXT_PREFIX,
+    VAE_PREFIX,
+    load_unet_and_control,
+    read_refiner_checkpoints,
+    unet_and_control_to_single_file,
+)
+from .networks import ConditionedNetworks, Conditioning
+from .sampler import EpsDenoiser, RestoreSamplerOptions, StepRecord, sample_restore_edm
+from .text import SDXLTextEncoder, load_text_encoder_from_diffusers, load_text_encoder_from_single_file, sdxl_vector
+from .unet import RefinerUNet
+from .vae import RefinerVAE, load_refiner_vae, load_refiner_vae_from_diffusers, resolve_vae_dtype
+
+_SEED_DEFAULTS = Path(__file__).parent / "configs" / "seed_prompts.json"
+COLOR_FIXES = ("wavelet", "adain", "none")
+
+
+def _seed_prompts() -> tuple[str, str]:
+    data = json.loads(_SEED_DEFAULTS.read_text(encoding="utf-8"))
+    return data["positive"], data["negative"]
+
+
+SEED_POSITIVE_PROMPT, SEED_NEGATIVE_PROMPT = _seed_prompts()
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """One refinement run: sampler settings, prompts, sizes, tiling."""
+
+    sampler: RestoreSamplerOptions = field(default_factory=RestoreSamplerOptions)
+    positive_prompt: str = SEED_POSITIVE_PROMPT   # appended to the caption: "<caption> <positive>"
+    negative_prompt: str = SEED_NEGATIVE_PROMPT
+    color_fix: str = "wavelet"                    # against the stage-1 image: wavelet | adain | none
+    min_size: int = 1024                          # the short side is brought up to at least this (seed)
+    size_unit: int = 64                           # working sizes are multiples of this (seed)
+    latent_tile_size: int = 128                   # latent tile edge for sampling (128 = 1024 px); 0 = no tiling
+    latent_tile_overlap: int = 32                 # latent pixels shared by neighbouring tiles
+    tile_batch: int = 1                           # latent tiles per network call
+    vae_encode_tile: int = 1024                   # pixels; 0 = one pass
+    vae_decode_tile: int = 128                    # latent pixels; 0 = one pass
+    original_size: tuple[int, int] = (1024, 1024)  # SDXL micro-conditioning, fixed as in the seed
+    target_size: tuple[int, int] = (1024, 1024)
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad setting, before any heavy work."""
+        self.sampler.check()
+        if self.color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
+        if self.size_unit < 8 or self.size_unit % 8:
+            raise ValueError(f"size_unit must be a positive multiple of 8, got {self.size_unit}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+        if self.latent_tile_size < 0 or self.latent_tile_overlap < 0 or self.tile_batch < 1:
+            raise ValueError("latent_tile_size and latent_tile_overlap must be >= 0 and tile_batch >= 1")
+        if self.latent_tile_size and self.latent_tile_size % 8:
+            raise ValueError(f"latent_tile_size must be a multiple of 8 (UNet strides), got {self.latent_tile_size}")
+        if self.latent_tile_size and self.latent_tile_overlap * 2 > self.latent_tile_size:
+            raise ValueError(
+                f"latent_tile_overlap {self.latent_tile_overlap} is more than half of latent_tile_size "
+                f"{self.latent_tile_size}"
+            )
+
+
+# The seed's defaults (infer.py): 50 steps, churn 5, s_noise 1.003, CFG 4 -> 7.5 linear, control 1, restoration off.
+PRESETS: dict[str, RefineOptions] = {"paper": RefineOptions()}
+
+
+def preset(name: str, **sampler_overrides) -> RefineOptions:
+    """A named preset, optionally with sampler settings replaced (e.g. steps=20)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown refiner preset {name!r}; choose from {', '.join(PRESETS)}")
+    options = PRESETS[name]
+    if sampler_overrides:
+        options = replace(options, sampler=replace(options.sampler, **sampler_overrides))
+    return options
+
+
+@dataclass
+class Refiner:
+    """The loaded stage-2 models."""
+
+    unet: RefinerUNet
+    control: GLVControl
+    vae: RefinerVAE
+    text: SDXLTextEncoder
+    config: RefinerConfig
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    @property
+    def size_embed_dim(self) -> int:
+        extra = self.config.adm_in_channels - self.text.pooled_dim
+        if extra <= 0 or extra % 6:
+            raise ValueError(
+                f"the UNet's vector width {self.config.adm_in_channels} does not fit the text encoder's pooled width "
+                f"{self.text.pooled_dim} plus 6 size embeddings"
+            )
+        return extra // 6
+
+    def to(self, device: torch.device | str) -> Refiner:
+        for module in (self.unet, self.control, self.vae, self.text):
+            module.to(device)
+        return self
+
+
+def load_refiner(sdxl: str | Path, supir: str | Path, dtype: torch.dtype = torch.float32,
+                 vae_dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> Refiner:
+    """Load the refiner from an SDXL checkpoint (single file or diffusers folder) and a SUPIR checkpoint.
+
+    Args:
+        sdxl: the SDXL base single file (`.safetensors`/`.ckpt`), or a diffusers SDXL folder.
+        supir: the SUPIR checkpoint (v0Q or v0F) with the control network, connectors and denoise encoder.
+        dtype: UNet, control network and text encoders (fp32, bf16 or fp16).
+        vae_dtype: the VAE's precision (default: dtype, but fp16 runs in fp32: SDXL's VAE overflows in fp16).
+    """
+    vae_dtype = resolve_vae_dtype(vae_dtype or dtype)
+    sdxl, supir = Path(sdxl), Path(supir)
+    if sdxl.is_dir():
+        return _load_from_diffusers_folder(sdxl, supir, dtype, vae_dtype, device)
+    state, _ = read_refiner_checkpoints(sdxl, supir)
+    parts = load_unet_and_control(state, supir, dtype)
+    vae = load_refiner_vae(state, sdxl, dtype=vae_dtype, device="cpu")
+    text_state = {k: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
+    text = load_text_encoder_from_single_file(text_state, sdxl, dtype=dtype, device="cpu")
+    del state
+    refiner = Refiner(parts.unet, parts.control, vae, text, parts.config, {"sdxl": str(sdxl), "supir": str(supir)})
+    return refiner.to(device)
+
+
+def _load_from_diffusers_folder(folder: Path, supir: Path, dtype: torch.dtype, vae_dtype: torch.dtype,
+                                device: torch.device | str) -> Refiner:
+    """A diffusers SDXL folder (unet/, vae/, text_encoder*/) plus the SUPIR file."""
+    from diffusers import UNet2DConditionModel
+
+    from .ldm_keys import ours_to_ldm
+
+    unet_folder = folder / "unet"
+    if not (unet_folder / "config.json").is_file():
+        raise CheckpointError(folder, "has no unet/config.json", "a diffusers SDXL folder (unet/, vae/, text_encoder/)")
+    base = UNet2DConditionModel.from_pretrained(str(unet_folder), local_files_only=True)
+    supir_state = read_state_dict(supir, EXPECTED_SUPIR)
+    config = _config_from_diffusers_unet(base.config)
+    base_state = ours_to_ldm(base.state_dict(), config)
+    state = {f"model.diffusion_model.{k}": v for k, v in base_state.items()}
+    del base
+    state.update(supir_state)
+    parts = load_unet_and_control(state, supir, dtype, config=config)
+    vae = load_refiner_vae_from_diffusers(folder, supir_state, dtype=vae_dtype, device="cpu", denoise_path=supir)
+    text = load_text_encoder_from_diffusers(folder, dtype=dtype, device="cpu")
+    refiner = Refiner(parts.unet, parts.control, vae, text, config, {"sdxl": str(folder), "supir": str(supir)})
+    return refiner.to(device)
+
+
+def _config_from_diffusers_unet(cfg) -> RefinerConfig:
+    widths = tuple(cfg["block_out_channels"])
+    attention = tuple(2**i for i, kind in enumerate(cfg["down_block_types"]) if kind.startswith("CrossAttn"))
+    depth = cfg["transformer_layers_per_block"]
+    depth = tuple(depth) if isinstance(depth, list | tuple) else (depth,) * len(widths)
+    heads = cfg["attention_head_dim"]
+    heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(widths)
+    return RefinerConfig(
+        in_channels=cfg["in_channels"], out_channels=cfg["out_channels"], model_channels=widths[0],
+        channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=cfg["layers_per_block"],
+        attention_resolutions=attention, transformer_depth=depth, num_head_channels=widths[-1] // heads[-1],
+        context_dim=cfg["cross_attention_dim"], adm_in_channels=cfg["projection_class_embeddings_input_dim"],
+    )
+
+
+def working_size(height: int, width: int, min_size: int = 1024, unit: int = 64) -> tuple[int, int]:
+    """The seed's rule: scale up so the short side is at least `min_size`, then round each side to `unit`."""
+    factor = max(1.0, min_size / min(height, width)) if min_size else 1.0
+    return (max(unit, round(height * factor / unit) * unit), max(unit, round(width * factor / unit) * unit))
+
+
+@dataclass
+class RefineReport:
+    """What one refinement did (for sidecars, logs and the cache report)."""
+
+    caption: str
+    working_size: tuple[int, int]
+    latent_tiles: int
+    steps: list[StepRecord]
+    unet_calls: int
+    control_calls: int
+
+
+def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: RefineOptions | None = None,
+                 seed: int = 0, callback: ProgressCallback | None = None) -> tuple[torch.Tensor, RefineReport]:
+    """Refine one stage-1 image.
+
+    Args:
+        image: (1, 3, H, W) float in [0, 1], the stage-1 output.
+        caption: the text describing it (the captioner's, or the user's).
+        seed: seeds every random draw (initial noise and churn noise), drawn on the CPU: same result on any device.
+    Returns:
+        ((1, 3, H, W) float32 in [0, 1], a RefineReport).
+    """
+    # 1. check inputs
+    options = options or RefineOptions()
+    options.check()
+    if image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise ValueError(f"image must be (1, 3, H, W), got {tuple(image.shape)}")
+    height, width = image.shape[-2:]
+    device = refiner.device
+
+    # 2. working size (the seed's rule), multiples of 64
+    work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
+    work = bicubic_resize(image.float().cpu(), (work_h, work_w)) if (work_h, work_w) != (height, width) else image
+    work = work.float().to(device)
+
+    # 3. LQ latent through the denoise encoder; its decode is the colour reference (as the seed does)
+    lq_latent = refiner.vae.encode_lq(work, tile_size=options.vae_encode_tile)
+    reference = None
+    if options.color_fix != "none":
+        reference = refiner.vae.decode(lq_latent, tile_size=options.vae_decode_tile)
+    x_center = lq_latent
+    if options.sampler.restoration_scale > 0:
+        colour_ref = reference if reference is not None else refiner.vae.decode(lq_latent, options.vae_decode_tile)
+        x_center = refiner.vae.encode(colour_ref, tile_size=options.vae_encode_tile)
+
+    # 4. text: "<caption> <positive prompt>" vs the negative prompt, same length for one CFG batch
+    positive = " ".join(part for part in (caption.strip(), options.positive_prompt.strip()) if part)
+    cond_text, uncond_text = refiner.text.encode_pair([positive], [options.negative_prompt])
+    size_dim = refiner.size_embed_dim
+    cond = Conditioning(cond_text.context.to(device), sdxl_vector(
+        cond_text.pooled, size_dim, options.original_size, (0, 0), options.target_size).to(device))
+    uncond = Conditioning(uncond_text.context.to(device), sdxl_vector(
+        uncond_text.pooled, size_dim, options.original_size, (0, 0), options.target_size).to(device))
+    networks = ConditionedNetworks(refiner.unet, refiner.control, cond, uncond, lq_latent)
+
+    # 5. noise from one CPU generator: initial noise first, then churn noise step by step
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(tuple(lq_latent.shape), generator=generator, dtype=torch.float32).to(device)
+
+    def churn_noise(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+    # 6. sampling, tiled over the latent when it is larger than a tile
+    denoiser = EpsDenoiser()
+    tile, overlap = options.latent_tile_size, options.latent_tile_overlap
+    lat_h, lat_w = lq_latent.shape[-2:]
+    tiled = tile > 0 and (lat_h > tile or lat_w > tile)
+    tiles = len(plan_tiles(lat_h, lat_w, tile, overlap)) if tiled else 1
+
+    def denoise(x: torch.Tensor, sigma_hat: float, cfg: float, control_scale: float, step: int) -> torch.Tensor:
+        if not tiled:
+            return denoiser.guided(networks, x, sigma_hat, cfg, control_scale)
+
+        def one_batch(stack: torch.Tensor) -> torch.Tensor:
+            x_tiles, lq_tiles = stack[:, :4], stack[:, 4:]
+
+            def eps(x_in: torch.Tensor, timesteps: torch.Tensor, scale: float) -> torch.Tensor:
+                return networks(x_in, timesteps, scale, lq_latent=lq_tiles)
+
+            return denoiser.guided(eps, x_tiles, sigma_hat, cfg, control_scale)
+
+        return run_tiled(one_batch, torch.cat([x, lq_latent], dim=1), 4, tile, overlap, options.tile_batch)
+
+    records: list[StepRecord] = []
+    latent = sample_restore_edm(denoise, noise, x_center, options.sampler, churn_noise, callback, records=records)
+
+    # 7. decode, colour fix against the stage-1 reference, back to exactly the input size
+    report(callback, options.sampler.steps, options.sampler.steps, "vae decode")
+    result = refiner.vae.decode(latent, tile_size=options.vae_decode_tile)
+    if reference is not None:
+        result = apply_color_fix(result, reference, options.color_fix)
+    result = result.float().cpu()
+    if (work_h, work_w) != (height, width):
+        result = bicubic_resize(result, (height, width))
+    result = result.clamp(0, 1)
+    return result, RefineReport(caption, (work_h, work_w), tiles, records, networks.unet_calls, networks.control_calls)
+
+
+def refiner_single_files(refiner: Refiner) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(SDXL file, SUPIR file) state dicts in the original layouts, as the real releases split them."""
+    from .text import sdxl_text_encoders_to_single_file
+
+    sdxl, supir = unet_and_control_to_single_file(refiner.unet, refiner.control)
+    first_stage = refiner.vae.single_file_state()
+    for key, value in first_stage.items():
+        (supir if key.startswith(VAE_PREFIX + "denoise_encoder.") else sdxl)[key] = value
+    sdxl.update(sdxl_text_encoders_to_single_file(refiner.text.text_encoder.state_dict(),
+                                                  refiner.text.text_encoder_2.state_dict()))
+    return sdxl, supir
