@@ -14,14 +14,23 @@ from .errors import RsvlError
 from .image import IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
 from .progress import ProgressCallback
 from .stage1 import SAMPLERS, SCALES, SR3SamplerOptions, load_sr3, upscale_stage1
-from .weights import MODELS_DIR_ENV, default_models_dir, locate_caption_adapter, locate_captioner, locate_sr3
+from .weights import (
+    MODELS_DIR_ENV,
+    default_models_dir,
+    locate_caption_adapter,
+    locate_captioner,
+    locate_sdxl,
+    locate_sr3,
+    locate_supir,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rsvl", description="Remote-sensing super-resolution: SR3 fidelity stage (+ refinement, later)."
+        prog="rsvl",
+        description="Remote-sensing super-resolution: SR3 fidelity stage, caption, SUPIR/SDXL refinement.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -37,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="upscaling factor (default 8, the released model's)")
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true",
-                    help="run stage 1 (SR3) alone: no caption (and, once it lands, no refiner)")
+                    help="run stage 1 (SR3) alone: no caption, no refiner")
     up.add_argument("--caption", default=None,
                     help="use this text as the caption instead of running the captioner")
     up.add_argument("--caption-max-tokens", type=int, default=None,
@@ -51,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tile edge in output pixels; 0 = whole image at once (default 224)")
     up.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
     up.add_argument("--tile-batch", type=int, default=4, help="tiles per model call (default 4)")
+    add_refine_options(up)
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -62,6 +72,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", type=Path, default=None, help="where to write the result")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def add_refine_options(parser: argparse.ArgumentParser) -> None:
+    """Stage-2 options; defaults come from the chosen preset (`paper` = the seed's infer.py settings)."""
+    from .refine.refiner import COLOR_FIXES, PRESETS
+
+    group = parser.add_argument_group("refiner (stage 2)")
+    group.add_argument("--sdxl", type=Path, default=None,
+                       help="the SDXL base single file or diffusers folder (overrides <models-dir>/sdxl)")
+    group.add_argument("--supir", type=Path, default=None,
+                       help="the SUPIR checkpoint (overrides <models-dir>/supir)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                       help="refiner settings preset (default paper: the seed's 50 steps, CFG 4->7.5, churn 5)")
+    group.add_argument("--refine-steps", type=int, default=None, help="refiner sampling steps (preset: 50)")
+    group.add_argument("--cfg-scale", type=float, default=None, help="CFG scale at the end (preset: 7.5)")
+    group.add_argument("--cfg-scale-start", type=float, default=None,
+                       help="CFG scale at the start, linear in sigma (preset: 4.0)")
+    group.add_argument("--control-scale", type=float, default=None,
+                       help="strength of the stage-1 control, 0..2 (preset: 1.0)")
+    group.add_argument("--restoration-scale", type=float, default=None,
+                       help="pull toward the stage-1 latent; <= 0 is off (preset: off, as the seed)")
+    group.add_argument("--s-churn", type=float, default=None, help="EDM churn (preset: 5)")
+    group.add_argument("--color-fix", choices=COLOR_FIXES, default=None,
+                       help="colour correction against the stage-1 image (preset: wavelet)")
+    group.add_argument("--refine-min-size", type=int, default=None,
+                       help="the refiner works with the short side at least this many pixels (preset: 1024)")
+    group.add_argument("--latent-tile-size", type=int, default=None,
+                       help="refiner tile edge in latent pixels (x8 = image pixels); 0 = no tiling (preset: 128)")
+    group.add_argument("--vae-dtype", choices=sorted(DTYPES), default=None,
+                       help="VAE precision (default: --dtype; fp16 runs in fp32 since SDXL's VAE overflows)")
+
+
+def refine_options_from_args(args: argparse.Namespace):
+    """The preset with the command line's overrides applied (checked)."""
+    from dataclasses import replace
+
+    from .refine.refiner import preset
+
+    sampler = {name: value for name, value in (
+        ("steps", args.refine_steps), ("cfg_scale", args.cfg_scale), ("cfg_scale_start", args.cfg_scale_start),
+        ("control_scale", args.control_scale), ("restoration_scale", args.restoration_scale),
+        ("s_churn", args.s_churn)) if value is not None}
+    options = preset(args.preset, **sampler)
+    top = {name: value for name, value in (
+        ("color_fix", args.color_fix), ("min_size", args.refine_min_size),
+        ("latent_tile_size", args.latent_tile_size)) if value is not None}
+    options = replace(options, **top)
+    check_options(options)
+    return options
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
@@ -211,10 +270,17 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
     sr3_path = locate_sr3(models_dir, args.sr3)
     captioning = CaptionStep.from_args(args, models_dir, device)  # locates weights before any heavy work
-    model = load_sr3(sr3_path, device=device, dtype=DTYPES[args.dtype])
+    refine_options = None
     if not args.stage1_only:
-        tqdm.write("note: the refiner (stage 2) is not in this version yet: outputs are the stage-1 images, "
-                   "and their captions are written beside them (<name>.caption.json)", file=sys.stderr)
+        refine_options = refine_options_from_args(args)
+        sdxl_path, supir_path = locate_sdxl(models_dir, args.sdxl), locate_supir(models_dir, args.supir)
+    model = load_sr3(sr3_path, device=device, dtype=DTYPES[args.dtype])
+    refiner = None
+    if refine_options is not None:
+        from .refine.refiner import load_refiner
+
+        vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else None
+        refiner = load_refiner(sdxl_path, supir_path, dtype=DTYPES[args.dtype], vae_dtype=vae_dtype, device=device)
 
     summary = RunSummary()
     claimed: dict[Path, Path] = {}
@@ -234,9 +300,13 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
             start = time.perf_counter()
             with tqdm(desc=f"{source.name} stage 1", unit="step", leave=False, disable=args.quiet) as bar:
                 result = upscale_stage1(model, image, args.scale, options, args.seed, progress_bar_callback(bar))
+            refine_report = None
             if captioning is not None:
                 caption = captioning.run(result, source.name, args.quiet)
-                write_caption_sidecar(target, caption, captioning.source, args)
+                if refiner is not None:
+                    result, refine_report = refine_with_progress(refiner, result, caption, refine_options, args,
+                                                                 source.name)
+                write_caption_sidecar(target, caption, captioning.source, args, refine_options, refine_report)
             write_image_atomic(result.cpu(), target)
             summary.written.append(target)
             if not args.quiet:
@@ -290,8 +360,19 @@ def caption_with_progress(captioner, image: torch.Tensor, options, name: str, qu
     return " ".join(caption.split())
 
 
-def write_caption_sidecar(target: Path, caption: str, source: str, args: argparse.Namespace) -> Path:
-    """`<output>.caption.json` beside the image: the caption and what produced it."""
+def refine_with_progress(refiner, image: torch.Tensor, caption: str, options, args: argparse.Namespace, name: str):
+    """Stage 2 on one stage-1 image with a step progress bar."""
+    from tqdm import tqdm
+
+    from .refine.refiner import refine_image
+
+    with tqdm(desc=f"{name} refine", unit="step", leave=False, disable=args.quiet) as bar:
+        return refine_image(refiner, image, caption, options, args.seed, progress_bar_callback(bar))
+
+
+def write_caption_sidecar(target: Path, caption: str, source: str, args: argparse.Namespace,
+                          refine_options=None, refine_report=None) -> Path:
+    """`<output>.caption.json` beside the image: the caption, the settings and what the refiner did."""
     import json
 
     from .atomic import atomic_path
@@ -299,6 +380,16 @@ def write_caption_sidecar(target: Path, caption: str, source: str, args: argpars
     sidecar = target.with_suffix(".caption.json")
     record = {"image": target.name, "caption": caption, "caption_source": source, "seed": args.seed,
               "scale": args.scale, "stage1": {"sampler": args.sampler, "steps": args.steps}}
+    if refine_options is not None and refine_report is not None:
+        from dataclasses import asdict
+
+        settings = asdict(refine_options)
+        settings["sampler"].pop("extras", None)
+        settings["sampler"] = {k: (None if v == float("inf") else v) for k, v in settings["sampler"].items()}
+        record["refine"] = {"preset": args.preset, "settings": settings,
+                            "working_size": list(refine_report.working_size),
+                            "latent_tiles": refine_report.latent_tiles, "unet_calls": refine_report.unet_calls,
+                            "control_calls": refine_report.control_calls}
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return sidecar

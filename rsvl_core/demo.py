@@ -1,7 +1,8 @@
 """`rsvl demo`: prove an install without downloads.
 
 Writes tiny random-weight models in the real file formats, laid out as real weights are, and runs
-the real `rsvl upscale` path (stage 1, then the captioner) on a bundled real aerial image. Random
+the real `rsvl upscale` path (stage 1, the captioner, then the SDXL/SUPIR refiner) on a bundled
+real aerial image. Random
 weights do not super-resolve: the output is noise-like by design. This only proves that loading,
 sampling, tiling, captioning and writing work.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .stage1 import SR3Config, SR3UNet, save_sr3
-from .weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SR3_SUBDIR
+from .weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SDXL_SUBDIR, SR3_SUBDIR, SUPIR_SUBDIR
 
 SAMPLE_IMAGE = Path(__file__).parent / "samples" / "osbs_029_lr100.png"
 DEMO_SCALE = 4
@@ -44,7 +45,11 @@ def write_demo_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
 
     llava = write_tiny_llava_next(Path(models_dir) / CAPTIONER_SUBDIR, seed=seed)
     adapter = write_tiny_seed_adapter(Path(models_dir) / ADAPTER_SUBDIR, seed=seed + 1)
-    return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter}
+    # The refiner as the releases come: an SDXL single file and a SUPIR checkpoint, in the original layouts.
+    from .refine.tiny import write_tiny_refiner_files
+
+    sdxl, supir = write_tiny_refiner_files(Path(models_dir) / SDXL_SUBDIR, Path(models_dir) / SUPIR_SUBDIR, seed)
+    return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter, "SDXL": sdxl, "SUPIR": supir}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -60,6 +65,8 @@ def run_demo(args: argparse.Namespace) -> int:
         argv = [
             "upscale", str(SAMPLE_IMAGE), "--output", str(output), "--scale", str(DEMO_SCALE),
             "--models-dir", str(models_dir), "--sampler", "dpmpp", "--steps", "20", "--caption-max-tokens", "24",
+            # the refiner's real path at a CPU-friendly size: 8 steps, working size = the stage-1 size
+            "--refine-steps", "8", "--refine-min-size", "0",
             "--overwrite", "--device", "cpu",
         ]
         if args.quiet:

@@ -6,6 +6,9 @@ Layout of a models folder (the same under ComfyUI's `models/rsvl/`):
     <models dir>/llava/config.json, model*.safetensors, ...  captioner in Hugging Face layout
                                                              (e.g. llava-hf/llama3-llava-next-8b-hf)
     <models dir>/llava_adapter/adapter_config.json + adapter_model.safetensors   the seed's LoRA (optional)
+    <models dir>/sdxl/<any name>.safetensors | .ckpt          SDXL base single file (e.g. juggernautXL_v8),
+                                                             or a diffusers SDXL folder (unet/, vae/, text_encoder*/)
+    <models dir>/supir/<any name>.ckpt | .safetensors         SUPIR-v0Q or SUPIR-v0F
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ MODELS_DIR_ENV = "RSVL_MODELS_DIR"
 SR3_SUBDIR = "sr3"
 CAPTIONER_SUBDIR = "llava"
 ADAPTER_SUBDIR = "llava_adapter"
+SDXL_SUBDIR = "sdxl"
+SUPIR_SUBDIR = "supir"
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt")
 
 
@@ -94,3 +99,54 @@ def locate_caption_adapter(models_dir: Path | None = None, explicit: Path | None
             f"without it"
         )
     return folder
+
+
+def _is_diffusers_sdxl(folder: Path) -> bool:
+    return (folder / "unet" / "config.json").is_file() and (folder / "vae" / "config.json").is_file()
+
+
+def locate_sdxl(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
+    """The SDXL base model: `explicit`, else the one file (or diffusers folder) in `<models_dir>/sdxl/`."""
+    if explicit is not None:
+        explicit = Path(explicit)
+        if explicit.is_file() or _is_diffusers_sdxl(explicit):
+            return explicit
+        raise WeightsNotFoundError(f"SDXL model not found: --sdxl {explicit} is neither a file nor a diffusers "
+                                   f"SDXL folder (unet/, vae/, text_encoder/, text_encoder_2/)")
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    folder = models_dir / SDXL_SUBDIR
+    if _is_diffusers_sdxl(folder):
+        return folder
+    found = weight_files(folder) + sorted(p for p in folder.iterdir() if _is_diffusers_sdxl(p)) \
+        if folder.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise WeightsNotFoundError(f"several SDXL models in {folder} ({names}); choose one with --sdxl PATH")
+    raise WeightsNotFoundError(
+        f"refiner SDXL weights not found: no .safetensors/.ckpt file in {folder.resolve()}. Put the SDXL base "
+        f"single file there (the seed uses juggernautXL_v8Rundiffusion.safetensors), pass --sdxl PATH, or run "
+        f"stage 1 alone with --stage1-only. To try the install without weights: rsvl demo"
+    )
+
+
+def locate_supir(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
+    """The SUPIR checkpoint: `explicit`, else the one file in `<models_dir>/supir/`."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise WeightsNotFoundError(f"SUPIR checkpoint not found: --supir {explicit} does not exist")
+        return Path(explicit)
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    folder = models_dir / SUPIR_SUBDIR
+    found = weight_files(folder)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise WeightsNotFoundError(f"several SUPIR checkpoints in {folder} ({names}); choose one with --supir PATH")
+    raise WeightsNotFoundError(
+        f"refiner SUPIR weights not found: no .ckpt/.safetensors file in {folder.resolve()}. Put SUPIR-v0Q.ckpt "
+        f"(or SUPIR-v0F.ckpt) there, pass --supir PATH, or run stage 1 alone with --stage1-only. "
+        f"To try the install without weights: rsvl demo"
+    )
