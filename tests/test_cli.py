@@ -15,6 +15,7 @@ from rsvl_testing import REPO, SAMPLE_IMAGE, tiny_sr3_config
 
 from rsvl_core.cli import main
 from rsvl_core.demo import write_demo_models
+from rsvl_core.refine.tiny import write_tiny_refiner_files
 from rsvl_core.stage1 import SR3UNet, save_sr3
 
 FAST = ["--sampler", "ddim", "--steps", "3", "-q", "--stage1-only"]
@@ -139,7 +140,9 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert png_size(tmp_path / "o" / "osbs_029_lr100_x4.png") == (400, 400)
     sidecar = json.loads((tmp_path / "o" / "osbs_029_lr100_x4.caption.json").read_text())
     assert sidecar["caption_source"] == "captioner" and sidecar["caption"].strip()
-    for part in ("sr3/rsvl_demo_sr3_gen.pth", "llava/config.json", "llava_adapter/adapter_config.json"):
+    assert sidecar["refine"]["unet_calls"] == 8  # the demo ran the refiner (8 steps)
+    for part in ("sr3/rsvl_demo_sr3_gen.pth", "llava/config.json", "llava_adapter/adapter_config.json",
+                 "sdxl/rsvl_demo_sdxl.safetensors", "supir/rsvl_demo_supir.safetensors"):
         assert (tmp_path / "m" / part).is_file(), part
 
 
@@ -152,7 +155,7 @@ def test_module_entry_point_help():
         assert flag in result.stdout
 
 
-FULL = ["--sampler", "ddim", "--steps", "2", "-q"]
+FULL = ["--sampler", "ddim", "--steps", "2", "--refine-steps", "2", "--refine-min-size", "0", "-q"]
 
 
 def test_upscale_captions_between_the_stages(tmp_path, capsys):
@@ -183,6 +186,31 @@ def test_upscale_without_captioner_weights_says_how_to_skip(models_dir, inputs, 
     assert "captioner weights not found" in err and str(models_dir / "llava") in err
     assert "--caption TEXT" in err and "--stage1-only" in err and "\n" not in err
     assert not (tmp_path / "o").exists()  # refused before any work
+    # with a caption given, the refiner's weights are the next thing missing, with the same advice
+    code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir),
+                 "--caption", "fields", *FULL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "refiner SDXL weights not found" in err and str(models_dir / "sdxl") in err
+    assert "--stage1-only" in err and "rsvl demo" in err and not (tmp_path / "o").exists()
+    write_tiny_refiner_files(models_dir / "sdxl", models_dir / "supir")
     assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir),
                  "--caption", "fields", *FULL]) == 0
-    assert json.loads((tmp_path / "o" / "wide_x8.caption.json").read_text())["caption"] == "fields"
+    sidecar = json.loads((tmp_path / "o" / "wide_x8.caption.json").read_text())
+    assert sidecar["caption"] == "fields" and sidecar["refine"]["settings"]["sampler"]["steps"] == 2
+    assert png_size(tmp_path / "o" / "wide_x8.png") == (14 * 8, 10 * 8)  # both stages, exact size
+
+
+def test_upscale_runs_the_refiner_after_stage1(tmp_path):
+    """Without --stage1-only the refiner changes the stage-1 image; the output size stays input x scale."""
+    models = tmp_path / "models"
+    write_demo_models(models)
+    base = ["upscale", str(SAMPLE_IMAGE), "--scale", "2", "--models-dir", str(models), "--caption", "pine forest",
+            "--sampler", "ddim", "--steps", "2", "-q"]
+    assert main([*base, "-o", str(tmp_path / "s1"), "--stage1-only"]) == 0
+    assert main([*base, "-o", str(tmp_path / "s2"), "--refine-steps", "3", "--refine-min-size", "0"]) == 0
+    stage1 = np.asarray(Image.open(tmp_path / "s1" / "osbs_029_lr100_x2.png"), dtype=np.float32)
+    refined = np.asarray(Image.open(tmp_path / "s2" / "osbs_029_lr100_x2.png"), dtype=np.float32)
+    assert refined.shape == stage1.shape == (200, 200, 3)
+    assert np.abs(refined - stage1).mean() > 1.0  # the refiner ran (random weights change the image)
+    record = json.loads((tmp_path / "s2" / "osbs_029_lr100_x2.caption.json").read_text())
+    assert record["refine"]["working_size"] == [192, 192] and record["refine"]["unet_calls"] == 3

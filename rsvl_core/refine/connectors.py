@@ -10,13 +10,16 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
+from torch.nn import functional as F
 
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype, like SGM's `normalization()`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 class ZeroSFT(nn.Module):

@@ -76,31 +76,43 @@ def infer_refiner_config(unet_state: dict[str, torch.Tensor], num_head_channels:
     )
 
 
+def _blame(key: str, path: Path, supir_path: Path | None) -> tuple[Path, str]:
+    """SUPIR's own parts come from the SUPIR file; everything else of the UNet from the SDXL file."""
+    if supir_path is not None and key.startswith("project_modules."):
+        return supir_path, EXPECTED_SUPIR
+    return path, EXPECTED_SDXL
+
+
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], unknown: list[str], path: Path,
-                 what: str, expected: str, dtype: torch.dtype) -> None:
+                 what: str, expected: str, dtype: torch.dtype, supir_path: Path | None = None) -> None:
     missing, unexpected = missing_and_unexpected(module.state_dict().keys(), state.keys())
     unexpected = sorted(set(unexpected) | set(unknown))
-    if missing:
-        raise CheckpointError(path, f"{what}: {_example(missing)} missing keys", expected)
-    if unexpected:
-        raise CheckpointError(path, f"{what}: {_example(unexpected)} unexpected keys", expected)
+    for keys, word in ((missing, "missing"), (unexpected, "unexpected")):
+        if keys:
+            blamed, wanted = _blame(keys[0], path, supir_path) if supir_path is not None else (path, expected)
+            raise CheckpointError(blamed, f"{what}: {_example(keys)} {word} keys", wanted)
     own = module.state_dict()
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
+            blamed, wanted = _blame(key, path, supir_path) if supir_path is not None else (path, expected)
             raise CheckpointError(
-                path, f"{what}: {key} has shape {list(value.shape)}, the architecture needs {list(own[key].shape)}",
-                expected,
+                blamed, f"{what}: {key} has shape {list(value.shape)}, the architecture needs {list(own[key].shape)}",
+                wanted,
             )
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
 
 
 def build_unet(config: RefinerConfig, ldm_state: dict[str, torch.Tensor], path: Path,
-               dtype: torch.dtype = torch.float32, expected: str = EXPECTED_SDXL) -> RefinerUNet:
-    """RefinerUNet from an SGM-layout state (prefix stripped), built on meta then filled (no double allocation)."""
+               dtype: torch.dtype = torch.float32, supir_path: Path | None = None) -> RefinerUNet:
+    """RefinerUNet from an SGM-layout state (prefix stripped), built on meta then filled (no double allocation).
+
+    `path` is blamed for SDXL UNet keys, `supir_path` (default: path) for the connectors.
+    """
     with torch.device("meta"):
         unet = RefinerUNet(config)
     state, unknown = ldm_to_ours(ldm_state, config)
-    _load_strict(unet, state, unknown, path, "SDXL UNet + SUPIR connectors", expected, dtype)
+    _load_strict(unet, state, unknown, path, "SDXL UNet + SUPIR connectors", EXPECTED_SDXL, dtype,
+                 supir_path or path)
     return unet.eval().requires_grad_(False)
 
 
@@ -153,15 +165,17 @@ class RefinerParts:
     config: RefinerConfig
 
 
-def load_unet_and_control(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype = torch.float32,
-                          config: RefinerConfig | None = None) -> RefinerParts:
-    """Both networks from a merged SDXL+SUPIR state dict (full prefixes)."""
+def load_unet_and_control(state: dict[str, torch.Tensor], sdxl_path: Path, supir_path: Path | None = None,
+                          dtype: torch.dtype = torch.float32, config: RefinerConfig | None = None) -> RefinerParts:
+    """Both networks from a merged SDXL+SUPIR state dict (full prefixes); errors name the file to blame."""
+    path = supir_path = Path(supir_path) if supir_path is not None else Path(sdxl_path)
+    sdxl_path = Path(sdxl_path)
     unet_state = strip_prefix(state, UNET_PREFIX)
     control_state = strip_prefix(state, CONTROL_PREFIX)
     if not any(k.startswith("project_modules.") for k in unet_state):
         raise CheckpointError(path, "has no model.diffusion_model.project_modules.* (ZeroSFT connectors)",
                               EXPECTED_SUPIR)
     config = config or infer_refiner_config(unet_state)
-    unet = build_unet(config, unet_state, path, dtype)
-    control = build_control(config, control_state, path, dtype)
+    unet = build_unet(config, unet_state, sdxl_path, dtype, supir_path)
+    control = build_control(config, control_state, supir_path, dtype)
     return RefinerParts(unet, control, config)

@@ -149,7 +149,7 @@ def load_refiner(sdxl: str | Path, supir: str | Path, dtype: torch.dtype = torch
     if sdxl.is_dir():
         return _load_from_diffusers_folder(sdxl, supir, dtype, vae_dtype, device)
     state, _ = read_refiner_checkpoints(sdxl, supir)
-    parts = load_unet_and_control(state, supir, dtype)
+    parts = load_unet_and_control(state, sdxl, supir, dtype)
     vae = load_refiner_vae(state, sdxl, dtype=vae_dtype, device="cpu")
     text_state = {k: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
     text = load_text_encoder_from_single_file(text_state, sdxl, dtype=dtype, device="cpu")
@@ -170,12 +170,14 @@ def _load_from_diffusers_folder(folder: Path, supir: Path, dtype: torch.dtype, v
         raise CheckpointError(folder, "has no unet/config.json", "a diffusers SDXL folder (unet/, vae/, text_encoder/)")
     base = UNet2DConditionModel.from_pretrained(str(unet_folder), local_files_only=True)
     supir_state = read_state_dict(supir, EXPECTED_SUPIR)
-    config = _config_from_diffusers_unet(base.config)
+    hidden = supir_state.get("model.diffusion_model.project_modules.0.mlp_shared.0.weight")
+    config = replace(_config_from_diffusers_unet(base.config),
+                     zero_sft_hidden=hidden.shape[0] if hidden is not None else 128)
     base_state = ours_to_ldm(base.state_dict(), config)
     state = {f"model.diffusion_model.{k}": v for k, v in base_state.items()}
     del base
     state.update(supir_state)
-    parts = load_unet_and_control(state, supir, dtype, config=config)
+    parts = load_unet_and_control(state, folder, supir, dtype, config=config)
     vae = load_refiner_vae_from_diffusers(folder, supir_state, dtype=vae_dtype, device="cpu", denoise_path=supir)
     text = load_text_encoder_from_diffusers(folder, dtype=dtype, device="cpu")
     refiner = Refiner(parts.unet, parts.control, vae, text, config, {"sdxl": str(folder), "supir": str(supir)})
