@@ -39,26 +39,33 @@ def weight_files(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES and not p.name.startswith("."))
 
 
-def locate_sr3(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
-    """The SR3 checkpoint: `explicit` if given, else the one file in `<models_dir>/sr3/`."""
-    if explicit is not None:
-        if not Path(explicit).is_file():
-            raise WeightsNotFoundError(f"SR3 checkpoint not found: --sr3 {explicit} does not exist")
-        return Path(explicit)
-    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    folder = models_dir / SR3_SUBDIR
-    found = weight_files(folder)
+def _one_weight_file(found: list[Path], folder: Path, what: str, flag: str, not_found: str) -> Path:
+    """The single candidate in `folder`; an error naming the choices or saying how to fix an empty folder."""
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
-        raise WeightsNotFoundError(f"several SR3 checkpoints in {folder} ({names}); choose one with --sr3 PATH")
-    raise WeightsNotFoundError(
+        raise WeightsNotFoundError(f"several {what} in {folder} ({names}); choose one with {flag} PATH")
+    raise WeightsNotFoundError(not_found)
+
+
+def _explicit_file(explicit: Path, what: str, flag: str) -> Path:
+    if not Path(explicit).is_file():
+        raise WeightsNotFoundError(f"{what} not found: {flag} {explicit} does not exist")
+    return Path(explicit)
+
+
+def locate_sr3(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
+    """The SR3 checkpoint: `explicit` if given, else the one file in `<models_dir>/sr3/`."""
+    if explicit is not None:
+        return _explicit_file(explicit, "SR3 checkpoint", "--sr3")
+    folder = (Path(models_dir) if models_dir is not None else default_models_dir()) / SR3_SUBDIR
+    return _one_weight_file(weight_files(folder), folder, "SR3 checkpoints", "--sr3", (
         f"stage-1 SR3 weights not found: no .safetensors/.pth/.ckpt file in {folder.resolve()}. "
         f"Put the SR3 generator checkpoint (the seed's *_gen.pth) there, pass --sr3 PATH, or point "
         f"--models-dir / ${MODELS_DIR_ENV} at a folder with a {SR3_SUBDIR}/ subfolder. "
         f"To try the install without weights: rsvl demo"
-    )
+    ))
 
 
 def locate_captioner(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
@@ -113,40 +120,25 @@ def locate_sdxl(models_dir: Path | None = None, explicit: Path | None = None) ->
             return explicit
         raise WeightsNotFoundError(f"SDXL model not found: --sdxl {explicit} is neither a file nor a diffusers "
                                    f"SDXL folder (unet/, vae/, text_encoder/, text_encoder_2/)")
-    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    folder = models_dir / SDXL_SUBDIR
+    folder = (Path(models_dir) if models_dir is not None else default_models_dir()) / SDXL_SUBDIR
     if _is_diffusers_sdxl(folder):
         return folder
-    found = weight_files(folder) + sorted(p for p in folder.iterdir() if _is_diffusers_sdxl(p)) \
-        if folder.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise WeightsNotFoundError(f"several SDXL models in {folder} ({names}); choose one with --sdxl PATH")
-    raise WeightsNotFoundError(
+    found = weight_files(folder) + (sorted(p for p in folder.iterdir() if _is_diffusers_sdxl(p))
+                                    if folder.is_dir() else [])
+    return _one_weight_file(found, folder, "SDXL models", "--sdxl", (
         f"refiner SDXL weights not found: no .safetensors/.ckpt file in {folder.resolve()}. Put the SDXL base "
         f"single file there (the seed uses juggernautXL_v8Rundiffusion.safetensors), pass --sdxl PATH, or run "
         f"stage 1 alone with --stage1-only. To try the install without weights: rsvl demo"
-    )
+    ))
 
 
 def locate_supir(models_dir: Path | None = None, explicit: Path | None = None) -> Path:
     """The SUPIR checkpoint: `explicit`, else the one file in `<models_dir>/supir/`."""
     if explicit is not None:
-        if not Path(explicit).is_file():
-            raise WeightsNotFoundError(f"SUPIR checkpoint not found: --supir {explicit} does not exist")
-        return Path(explicit)
-    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    folder = models_dir / SUPIR_SUBDIR
-    found = weight_files(folder)
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise WeightsNotFoundError(f"several SUPIR checkpoints in {folder} ({names}); choose one with --supir PATH")
-    raise WeightsNotFoundError(
+        return _explicit_file(explicit, "SUPIR checkpoint", "--supir")
+    folder = (Path(models_dir) if models_dir is not None else default_models_dir()) / SUPIR_SUBDIR
+    return _one_weight_file(weight_files(folder), folder, "SUPIR checkpoints", "--supir", (
         f"refiner SUPIR weights not found: no .ckpt/.safetensors file in {folder.resolve()}. Put SUPIR-v0Q.ckpt "
         f"(or SUPIR-v0F.ckpt) there, pass --supir PATH, or run stage 1 alone with --stage1-only. "
         f"To try the install without weights: rsvl demo"
-    )
+    ))

@@ -11,26 +11,16 @@ import torch
 from torch import nn
 
 from .config import RefinerConfig
-from .unet import _attention, build_sdxl_unet_parts
+from .unet import SDXLEncoderModule, run_down_blocks
 
 
-class GLVControl(nn.Module):
+class GLVControl(SDXLEncoderModule):
     """Encoder + middle block of an SDXL UNet with a hint input; names follow diffusers + `input_hint_block`."""
 
     def __init__(self, config: RefinerConfig) -> None:
-        super().__init__()
-        self.config = config
-        parts = build_sdxl_unet_parts(config)
-        self.conv_in = parts.conv_in
-        self.time_proj = parts.time_proj
-        self.time_embedding = parts.time_embedding
-        self.add_embedding = parts.add_embedding
-        self.down_blocks = parts.down_blocks
-        self.mid_block = parts.mid_block
+        super().__init__(config)
         # the seed's TimestepEmbedSequential(conv) keeps the ".0" in the checkpoint name
-        self.input_hint_block = nn.Sequential(
-            nn.Conv2d(config.in_channels, config.model_channels, 3, padding=1)
-        )
+        self.input_hint_block = nn.Sequential(nn.Conv2d(config.in_channels, config.model_channels, 3, padding=1))
 
     def forward(self, hint: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -38,18 +28,8 @@ class GLVControl(nn.Module):
         dtype = self.conv_in.weight.dtype
         hint, sample = hint.to(dtype), sample.to(dtype)
         context, y = encoder_hidden_states.to(dtype), y.to(dtype)
-        emb = self.time_embedding(self.time_proj(timestep).to(dtype)) + self.add_embedding(y)
+        emb = self.embed(timestep, y)
         h = self.conv_in(sample) + self.input_hint_block(hint)
-        features = [h]
-        for block in self.down_blocks:
-            for i, resnet in enumerate(block.resnets):
-                h = resnet(h, emb)
-                attn = _attention(block, i)
-                if attn is not None:
-                    h = attn(h, encoder_hidden_states=context, return_dict=False)[0]
-                features.append(h)
-            if block.downsamplers is not None:
-                h = block.downsamplers[0](h)
-                features.append(h)
-        features.append(self.mid_block(h, emb, encoder_hidden_states=context))
+        features = [h, *run_down_blocks(self.down_blocks, h, emb, context)]
+        features.append(self.mid_block(features[-1], emb, encoder_hidden_states=context))
         return features

@@ -20,17 +20,52 @@ from .config import RefinerConfig
 from .connectors import build_connectors
 
 
-def build_sdxl_unet_parts(config: RefinerConfig) -> UNet2DConditionModel:
-    """An SDXL-shaped diffusers UNet whose modules we borrow (built on the current default device)."""
-    return UNet2DConditionModel(**config.to_diffusers_unet_kwargs())
-
-
 def _attention(block: nn.Module, index: int) -> nn.Module | None:
     attentions = getattr(block, "attentions", None)
     return attentions[index] if attentions is not None else None
 
 
-class RefinerUNet(nn.Module):
+def run_down_blocks(down_blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+                    ) -> list[torch.Tensor]:
+    """SDXL's encoder after conv_in: the output of every ResBlock(+transformer) and downsampler, in order."""
+    outputs = []
+    for block in down_blocks:
+        for i, resnet in enumerate(block.resnets):
+            h = resnet(h, emb)
+            attn = _attention(block, i)
+            if attn is not None:
+                h = attn(h, encoder_hidden_states=context, return_dict=False)[0]
+            outputs.append(h)
+        if block.downsamplers is not None:
+            h = block.downsamplers[0](h)
+            outputs.append(h)
+    return outputs
+
+
+class SDXLEncoderModule(nn.Module):
+    """What the UNet and GLVControl share: SDXL's embeddings, encoder and middle block (diffusers modules).
+
+    The blocks are taken from a diffusers UNet2DConditionModel built from the config, so their
+    names and numerics are diffusers'; `extra_parts` names further modules to keep (the decoder).
+    """
+
+    extra_parts: tuple[str, ...] = ()
+
+    def __init__(self, config: RefinerConfig) -> None:
+        super().__init__()
+        self.config = config
+        parts = UNet2DConditionModel(**config.to_diffusers_unet_kwargs())
+        names = ("conv_in", "time_proj", "time_embedding", "add_embedding", "down_blocks", "mid_block")
+        for name in names + self.extra_parts:
+            setattr(self, name, getattr(parts, name))
+
+    def embed(self, timestep: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """timestep: (B,) discrete DDPM indices; y: (B, adm_in) vector conditioning -> (B, 4*model_channels)."""
+        t_emb = self.time_proj(timestep).to(y.dtype)
+        return self.time_embedding(t_emb) + self.add_embedding(y)
+
+
+class RefinerUNet(SDXLEncoderModule):
     """SDXL UNet + the 12 SUPIR connectors (`project_modules`), predicting epsilon.
 
     State-dict names are diffusers' UNet2DConditionModel names plus `project_modules.*`, so the
@@ -38,45 +73,19 @@ class RefinerUNet(nn.Module):
     fixed table (see `ldm_keys.py`).
     """
 
-    def __init__(self, config: RefinerConfig) -> None:
-        super().__init__()
-        self.config = config
-        parts = build_sdxl_unet_parts(config)
-        self.conv_in = parts.conv_in
-        self.time_proj = parts.time_proj
-        self.time_embedding = parts.time_embedding
-        self.add_embedding = parts.add_embedding
-        self.down_blocks = parts.down_blocks
-        self.mid_block = parts.mid_block
-        self.up_blocks = parts.up_blocks
-        self.conv_norm_out = parts.conv_norm_out
-        self.conv_act = parts.conv_act
-        self.conv_out = parts.conv_out
-        self.project_modules = build_connectors(config)
+    extra_parts = ("up_blocks", "conv_norm_out", "conv_act", "conv_out")
 
-    # 1. embeddings -----------------------------------------------------------------------------
-    def embed(self, timestep: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """timestep: (B,) discrete DDPM indices; y: (B, adm_in) vector conditioning -> (B, 4*model_channels)."""
-        t_emb = self.time_proj(timestep).to(y.dtype)
-        return self.time_embedding(t_emb) + self.add_embedding(y)
+    def __init__(self, config: RefinerConfig) -> None:
+        super().__init__(config)
+        self.project_modules = build_connectors(config)
 
     # 2. encoder (no control) ---------------------------------------------------------------------
     def forward_encoder(self, sample: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """sample: (B, 4, h, w) scaled latent -> (last encoder output, the skip list incl. it)."""
         h = self.conv_in(sample)
-        skips = [h]
-        for block in self.down_blocks:
-            for i, resnet in enumerate(block.resnets):
-                h = resnet(h, emb)
-                attn = _attention(block, i)
-                if attn is not None:
-                    h = attn(h, encoder_hidden_states=context, return_dict=False)[0]
-                skips.append(h)
-            if block.downsamplers is not None:
-                h = block.downsamplers[0](h)
-                skips.append(h)
-        return h, skips
+        skips = [h, *run_down_blocks(self.down_blocks, h, emb, context)]
+        return skips[-1], skips
 
     # 3. middle + decoder with control injection --------------------------------------------------
     def forward_decoder(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor,
