@@ -36,8 +36,9 @@ class ConditionedNetworks:
         self.context = torch.cat([uncond.context, cond.context])
         self.vector = torch.cat([uncond.vector, cond.vector])
         self.lq_latent = hint
-        self.unet_calls = 0
-        self.control_calls = 0
+        self.unet_calls = 0      # full UNet evaluations (CFG batches)
+        self.control_calls = 0   # GLVControl evaluations
+        self.signal_calls = 0    # partial encoder passes made for the step cache
 
     def _batch(self, x_in: torch.Tensor, lq_latent: torch.Tensor | None):
         lq = self.lq_latent if lq_latent is None else lq_latent
@@ -65,3 +66,41 @@ class ConditionedNetworks:
             _, context, vector = self._batch(x_in, lq_latent)
             self.unet_calls += 1
             return self.unet(x_in, timesteps, context, vector, features, control_scale)
+
+    # --- the step cache's split call ---------------------------------------------------------------
+    def signal(self, x_in: torch.Tensor, timesteps: torch.Tensor, depth: int = 0,
+               lq_latent: torch.Tensor | None = None) -> EncoderState:
+        """The start of the UNet encoder (no control needed): the cache signal and the state to resume from."""
+        with torch.inference_mode():
+            _, context, vector = self._batch(x_in, lq_latent)
+            dtype = self.unet.conv_in.weight.dtype
+            emb = self.unet.embed(timesteps, vector.to(dtype))
+            skips = self.unet.forward_encoder_partial(x_in.to(dtype), emb, context.to(dtype), depth)
+            self.signal_calls += 1
+            return EncoderState(skips, emb, x_in, timesteps, lq_latent)
+
+    def finish(self, state: EncoderState, control_scale: float) -> torch.Tensor:
+        """Complete a step begun by `signal`: rest of the encoder, control net, middle and decoder -> epsilon."""
+        with torch.inference_mode():
+            _, context, vector = self._batch(state.x_in, state.lq_latent)
+            dtype = self.unet.conv_in.weight.dtype
+            context = context.to(dtype)
+            skips = self.unet.resume_encoder(state.skips, state.emb, context)
+            features = [f.to(dtype) for f in self.control_features(state.x_in, state.timesteps, state.lq_latent)]
+            self.unet_calls += 1
+            return self.unet.forward_decoder(skips[-1], skips, state.emb, context, features, control_scale)
+
+
+@dataclass
+class EncoderState:
+    """A UNet evaluation paused after part of its encoder (for the step cache)."""
+
+    skips: list[torch.Tensor]
+    emb: torch.Tensor
+    x_in: torch.Tensor
+    timesteps: torch.Tensor
+    lq_latent: torch.Tensor | None
+
+    @property
+    def signal(self) -> torch.Tensor:
+        return self.skips[-1]

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import torch
 
+from ..cache.first_block import CachePolicy, CacheReport
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError
 from ..image import bicubic_resize
 from ..progress import ProgressCallback, report
-from ..tiling import plan_tiles, run_tiled
 from .colorfix import apply_color_fix
 from .config import RefinerConfig
 from .control import GLVControl
+from .denoise import GuidedDenoiser
 from .loader import (
     EXPECTED_SUPIR,
     TEXT_PREFIX,
@@ -30,7 +31,7 @@ from .loader import (
     unet_and_control_to_single_file,
 )
 from .networks import ConditionedNetworks, Conditioning
-from .sampler import EpsDenoiser, RestoreSamplerOptions, StepRecord, sample_restore_edm
+from .sampler import RestoreSamplerOptions, StepRecord, sample_restore_edm
 from .text import SDXLTextEncoder, load_text_encoder_from_diffusers, load_text_encoder_from_single_file, sdxl_vector
 from .unet import RefinerUNet
 from .vae import RefinerVAE, load_refiner_vae, load_refiner_vae_from_diffusers, resolve_vae_dtype
@@ -62,12 +63,14 @@ class RefineOptions:
     tile_batch: int = 1                           # latent tiles per network call
     vae_encode_tile: int = 1024                   # pixels; 0 = one pass
     vae_decode_tile: int = 128                    # latent pixels; 0 = one pass
+    cache: CachePolicy = field(default_factory=CachePolicy)  # step cache (off by default)
     original_size: tuple[int, int] = (1024, 1024)  # SDXL micro-conditioning, fixed as in the seed
     target_size: tuple[int, int] = (1024, 1024)
 
     def check(self) -> None:
         """Raise ValueError naming the bad setting, before any heavy work."""
         self.sampler.check()
+        self.cache.check()
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.size_unit < 8 or self.size_unit % 8:
@@ -215,6 +218,7 @@ class RefineReport:
     steps: list[StepRecord]
     unet_calls: int
     control_calls: int
+    cache: CacheReport | None = None
 
 
 def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: RefineOptions | None = None,
@@ -268,29 +272,13 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
     def churn_noise(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
-    # 6. sampling, tiled over the latent when it is larger than a tile
-    denoiser = EpsDenoiser()
-    tile, overlap = options.latent_tile_size, options.latent_tile_overlap
-    lat_h, lat_w = lq_latent.shape[-2:]
-    tiled = tile > 0 and (lat_h > tile or lat_w > tile)
-    tiles = len(plan_tiles(lat_h, lat_w, tile, overlap)) if tiled else 1
-
-    def denoise(x: torch.Tensor, sigma_hat: float, cfg: float, control_scale: float, step: int) -> torch.Tensor:
-        if not tiled:
-            return denoiser.guided(networks, x, sigma_hat, cfg, control_scale)
-
-        def one_batch(stack: torch.Tensor) -> torch.Tensor:
-            x_tiles, lq_tiles = stack[:, :4], stack[:, 4:]
-
-            def eps(x_in: torch.Tensor, timesteps: torch.Tensor, scale: float) -> torch.Tensor:
-                return networks(x_in, timesteps, scale, lq_latent=lq_tiles)
-
-            return denoiser.guided(eps, x_tiles, sigma_hat, cfg, control_scale)
-
-        return run_tiled(one_batch, torch.cat([x, lq_latent], dim=1), 4, tile, overlap, options.tile_batch)
-
+    # 6. sampling, tiled over the latent when it is larger than a tile, with the step cache if asked
+    denoise = GuidedDenoiser(networks, options.sampler.steps, options.latent_tile_size, options.latent_tile_overlap,
+                             options.tile_batch, options.cache)
     records: list[StepRecord] = []
     latent = sample_restore_edm(denoise, noise, x_center, options.sampler, churn_noise, callback, records=records)
+    for record, decision in zip(records, denoise.cache.report.decisions, strict=False):
+        record.reused = decision.reused
 
     # 7. decode, colour fix against the stage-1 reference, back to exactly the input size
     report(callback, options.sampler.steps, options.sampler.steps, "vae decode")
@@ -301,7 +289,8 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
     if (work_h, work_w) != (height, width):
         result = bicubic_resize(result, (height, width))
     result = result.clamp(0, 1)
-    return result, RefineReport(caption, (work_h, work_w), tiles, records, networks.unet_calls, networks.control_calls)
+    return result, RefineReport(caption, (work_h, work_w), denoise.tile_count, records, networks.unet_calls,
+                                networks.control_calls, denoise.cache.report)
 
 
 def refiner_single_files(refiner: Refiner) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -110,17 +110,33 @@ class EpsDenoiser:
     def c_in(sigma: float) -> float:
         return 1.0 / math.sqrt(sigma**2 + 1.0)
 
-    def guided(self, eps_fn: EpsFunction, x: torch.Tensor, sigma_hat: float, cfg_scale: float,
-               control_scale: float) -> torch.Tensor:
-        """Guided D(x) with CFG: one network call on the batch [uncond; cond] -> (B, C, h, w)."""
+    def network_inputs(self, x: torch.Tensor, sigma_hat: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The CFG batch [x; x] scaled by c_in(sigma_q), its timestep indices, and sigma_q."""
         index, sigma_q = self.quantize(sigma_hat)
         batch = torch.cat([x, x])
         c_in = torch.tensor(self.c_in(sigma_q), dtype=torch.float32)
         timesteps = torch.full((batch.shape[0],), index, dtype=torch.long, device=x.device)
-        eps = eps_fn(batch * c_in.to(x.device), timesteps, control_scale).float()
-        denoised = batch + eps * torch.tensor(-sigma_q, dtype=torch.float32, device=x.device)
+        return batch * c_in.to(x.device), timesteps, sigma_q
+
+    @staticmethod
+    def guide(eps: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+        """CFG in epsilon: eps_u + scale * (eps_c - eps_u) for the batch [uncond; cond]."""
+        uncond, cond = eps.float().chunk(2)
+        return uncond + (cond - uncond) * cfg_scale
+
+    @staticmethod
+    def denoised(x: torch.Tensor, eps: torch.Tensor, sigma_q: float, cfg_scale: float) -> torch.Tensor:
+        """Guided D = D_u + scale * (D_c - D_u) with D = x - sigma_q * eps, in the seed's order of operations."""
+        batch = torch.cat([x, x])
+        denoised = batch + eps.float() * torch.tensor(-sigma_q, dtype=torch.float32, device=x.device)
         uncond, cond = denoised.chunk(2)
         return uncond + (cond - uncond) * cfg_scale
+
+    def guided(self, eps_fn: EpsFunction, x: torch.Tensor, sigma_hat: float, cfg_scale: float,
+               control_scale: float) -> torch.Tensor:
+        """Guided D(x) with CFG: one network call on the batch [uncond; cond] -> (B, C, h, w)."""
+        batch, timesteps, sigma_q = self.network_inputs(x, sigma_hat)
+        return self.denoised(x, eps_fn(batch, timesteps, control_scale), sigma_q, cfg_scale)
 
 
 # 3. guidance rules ---------------------------------------------------------------------------------

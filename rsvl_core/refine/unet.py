@@ -42,6 +42,10 @@ def run_down_blocks(down_blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tens
     return outputs
 
 
+def _takes_emb(layer: nn.Module) -> bool:
+    return hasattr(layer, "time_emb_proj")  # a ResnetBlock2D (a downsampler takes no embedding)
+
+
 class SDXLEncoderModule(nn.Module):
     """What the UNet and GLVControl share: SDXL's embeddings, encoder and middle block (diffusers modules).
 
@@ -86,6 +90,34 @@ class RefinerUNet(SDXLEncoderModule):
         h = self.conv_in(sample)
         skips = [h, *run_down_blocks(self.down_blocks, h, emb, context)]
         return skips[-1], skips
+
+    def encoder_layers(self) -> list[tuple[nn.Module, nn.Module | None]]:
+        """The encoder after conv_in as a flat list of (layer, attention or None), one per skip."""
+        layers: list[tuple[nn.Module, nn.Module | None]] = []
+        for block in self.down_blocks:
+            layers += [(resnet, _attention(block, i)) for i, resnet in enumerate(block.resnets)]
+            if block.downsamplers is not None:
+                layers.append((block.downsamplers[0], None))
+        return layers
+
+    def forward_encoder_partial(self, sample: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
+                                depth: int = 0) -> list[torch.Tensor]:
+        """The first `depth` encoder outputs after conv_in (0 = all): the skips so far, for a step cache."""
+        return self.resume_encoder([self.conv_in(sample)], emb, context, depth)
+
+    def resume_encoder(self, skips: list[torch.Tensor], emb: torch.Tensor, context: torch.Tensor,
+                       depth: int = 0) -> list[torch.Tensor]:
+        """Continue a partial encoder pass (from `forward_encoder_partial`) up to `depth` outputs (0 = all)."""
+        layers = self.encoder_layers()
+        stop = len(layers) if depth <= 0 else min(depth, len(layers))
+        skips = list(skips)
+        h = skips[-1]
+        for layer, attn in layers[len(skips) - 1:stop]:
+            h = layer(h, emb) if attn is not None or _takes_emb(layer) else layer(h)
+            if attn is not None:
+                h = attn(h, encoder_hidden_states=context, return_dict=False)[0]
+            skips.append(h)
+        return skips
 
     # 3. middle + decoder with control injection --------------------------------------------------
     def forward_decoder(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor,
