@@ -139,6 +139,20 @@ def run_tiled(
     return out / weight_sum
 
 
+def tile_batches(inputs: torch.Tensor, tile_size: int, overlap: int, tile_batch: int = 1) -> list[torch.Tensor]:
+    """The batches of tiles `run_tiled` (scale 1) passes to its function, in the same order.
+
+    For work split in two passes (a step cache looks at every tile before deciding), the second pass
+    can hand `run_tiled` results computed from these batches.
+    """
+    tiles = plan_tiles(inputs.shape[-2], inputs.shape[-1], tile_size, overlap)
+    if len(tiles) == 1:
+        return [inputs]
+    step = max(1, tile_batch)
+    return [torch.cat([inputs[..., t.y0:t.y1, t.x0:t.x1] for t in tiles[start:start + step]], dim=0)
+            for start in range(0, len(tiles), step)]
+
+
 def _scale_factors(scale: int | float) -> tuple[int, int]:
     """(up, down) integers with scale == up / down and one of them 1; ValueError for other ratios."""
     if scale >= 1 and float(scale).is_integer():

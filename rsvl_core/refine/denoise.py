@@ -13,7 +13,7 @@ from collections import deque
 import torch
 
 from ..cache.first_block import CachePolicy, StepCache
-from ..tiling import plan_tiles, run_tiled
+from ..tiling import plan_tiles, run_tiled, tile_batches
 from .networks import ConditionedNetworks, EncoderState
 from .sampler import EpsDenoiser
 
@@ -81,13 +81,9 @@ class GuidedDenoiser:
         """(x tiles, LQ tiles) per tile group, in the order run_tiled visits them."""
         if not self.tiled:
             return [(x, None)]
-        lq = self.networks.lq_latent
-        groups = []
-        for start in range(0, len(self.tiles), self.tile_batch):
-            group = self.tiles[start:start + self.tile_batch]
-            groups.append((torch.cat([x[..., t.y0:t.y1, t.x0:t.x1] for t in group]),
-                           torch.cat([lq[..., t.y0:t.y1, t.x0:t.x1] for t in group])))
-        return groups
+        stack = torch.cat([x, self.networks.lq_latent.to(x.dtype)], dim=1)
+        return [(batch[:, :4], batch[:, 4:])
+                for batch in tile_batches(stack, self.tile_size, self.overlap, self.tile_batch)]
 
     def _signals(self, x: torch.Tensor, sigma_hat: float) -> list[EncoderState]:
         states = []

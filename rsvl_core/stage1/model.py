@@ -201,12 +201,19 @@ class SR3UNet(nn.Module):
 
     def forward_down(self, sample: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the down path; returns the last feature map and the skips (a seam for step caches)."""
-        skips = []
-        h = sample
-        for layer in self.downs:
+        skips = self.resume_down(sample, [], emb)
+        return skips[-1], skips
+
+    def resume_down(self, sample: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor,
+                    depth: int = 0) -> list[torch.Tensor]:
+        """Run (or continue) the down path until `depth` outputs exist (0 = all): a step cache's signal."""
+        skips = list(skips)
+        stop = len(self.downs) if depth <= 0 else min(depth, len(self.downs))
+        h = skips[-1] if skips else sample
+        for layer in list(self.downs)[len(skips):stop]:
             h = layer(h, emb) if isinstance(layer, ResnetBlockWithAttention) else layer(h)
             skips.append(h)
-        return h, skips
+        return skips
 
     def forward_up(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         """Middle block, up path and output conv."""

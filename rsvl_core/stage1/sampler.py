@@ -8,12 +8,13 @@ arithmetic is float32; the UNet may run in a lower precision.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from ..cache.first_block import CachePolicy, StepCache
 from ..progress import ProgressCallback, report
-from ..tiling import pad_to_multiple, run_tiled
+from ..tiling import pad_to_multiple, run_tiled, tile_batches
 from .model import SR3UNet
 from .schedule import SR3NoiseSchedule
 
@@ -39,6 +40,8 @@ class SR3SamplerOptions:
         tile_size: tile edge in output pixels (0 = whole image at once). 224 is the training size.
         tile_overlap: pixels shared by neighbouring tiles (blended with a raised-cosine window).
         tile_batch: tiles per UNet call.
+        cache: the step cache (off by default until measured on the real model); a reused step
+            reuses the previous noise prediction.
     """
 
     sampler: str = "faithful"
@@ -47,9 +50,20 @@ class SR3SamplerOptions:
     tile_size: int = 224
     tile_overlap: int = 32
     tile_batch: int = 4
+    cache: CachePolicy = field(default_factory=CachePolicy)
+
+    @property
+    def total_steps(self) -> int:
+        """UNet evaluations of one run: the faithful schedule length, or the solver's step count."""
+        if self.sampler == "faithful":
+            return self.steps or 500
+        return self.steps or DEFAULT_FAST_STEPS
 
     def check(self) -> None:
         """Raise ValueError naming the bad option, before any heavy work starts."""
+        self.cache.check()
+        if self.cache.mode == "seed" or (self.cache.enabled and self.cache.reuse != "eps"):
+            raise ValueError("stage-1 cache: use mode 'fixed' with reuse 'eps' (the seed has no stage-1 cache)")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"stage-1 sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.steps is not None and self.steps < 1:
@@ -75,9 +89,14 @@ def gaussian_noise_source(generator: torch.Generator | None, device: torch.devic
 
 
 def make_eps_model(
-    unet: SR3UNet, condition: torch.Tensor, tile_size: int = 0, tile_overlap: int = 0, tile_batch: int = 1
+    unet: SR3UNet, condition: torch.Tensor, tile_size: int = 0, tile_overlap: int = 0, tile_batch: int = 1,
+    cache: StepCache | None = None,
 ) -> EpsModel:
-    """Bind the condition (B, 3, H, W in [-1, 1]) to the UNet, with tiling and padding as needed."""
+    """Bind the condition (B, 3, H, W in [-1, 1]) to the UNet, with tiling, padding and an optional step cache.
+
+    With a cache, each call (one sampler step) first runs the start of the down path on every tile,
+    then either returns the previous step's noise prediction or finishes the same evaluation.
+    """
     multiple = unet.config.size_multiple
     param = next(unet.parameters())
 
@@ -85,14 +104,38 @@ def make_eps_model(
         h, w = tiles.shape[-2:]
         padded, _ = pad_to_multiple(tiles, multiple)
         level = torch.full((padded.shape[0], 1), noise_level, dtype=torch.float32, device=param.device)
-        with torch.inference_mode():
-            eps = unet(padded.to(device=param.device, dtype=param.dtype), level)
-        return eps[..., :h, :w].float()
+        return unet(padded.to(device=param.device, dtype=param.dtype), level)[..., :h, :w].float()
+
+    def begin(tiles: torch.Tensor, noise_level: float, depth: int):
+        h, w = tiles.shape[-2:]
+        padded, _ = pad_to_multiple(tiles, multiple)
+        level = torch.full((padded.shape[0], 1), noise_level, dtype=torch.float32, device=param.device)
+        sample = padded.to(device=param.device, dtype=param.dtype)
+        emb = unet.embed_noise_level(level.to(param.dtype))
+        return (h, w), sample, emb, unet.resume_down(sample, [], emb, depth)
+
+    def finish(state) -> torch.Tensor:
+        (h, w), sample, emb, skips = state
+        skips = unet.resume_down(sample, skips, emb)
+        return unet.forward_up(skips[-1], skips, emb)[..., :h, :w].float()
 
     def eps_model(x_t: torch.Tensor, noise_level: float) -> torch.Tensor:
         inputs = torch.cat([condition, x_t], dim=1)  # condition first, as the model was trained
-        return run_tiled(lambda t: run_unet(t, noise_level), inputs, unet.config.out_channel,
-                         tile_size, tile_overlap, tile_batch).to(x_t.device)
+        with torch.inference_mode():
+            if cache is None or not cache.policy.enabled:
+                return run_tiled(lambda t: run_unet(t, noise_level), inputs, unet.config.out_channel,
+                                 tile_size, tile_overlap, tile_batch).to(x_t.device)
+            step = len(cache.report.decisions)
+            states = [begin(t, noise_level, cache.policy.signal_depth)
+                      for t in tile_batches(inputs, tile_size, tile_overlap, tile_batch)]
+            reuse = cache.decide(step, torch.cat([s[3][-1].flatten() for s in states]))
+            if not reuse:
+                pending = iter(states)
+                eps = run_tiled(lambda t: finish(next(pending)), inputs, unet.config.out_channel,
+                                tile_size, tile_overlap, tile_batch).to(x_t.device)
+                cache.store(eps=eps)
+            cache.after_step(reuse)
+            return cache.cached["eps"]
 
     return eps_model
 

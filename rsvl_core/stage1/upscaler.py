@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..cache.first_block import CacheReport, StepCache
 from ..image import bicubic_resize
 from ..progress import ProgressCallback
 from .loader import SR3Model
@@ -29,6 +30,7 @@ def upscale_stage1(
     options: SR3SamplerOptions | None = None,
     seed: int = 0,
     callback: ProgressCallback | None = None,
+    cache_report: CacheReport | None = None,
 ) -> torch.Tensor:
     """Super-resolve with SR3: no text, no guidance, only the low-resolution image.
 
@@ -39,6 +41,7 @@ def upscale_stage1(
         options: sampler and tiling (default: the seed's faithful 500-step sampler).
         seed: seeds every random draw (noise is drawn on the CPU, so devices agree).
         callback: progress (step, total, "stage1", preview); raise from it to cancel.
+        cache_report: filled with the step cache's decisions when `options.cache` is on.
     Returns:
         (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
     """
@@ -50,7 +53,11 @@ def upscale_stage1(
     condition = bicubic_resize(image, (height, width)).to(device) * 2 - 1
     steps = options.steps if options.sampler == "faithful" else None
     schedule = model.inference_schedule(steps)
-    eps_model = make_eps_model(model.unet, condition, options.tile_size, options.tile_overlap, options.tile_batch)
+    cache = StepCache(options.cache, options.total_steps) if options.cache.enabled else None
+    eps_model = make_eps_model(model.unet, condition, options.tile_size, options.tile_overlap, options.tile_batch,
+                               cache)
     noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)
     sample = sample_sr3(eps_model, (image.shape[0], 3, height, width), schedule, options, noise, callback)
+    if cache is not None and cache_report is not None:
+        cache_report.decisions.extend(cache.report.decisions)
     return ((sample + 1) / 2).clamp(0, 1)
