@@ -100,6 +100,11 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                        help="the refiner works with the short side at least this many pixels (preset: 1024)")
     group.add_argument("--latent-tile-size", type=int, default=None,
                        help="refiner tile edge in latent pixels (x8 = image pixels); 0 = no tiling (preset: 128)")
+    group.add_argument("--cache", choices=("off", "seed", "fast"), default="off",
+                       help="refiner step cache: seed = the seed's (adaptive threshold 0.3), fast = ours "
+                            "(first-block signal, guarded reuse); default off")
+    group.add_argument("--cache-threshold", type=float, default=None,
+                       help="the cache's relative-difference threshold (seed: 0.3, fast: 0.2)")
     group.add_argument("--vae-dtype", choices=sorted(DTYPES), default=None,
                        help="VAE precision (default: --dtype; fp16 runs in fp32 since SDXL's VAE overflows)")
 
@@ -119,6 +124,12 @@ def refine_options_from_args(args: argparse.Namespace):
         ("color_fix", args.color_fix), ("min_size", args.refine_min_size),
         ("latent_tile_size", args.latent_tile_size)) if value is not None}
     options = replace(options, **top)
+    from .cache.scheduler import DynamicStepScheduler
+
+    schedule = DynamicStepScheduler.preset(args.cache, refine_steps=options.sampler.steps)
+    if args.cache_threshold is not None:
+        schedule = replace(schedule, refine_cache=replace(schedule.refine_cache, threshold=args.cache_threshold))
+    options = schedule.refine_options(options)
     check_options(options)
     return options
 
@@ -367,7 +378,10 @@ def refine_with_progress(refiner, image: torch.Tensor, caption: str, options, ar
     from .refine.refiner import refine_image
 
     with tqdm(desc=f"{name} refine", unit="step", leave=False, disable=args.quiet) as bar:
-        return refine_image(refiner, image, caption, options, args.seed, progress_bar_callback(bar))
+        result, report = refine_image(refiner, image, caption, options, args.seed, progress_bar_callback(bar))
+    if options.cache.enabled and not args.quiet:
+        tqdm.write(f"{name}: refiner cache ({options.cache.mode}): {report.cache.summary()}", file=sys.stderr)
+    return result, report
 
 
 def write_caption_sidecar(target: Path, caption: str, source: str, args: argparse.Namespace,
@@ -389,7 +403,10 @@ def write_caption_sidecar(target: Path, caption: str, source: str, args: argpars
         record["refine"] = {"preset": args.preset, "settings": settings,
                             "working_size": list(refine_report.working_size),
                             "latent_tiles": refine_report.latent_tiles, "unet_calls": refine_report.unet_calls,
-                            "control_calls": refine_report.control_calls}
+                            "control_calls": refine_report.control_calls,
+                            "cache": {"mode": refine_options.cache.mode,
+                                      "computed_steps": refine_report.cache.computed_steps,
+                                      "reused_steps": refine_report.cache.reused_steps}}
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return sidecar

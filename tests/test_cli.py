@@ -214,3 +214,17 @@ def test_upscale_runs_the_refiner_after_stage1(tmp_path):
     assert np.abs(refined - stage1).mean() > 1.0  # the refiner ran (random weights change the image)
     record = json.loads((tmp_path / "s2" / "osbs_029_lr100_x2.caption.json").read_text())
     assert record["refine"]["working_size"] == [192, 192] and record["refine"]["unet_calls"] == 3
+
+
+def test_upscale_refiner_cache_is_reported_in_the_sidecar(tmp_path, capsys):
+    models = tmp_path / "models"
+    write_demo_models(models)
+    out = tmp_path / "out"
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models),
+                 "--caption", "fields", "--sampler", "ddim", "--steps", "2", "--refine-steps", "8",
+                 "--refine-min-size", "0", "--cache", "fast", "--cache-threshold", "100"]) == 0
+    record = json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())["refine"]
+    # fast: never within the first 3 / last 2 steps, at most 3 reuses in a row
+    assert record["cache"] == {"mode": "fixed", "computed_steps": [0, 1, 2, 6, 7], "reused_steps": [3, 4, 5]}
+    assert record["unet_calls"] == record["control_calls"] == 5
+    assert "refiner cache (fixed): 5/8 steps computed, 3 reused (3, 4, 5)" in capsys.readouterr().err

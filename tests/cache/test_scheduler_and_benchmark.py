@@ -1,0 +1,44 @@
+"""DynamicStepScheduler presets and the step-cache benchmark script (run tiny, checked on its counts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rsvl_core.cache.scheduler import PRESETS, DynamicStepScheduler
+from rsvl_core.refine.refiner import RefineOptions
+from rsvl_core.stage1 import SR3SamplerOptions
+
+REPO = Path(__file__).parents[2]
+
+
+def test_scheduler_carries_both_stages_settings():
+    schedule = DynamicStepScheduler.preset("seed", refine_steps=30, stage1_sampler="dpmpp", stage1_steps=20)
+    schedule.check()
+    refine = schedule.refine_options(RefineOptions())
+    assert refine.sampler.steps == 30 and refine.cache == PRESETS["seed"] and refine.cache.threshold == 0.3
+    stage1 = schedule.stage1_options(SR3SamplerOptions(tile_size=128))
+    assert (stage1.sampler, stage1.steps, stage1.tile_size, stage1.cache.mode) == ("dpmpp", 20, 128, "off")
+    assert DynamicStepScheduler().refine_cache.mode == "off"  # no cache unless asked
+    with pytest.raises(ValueError, match="unknown cache preset"):
+        DynamicStepScheduler.preset("turbo")
+    with pytest.raises(ValueError, match="refine_steps"):
+        DynamicStepScheduler(refine_steps=0).check()
+    assert DynamicStepScheduler.describe(None) == "no steps run"
+
+
+def test_step_cache_benchmark_prints_the_side_by_side_table():
+    result = subprocess.run([sys.executable, "benchmarks/step_cache.py", "--steps", "6", "--skip-stage1"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("  ")[0].strip(): line.split() for line in result.stdout.splitlines()
+            if line.startswith("(")}
+    assert set(rows) == {"(a) seed, no cache", "(b) seed cache, seed cost", "(c) seed rule, our cost",
+                         "(d) fast (ours)"}
+    unet_b, enc_b, ctrl_b = (int(v) for v in rows["(b) seed cache, seed cost"][5:8])
+    unet_c, enc_c, ctrl_c = (int(v) for v in rows["(c) seed rule, our cost"][5:8])
+    assert unet_b == unet_c and ctrl_b == enc_b + unet_b and ctrl_c == unet_c  # same decisions, less control
+    assert int(rows["(a) seed, no cache"][4]) == 6  # every step a full UNet evaluation
