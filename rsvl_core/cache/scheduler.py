@@ -10,7 +10,7 @@ stages read their settings from it (`refine_options`, `stage1_options`). Presets
   epsilon re-applied at the current step, never within the first 3 or last 2 steps, at most 3
   reuses in a row. Measured in `benchmarks/step_cache.py` (tiny random SDXL-shaped model, 50 steps:
   2.1x faster than no cache with 0.3 % image drift, where the seed's cache as the seed runs it is
-  1.7x faster with 8.9 % drift). Not yet measured on the real weights, so no preset turns it on.
+  1.6x faster with 8.9 % drift). Not yet measured on the real weights, so no preset turns it on.
 """
 
 from __future__ import annotations
