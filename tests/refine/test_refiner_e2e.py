@@ -173,3 +173,12 @@ def test_diffusers_sdxl_folder_gives_the_same_model(files, refiner, image, tmp_p
     a, _ = refine_image(refiner, image, "fields", FAST, seed=0)
     b, _ = refine_image(from_folder, image, "fields", FAST, seed=0)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_supir_ckpt_in_a_lightning_wrapper_loads_like_safetensors(files, refiner, tmp_path):
+    """SUPIR-v0Q/v0F ship as .ckpt ({"state_dict": ...}); read with torch.load(weights_only=True)."""
+    ckpt = tmp_path / "SUPIR-v0Q.ckpt"
+    torch.save({"state_dict": load_file(files[1]), "global_step": 0}, ckpt)
+    from_ckpt = load_refiner(files[0], ckpt)
+    a, b = from_ckpt.control.state_dict(), refiner.control.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
