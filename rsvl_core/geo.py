@@ -1,0 +1,568 @@
+"""GeoTIFF in and out (optional: `pip install "rsvl[geo]"`, which brings rasterio with GDAL inside).
+
+Reading turns a raster into the core convention, (1, 3, H, W) float RGB in [0, 1], by a *documented*
+band and value plan, never a silent guess:
+
+- **Bands** (`BandPlan.bands`, 1-based, like `--bands 3,2,1`): default 1,2,3 for a 3-band raster
+  and 1 for a single-band one (then replicated to RGB). A raster with more than three bands (or 2)
+  needs an explicit choice; reading it without one is an error naming the band count.
+  `bands` must name 1 or 3 bands.
+- **Values** (`BandPlan.stretch`): `none` divides by the full range of the type (uint8 → /255,
+  uint16 → /65535, int16 → /32767, int32 → /2147483647, negatives clip to 0; float data is taken as
+  already in [0, 1] and clipped). `percentile` maps each band's `percentiles` (default 2 and 98 %
+  of its valid pixels) to 0 and 1 and clips. The default (`stretch=None`) is `none` for uint8 and
+  `percentile` for every other type, since 16-bit and float imagery rarely fills its range. The
+  low/high values used are returned (`Stretch`) so a caller can record them (sidecar, GeoTIFF tags)
+  and, for a scene read in windows, compute them once for the whole scene and pass them to every
+  window (`scene_stretch`, `read_window`).
+- **nodata**: a pixel is nodata when *all* the selected bands equal the raster's nodata value (or
+  are NaN for float data): the per-dataset rule of GDAL masks. Such pixels are filled with 0 before
+  the model and come back as the `valid` mask; the writers set the scaled-up mask (each input pixel
+  → a scale × scale block) back to nodata, and nudge any valid output pixel that would equal the
+  nodata value in every band by one level so it is not read back as nodata.
+
+Writing keeps the CRS, scales the geotransform by 1/scale (same bounds, pixel size / scale), keeps
+nodata, band descriptions and the dataset's tags (band statistics are dropped: they describe the
+input), and writes a tiled (512 × 512), deflate-compressed GeoTIFF to a temporary file that is renamed
+on success (`write_geotiff_atomic`, or `GeoTiffWindowWriter` for a scene written window by window).
+Output values: `uint8` (x·255, the default), or `source`: the stretch inverted into the input's
+data type (low + x·(high − low)). A single-band input is written back as one band (the mean of RGB).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .errors import InputImageError, RsvlError
+
+STRETCHES = ("none", "percentile")
+OUTPUT_DTYPES = ("uint8", "source")
+BLOCK_SIZE = 512
+# pixels read (per band) to compute a whole scene's percentiles: a decimated read of a large scene
+STATS_MAX_PIXELS = 1024 * 1024
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
+INSTALL_HINT = 'GeoTIFF support needs rasterio: pip install "rsvl[geo]"'
+
+
+def rasterio_available() -> bool:
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError:
+        raise RsvlError(INSTALL_HINT) from None
+    return rasterio
+
+
+def has_georeference(path: str | Path) -> bool:
+    """True when `path` is a TIFF carrying GeoTIFF georeferencing tags (checked with Pillow: no rasterio needed)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            tags = getattr(img, "tag_v2", {})
+            return any(tag in tags for tag in GEOTIFF_TAGS)
+    except Exception:  # unreadable by Pillow (e.g. 16-bit RGB): ask GDAL if we have it
+        if not rasterio_available():
+            return False
+        rasterio = _rasterio()
+        try:
+            with rasterio.open(path) as ds:
+                return ds.crs is not None or not ds.transform.is_identity
+        except Exception:
+            return False
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Which bands become R, G, B and how their values map to [0, 1] (see the module notes)."""
+
+    bands: tuple[int, ...] | None = None
+    stretch: str | None = None  # None: "none" for uint8, "percentile" for any other type
+    percentiles: tuple[float, float] = (2.0, 98.0)
+
+    @classmethod
+    def parse(cls, bands: str | None = None, stretch: str | None = None,
+              percentiles: str | Sequence[float] | None = None) -> BandPlan:
+        """From command-line text: `bands="3,2,1"`, `stretch="percentile"`, `percentiles="2,98"`."""
+        parsed = None
+        if bands:
+            try:
+                parsed = tuple(int(b) for b in bands.replace(" ", "").split(","))
+            except ValueError:
+                raise RsvlError(f"--bands {bands!r}: expected 1-based band numbers like 3,2,1") from None
+        if isinstance(percentiles, str):
+            try:
+                percentiles = tuple(float(p) for p in percentiles.split(","))
+            except ValueError:
+                raise RsvlError(f"--percentiles {percentiles!r}: expected two numbers like 2,98") from None
+        plan = cls(parsed, stretch, tuple(percentiles) if percentiles is not None else (2.0, 98.0))
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        if self.bands is not None:
+            if len(self.bands) not in (1, 3):
+                raise RsvlError(f"--bands {_fmt(self.bands)}: name 1 band (replicated to RGB) or 3 (R,G,B)")
+            if any(b < 1 for b in self.bands):
+                raise RsvlError(f"--bands {_fmt(self.bands)}: bands are numbered from 1")
+        if self.stretch is not None and self.stretch not in STRETCHES:
+            raise RsvlError(f"--stretch {self.stretch!r}: choose one of {', '.join(STRETCHES)}")
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise RsvlError(f"--percentiles {_fmt(self.percentiles)}: need low,high with 0 <= low < high <= 100")
+
+    def resolve(self, count: int, dtype: str, path: str | Path = "") -> tuple[tuple[int, ...], str]:
+        """The bands and stretch used for a raster with `count` bands of `dtype` (errors name the file)."""
+        self.check()
+        if self.bands is None:
+            if count == 3:
+                bands: tuple[int, ...] = (1, 2, 3)
+            elif count == 1:
+                bands = (1,)
+            else:
+                raise InputImageError(
+                    f"{path}: raster has {count} bands; choose which become R,G,B with --bands "
+                    f"(e.g. --bands 3,2,1, or one band such as --bands 1 for grayscale)")
+        else:
+            bands = self.bands
+            bad = [b for b in bands if b > count]
+            if bad:
+                raise InputImageError(f"{path}: --bands {_fmt(bands)} names band {bad[0]}, "
+                                      f"but the raster has {count} band(s)")
+        stretch = self.stretch or ("none" if dtype == "uint8" else "percentile")
+        return bands, stretch
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """How source values became [0, 1]: x = clip((value - low) / (high - low), 0, 1), per source band."""
+
+    method: str  # "none" (full range of the type) or "percentile"
+    bands: tuple[int, ...]
+    source_dtype: str
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    percentiles: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (for the sidecar and the output's RSVL_STRETCH tag)."""
+        record: dict[str, Any] = {"method": self.method, "bands": list(self.bands), "source_dtype": self.source_dtype,
+                                  "low": list(self.low), "high": list(self.high)}
+        if self.percentiles is not None:
+            record["percentiles"] = list(self.percentiles)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Stretch:
+        pct = record.get("percentiles")
+        return cls(record["method"], tuple(record["bands"]), record["source_dtype"], tuple(record["low"]),
+                   tuple(record["high"]), tuple(pct) if pct is not None else None)
+
+    def note(self) -> str:
+        ranges = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(self.bands, self.low, self.high))
+        if self.method == "percentile":
+            p0, p1 = self.percentiles or (0, 100)
+            return f"{self.source_dtype} bands stretched from their {p0:g}-{p1:g} percentiles to [0, 1] ({ranges})"
+        return f"{self.source_dtype} bands scaled by their type's range to [0, 1] ({ranges})"
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What is needed to write a raster back in the same place: grid, CRS, nodata, descriptions, tags."""
+
+    crs: Any  # rasterio CRS or None
+    transform: Any  # affine.Affine
+    width: int
+    height: int
+    count: int  # bands in the source file
+    dtype: str  # the source data type
+    nodata: float | None
+    descriptions: tuple[str | None, ...]  # of the bands used, in order
+    bands: tuple[int, ...]  # source bands used (1-based)
+    tags: dict[str, str] = field(default_factory=dict)  # dataset tags (band statistics left out)
+    scale: int = 1  # 1 for the source grid; s for a grid scaled by `scaled(s)`
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units, as rasterio's `array_bounds`."""
+        t = self.transform
+        xs = (t.c, t.c + t.a * self.width + t.b * self.height)
+        ys = (t.f, t.f + t.d * self.width + t.e * self.height)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    def scaled(self, scale: int) -> RasterInfo:
+        """The output grid for a `scale`× result: pixel size / scale, same bounds, width and height × scale."""
+        from affine import Affine
+
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        transform = self.transform * Affine.scale(1 / scale, 1 / scale)
+        return replace(self, transform=transform, width=self.width * scale, height=self.height * scale,
+                       scale=self.scale * scale)
+
+
+@dataclass
+class RasterRead:
+    """`read_raster`'s result."""
+
+    image: torch.Tensor  # (1, 3, H, W) float32 in [0, 1]; nodata pixels are 0
+    valid: np.ndarray | None  # (H, W) bool, False at nodata pixels; None when the raster defines no nodata
+    info: RasterInfo
+    stretch: Stretch
+    notes: list[str]
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _open(path: str | Path):
+    rasterio = _rasterio()
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: input raster not found")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"{path}: file is empty (0 bytes), expected a GeoTIFF")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputImageError(f"{path}: not a readable raster ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _info(ds, bands: tuple[int, ...]) -> RasterInfo:
+    descriptions = tuple(ds.descriptions[b - 1] for b in bands)
+    return RasterInfo(crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height, count=ds.count,
+                      dtype=ds.dtypes[bands[0] - 1], nodata=ds.nodata, descriptions=descriptions, bands=bands,
+                      tags=dict(ds.tags()))
+
+
+def _type_range(dtype: str) -> tuple[float, float]:
+    if dtype == "bool":
+        return 0.0, 1.0
+    kind = np.dtype(dtype).kind
+    if kind in "ui":
+        return 0.0, float(np.iinfo(dtype).max)
+    if kind == "f":
+        return 0.0, 1.0
+    raise ValueError(dtype)
+
+
+def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """(bands, H, W) -> (H, W) bool: False where every band is nodata (or NaN)."""
+    invalid = None
+    if nodata is not None:
+        invalid = np.all(np.isnan(data), axis=0) if np.isnan(nodata) else np.all(data == nodata, axis=0)
+    if data.dtype.kind == "f":
+        nan = np.all(np.isnan(data), axis=0)
+        invalid = nan if invalid is None else invalid | nan
+    return None if invalid is None else ~invalid
+
+
+def _check_dtype(ds, bands: tuple[int, ...], path) -> str:
+    dtypes = {ds.dtypes[b - 1] for b in bands}
+    if len(dtypes) > 1:
+        raise InputImageError(f"{path}: bands {_fmt(bands)} have different data types ({', '.join(sorted(dtypes))})")
+    dtype = dtypes.pop()
+    if np.dtype(dtype).kind not in "uif":
+        raise InputImageError(f"{path}: unsupported raster data type {dtype} (expected integer or float bands)")
+    return dtype
+
+
+def compute_stretch(data: np.ndarray, valid: np.ndarray | None, bands: tuple[int, ...], dtype: str, method: str,
+                    percentiles: tuple[float, float] = (2.0, 98.0)) -> Stretch:
+    """The low/high value of each band of `data` (bands, H, W) for `method` (valid pixels only)."""
+    if method == "none":
+        lo, hi = _type_range(dtype)
+        return Stretch("none", bands, dtype, (lo,) * len(bands), (hi,) * len(bands))
+    lows, highs = [], []
+    for plane in data:
+        values = plane[valid] if valid is not None else plane.ravel()
+        values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if values.size == 0:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = (float(v) for v in np.percentile(values, percentiles))
+        if hi <= lo:  # a constant band: map its value to 0 rather than divide by zero
+            hi = lo + 1.0
+        lows.append(lo)
+        highs.append(hi)
+    return Stretch("percentile", bands, dtype, tuple(lows), tuple(highs), tuple(percentiles))
+
+
+def _normalise(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch) -> torch.Tensor:
+    out = np.empty(data.shape, dtype=np.float32)
+    for i, plane in enumerate(data):
+        lo, hi = stretch.low[i], stretch.high[i]
+        out[i] = np.clip((plane.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    out = np.nan_to_num(out, nan=0.0)
+    if valid is not None:
+        out[:, ~valid] = 0.0
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return torch.from_numpy(out)[None]
+
+
+def scene_stretch(path: str | Path, plan: BandPlan | None = None,
+                  max_pixels: int = STATS_MAX_PIXELS) -> tuple[Stretch, RasterInfo]:
+    """The whole scene's stretch, from a decimated read (GDAL uses overviews when the file has them).
+
+    For a scene processed in windows: compute this once, then pass it to every `read_window`.
+    """
+    plan = plan or BandPlan()
+    with _open(path) as ds:
+        bands, method = plan.resolve(ds.count, ds.dtypes[0], path)
+        dtype = _check_dtype(ds, bands, path)
+        info = _info(ds, bands)
+        step = max(1.0, (ds.width * ds.height / max_pixels) ** 0.5)
+        shape = (len(bands), max(1, round(ds.height / step)), max(1, round(ds.width / step)))
+        data = ds.read(list(bands), out_shape=shape) if method != "none" else None
+    if data is None:
+        return compute_stretch(np.empty((len(bands), 0, 0)), None, bands, dtype, "none"), info
+    return compute_stretch(data, _valid_mask(data, info.nodata), bands, dtype, method, plan.percentiles), info
+
+
+def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int | None = None) -> RasterRead:
+    """Read a whole raster (GeoTIFF or anything GDAL opens) as (1, 3, H, W) in [0, 1] with its georeferencing.
+
+    Rasters over `max_pixels` (default `rsvl_core.image.MAX_INPUT_PIXELS`) are refused with a clear
+    error: read those in windows (`scene_stretch` + `read_window` + `GeoTiffWindowWriter`).
+    """
+    from .image import MAX_INPUT_PIXELS
+
+    plan = plan or BandPlan()
+    limit = MAX_INPUT_PIXELS if max_pixels is None else max_pixels
+    with _open(path) as ds:
+        if ds.width * ds.height > limit:
+            raise InputImageError(f"{path}: raster is {ds.width}x{ds.height} ({ds.width * ds.height:,} pixels), "
+                                  f"over the {limit:,}-pixel limit for reading a scene whole; process it in windows")
+        bands, method = plan.resolve(ds.count, ds.dtypes[0], path)
+        dtype = _check_dtype(ds, bands, path)
+        info = _info(ds, bands)
+        try:
+            data = ds.read(list(bands))
+        except Exception as exc:  # rasterio raises RasterioIOError / CPLE_* for truncated data
+            raise InputImageError(f"{path}: raster data could not be read ({str(exc).splitlines()[0][:160]})") from None
+    valid = _valid_mask(data, info.nodata)
+    stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles)
+    notes = []
+    if dtype != "uint8" or method != "none":
+        notes.append(stretch.note())
+    if len(bands) == 1:
+        notes.append(f"band {bands[0]} replicated to RGB")
+    elif bands != (1, 2, 3) or info.count != 3:
+        notes.append(f"bands {_fmt(bands)} of {info.count} used as R,G,B")
+    if valid is not None and not valid.all():
+        notes.append(f"{int((~valid).sum())} nodata pixel(s) ({info.nodata:g}) filled with 0 for the model, "
+                     f"restored as nodata in the output")
+    return RasterRead(_normalise(data, valid, stretch), valid, info, stretch, notes)
+
+
+def _window(window):
+    from rasterio.windows import Window
+
+    if isinstance(window, Window):
+        return window
+    col_off, row_off, width, height = window
+    return Window(col_off, row_off, width, height)
+
+
+def read_window(path: str | Path, window, stretch: Stretch,
+                nodata: float | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """One window of a scene, normalised with the scene's `stretch` (from `scene_stretch` or `read_raster`).
+
+    `window`: a rasterio Window or (col_off, row_off, width, height) in source pixels. Returns
+    ((1, 3, h, w) in [0, 1], valid mask or None). `nodata` defaults to the file's.
+    """
+    with _open(path) as ds:
+        data = ds.read(list(stretch.bands), window=_window(window))
+        nodata = ds.nodata if nodata is None else nodata
+    valid = _valid_mask(data, nodata)
+    return _normalise(data, valid, stretch), valid
+
+
+def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour: each input pixel's validity becomes a scale × scale block."""
+    return np.repeat(np.repeat(valid, scale, axis=0), scale, axis=1)
+
+
+def _output_dtype(info: RasterInfo, dtype: str) -> str:
+    if dtype not in OUTPUT_DTYPES:
+        raise RsvlError(f"GeoTIFF output type {dtype!r}: choose one of {', '.join(OUTPUT_DTYPES)}")
+    return "uint8" if dtype == "uint8" else info.dtype
+
+
+def _output_nodata(nodata: float | None, dtype: str) -> float | None:
+    """The input's nodata if the output type can hold it; else 0 (integer) or NaN (float)."""
+    if nodata is None:
+        return None
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return nodata
+    info = np.iinfo(dtype)
+    if not np.isnan(nodata) and info.min <= nodata <= info.max and float(nodata).is_integer():
+        return nodata
+    return 0.0
+
+
+class GeoTiffWindowWriter:
+    """Write a scaled GeoTIFF window by window; the file appears (renamed from a temp file) only on success.
+
+    ```
+    with GeoTiffWindowWriter(out_path, info.scaled(scale), stretch) as writer:
+        for window in windows:           # source windows
+            image, valid = read_window(src_path, window, stretch)
+            result = upscale(image)      # (1, 3, h*scale, w*scale)
+            writer.write(result, (window.col_off * scale, window.row_off * scale, ...), valid)
+    ```
+    On an exception inside the block the temp file is deleted and nothing is left at `path`.
+    """
+
+    def __init__(self, path: str | Path, info: RasterInfo, stretch: Stretch | None = None,
+                 dtype: str = "uint8") -> None:
+        self.path = Path(path)
+        self.info = info
+        self.stretch = stretch
+        self.mode = dtype
+        self.dtype = _output_dtype(info, dtype)
+        if dtype == "source" and stretch is None:
+            raise RsvlError("GeoTIFF output type 'source' needs the stretch used to read the input")
+        self.nodata = _output_nodata(info.nodata, self.dtype)
+        self.count = 1 if len(info.bands) == 1 else 3
+        self._stack: ExitStack | None = None
+        self._ds = None
+
+    def profile(self) -> dict[str, Any]:
+        info = self.info
+        profile = {
+            "driver": "GTiff", "width": info.width, "height": info.height, "count": self.count, "dtype": self.dtype,
+            "crs": info.crs, "transform": info.transform, "nodata": self.nodata,
+            "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "compress": "deflate",
+            "predictor": 3 if np.dtype(self.dtype).kind == "f" else 2, "interleave": "pixel", "BIGTIFF": "IF_SAFER",
+        }
+        if self.count == 3 and self.dtype in ("uint8", "uint16"):
+            profile["photometric"] = "RGB"
+        return profile
+
+    def __enter__(self) -> GeoTiffWindowWriter:
+        rasterio = _rasterio()
+        self._stack = ExitStack()
+        try:
+            tmp = self._stack.enter_context(atomic_path(self.path))
+            self._ds = self._stack.enter_context(rasterio.open(tmp, "w", **self.profile()))
+            self._write_metadata()
+        except BaseException:
+            self._stack.__exit__(None, None, None)  # close and delete the temp file (nothing renamed: cancelled)
+            raise
+        return self
+
+    def _write_metadata(self) -> None:
+        ds, info = self._ds, self.info
+        descriptions = info.descriptions if self.count == len(info.descriptions) else (None,) * self.count
+        for i, text in enumerate(descriptions, start=1):
+            if text:
+                ds.set_band_description(i, text)
+        tags = {k: v for k, v in info.tags.items() if not k.startswith("STATISTICS_")}
+        tags["RSVL_SCALE"] = str(info.scale)
+        tags["RSVL_SOURCE_BANDS"] = _fmt(info.bands)
+        if self.stretch is not None:
+            tags["RSVL_STRETCH"] = json.dumps(self.stretch.to_dict())
+        ds.update_tags(**tags)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        stack, self._stack, self._ds = self._stack, None, None
+        if stack is None:
+            return False
+        if exc_type is not None:
+            return bool(stack.__exit__(exc_type, exc, tb))  # deletes the temp file, re-raises
+        stack.close()  # closes the dataset, then renames the temp file into place
+        return False
+
+    def _to_array(self, image: torch.Tensor) -> np.ndarray:
+        if image.ndim == 4:
+            if image.shape[0] != 1:
+                raise ValueError(f"expected one image, got a batch of {image.shape[0]}")
+            image = image[0]
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (1, 3, H, W) image, got shape {tuple(image.shape)}")
+        x = image.detach().float().clamp(0, 1).cpu().numpy().astype(np.float64)
+        if self.count == 1:
+            x = x.mean(axis=0, keepdims=True)
+        if self.mode == "uint8":
+            return np.round(x * 255).astype(np.uint8)
+        stretch = self.stretch
+        lows = np.asarray(stretch.low[: self.count], dtype=np.float64)[:, None, None]
+        highs = np.asarray(stretch.high[: self.count], dtype=np.float64)[:, None, None]
+        values = lows + x * (highs - lows)
+        if np.dtype(self.dtype).kind in "ui":
+            limits = np.iinfo(self.dtype)
+            values = np.clip(np.round(values), limits.min, limits.max)
+        return values.astype(self.dtype)
+
+    def write(self, image: torch.Tensor, window, valid: np.ndarray | None = None) -> None:
+        """Write (1, 3, h, w) in [0, 1] at `window` (output pixels: Window or (col_off, row_off, width, height)).
+
+        `valid`: the mask at output resolution (h, w), or at source resolution (h/s, w/s), which is
+        scaled up by nearest neighbour. Without one, no pixel is set to nodata.
+        """
+        if self._ds is None:
+            raise RuntimeError("GeoTiffWindowWriter.write outside its `with` block")
+        win = _window(window)
+        data = self._to_array(image)
+        height, width = data.shape[1:]
+        if (int(win.height), int(win.width)) != (height, width):
+            raise ValueError(f"image is {width}x{height} but the window is {int(win.width)}x{int(win.height)}")
+        if self.nodata is not None:
+            fill = np.asarray(self.nodata).astype(self.dtype)
+            if valid is not None:
+                if valid.shape != (height, width):
+                    factor = height // valid.shape[0]
+                    if valid.shape[0] * factor != height or valid.shape[1] * factor != width:
+                        raise ValueError(f"valid mask {valid.shape} does not match the image {height}x{width}")
+                    valid = upscale_mask(valid, factor)
+            else:
+                valid = np.ones((height, width), dtype=bool)
+            # a valid pixel equal to nodata in every band would read back as nodata: move it one level
+            collide = valid & np.all(data == fill, axis=0)
+            if collide.any() and not np.isnan(self.nodata):
+                step = -1 if np.dtype(self.dtype).kind in "ui" and fill == np.iinfo(self.dtype).max else 1
+                data[:, collide] = (data[:, collide].astype(np.float64) + step).astype(self.dtype)
+            data[:, ~valid] = fill
+        self._ds.write(data, window=win)
+
+
+def write_geotiff_atomic(image: torch.Tensor, path: str | Path, info: RasterInfo, *,
+                         valid: np.ndarray | None = None, stretch: Stretch | None = None,
+                         dtype: str = "uint8") -> Path:
+    """Write a whole (1, 3, H, W) [0, 1] image as a GeoTIFF on the grid `info` (already `scaled`).
+
+    `valid` (from `read_raster`, at input or output resolution) restores nodata; `stretch` is recorded
+    in the RSVL_STRETCH tag and, with `dtype="source"`, inverted into the input's data type.
+    """
+    if tuple(image.shape[-2:]) != (info.height, info.width):
+        raise ValueError(f"image is {image.shape[-1]}x{image.shape[-2]} but the GeoTIFF grid is "
+                         f"{info.width}x{info.height} (pass info.scaled(scale))")
+    with GeoTiffWindowWriter(path, info, stretch, dtype) as writer:
+        writer.write(image, (0, 0, info.width, info.height), valid)
+    return Path(path)
