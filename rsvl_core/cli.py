@@ -12,8 +12,7 @@ import torch
 
 from .errors import RsvlError
 from .image import IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
-from .progress import ProgressCallback
-from .stage1 import SAMPLERS, SCALES, SR3SamplerOptions, load_sr3, upscale_stage1
+from .stage1 import SAMPLERS, SCALES, SR3SamplerOptions, load_sr3
 from .weights import (
     MODELS_DIR_ENV,
     default_models_dir,
@@ -60,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tile edge in output pixels; 0 = whole image at once (default 224)")
     up.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
     up.add_argument("--tile-batch", type=int, default=4, help="tiles per model call (default 4)")
+    up.add_argument("--placement", choices=("auto", "resident", "sequential"), default="auto",
+                    help="one GPU: keep every model on it (resident), or each only while its stage runs "
+                         "(sequential); auto decides from free memory (default)")
+    up.add_argument("--window-size", type=int, default=0,
+                    help="process large scenes in windows of this many input pixels (0 = whole image, default)")
+    up.add_argument("--window-overlap", type=int, default=16, help="input pixels shared by windows (default 16)")
     add_refine_options(up)
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -259,39 +264,103 @@ class RunSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def progress_bar_callback(bar) -> ProgressCallback:
-    def callback(step: int, total: int, stage: str, preview: torch.Tensor | None = None) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.update(step - bar.n)
+def build_pipeline_models(args: argparse.Namespace, models_dir: Path, device: torch.device):
+    """Locate every file the run needs (before any heavy work) and describe how to load each stage."""
+    from .pipeline import PipelineModels, StageSpec
 
-    return callback
+    dtype = DTYPES[args.dtype]
+    sr3_path = locate_sr3(models_dir, args.sr3)
+    sr3 = StageSpec("stage1", lambda dev: load_sr3(sr3_path, device=dev, dtype=dtype), [sr3_path])
+    captioner = refiner = None
+    if not args.stage1_only:
+        if args.caption is None:
+            try:
+                folder = locate_captioner(models_dir)
+                adapter = locate_caption_adapter(models_dir)
+            except RsvlError as exc:
+                raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
+
+            def load_captioner_on(dev: torch.device):
+                from .caption import load_captioner
+
+                return load_captioner(folder, adapter, device=dev, dtype=args.dtype)
+
+            captioner = StageSpec("caption", load_captioner_on, [folder] + ([adapter] if adapter else []))
+        sdxl_path, supir_path = locate_sdxl(models_dir, args.sdxl), locate_supir(models_dir, args.supir)
+        vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else None
+
+        def load_refiner_on(dev: torch.device):
+            from .refine.refiner import load_refiner
+
+            return load_refiner(sdxl_path, supir_path, dtype=dtype, vae_dtype=vae_dtype, device=dev)
+
+        refiner = StageSpec("refine", load_refiner_on, [sdxl_path, supir_path])
+    return PipelineModels(device, args.placement, sr3, captioner, refiner)
+
+
+def pipeline_options_from_args(args: argparse.Namespace):
+    from .caption import CaptionOptions
+    from .pipeline import PipelineOptions
+
+    stage1 = SR3SamplerOptions(sampler=args.sampler, steps=args.steps, tile_size=args.tile_size,
+                               tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
+    check_options(stage1)
+    refine = None if args.stage1_only else refine_options_from_args(args)
+    caption = None
+    if not args.stage1_only and args.caption is None:
+        overrides = {} if args.caption_max_tokens is None else {"max_new_tokens": args.caption_max_tokens}
+        caption = CaptionOptions(seed=args.seed, **overrides)
+        check_options(caption)
+    return PipelineOptions(scale=args.scale, stage1=stage1, caption=caption, caption_text=args.caption,
+                           refine=refine, refine_enabled=not args.stage1_only, seed=args.seed)
+
+
+class StageBars:
+    """One progress bar per stage of one image (stage 1, caption, refine, VAE, windows)."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet, self.bar, self.stage = name, quiet, None, None
+
+    def __call__(self, step: int, total: int, stage: str, preview: torch.Tensor | None = None) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            unit = "tok" if stage == "caption" else "tile" if stage.startswith("vae") else "step"
+            self.bar = tqdm(desc=f"{self.name} {stage}", total=total, unit=unit, leave=False, disable=self.quiet)
+            self.stage = stage
+        if self.bar.total != total:
+            self.bar.reset(total=total)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.stage = None, None
+
+
+def caption_with_progress(captioner, image: torch.Tensor, options, name: str, quiet: bool) -> str:
+    """One image's caption with a token progress bar, whitespace collapsed to single spaces."""
+    bars = StageBars(name, quiet)
+    try:
+        caption = captioner.caption(image, options, bars)[0]
+    finally:
+        bars.close()
+    return " ".join(caption.split())
 
 
 def run_upscale(args: argparse.Namespace) -> RunSummary:
     from tqdm import tqdm
 
-    options = SR3SamplerOptions(
-        sampler=args.sampler, steps=args.steps, tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
-    )
-    check_options(options)
+    from .scene import WindowOptions
+
+    options = pipeline_options_from_args(args)
+    windows = WindowOptions(args.window_size, args.window_overlap)
+    check_options(windows)
     inputs = collect_inputs(args)
     device = resolve_device(args.device)
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
-    sr3_path = locate_sr3(models_dir, args.sr3)
-    captioning = CaptionStep.from_args(args, models_dir, device)  # locates weights before any heavy work
-    refine_options = None
-    if not args.stage1_only:
-        refine_options = refine_options_from_args(args)
-        sdxl_path, supir_path = locate_sdxl(models_dir, args.sdxl), locate_supir(models_dir, args.supir)
-    model = load_sr3(sr3_path, device=device, dtype=DTYPES[args.dtype])
-    refiner = None
-    if refine_options is not None:
-        from .refine.refiner import load_refiner
-
-        vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else None
-        refiner = load_refiner(sdxl_path, supir_path, dtype=DTYPES[args.dtype], vae_dtype=vae_dtype, device=device)
+    models = build_pipeline_models(args, models_dir, device)  # locates weights before any heavy work
 
     summary = RunSummary()
     claimed: dict[Path, Path] = {}
@@ -304,112 +373,123 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
         if target.exists() and not args.overwrite:
             summary.skipped.append(target)
             continue
+        if not summary.written and not summary.failed:
+            models.preload()  # once, before the first image: a wrong weights file stops the run here
+        bars = StageBars(source.name, args.quiet)
         try:
             image, notes = read_image(source)
             for note in notes:
                 tqdm.write(f"{source.name}: {note}", file=sys.stderr)
             start = time.perf_counter()
-            with tqdm(desc=f"{source.name} stage 1", unit="step", leave=False, disable=args.quiet) as bar:
-                result = upscale_stage1(model, image, args.scale, options, args.seed, progress_bar_callback(bar))
-            refine_report = None
-            if captioning is not None:
-                caption = captioning.run(result, source.name, args.quiet)
-                if refiner is not None:
-                    result, refine_report = refine_with_progress(refiner, result, caption, refine_options, args,
-                                                                 source.name)
-                write_caption_sidecar(target, caption, captioning.source, args, refine_options, refine_report)
-            write_image_atomic(result.cpu(), target)
+            record = upscale_one(image, options, models, windows, bars, target)
+            record["input"] = {"file": source.name, "notes": notes}
+            write_run_record(target, record, args, options, models)
             summary.written.append(target)
             if not args.quiet:
-                tqdm.write(f"{source.name} -> {target} ({result.shape[-1]}x{result.shape[-2]}, "
-                           f"{time.perf_counter() - start:.1f} s)", file=sys.stderr)
+                cache = record.get("refine", {}).get("cache")
+                if cache and cache["mode"] != "off":
+                    tqdm.write(f"{source.name}: refiner cache ({cache['mode']}): {cache['summary']}", file=sys.stderr)
+                height, width = image.shape[-2] * args.scale, image.shape[-1] * args.scale
+                tqdm.write(f"{source.name} -> {target} ({width}x{height}, {time.perf_counter() - start:.1f} s)",
+                           file=sys.stderr)
         except (RsvlError, ValueError) as exc:
             summary.failed.append((source, str(exc)))
             tqdm.write(f"error: {exc}", file=sys.stderr)
+        finally:
+            bars.close()
     return summary
 
 
-class CaptionStep:
-    """The caption between the stages: a given text, or the captioner run on the stage-1 image."""
+def upscale_one(image: torch.Tensor, options, models, windows, callback, target: Path) -> dict:
+    """The pipeline on one image (whole, or window by window), written atomically to `target`."""
+    from dataclasses import replace
 
-    def __init__(self, text: str | None, loader=None, options=None) -> None:
-        self.text, self.loader, self.options, self.captioner = text, loader, options, None
-        self.source = "--caption" if text is not None else "captioner"
+    from .pipeline import run_pipeline
+    from .scene import ArraySink, super_resolve_scene
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, models_dir: Path, device: torch.device) -> CaptionStep | None:
-        if args.stage1_only:
-            return None
-        if args.caption is not None:
-            return cls(args.caption)
-        from .caption import CaptionOptions, load_captioner
+    if not windows.size or (image.shape[-2] <= windows.size and image.shape[-1] <= windows.size):
+        result = run_pipeline(image, options, models, callback)
+        write_image_atomic(result.image, target)
+        return run_record(result)
+    height, width = image.shape[-2:]
+    sink = ArraySink(height * options.scale, width * options.scale)
+    results = []
 
-        overrides = {} if args.caption_max_tokens is None else {"max_new_tokens": args.caption_max_tokens}
-        options = CaptionOptions(seed=args.seed, **overrides)
-        check_options(options)
-        try:
-            folder = locate_captioner(models_dir)
-            adapter = locate_caption_adapter(models_dir)
-        except RsvlError as exc:
-            raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
-        return cls(None, lambda: load_captioner(folder, adapter, device=device, dtype=args.dtype), options)
+    def process(window: torch.Tensor, index: int) -> torch.Tensor:
+        results.append(run_pipeline(window, replace(options, seed=options.seed + index), models, callback))
+        return results[-1].image
 
-    def run(self, image: torch.Tensor, name: str, quiet: bool) -> str:
-        if self.text is not None:
-            return self.text
-        if self.captioner is None:
-            self.captioner = self.loader()  # loaded once, on first use
-        return caption_with_progress(self.captioner, image, self.options, name, quiet)
+    count = super_resolve_scene(height, width, options.scale, windows,
+                                lambda t: image[..., t.y0:t.y1, t.x0:t.x1], process, sink)
+    write_image_atomic(torch.from_numpy(sink.array).permute(2, 0, 1)[None].float() / 255, target)
+    record = run_record(results[0])
+    record["windows"] = {"count": count, "size": windows.size, "overlap": windows.overlap,
+                         "captions": [r.caption for r in results],
+                         "seconds": {k: round(sum(r.seconds.get(k, 0) for r in results), 3)
+                                     for k in results[0].seconds}}
+    record["peak_memory_bytes"] = max(r.peak_memory_bytes for r in results)
+    return record
 
 
-def caption_with_progress(captioner, image: torch.Tensor, options, name: str, quiet: bool) -> str:
-    """One image's caption with a token progress bar, whitespace collapsed to single spaces."""
-    from tqdm import tqdm
-
-    with tqdm(desc=f"{name} caption", unit="tok", leave=False, disable=quiet) as bar:
-        caption = captioner.caption(image, options, progress_bar_callback(bar))[0]
-    return " ".join(caption.split())
-
-
-def refine_with_progress(refiner, image: torch.Tensor, caption: str, options, args: argparse.Namespace, name: str):
-    """Stage 2 on one stage-1 image with a step progress bar."""
-    from tqdm import tqdm
-
-    from .refine.refiner import refine_image
-
-    with tqdm(desc=f"{name} refine", unit="step", leave=False, disable=args.quiet) as bar:
-        result, report = refine_image(refiner, image, caption, options, args.seed, progress_bar_callback(bar))
-    if options.cache.enabled and not args.quiet:
-        tqdm.write(f"{name}: refiner cache ({options.cache.mode}): {report.cache.summary()}", file=sys.stderr)
-    return result, report
+def run_record(result) -> dict:
+    """What one pipeline run did, for the sidecar."""
+    record = {"caption": result.caption, "caption_source": result.caption_source,
+              "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+              "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_kind": result.peak_memory_kind,
+              "placement": result.placement}
+    if result.stage1_cache is not None:
+        record["stage1_cache"] = {"computed_steps": result.stage1_cache.computed_steps,
+                                  "reused_steps": result.stage1_cache.reused_steps}
+    report = result.refine_report
+    if report is not None:
+        record["refine"] = {"working_size": list(report.working_size), "latent_tiles": report.latent_tiles,
+                            "unet_calls": report.unet_calls, "control_calls": report.control_calls,
+                            "cache": {"computed_steps": report.cache.computed_steps,
+                                      "reused_steps": report.cache.reused_steps,
+                                      "summary": report.cache.summary()}}
+    return record
 
 
-def write_caption_sidecar(target: Path, caption: str, source: str, args: argparse.Namespace,
-                          refine_options=None, refine_report=None) -> Path:
-    """`<output>.caption.json` beside the image: the caption, the settings and what the refiner did."""
+def _jsonable(value):
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if k != "extras"}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value == float("inf"):
+        return None
+    return value
+
+
+def write_run_record(target: Path, record: dict, args: argparse.Namespace, options, models) -> Path:
+    """`<output>.json` beside the image: caption, settings, seed, model files, per-stage times, cache use."""
     import json
 
     from .atomic import atomic_path
 
-    sidecar = target.with_suffix(".caption.json")
-    record = {"image": target.name, "caption": caption, "caption_source": source, "seed": args.seed,
-              "scale": args.scale, "stage1": {"sampler": args.sampler, "steps": args.steps}}
-    if refine_options is not None and refine_report is not None:
-        from dataclasses import asdict
-
-        settings = asdict(refine_options)
-        settings["sampler"].pop("extras", None)
-        settings["sampler"] = {k: (None if v == float("inf") else v) for k, v in settings["sampler"].items()}
-        record["refine"] = {"preset": args.preset, "settings": settings,
-                            "working_size": list(refine_report.working_size),
-                            "latent_tiles": refine_report.latent_tiles, "unet_calls": refine_report.unet_calls,
-                            "control_calls": refine_report.control_calls,
-                            "cache": {"mode": refine_options.cache.mode,
-                                      "computed_steps": refine_report.cache.computed_steps,
-                                      "reused_steps": refine_report.cache.reused_steps}}
+    sidecar = target.with_suffix(".json")
+    settings = {"scale": options.scale, "seed": options.seed, "stage1": _jsonable(options.stage1),
+                "caption": _jsonable(options.caption), "refine": _jsonable(options.refine),
+                "preset": None if args.stage1_only else args.preset, "dtype": args.dtype,
+                "device": str(models.device)}
+    if "refine" in record:
+        record["refine"]["cache"]["mode"] = options.refine.cache.mode
+    full = {"image": target.name, "seed": options.seed, "scale": options.scale, **record, "settings": settings,
+            "models": model_files_record(models)}
     with atomic_path(sidecar) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return sidecar
+
+
+def model_files_record(models) -> dict:
+    """Each stage's files with size (and sha256 when computed; see `rsvl weights check --sha256`)."""
+    out = {}
+    for stage, files in models.files().items():
+        out[stage] = [{"path": str(f), "bytes": f.stat().st_size if f.is_file() else None} for f in files]
+    return out
 
 
 def print_summary(summary: RunSummary) -> None:

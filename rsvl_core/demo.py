@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print_summary(summary)
         if summary.failed or not summary.written:
             return 1
-        sidecar = summary.written[0].with_suffix(".caption.json")
+        sidecar = summary.written[0].with_suffix(".json")
         print(f"caption (random weights, so random words): {json.loads(sidecar.read_text())['caption']!r}",
               file=sys.stderr)
         if args.output is None:

@@ -76,6 +76,13 @@ class PipelineModels:
         self._to(model, self.device)
         return model
 
+    def preload(self) -> None:
+        """Load every configured stage now (a wrong file fails before any image is processed)."""
+        for stage, spec in self.specs.items():
+            if spec is not None and stage not in self.loaded:
+                self.get(stage)
+                self.release(stage)
+
     def release(self, stage: str) -> None:
         """After a stage: in the sequential plan, its model goes back to the CPU."""
         if self.plan == "sequential" and stage in self.loaded:

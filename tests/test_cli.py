@@ -108,7 +108,7 @@ def test_one_bad_file_does_not_stop_the_folder(models_dir, inputs, tmp_path, cap
     err = capsys.readouterr().err
     assert "2 written, 0 skipped (already exist; --overwrite replaces), 2 failed" in err
     assert "broken.png: not a readable image" in err and "empty.tif: file is empty" in err
-    assert sorted(p.name for p in out.iterdir()) == ["gray_x2.png", "wide_x2.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["gray_x2.json", "gray_x2.png", "wide_x2.json", "wide_x2.png"]
 
 
 def test_bad_options_and_inputs(models_dir, tmp_path, capsys):
@@ -138,7 +138,7 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "RANDOM weights" in result.stderr and "demo passed" in result.stderr
     assert png_size(tmp_path / "o" / "osbs_029_lr100_x4.png") == (400, 400)
-    sidecar = json.loads((tmp_path / "o" / "osbs_029_lr100_x4.caption.json").read_text())
+    sidecar = json.loads((tmp_path / "o" / "osbs_029_lr100_x4.json").read_text())
     assert sidecar["caption_source"] == "captioner" and sidecar["caption"].strip()
     assert sidecar["refine"]["unet_calls"] == 8  # the demo ran the refiner (8 steps)
     for part in ("sr3/rsvl_demo_sr3_gen.pth", "llava/config.json", "llava_adapter/adapter_config.json",
@@ -165,18 +165,21 @@ def test_upscale_captions_between_the_stages(tmp_path, capsys):
     args = ["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models),
             "--caption-max-tokens", "6", *FULL]
     assert main(args) == 0
-    first = json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())
+    first = json.loads((out / "osbs_029_lr100_x2.json").read_text())
     assert first["caption_source"] == "captioner" and first["caption"].strip() and first["seed"] == 0
     assert main([*args, "--overwrite"]) == 0  # same seed: same caption
-    assert json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())["caption"] == first["caption"]
+    assert json.loads((out / "osbs_029_lr100_x2.json").read_text())["caption"] == first["caption"]
     # a given caption replaces the captioner
     assert main([*args, "--overwrite", "--caption", "a road through pine forest"]) == 0
-    given = json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())
-    assert given["caption"] == "a road through pine forest" and given["caption_source"] == "--caption"
+    given = json.loads((out / "osbs_029_lr100_x2.json").read_text())
+    assert given["caption"] == "a road through pine forest" and given["caption_source"] == "given"
     # stage 1 alone writes no caption
     assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(tmp_path / "s1"), "--scale", "2", "--models-dir",
                  str(models), "--stage1-only", *FULL]) == 0
-    assert [p.name for p in (tmp_path / "s1").iterdir()] == ["osbs_029_lr100_x2.png"]
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["osbs_029_lr100_x2.json", "osbs_029_lr100_x2.png"]
+    stage1_record = json.loads((tmp_path / "s1" / "osbs_029_lr100_x2.json").read_text())
+    assert stage1_record["caption"] is None and "refine" not in stage1_record
+    assert set(stage1_record["seconds"]) == {"stage1"} and stage1_record["models"]["stage1"][0]["bytes"] > 0
 
 
 def test_upscale_without_captioner_weights_says_how_to_skip(models_dir, inputs, tmp_path, capsys):
@@ -195,8 +198,8 @@ def test_upscale_without_captioner_weights_says_how_to_skip(models_dir, inputs, 
     write_tiny_refiner_files(models_dir / "sdxl", models_dir / "supir")
     assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir),
                  "--caption", "fields", *FULL]) == 0
-    sidecar = json.loads((tmp_path / "o" / "wide_x8.caption.json").read_text())
-    assert sidecar["caption"] == "fields" and sidecar["refine"]["settings"]["sampler"]["steps"] == 2
+    sidecar = json.loads((tmp_path / "o" / "wide_x8.json").read_text())
+    assert sidecar["caption"] == "fields" and sidecar["settings"]["refine"]["sampler"]["steps"] == 2
     assert png_size(tmp_path / "o" / "wide_x8.png") == (14 * 8, 10 * 8)  # both stages, exact size
 
 
@@ -212,7 +215,7 @@ def test_upscale_runs_the_refiner_after_stage1(tmp_path):
     refined = np.asarray(Image.open(tmp_path / "s2" / "osbs_029_lr100_x2.png"), dtype=np.float32)
     assert refined.shape == stage1.shape == (200, 200, 3)
     assert np.abs(refined - stage1).mean() > 1.0  # the refiner ran (random weights change the image)
-    record = json.loads((tmp_path / "s2" / "osbs_029_lr100_x2.caption.json").read_text())
+    record = json.loads((tmp_path / "s2" / "osbs_029_lr100_x2.json").read_text())
     assert record["refine"]["working_size"] == [192, 192] and record["refine"]["unet_calls"] == 3
 
 
@@ -223,8 +226,22 @@ def test_upscale_refiner_cache_is_reported_in_the_sidecar(tmp_path, capsys):
     assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models),
                  "--caption", "fields", "--sampler", "ddim", "--steps", "2", "--refine-steps", "8",
                  "--refine-min-size", "0", "--cache", "fast", "--cache-threshold", "100"]) == 0
-    record = json.loads((out / "osbs_029_lr100_x2.caption.json").read_text())["refine"]
+    record = json.loads((out / "osbs_029_lr100_x2.json").read_text())["refine"]
     # fast: never within the first 3 / last 2 steps, at most 3 reuses in a row
-    assert record["cache"] == {"mode": "fixed", "computed_steps": [0, 1, 2, 6, 7], "reused_steps": [3, 4, 5]}
+    assert record["cache"] == {"mode": "fixed", "computed_steps": [0, 1, 2, 6, 7], "reused_steps": [3, 4, 5],
+                               "summary": "5/8 steps computed, 3 reused (3, 4, 5)"}
     assert record["unet_calls"] == record["control_calls"] == 5
     assert "refiner cache (fixed): 5/8 steps computed, 3 reused (3, 4, 5)" in capsys.readouterr().err
+
+
+def test_upscale_large_scene_in_windows_writes_exact_size_and_records_windows(models_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
+                 "--window-size", "48", "--window-overlap", "8", "--placement", "sequential", *FAST]) == 0
+    assert png_size(out / "osbs_029_lr100_x2.png") == (200, 200)
+    record = json.loads((out / "osbs_029_lr100_x2.json").read_text())
+    assert record["windows"]["count"] == 9 and record["windows"]["size"] == 48
+    assert record["placement"] == "resident"  # on a CPU every plan is resident
+    assert record["peak_memory_kind"] == "process RSS" and record["peak_memory_bytes"] > 0
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--window-size", "16", "--window-overlap", "8",
+                 "--models-dir", str(models_dir), *FAST]) == 2  # overlap must be under half the window
