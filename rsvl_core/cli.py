@@ -390,8 +390,10 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
                 if cache and cache["mode"] != "off":
                     tqdm.write(f"{source.name}: refiner cache ({cache['mode']}): {cache['summary']}", file=sys.stderr)
                 height, width = image.shape[-2] * args.scale, image.shape[-1] * args.scale
-                tqdm.write(f"{source.name} -> {target} ({width}x{height}, {time.perf_counter() - start:.1f} s)",
-                           file=sys.stderr)
+                stages = ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items())
+                peak = record["peak_memory_bytes"] / 2**30
+                tqdm.write(f"{source.name} -> {target} ({width}x{height}, {time.perf_counter() - start:.1f} s: "
+                           f"{stages}; peak {peak:.2f} GiB {record['peak_memory_kind']})", file=sys.stderr)
         except (RsvlError, ValueError) as exc:
             summary.failed.append((source, str(exc)))
             tqdm.write(f"error: {exc}", file=sys.stderr)
