@@ -1,8 +1,7 @@
 """ComfyUI entry point of the rsvl node pack (V3 schema: `comfy_entrypoint`).
 
-ComfyUI imports this file by path, so only relative imports are used. The nodes themselves land
-with the node-pack issue; until then the extension registers no nodes, and importing this file
-outside ComfyUI is harmless.
+ComfyUI imports this file by path, so only relative imports are used. Importing it outside ComfyUI is
+harmless: ComfyUI's modules are imported only when `comfy_entrypoint` is called.
 """
 
 from .nodes import comfy_entrypoint

@@ -1,16 +1,16 @@
-"""ComfyUI nodes: thin adapters from ComfyUI types to `rsvl_core` (one registration form: V3)."""
+"""ComfyUI nodes: thin adapters from ComfyUI types to `rsvl_core` (one registration form: V3).
+
+`comfy_nodes` imports ComfyUI's modules, so it is imported only when ComfyUI asks for the extension;
+`core` holds the node logic and is tested without ComfyUI.
+"""
 
 from __future__ import annotations
 
-NODE_CLASSES: list = []  # filled in by the node-pack issue (LoadRSVLModels, Stage1FidelitySR, ...)
+NODE_IDS = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler")
 
 
 async def comfy_entrypoint():
     """Return the ComfyExtension ComfyUI asks for (only callable inside ComfyUI)."""
-    from comfy_api.latest import ComfyExtension
-
-    class RSVLExtension(ComfyExtension):
-        async def get_node_list(self) -> list:
-            return list(NODE_CLASSES)
+    from .comfy_nodes import RSVLExtension
 
     return RSVLExtension()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import RsvlError
-from .image import IMAGE_SUFFIXES, list_images, read_image, write_image_atomic
+from .image import IMAGE_SUFFIXES, list_images, read_image
 from .stage1 import SAMPLERS, SCALES, SR3SamplerOptions, load_sr3
 from .weights import (
     MODELS_DIR_ENV,
@@ -65,11 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--window-size", type=int, default=0,
                     help="process large scenes in windows of this many input pixels (0 = whole image, default)")
     up.add_argument("--window-overlap", type=int, default=16, help="input pixels shared by windows (default 16)")
+    up.add_argument("--bands", default=None,
+                    help="GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; default 1,2,3, or 1 for one band)")
+    up.add_argument("--stretch", choices=("percentile", "none"), default=None,
+                    help="GeoTIFF value scaling: percentile (default for non-8-bit data) or none (divide by the "
+                         "type's maximum); recorded in the run record")
+    up.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
     add_refine_options(up)
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     add_caption_parser(sub)
+    from .weights_cli import add_weights_parser
+
+    add_weights_parser(sub)
 
     demo = sub.add_parser("demo", help="prove the install: tiny random models, real file formats, real pipeline")
     demo.add_argument("--models-dir", type=Path, default=None,
@@ -253,8 +262,8 @@ def collect_inputs(args: argparse.Namespace) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def output_path(output_dir: Path, source: Path, scale: int) -> Path:
-    return output_dir / f"{source.stem}_x{scale}.png"
+def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png") -> Path:
+    return output_dir / f"{source.stem}_x{scale}{suffix}"
 
 
 @dataclass
@@ -353,6 +362,7 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     from tqdm import tqdm
 
     from .scene import WindowOptions
+    from .scene_io import open_scene
 
     options = pipeline_options_from_args(args)
     windows = WindowOptions(args.window_size, args.window_overlap)
@@ -365,7 +375,7 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     summary = RunSummary()
     claimed: dict[Path, Path] = {}
     for source in tqdm(inputs, desc="images", unit="img", disable=args.quiet or len(inputs) == 1):
-        target = output_path(args.output, source, args.scale)
+        target = output_path(args.output, source, args.scale, _output_suffix(source, args))
         if target in claimed:
             summary.failed.append((source, f"same output name as {claimed[target]} ({target.name})"))
             continue
@@ -377,19 +387,20 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
             models.preload()  # once, before the first image: a wrong weights file stops the run here
         bars = StageBars(source.name, args.quiet)
         try:
-            image, notes = read_image(source)
-            for note in notes:
+            scene = open_scene(source, args.bands, args.stretch, args.percentiles, windowed=bool(windows.size))
+            for note in scene.notes:
                 tqdm.write(f"{source.name}: {note}", file=sys.stderr)
             start = time.perf_counter()
-            record = upscale_one(image, options, models, windows, bars, target)
-            record["input"] = {"file": source.name, "notes": notes}
+            record = upscale_one(scene, options, models, windows, bars, target)
+            record["input"] = {"file": source.name, "size": [scene.width, scene.height], "notes": scene.notes,
+                               **scene.record}
             write_run_record(target, record, args, options, models)
             summary.written.append(target)
             if not args.quiet:
                 cache = record.get("refine", {}).get("cache")
                 if cache and cache["mode"] != "off":
                     tqdm.write(f"{source.name}: refiner cache ({cache['mode']}): {cache['summary']}", file=sys.stderr)
-                height, width = image.shape[-2] * args.scale, image.shape[-1] * args.scale
+                height, width = scene.height * args.scale, scene.width * args.scale
                 stages = ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items())
                 peak = record["peak_memory_bytes"] / 2**30
                 tqdm.write(f"{source.name} -> {target} ({width}x{height}, {time.perf_counter() - start:.1f} s: "
@@ -402,28 +413,36 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     return summary
 
 
-def upscale_one(image: torch.Tensor, options, models, windows, callback, target: Path) -> dict:
-    """The pipeline on one image (whole, or window by window), written atomically to `target`."""
+def _output_suffix(source: Path, args: argparse.Namespace) -> str:
+    """GeoTIFF inputs give GeoTIFF outputs (georeferencing kept); everything else gives PNG."""
+    from .scene_io import is_geotiff_input
+
+    try:
+        return ".tif" if is_geotiff_input(source, args.bands, args.stretch) else ".png"
+    except OSError:
+        return ".png"  # unreadable: open_scene reports it
+
+
+def upscale_one(scene, options, models, windows, callback, target: Path) -> dict:
+    """The pipeline on one scene (whole, or window by window), written atomically to `target`."""
     from dataclasses import replace
 
     from .pipeline import run_pipeline
-    from .scene import ArraySink, super_resolve_scene
+    from .scene import super_resolve_scene
+    from .scene_io import row_sink, write_whole
 
-    if not windows.size or (image.shape[-2] <= windows.size and image.shape[-1] <= windows.size):
-        result = run_pipeline(image, options, models, callback)
-        write_image_atomic(result.image, target)
+    if not windows.size or (scene.height <= windows.size and scene.width <= windows.size):
+        result = run_pipeline(scene.whole(), options, models, callback)
+        write_whole(scene, result.image, target, options.scale)
         return run_record(result)
-    height, width = image.shape[-2:]
-    sink = ArraySink(height * options.scale, width * options.scale)
     results = []
 
     def process(window: torch.Tensor, index: int) -> torch.Tensor:
         results.append(run_pipeline(window, replace(options, seed=options.seed + index), models, callback))
         return results[-1].image
 
-    count = super_resolve_scene(height, width, options.scale, windows,
-                                lambda t: image[..., t.y0:t.y1, t.x0:t.x1], process, sink)
-    write_image_atomic(torch.from_numpy(sink.array).permute(2, 0, 1)[None].float() / 255, target)
+    with row_sink(scene, target, options.scale) as sink:
+        count = super_resolve_scene(scene.height, scene.width, options.scale, windows, scene.read, process, sink)
     record = run_record(results[0])
     record["windows"] = {"count": count, "size": windows.size, "overlap": windows.overlap,
                          "captions": [r.caption for r in results],
@@ -499,7 +518,8 @@ def print_summary(summary: RunSummary) -> None:
     line += f", {len(summary.failed)} failed"
     print(line, file=sys.stderr)
     for source, reason in summary.failed:
-        print(f"  failed: {source}: {reason}", file=sys.stderr)
+        shown = reason if reason.startswith(str(source)) else f"{source}: {reason}"
+        print(f"  failed: {shown}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "caption":
             run_caption(args)
             return 0
+        if args.command == "weights":
+            from .weights_cli import run_weights
+
+            return run_weights(args)
         if args.command == "demo":
             from .demo import run_demo
 

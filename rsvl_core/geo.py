@@ -177,7 +177,8 @@ class Stretch:
                    tuple(record["high"]), tuple(pct) if pct is not None else None)
 
     def note(self) -> str:
-        ranges = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(self.bands, self.low, self.high))
+        triples = zip(self.bands, self.low, self.high, strict=True)
+        ranges = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in triples)
         if self.method == "percentile":
             p0, p1 = self.percentiles or (0, 100)
             return f"{self.source_dtype} bands stretched from their {p0:g}-{p1:g} percentiles to [0, 1] ({ranges})"
@@ -218,7 +219,8 @@ class RasterInfo:
 
         if int(scale) != scale or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
-        transform = self.transform * Affine.scale(1 / scale, 1 / scale)
+        t = self.transform  # = t * Affine.scale(1 / scale): same origin, pixel size / scale
+        transform = Affine(t.a / scale, t.b / scale, t.c, t.d / scale, t.e / scale, t.f)
         return replace(self, transform=transform, width=self.width * scale, height=self.height * scale,
                        scale=self.scale * scale)
 
@@ -533,15 +535,14 @@ class GeoTiffWindowWriter:
         height, width = data.shape[1:]
         if (int(win.height), int(win.width)) != (height, width):
             raise ValueError(f"image is {width}x{height} but the window is {int(win.width)}x{int(win.height)}")
+        if valid is not None and valid.shape != (height, width):
+            factor = max(1, height // max(1, valid.shape[0]))
+            if valid.ndim != 2 or valid.shape[0] * factor != height or valid.shape[1] * factor != width:
+                raise ValueError(f"valid mask of shape {valid.shape} does not fit the {width}x{height} image")
+            valid = upscale_mask(valid, factor)
         if self.nodata is not None:
             fill = np.asarray(self.nodata).astype(self.dtype)
-            if valid is not None:
-                if valid.shape != (height, width):
-                    factor = height // valid.shape[0]
-                    if valid.shape[0] * factor != height or valid.shape[1] * factor != width:
-                        raise ValueError(f"valid mask {valid.shape} does not match the image {height}x{width}")
-                    valid = upscale_mask(valid, factor)
-            else:
+            if valid is None:
                 valid = np.ones((height, width), dtype=bool)
             # a valid pixel equal to nodata in every band would read back as nodata: move it one level
             collide = valid & np.all(data == fill, axis=0)

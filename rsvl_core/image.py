@@ -5,6 +5,8 @@ Core convention: images are float tensors (B, 3, H, W), RGB, values in [0, 1].
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,33 +19,82 @@ from .errors import InputImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
+# Largest input read whole, in pixels (width x height): 100 megapixels, e.g. 10000 x 10000. Pillow's
+# own decompression-bomb guard is replaced by this explicit check, made from the header before any
+# pixel is decoded. A larger scene must be a GeoTIFF processed in windows (rsvl_core.geo).
+MAX_INPUT_PIXELS = 100_000_000
+TIFF_HINT = ('multi-band, 16-bit RGB and float TIFFs are read by the GeoTIFF reader: pip install "rsvl[geo]", '
+             'then choose bands with --bands and scaling with --stretch')
+
+
 def read_image(path: str | Path) -> tuple[torch.Tensor, list[str]]:
     """Read an image file as (1, 3, H, W) float in [0, 1].
 
     Returns the tensor and notes on any conversion made (documented, never silent):
     grayscale is replicated to RGB, alpha is dropped, palette images are expanded, 16-bit and
-    32-bit integer data are scaled by the full range of their type.
+    32-bit integer grayscale is scaled by the full range of its type, 16-bit RGB (which Pillow
+    decodes at 8 bits) is noted, float grayscale must already lie in [0, 1], and a multi-frame
+    file (GIF, multi-page TIFF) gives its first frame. Everything else raises `InputImageError`
+    naming the file: missing, a folder, empty, not an image, truncated or corrupt, no pixels,
+    or more than `MAX_INPUT_PIXELS` pixels.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputImageError(f"{path}: is a folder, expected an image file")
     if not path.is_file():
         raise InputImageError(f"{path}: input image not found")
     if path.stat().st_size == 0:
         raise InputImageError(f"{path}: file is empty (0 bytes), expected an image")
     try:
-        with Image.open(path) as img:
-            img.load()
-            array, notes = _to_rgb_float(img)
-    except Image.DecompressionBombError as exc:
-        raise InputImageError(f"{path}: image too large to open safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputImageError(f"{path}: not a readable image ({str(exc).splitlines()[0][:160]})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            with Image.open(path) as img:
+                _check_size(path, *img.size)
+                notes = _header_notes(img)
+                img.load()
+                array, more = _to_rgb_float(img, path)
+                notes += more
+    except Image.DecompressionBombError as exc:  # Pillow's guard fires in open() above 2x its own limit
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise InputImageError(_too_large(path, size)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        message = f"{path}: not a readable image ({str(exc).splitlines()[0][:160]})"
+        if path.suffix.lower() in (".tif", ".tiff"):
+            message += f"; {TIFF_HINT}"
+        raise InputImageError(message) from None
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise InputImageError(f"{path}: image has no pixels")
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
     return tensor, notes
 
 
-def _to_rgb_float(img: Image.Image) -> tuple[np.ndarray, list[str]]:
+def _check_size(path: Path, width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise InputImageError(f"{path}: image has no pixels ({width}x{height})")
+    if width * height > MAX_INPUT_PIXELS:
+        raise InputImageError(_too_large(path, f"{width}x{height} ({width * height:,} pixels)"))
+
+
+def _too_large(path: Path, size: str) -> str:
+    return (f"{path}: image is {size}, over the {MAX_INPUT_PIXELS:,}-pixel limit for reading an image whole "
+            f"(rsvl_core.image.MAX_INPUT_PIXELS); split it, or process a GeoTIFF in windows")
+
+
+def _header_notes(img: Image.Image) -> list[str]:
+    notes = []
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"first of {frames} frames used")
+    if img.mode in ("RGB", "RGBA") and img.tile:
+        args = img.tile[0][3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            notes.append("16-bit RGB decoded at 8 bits per channel (Pillow keeps the high byte: value // 256)")
+    return notes
+
+
+def _to_rgb_float(img: Image.Image, path: Path | None = None) -> tuple[np.ndarray, list[str]]:
     notes: list[str] = []
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -58,8 +109,14 @@ def _to_rgb_float(img: Image.Image) -> tuple[np.ndarray, list[str]]:
         return np.repeat(gray[..., None], 3, axis=2), notes
     if mode == "F":
         gray = np.asarray(img, dtype=np.float32)
-        notes.append("float grayscale clipped to [0, 1] and replicated to RGB")
-        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2), notes
+        finite = gray[np.isfinite(gray)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if finite.size != gray.size or low < 0.0 or high > 1.0:
+            raise InputImageError(
+                f"{path}: float image with values in [{low:g}, {high:g}]"
+                f"{' and NaN/inf' if finite.size != gray.size else ''}, expected [0, 1]; {TIFF_HINT}")
+        notes.append("float grayscale replicated to RGB")
+        return np.repeat(gray[..., None], 3, axis=2), notes
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         notes.append("alpha channel ignored")
     if mode in ("L", "LA", "1"):

@@ -84,7 +84,7 @@ def locate_sr3(models_dir: Path | None = None, explicit: Path | None = None) -> 
         f"stage-1 SR3 weights not found: no .safetensors/.pth/.ckpt file in {folder.resolve()}. "
         f"Put the SR3 generator checkpoint (the seed's *_gen.pth) there, pass --sr3 PATH, or point "
         f"--models-dir / ${MODELS_DIR_ENV} at a folder with a {SR3_SUBDIR}/ subfolder. "
-        f"To try the install without weights: rsvl demo"
+        f"To try the install without weights: rsvl demo (`rsvl weights list` shows every place looked in)"
     ))
 
 
@@ -103,7 +103,8 @@ def locate_captioner(models_dir: Path | None = None, explicit: Path | None = Non
         f"captioner weights not found: no config.json in {folder.resolve()}. Put a Hugging Face-layout "
         f"LLaVA-NeXT folder there (e.g. a local copy of llava-hf/llama3-llava-next-8b-hf: config.json, "
         f"model*.safetensors, tokenizer and processor files), or point --models-dir / ${MODELS_DIR_ENV} at a "
-        f"folder with a {CAPTIONER_SUBDIR}/ subfolder. To try the install without weights: rsvl demo"
+        f"folder with a {CAPTIONER_SUBDIR}/ subfolder. To try the install without weights: rsvl demo; "
+        f"to download it: rsvl weights download captioner --models-dir {folder.parent}"
     )
 
 
@@ -148,7 +149,8 @@ def locate_sdxl(models_dir: Path | None = None, explicit: Path | None = None) ->
     return _one_weight_file(found, folder, "SDXL models", "--sdxl", (
         f"refiner SDXL weights not found: no .safetensors/.ckpt file in {folder.resolve()}. Put the SDXL base "
         f"single file there (the seed uses juggernautXL_v8Rundiffusion.safetensors), pass --sdxl PATH, or run "
-        f"stage 1 alone with --stage1-only. To try the install without weights: rsvl demo"
+        f"stage 1 alone with --stage1-only. To try the install without weights: rsvl demo; "
+        f"to download it: rsvl weights download sdxl --models-dir {folder.parent}"
     ))
 
 
@@ -160,7 +162,8 @@ def locate_supir(models_dir: Path | None = None, explicit: Path | None = None) -
     return _one_weight_file(weight_files(folder), folder, "SUPIR checkpoints", "--supir", (
         f"refiner SUPIR weights not found: no .ckpt/.safetensors file in {folder.resolve()}. Put SUPIR-v0Q.ckpt "
         f"(or SUPIR-v0F.ckpt) there, pass --supir PATH, or run stage 1 alone with --stage1-only. "
-        f"To try the install without weights: rsvl demo"
+        f"To try the install without weights: rsvl demo; "
+        f"to download it: rsvl weights download supir --models-dir {folder.parent}"
     ))
 
 

@@ -1,0 +1,366 @@
+"""The rsvl nodes for ComfyUI (V3 schema). Thin adapters: ComfyUI types in, `rsvl_core` calls, ComfyUI types out.
+
+Imported only by `comfy_entrypoint` (inside ComfyUI). The node logic lives in `core.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from comfy_api.latest import ComfyExtension, io, ui
+
+from ..rsvl_core.cache.scheduler import PRESETS as CACHE_PRESETS
+from ..rsvl_core.cache.scheduler import DynamicStepScheduler as Scheduler
+from ..rsvl_core.caption.config import SEED_PROMPT, CaptionOptions
+from ..rsvl_core.errors import RsvlError
+from ..rsvl_core.refine.refiner import COLOR_FIXES, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, refine_image
+from ..rsvl_core.stage1 import SAMPLERS, SCALES, upscale_stage1
+from . import core
+from .core import NONE, NodeError
+
+log = logging.getLogger("rsvl")
+CATEGORY = "RSVL"
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+# The model handles travel between nodes as custom socket types, declared once.
+SR3Handle = io.Custom("RSVL_SR3")
+CaptionerHandle = io.Custom("RSVL_CAPTIONER")
+RefinerHandle = io.Custom("RSVL_REFINER")
+ScheduleHandle = io.Custom("RSVL_SCHEDULE")
+
+
+class ComfyHost:
+    """core.Host backed by ComfyUI: its memory manager, progress bar, interrupt flag and devices."""
+
+    @property
+    def preview_size(self) -> int:
+        from comfy.cli_args import args
+
+        return int(getattr(args, "preview_size", 512) or 512)
+
+    def torch_device(self, choice: str) -> torch.device:
+        import comfy.model_management as mm
+
+        return torch.device("cpu") if choice == "cpu" else mm.get_torch_device()
+
+    def offload_device(self, choice: str) -> torch.device:
+        import comfy.model_management as mm
+
+        return torch.device("cpu") if choice == "cpu" else mm.unet_offload_device()
+
+    def register(self, module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+        from comfy.model_patcher import ModelPatcher
+
+        return ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+
+    def load(self, patchers: list, memory_required: int = 0) -> None:
+        import comfy.model_management as mm
+
+        # Our modules are plain torch modules (no comfy.ops weight casting): load them whole.
+        mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+
+    def progress_bar(self, total: int):
+        import comfy.utils
+
+        return comfy.utils.ProgressBar(total)
+
+    def check_interrupt(self) -> None:
+        import comfy.model_management as mm
+
+        mm.throw_exception_if_processing_interrupted()
+
+    def intermediate_device(self) -> torch.device:
+        import comfy.model_management as mm
+
+        return mm.intermediate_device()
+
+
+HOST = ComfyHost()
+
+
+def _folder_paths():
+    import folder_paths
+
+    return folder_paths
+
+
+def _seed(tooltip: str = "Seeds every random draw: the same seed gives the same result on the same device."):
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, step=1, control_after_generate=True, tooltip=tooltip)
+
+
+class LoadRSVLModels(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        fp = _folder_paths()
+        return io.Schema(
+            node_id="LoadRSVLModels",
+            display_name="Load RSVL Models",
+            category=CATEGORY,
+            description="Choose the SR3, captioner and refiner weights. Nothing is loaded here: each model loads on "
+                        "first use by the node that needs it, and ComfyUI's memory manager moves and frees it.",
+            inputs=[
+                io.Combo.Input("sr3_model", options=[NONE, *fp.get_filename_list("rsvl_sr3")], default=NONE,
+                               tooltip="SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3. 'none' = no stage 1."),
+                io.Combo.Input("llava_model", options=[NONE, *core.list_model_folders(fp, "rsvl_llava")],
+                               default=NONE, tooltip="LLaVA-NeXT model folder (Hugging Face layout) in "
+                                                     "models/rsvl/llava/<name>/. 'none' = no captioner."),
+                io.Combo.Input("llava_adapter", options=[NONE, *core.list_model_folders(fp, "rsvl_llava_adapter")],
+                               default=NONE, tooltip="Optional remote-sensing LoRA adapter folder in "
+                                                     "models/rsvl/llava_adapter/<name>/."),
+                io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list("checkpoints")], default=NONE,
+                               tooltip="SDXL base single file from models/checkpoints (the refiner's base model)."),
+                io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list("rsvl_supir")], default=NONE,
+                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir; needs sdxl_checkpoint."),
+                io.Combo.Input("dtype", options=list(core.DTYPES), default="auto",
+                               tooltip="Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on the CPU. "
+                                       "The refiner's VAE never runs in fp16."),
+                io.Combo.Input("device", options=list(core.DEVICES), default="auto",
+                               tooltip="auto: ComfyUI's device, offloaded by its memory manager; cpu: always CPU."),
+                io.Combo.Input("llava_quantization", options=["none", "8bit", "4bit"], default="none",
+                               tooltip="8/4-bit captioner (needs bitsandbytes and CUDA; not moved by ComfyUI)."),
+            ],
+            outputs=[
+                SR3Handle.Output(display_name="sr3", tooltip="SR3 model for Stage1FidelitySR"),
+                CaptionerHandle.Output(display_name="captioner", tooltip="captioner for LlavaRSCaption"),
+                RefinerHandle.Output(display_name="refiner", tooltip="SDXL + SUPIR refiner for ControlNetRefine"),
+            ],
+        )
+
+    @classmethod
+    def _paths(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model) -> dict[str, str | None]:
+        fp = _folder_paths()
+        if (sdxl_checkpoint == NONE) != (supir_model == NONE):
+            raise NodeError("the refiner needs both sdxl_checkpoint and supir_model (or neither)")
+        if llava_adapter != NONE and llava_model == NONE:
+            raise NodeError("llava_adapter needs a llava_model")
+        return {
+            "sr3": None if sr3_model == NONE else core.find_model_file(fp, "rsvl_sr3", sr3_model),
+            "llava": None if llava_model == NONE else core.find_model_folder(fp, "rsvl_llava", llava_model),
+            "adapter": None if llava_adapter == NONE else core.find_model_folder(fp, "rsvl_llava_adapter",
+                                                                                 llava_adapter),
+            "sdxl": None if sdxl_checkpoint == NONE else core.find_model_file(fp, "checkpoints", sdxl_checkpoint),
+            "supir": None if supir_model == NONE else core.find_model_file(fp, "rsvl_supir", supir_model),
+        }
+
+    @classmethod
+    def fingerprint_inputs(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model, **_):
+        """Re-run (and so reload lazily) when a chosen file changes on disk."""
+        try:
+            paths = cls._paths(sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model)
+        except (RsvlError, FileNotFoundError):
+            return None
+        return tuple((p, os.path.getmtime(p)) for p in paths.values() if p)
+
+    @classmethod
+    def execute(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model, dtype, device,
+                llava_quantization) -> io.NodeOutput:
+        with core.user_errors(cls.__name__):
+            paths = cls._paths(sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model)
+
+            def handle(kind, keys, loader, **options):
+                sources = {k: paths[k] for k in keys if paths[k]} if paths[keys[0]] else {}
+                return core.ModelHandle(kind, sources, dtype, device, options, loader)
+
+            load_device = HOST.torch_device(device)
+            return io.NodeOutput(
+                handle("SR3", ["sr3"], core.load_sr3_model),
+                handle("captioner", ["llava", "adapter"], core.load_captioner_model, quantization=llava_quantization,
+                       load_device=load_device),
+                handle("refiner", ["sdxl", "supir"], core.load_refiner_model),
+            )
+
+
+class DynamicStepScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DynamicStepScheduler",
+            display_name="RSVL Dynamic Step Scheduler",
+            category=CATEGORY,
+            description="Steps and step cache for both stages. Connect it to Stage1FidelitySR and/or "
+                        "ControlNetRefine; the refine node reports which steps were computed and which reused.",
+            inputs=[
+                io.Combo.Input("cache_preset", options=list(CACHE_PRESETS), default="off",
+                               tooltip="Refiner step cache. off: every step computed; seed: the seed's adaptive "
+                                       "cache; fast: ours (first block signal, fixed threshold, guarded)."),
+                io.Int.Input("refine_steps", default=50, min=1, max=1000, step=1,
+                             tooltip="Refiner sampling steps (replaces ControlNetRefine's steps)."),
+                io.Float.Input("cache_threshold", default=0.0, min=0.0, max=2.0, step=0.01,
+                               tooltip="Reuse a step when the relative change is below this. 0 = the preset's own "
+                                       "(seed 0.3, fast 0.2)."),
+                io.Combo.Input("stage1_sampler", options=list(SAMPLERS), default="faithful",
+                               tooltip="SR3 sampler: faithful (the seed's ancestral DDPM), ddim or dpmpp (fast)."),
+                io.Int.Input("stage1_steps", default=0, min=0, max=2000, step=1,
+                             tooltip="SR3 steps; 0 = the sampler's default (500 faithful, 50 ddim/dpmpp)."),
+                io.Combo.Input("stage1_cache", options=list(core.STAGE1_CACHES), default="off",
+                               tooltip="SR3 step cache: off, or fast (reuses the previous noise prediction)."),
+            ],
+            outputs=[ScheduleHandle.Output(display_name="schedule")],
+        )
+
+    @classmethod
+    def execute(cls, cache_preset, refine_steps, cache_threshold, stage1_sampler, stage1_steps,
+                stage1_cache) -> io.NodeOutput:
+        with core.user_errors(cls.__name__):
+            return io.NodeOutput(core.scheduler_from_inputs(cache_preset, refine_steps, cache_threshold, stage1_sampler,
+                                                            stage1_steps, stage1_cache))
+
+
+class Stage1FidelitySR(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Stage1FidelitySR",
+            display_name="RSVL Stage 1 Fidelity SR (SR3)",
+            category=CATEGORY,
+            description="Super-resolves 2x/4x/8x with SR3, which sees only the low-resolution image. "
+                        "Output is exactly input x scale.",
+            inputs=[
+                io.Image.Input("image", tooltip="Low-resolution image(s), any size."),
+                SR3Handle.Input("sr3", tooltip="sr3 output of LoadRSVLModels."),
+                io.Combo.Input("scale", options=[str(s) for s in SCALES], default="4",
+                               tooltip="Upscale factor."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="faithful",
+                               tooltip="faithful: the seed's 500-step ancestral DDPM; ddim / dpmpp: fast solvers."),
+                io.Int.Input("steps", default=0, min=0, max=2000, step=1,
+                             tooltip="Sampling steps; 0 = the sampler's default (500 faithful, 50 ddim/dpmpp)."),
+                _seed(),
+                io.Int.Input("tile_size", default=224, min=0, max=4096, step=8,
+                             tooltip="Tile edge in output pixels (224 = SR3's training size); 0 = whole image, "
+                                     "else at least 32."),
+                io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=8,
+                             tooltip="Output pixels shared by neighbouring tiles (at most half a tile)."),
+                ScheduleHandle.Input("schedule", optional=True,
+                                     tooltip="Optional DynamicStepScheduler: replaces sampler, steps and cache."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, schedule=None) -> io.NodeOutput:
+        with core.user_errors(cls.__name__):
+            options = core.stage1_options(sampler, steps, tile_size, tile_overlap, schedule)
+            pixels = core.to_bchw(image)
+            memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
+            model = sr3.get(HOST, memory_required=memory)
+            result = upscale_stage1(model, pixels, int(scale), options, seed=seed, callback=core.ProgressReporter(HOST))
+            return io.NodeOutput(core.to_bhwc(result, HOST.intermediate_device()))
+
+
+class LlavaRSCaption(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LlavaRSCaption",
+            display_name="RSVL LLaVA Remote-Sensing Caption",
+            category=CATEGORY,
+            description="Describes the image with the remote-sensing captioner. The caption is a STRING: edit it, "
+                        "or feed ControlNetRefine any text node instead.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("image", tooltip="Image to describe (usually the stage-1 output)."),
+                CaptionerHandle.Input("captioner", tooltip="captioner output of LoadRSVLModels."),
+                io.String.Input("prompt", default=SEED_PROMPT, multiline=True,
+                                tooltip="The instruction; <image> marks where the image goes (the start if absent). "
+                                        "Default: the seed's analyst prompt."),
+                io.Int.Input("max_new_tokens", default=256, min=1, max=4096, step=1,
+                             tooltip="Most tokens generated per caption (seed: 256)."),
+                io.Float.Input("temperature", default=0.2, min=0.0, max=2.0, step=0.01,
+                               tooltip="Sampling temperature (seed: 0.2); 0 = greedy decoding."),
+                _seed("Makes the sampled caption reproducible."),
+            ],
+            outputs=[io.String.Output(display_name="caption")],
+        )
+
+    @classmethod
+    def execute(cls, image, captioner, prompt, max_new_tokens, temperature, seed) -> io.NodeOutput:
+        with core.user_errors(cls.__name__):
+            options = CaptionOptions(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature or 0.2,
+                                     do_sample=temperature > 0, seed=seed)
+            options.check()
+            model = captioner.get(HOST)
+            if captioner.patcher is not None:
+                model.device = captioner.patcher.load_device
+            captions = model.caption(core.to_bchw(image), options, callback=core.ProgressReporter(HOST))
+            text = core.BATCH_SEPARATOR.join(captions)
+            return io.NodeOutput(text, ui=ui.PreviewText(text))
+
+
+class ControlNetRefine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ControlNetRefine",
+            display_name="RSVL ControlNet Refine (SUPIR/SDXL)",
+            category=CATEGORY,
+            description="Stage 2: adds detail to the stage-1 image with SDXL steered by SUPIR's control network, "
+                        "guided by the caption. Output is exactly the input size.",
+            inputs=[
+                io.Image.Input("image", tooltip="The stage-1 image(s)."),
+                RefinerHandle.Input("refiner", tooltip="refiner output of LoadRSVLModels."),
+                io.String.Input("caption", default="", multiline=True,
+                                tooltip="What the image shows: link LlavaRSCaption or any text node, or type it. "
+                                        "Joined with the positive prompt."),
+                io.String.Input("positive_prompt", default=SEED_POSITIVE_PROMPT, multiline=True,
+                                tooltip="Appended to the caption (default: the seed's)."),
+                io.String.Input("negative_prompt", default=SEED_NEGATIVE_PROMPT, multiline=True,
+                                tooltip="Negative prompt (default: the seed's)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, step=1,
+                             tooltip="Sampling steps (seed: 50). A connected schedule replaces this."),
+                io.Float.Input("cfg_scale", default=7.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG scale at the end of sampling (seed: 7.5)."),
+                io.Float.Input("cfg_scale_start", default=4.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG scale at the start; linear in between (seed: 4.0)."),
+                io.Float.Input("control_scale", default=1.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="Strength of the stage-1 control (0 = plain SDXL)."),
+                io.Combo.Input("color_fix", options=list(COLOR_FIXES), default="wavelet",
+                               tooltip="Colour correction against the stage-1 image."),
+                _seed(),
+                io.Int.Input("latent_tile_size", default=128, min=0, max=1024, step=8,
+                             tooltip="Latent tile edge (128 = 1024 px) denoised and blended every step; 0 = one pass."),
+                io.Int.Input("min_size", default=1024, min=0, max=8192, step=64,
+                             tooltip="Working size: the short side is brought up to at least this (seed: 1024), "
+                                     "the result resized back to the input size."),
+                ScheduleHandle.Input("schedule", optional=True,
+                                     tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
+            ],
+            outputs=[io.Image.Output(display_name="image"),
+                     io.String.Output(display_name="report", tooltip="Computed / reused steps per image.")],
+        )
+
+    @classmethod
+    def execute(cls, image, refiner, caption, positive_prompt, negative_prompt, steps, cfg_scale, cfg_scale_start,
+                control_scale, color_fix, seed, latent_tile_size, min_size, schedule=None) -> io.NodeOutput:
+        with core.user_errors(cls.__name__):
+            options = core.refine_options(steps, cfg_scale, cfg_scale_start, control_scale, color_fix, positive_prompt,
+                                          negative_prompt, latent_tile_size, min_size, schedule)
+            pixels = core.to_bchw(image)
+            captions = core.split_captions(caption or "", pixels.shape[0])
+            tile = options.latent_tile_size or 128
+            model = refiner.get(HOST, memory_required=2 * tile * tile * 64 * 4 * 64)
+            outputs, lines = [], []
+            for index in range(pixels.shape[0]):
+                single = pixels[index:index + 1]
+                progress = core.ProgressReporter(HOST, core.fit_latent_preview(model, single))
+                result, report = refine_image(model, single, captions[index], options, seed=seed, callback=progress)
+                line = f"image {index + 1}: {report.working_size[1]}x{report.working_size[0]} working size, " \
+                       f"{report.unet_calls} UNet calls; cache: {Scheduler.describe(report.cache)}"
+                log.info("rsvl refine %s", line)
+                outputs.append(result)
+                lines.append(line)
+            text = "\n".join(lines)
+            out = core.to_bhwc(torch.cat(outputs), HOST.intermediate_device())
+            return io.NodeOutput(out, text, ui=ui.PreviewText(text))
+
+
+NODE_CLASSES = [LoadRSVLModels, Stage1FidelitySR, LlavaRSCaption, ControlNetRefine, DynamicStepScheduler]
+
+
+class RSVLExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_CLASSES)
+
+
+core.register_model_folders(_folder_paths())

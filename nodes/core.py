@@ -1,0 +1,393 @@
+"""What the ComfyUI nodes do, without ComfyUI: image layout, model handles, options, progress, model folders.
+
+Everything ComfyUI-specific (ModelPatcher, ProgressBar, folder_paths, the intermediate device) reaches this
+module as an argument (a `Host`), so the logic is unit-tested without a ComfyUI install.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from ..rsvl_core.cache.scheduler import PRESETS as CACHE_PRESETS
+from ..rsvl_core.cache.scheduler import DynamicStepScheduler
+from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
+
+log = logging.getLogger("rsvl")
+
+NONE = "none"
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu")
+BATCH_SEPARATOR = "\n---\n"  # joins the captions of a batch; ControlNetRefine splits on it
+STAGE1_CACHES = ("off", "fast")  # stage 1 takes only the fixed-threshold, eps-reuse policy
+
+# ComfyUI model folder name -> (sub-folder of models/rsvl, file extensions; None = model folders, not files)
+MODEL_FOLDERS: dict[str, tuple[str, set[str] | None]] = {
+    "rsvl_sr3": ("sr3", {".pth", ".pt", ".ckpt", ".safetensors"}),
+    "rsvl_llava": ("llava", None),
+    "rsvl_llava_adapter": ("llava_adapter", None),
+    "rsvl_supir": ("supir", {".ckpt", ".safetensors", ".pth"}),
+}
+FOLDER_MARKERS = {"rsvl_llava": "config.json", "rsvl_llava_adapter": "adapter_config.json"}
+
+
+class NodeError(RsvlError):
+    """A user-fixable problem, shown by ComfyUI as one line (no engine traceback chained to it)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ComfyUI's side, as an interface (the real one lives in comfy_nodes.py; tests pass a fake)
+
+
+class Host(Protocol):
+    def torch_device(self, choice: str) -> torch.device: ...
+    def offload_device(self, choice: str) -> torch.device: ...
+    def register(self, module: torch.nn.Module, load_device: torch.device, offload_device: torch.device) -> Any: ...
+    def load(self, patchers: list, memory_required: int = 0) -> None: ...
+    def progress_bar(self, total: int) -> Any: ...
+    def check_interrupt(self) -> None: ...
+    def intermediate_device(self) -> torch.device: ...
+    preview_size: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image layout: ComfyUI IMAGE is (B, H, W, C) float in [0, 1]; the engine takes (B, 3, H, W)
+
+
+def to_bchw(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, C) -> (B, 3, H, W) float32 in [0, 1] (alpha dropped, grey repeated)."""
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4:
+        raise NodeError(f"expected an IMAGE of shape (B, H, W, C), got {tuple(image.shape)}")
+    channels = image.shape[-1]
+    if channels == 1:
+        image = image.expand(-1, -1, -1, 3)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise NodeError(f"expected 1, 3 or 4 colour channels, got {channels}")
+    return image.movedim(-1, 1).float().clamp(0, 1).contiguous()
+
+
+def to_bhwc(image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, 3, H, W) -> ComfyUI IMAGE (B, H, W, 3) float32 in [0, 1] on `device`."""
+    return image.movedim(1, -1).float().clamp(0, 1).contiguous().to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model folders
+
+
+def register_model_folders(folder_paths) -> None:
+    """Add models/rsvl/{sr3,llava,llava_adapter,supir} after any extra_model_paths.yaml entries of the same name."""
+    base = os.path.join(folder_paths.models_dir, "rsvl")
+    for name, (sub, extensions) in MODEL_FOLDERS.items():
+        folder_paths.add_model_folder_path(name, os.path.join(base, sub))
+        if extensions:
+            paths, known = folder_paths.folder_names_and_paths[name]
+            folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
+
+
+def list_model_folders(folder_paths, name: str) -> list[str]:
+    """Sub-folders (of every registered path) holding the model's marker file: the choices of a folder model."""
+    marker = FOLDER_MARKERS[name]
+    found: set[str] = set()
+    for root in folder_paths.get_folder_paths(name):
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.listdir(root)):
+            if os.path.isfile(os.path.join(root, entry, marker)):
+                found.add(entry)
+    return sorted(found)
+
+
+def find_model_folder(folder_paths, name: str, choice: str) -> str:
+    for root in folder_paths.get_folder_paths(name):
+        candidate = os.path.join(root, choice)
+        if os.path.isfile(os.path.join(candidate, FOLDER_MARKERS[name])):
+            return candidate
+    raise WeightsNotFoundError(
+        f"{choice!r} is not a model folder in {', '.join(folder_paths.get_folder_paths(name))} "
+        f"(each choice is a sub-folder holding {FOLDER_MARKERS[name]})"
+    )
+
+
+def find_model_file(folder_paths, name: str, choice: str) -> str:
+    path = folder_paths.get_full_path(name, choice)
+    if path is None:
+        raise WeightsNotFoundError(f"{choice!r} not found in {', '.join(folder_paths.get_folder_paths(name))}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model handles: what LoadRSVLModels outputs; each loads its model on first use and registers it with the host
+
+
+def resolve_dtype(choice: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a bf16-capable CUDA device, fp16 on other accelerators, fp32 on the CPU."""
+    if choice != "auto":
+        return choice
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32" if device.type == "cpu" else "fp16"
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Bundle(torch.nn.Module):
+    """One nn.Module over a model's parts, so the host's memory manager moves them as one."""
+
+    def __init__(self, **parts: torch.nn.Module) -> None:
+        super().__init__()
+        for name, part in parts.items():
+            self.add_module(name, part)
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """A model chosen in LoadRSVLModels. `get(host)` loads it once (lazily) and puts it on its device."""
+
+    kind: str                           # "SR3", "captioner", "refiner"
+    sources: dict[str, str | None]      # file / folder paths; empty = nothing chosen
+    dtype: str = "auto"
+    device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    loader: Callable[[ModelHandle, torch.device, str], tuple[Any, torch.nn.Module | None]] | None = None
+    model: Any = None
+    patcher: Any = None
+    load_count: int = 0
+
+    @property
+    def chosen(self) -> bool:
+        return bool(self.sources)
+
+    def describe(self) -> str:
+        return f"{self.kind}: " + (", ".join(os.path.basename(str(p)) for p in self.sources.values() if p) or NONE)
+
+    def get(self, host: Host, memory_required: int = 0) -> Any:
+        """The loaded model on its device (loading it on first use; the host may have offloaded it since)."""
+        if not self.chosen:
+            raise NodeError(f"no {self.kind} model chosen: pick one in LoadRSVLModels")
+        if self.model is None:
+            load_device = host.torch_device(self.device)
+            dtype = resolve_dtype(self.dtype, load_device)
+            log.info("rsvl: loading %s (%s)", self.describe(), dtype)
+            self.model, module = self.loader(self, host.offload_device(self.device), dtype)
+            self.load_count += 1
+            if module is not None:
+                self.patcher = host.register(module, load_device, host.offload_device(self.device))
+        if self.patcher is not None:
+            host.load([self.patcher], memory_required)
+        return self.model
+
+
+def load_sr3_model(handle: ModelHandle, device: torch.device, dtype: str):
+    from ..rsvl_core.stage1 import load_sr3
+
+    model = load_sr3(handle.sources["sr3"], device=device, dtype=TORCH_DTYPES[dtype])
+    return model, _Bundle(unet=model.unet)
+
+
+def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
+    from ..rsvl_core.caption import load_captioner
+
+    quantization = handle.options.get("quantization", "none")
+    if quantization != "none":  # bitsandbytes weights cannot be moved: load them where they run, unmanaged
+        device = handle.options["load_device"]
+    captioner = load_captioner(handle.sources["llava"], handle.sources.get("adapter"), device=device, dtype=dtype,
+                               quantization=quantization, merge_adapter=handle.options.get("merge_adapter", False))
+    return captioner, (_Bundle(vlm=captioner.model) if quantization == "none" else None)
+
+
+def load_refiner_model(handle: ModelHandle, device: torch.device, dtype: str):
+    from ..rsvl_core.refine.refiner import load_refiner
+
+    refiner = load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=TORCH_DTYPES[dtype], device=device)
+    return refiner, _Bundle(unet=refiner.unet, control=refiner.control, vae=refiner.vae, text=refiner.text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# progress, previews and Cancel
+
+
+def tensor_to_pil(image: torch.Tensor, max_size: int) -> Image.Image:
+    """(B, 3, H, W) or (3, H, W) in [0, 1] -> the first image as RGB PIL, shrunk to at most max_size."""
+    if image.ndim == 4:
+        image = image[0]
+    image = image.detach().float().clamp(0, 1)
+    height, width = image.shape[-2:]
+    factor = max_size / max(height, width) if max_size else 1.0
+    if factor < 1:
+        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+    array = (image.movedim(0, -1) * 255).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+class LatentPreview:
+    """A cheap latent -> RGB map for step previews: one linear map (4 latent channels + bias -> RGB).
+
+    The map is fitted once per run by least squares from the VAE's own encoding of a small copy of the
+    input image, so it matches whatever VAE the refiner uses (no decode per step).
+    """
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights  # (C + 1, 3)
+
+    @classmethod
+    def fit(cls, latent: torch.Tensor, image: torch.Tensor) -> LatentPreview:
+        """latent (1, C, h, w); image (1, 3, H, W) in [0, 1], resized to (h, w)."""
+        latent = latent.detach().float().cpu()
+        target = torch.nn.functional.interpolate(image.detach().float().cpu(), size=latent.shape[-2:], mode="area")
+        x = torch.cat([latent[0].flatten(1), torch.ones(1, latent[0, 0].numel())]).T  # (N, C + 1)
+        y = target[0].flatten(1).T                                                     # (N, 3)
+        ridge = 1e-3 * torch.eye(x.shape[1])
+        weights = torch.linalg.solve(x.T @ x + ridge, x.T @ y)
+        return cls(weights)
+
+    @classmethod
+    def grey(cls, channels: int = 4) -> LatentPreview:
+        weights = torch.zeros(channels + 1, 3)
+        weights[0] = 0.2
+        weights[-1] = 0.5
+        return cls(weights)
+
+    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
+        latent = latent.detach().float().cpu()[:1]
+        channels = latent.shape[1]
+        if channels + 1 != self.weights.shape[0]:
+            return latent[:, :1].expand(-1, 3, -1, -1).sigmoid()
+        flat = torch.cat([latent[0].flatten(1), torch.ones(1, latent[0, 0].numel())]).T @ self.weights
+        return flat.T.reshape(1, 3, *latent.shape[-2:]).clamp(0, 1)
+
+
+class ProgressReporter:
+    """The engine's callback(step, total, stage, preview) -> the host's progress bar, previews and Cancel.
+
+    The host bar's update raises when the user presses Cancel (ComfyUI's hook does); `check_interrupt` is
+    called as well, so a run stops within one step either way.
+    """
+
+    def __init__(self, host: Host, latent_preview: LatentPreview | None = None, previews: bool = True) -> None:
+        self.host = host
+        self.bar = None
+        self.latent_preview = latent_preview
+        self.previews = previews
+        self.stages: list[str] = []
+
+    def __call__(self, step: int, total: int, stage: str, preview: torch.Tensor | None = None) -> None:
+        self.host.check_interrupt()
+        if not self.stages or self.stages[-1] != stage:
+            self.stages.append(stage)
+        if self.bar is None:
+            self.bar = self.host.progress_bar(max(total, 1))
+        image = None
+        if preview is not None and self.previews:
+            if preview.shape[1] != 3:  # a latent (the refiner's denoised estimate)
+                preview = (self.latent_preview or LatentPreview.grey(preview.shape[1]))(preview)
+            image = ("JPEG", tensor_to_pil(preview, self.host.preview_size), self.host.preview_size)
+        self.bar.update_absolute(min(step, total), max(total, 1), image)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# options from node inputs
+
+
+def scheduler_from_inputs(cache_preset: str, refine_steps: int, cache_threshold: float, stage1_sampler: str,
+                          stage1_steps: int, stage1_cache: str) -> DynamicStepScheduler:
+    """DynamicStepScheduler inputs -> a checked scheduler (threshold 0 = the preset's own)."""
+    if cache_preset not in CACHE_PRESETS:
+        raise NodeError(f"cache_preset must be one of {', '.join(CACHE_PRESETS)}, got {cache_preset!r}")
+    if stage1_cache not in STAGE1_CACHES:
+        raise NodeError(f"stage1_cache must be one of {', '.join(STAGE1_CACHES)}, got {stage1_cache!r}")
+    refine_cache = CACHE_PRESETS[cache_preset]
+    stage1 = CACHE_PRESETS[stage1_cache]
+    if cache_threshold > 0:
+        if refine_cache.mode != "off":
+            refine_cache = replace(refine_cache, threshold=cache_threshold)
+        if stage1.mode != "off":
+            stage1 = replace(stage1, threshold=cache_threshold)
+    scheduler = DynamicStepScheduler(refine_steps=refine_steps, refine_cache=refine_cache,
+                                     stage1_sampler=stage1_sampler, stage1_steps=stage1_steps or None,
+                                     stage1_cache=stage1)
+    scheduler.check()
+    return scheduler
+
+
+def stage1_options(sampler: str, steps: int, tile_size: int, tile_overlap: int,
+                   schedule: DynamicStepScheduler | None = None):
+    from ..rsvl_core.stage1 import SR3SamplerOptions
+
+    options = SR3SamplerOptions(sampler=sampler, steps=steps or None, tile_size=tile_size,
+                                tile_overlap=min(tile_overlap, tile_size // 2) if tile_size else tile_overlap)
+    if schedule is not None:
+        options = schedule.stage1_options(options)
+    options.check()
+    return options
+
+
+def refine_options(steps: int, cfg_scale: float, cfg_scale_start: float, control_scale: float, color_fix: str,
+                   positive_prompt: str, negative_prompt: str, latent_tile_size: int, min_size: int,
+                   schedule: DynamicStepScheduler | None = None):
+    from ..rsvl_core.refine.refiner import RefineOptions, preset
+
+    base = preset("paper", steps=steps, cfg_scale=cfg_scale, cfg_scale_start=cfg_scale_start,
+                  control_scale=control_scale)
+    overlap = min(RefineOptions.latent_tile_overlap, latent_tile_size // 2)
+    options = replace(base, color_fix=color_fix, positive_prompt=positive_prompt, negative_prompt=negative_prompt,
+                      latent_tile_size=latent_tile_size, latent_tile_overlap=overlap, min_size=min_size)
+    if schedule is not None:
+        options = schedule.refine_options(options)
+    options.check()
+    return options
+
+
+def split_captions(caption: str, batch: int) -> list[str]:
+    """One caption per image: a batch caption from LlavaRSCaption is split on BATCH_SEPARATOR, else repeated."""
+    parts = caption.split(BATCH_SEPARATOR)
+    if batch > 1 and len(parts) == batch:
+        return [p.strip() for p in parts]
+    return [caption.strip()] * batch
+
+
+def fit_latent_preview(refiner, image: torch.Tensor) -> LatentPreview | None:
+    """A preview map for this refiner's VAE, from a <=128 px copy of the image (None if anything fails)."""
+    try:
+        small = image[:1].float()
+        factor = 128 / max(small.shape[-2:])
+        if factor < 1:
+            size = (max(8, round(small.shape[-2] * factor / 8) * 8), max(8, round(small.shape[-1] * factor / 8) * 8))
+        else:
+            size = (max(8, small.shape[-2] // 8 * 8), max(8, small.shape[-1] // 8 * 8))
+        small = torch.nn.functional.interpolate(small, size=size, mode="area")
+        vae = refiner.vae
+        with torch.inference_mode():
+            latent = vae.encode(small.to(device=refiner.device, dtype=next(vae.parameters()).dtype), tile_size=0)
+        return LatentPreview.fit(latent, small)
+    except Exception as exc:  # a preview must never fail the run
+        log.debug("rsvl: no latent preview map (%s)", exc)
+        return None
+
+
+@contextmanager
+def user_errors(node: str) -> Iterator[None]:
+    """Engine errors and bad settings -> one-line NodeError naming the node (Cancel and OOM pass untouched)."""
+    try:
+        yield
+    except (RsvlError, ValueError, FileNotFoundError) as exc:
+        message = one_line(exc)
+        raise NodeError(message if message.startswith(node) else f"{node}: {message}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,128 @@
+"""Where a scene comes from and where its result goes: plain images, or GeoTIFFs with their georeferencing.
+
+`open_scene` picks the reader: a georeferenced TIFF (or any TIFF when bands/stretch are given) goes
+through rasterio (`geo.py`: bands, stretch, nodata, CRS), everything else through Pillow
+(`image.py`). The matching writer keeps the georeferencing (pixel size / scale, same bounds) and
+writes atomically, whole or row strip by row strip for windowed runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .image import read_image, write_image_atomic
+from .scene import ArraySink
+from .tiling import Tile
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class SceneSource:
+    """One input scene: its size, a window reader, and what the run record should say about it."""
+
+    path: Path
+    height: int
+    width: int
+    notes: list[str] = field(default_factory=list)
+    record: dict = field(default_factory=dict)     # stretch, georeference (for the sidecar)
+    image: torch.Tensor | None = None             # the whole scene, when it was read at once
+    geo: object = None                            # (RasterInfo, Stretch, valid mask or None) for GeoTIFFs
+
+    @property
+    def output_suffix(self) -> str:
+        return ".tif" if self.geo is not None else ".png"
+
+    def read(self, tile: Tile) -> torch.Tensor:
+        if self.image is not None:
+            return self.image[..., tile.y0:tile.y1, tile.x0:tile.x1]
+        from .geo import read_window
+
+        _, stretch, _ = self.geo
+        window, _ = read_window(self.path, (tile.x0, tile.y0, tile.x1 - tile.x0, tile.y1 - tile.y0), stretch)
+        return window
+
+    def whole(self) -> torch.Tensor:
+        if self.image is None:
+            self.image = self.read(Tile(0, self.height, 0, self.width))
+        return self.image
+
+
+def is_geotiff_input(path: Path, bands: str | None, stretch: str | None) -> bool:
+    from .geo import has_georeference
+
+    return path.suffix.lower() in GEOTIFF_SUFFIXES and (bands is not None or stretch is not None
+                                                        or has_georeference(path))
+
+
+def open_scene(path: Path, bands: str | None = None, stretch: str | None = None, percentiles: str | None = None,
+               windowed: bool = False) -> SceneSource:
+    """Open an input: a whole plain image, or a GeoTIFF (whole, or lazily by windows when `windowed`)."""
+    if not is_geotiff_input(path, bands, stretch):
+        if bands is not None or stretch is not None:
+            raise ValueError(f"{path}: --bands/--stretch apply to GeoTIFF inputs (.tif) only")
+        image, notes = read_image(path)
+        return SceneSource(path, image.shape[-2], image.shape[-1], notes, image=image)
+    from .geo import BandPlan, read_raster, scene_stretch
+
+    plan = BandPlan.parse(bands=bands, stretch=stretch, percentiles=percentiles)
+    if windowed:
+        stretch_used, info = scene_stretch(path, plan)
+        source = SceneSource(path, info.height, info.width, [stretch_used.note()], geo=(info, stretch_used, None))
+    else:
+        raster = read_raster(path, plan)
+        info, stretch_used = raster.info, raster.stretch
+        source = SceneSource(path, info.height, info.width, list(raster.notes), image=raster.image,
+                             geo=(info, stretch_used, raster.valid))
+    source.record = {"stretch": stretch_used.to_dict(),
+                     "georeference": {"crs": str(info.crs), "bounds": list(info.bounds), "pixel_size": list(info.res),
+                                      "bands": list(info.bands), "nodata": info.nodata}}
+    return source
+
+
+def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int) -> None:
+    """Write a whole result: PNG (or the target's image format), or a GeoTIFF with the scaled georeferencing."""
+    if source.geo is None:
+        write_image_atomic(image, target)
+        return
+    from .geo import upscale_mask, write_geotiff_atomic
+
+    info, stretch, valid = source.geo
+    mask = upscale_mask(valid, scale) if valid is not None else None
+    write_geotiff_atomic(image, target, info.scaled(scale), valid=mask, stretch=stretch)
+
+
+class _GeoRowSink:
+    """Rows -> the GeoTIFF window writer, with nodata restored from the source rows' validity."""
+
+    def __init__(self, writer, source: SceneSource, scale: int) -> None:
+        self.writer, self.source, self.scale = writer, source, scale
+
+    def write(self, row0: int, rows: np.ndarray) -> None:
+        from .geo import read_window
+
+        _, stretch, _ = self.source.geo
+        s = self.scale
+        _, valid = read_window(self.source.path, (0, row0 // s, self.source.width, rows.shape[0] // s), stretch)
+        image = torch.from_numpy(rows).permute(2, 0, 1)[None].float() / 255
+        self.writer.write(image, (0, row0, rows.shape[1], rows.shape[0]), valid)
+
+
+@contextmanager
+def row_sink(source: SceneSource, target: Path, scale: int):
+    """A RowSink for a windowed run: GeoTIFF strips written as they finish, or an array written at the end."""
+    if source.geo is not None:
+        from .geo import GeoTiffWindowWriter
+
+        info, stretch, _ = source.geo
+        with GeoTiffWindowWriter(target, info.scaled(scale), stretch) as writer:
+            yield _GeoRowSink(writer, source, scale)
+        return
+    sink = ArraySink(source.height * scale, source.width * scale)
+    yield sink
+    write_image_atomic(torch.from_numpy(sink.array).permute(2, 0, 1)[None].float() / 255, target)

@@ -1,0 +1,196 @@
+"""Write workflows/*.json (UI format), workflows/api/*.json (API format) and the .jpg thumbnails from one spec.
+
+    python3 tests/nodes/build_workflows.py
+
+The node definitions come from the nodes' own schemas (through the ComfyUI stand-in), so widget order and the
+seed's extra "control after generate" value match what ComfyUI's frontend expects. test_workflows.py checks
+the written files against the definitions and against each other.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nodes_testing import REPO, WORKFLOWS, FakeComfy, widget_names  # noqa: E402
+
+# What users' model files are called in the README's layout; they pick their own in the loader.
+MODELS = {"sr3_model": "I640000_E37_gen.pth", "llava_model": "llama3-llava-next-8b-hf",
+          "llava_adapter": "rs_llava_lora", "sdxl_checkpoint": "juggernautXL_v8Rundiffusion.safetensors",
+          "supir_model": "SUPIR-v0Q.ckpt"}
+SAMPLE = "rsvl_sample.png"  # copy an image of yours to ComfyUI's input/ folder, or pick one in LoadImage
+HANDWRITTEN = "dense pine forest crossed by a dirt road, a small clearing with two farm buildings"
+
+
+def loader(**choices):
+    return {"class_type": "LoadRSVLModels", "inputs": {**MODELS, **choices, "dtype": "auto", "device": "auto",
+                                                       "llava_quantization": "none"}}
+
+
+def stage1(image, sr3, **extra):
+    return {"class_type": "Stage1FidelitySR", "inputs": {"image": image, "sr3": sr3, "scale": "4",
+                                                         "sampler": "faithful", "steps": 0, "seed": 0,
+                                                         "tile_size": 224, "tile_overlap": 32, **extra}}
+
+
+def refine(image, refiner, caption, **extra):
+    from rsvl_core.refine.refiner import SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT
+
+    return {"class_type": "ControlNetRefine", "inputs": {
+        "image": image, "refiner": refiner, "caption": caption, "positive_prompt": SEED_POSITIVE_PROMPT,
+        "negative_prompt": SEED_NEGATIVE_PROMPT, "steps": 50, "cfg_scale": 7.5, "cfg_scale_start": 4.0,
+        "control_scale": 1.0, "color_fix": "wavelet", "seed": 0, "latent_tile_size": 128, "min_size": 1024, **extra}}
+
+
+def load_image():
+    return {"class_type": "LoadImage", "inputs": {"image": SAMPLE}}
+
+
+def save(images, prefix):
+    return {"class_type": "SaveImage", "inputs": {"images": images, "filename_prefix": prefix}}
+
+
+def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
+    from rsvl_core.caption.config import SEED_PROMPT
+
+    full = {
+        "1": load_image(),
+        "2": loader(),
+        "3": {"class_type": "DynamicStepScheduler", "inputs": {
+            "cache_preset": "off", "refine_steps": 50, "cache_threshold": 0.0, "stage1_sampler": "faithful",
+            "stage1_steps": 0, "stage1_cache": "off"}},
+        "4": stage1(["1", 0], ["2", 0], schedule=["3", 0]),
+        "5": {"class_type": "LlavaRSCaption", "inputs": {"image": ["4", 0], "captioner": ["2", 1],
+                                                         "prompt": SEED_PROMPT, "max_new_tokens": 256,
+                                                         "temperature": 0.2, "seed": 0}},
+        "6": refine(["4", 0], ["2", 2], ["5", 0], schedule=["3", 0]),
+        "7": save(["4", 0], "rsvl/stage1"),
+        "8": save(["6", 0], "rsvl/refined"),
+    }
+    stage1_only = {
+        "1": load_image(),
+        "2": loader(llava_model="none", llava_adapter="none", sdxl_checkpoint="none", supir_model="none"),
+        "3": stage1(["1", 0], ["2", 0]),
+        "4": save(["3", 0], "rsvl/stage1"),
+    }
+    handwritten = {
+        "1": load_image(),
+        "2": loader(llava_model="none", llava_adapter="none"),
+        "3": stage1(["1", 0], ["2", 0]),
+        "4": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": HANDWRITTEN}},
+        "5": refine(["3", 0], ["2", 2], ["4", 0]),
+        "6": save(["5", 0], "rsvl/refined"),
+    }
+    full_pos = {"1": (40, 60), "2": (40, 420), "3": (40, 760), "4": (460, 60), "5": (460, 520), "6": (900, 60),
+                "7": (900, 700), "8": (1340, 60)}
+    s1_pos = {"1": (40, 60), "2": (40, 420), "3": (460, 60), "4": (900, 60)}
+    hw_pos = {"1": (40, 60), "2": (40, 420), "3": (460, 60), "4": (460, 520), "5": (900, 60), "6": (1340, 60)}
+    return {"rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
+            "rsvl_refine_handwritten_caption": (handwritten, hw_pos)}
+
+
+def api_to_ui(api: dict, positions: dict, info: dict) -> dict:
+    """The UI-format (litegraph) workflow the frontend would save for this API graph."""
+    links, nodes = [], []
+    outgoing: dict[tuple[str, int], list[int]] = {}
+    for node_id, node in api.items():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                link_id = len(links) + 1
+                links.append([link_id, int(value[0]), value[1], int(node_id), name,
+                              info[api[value[0]]["class_type"]]["output"][value[1]]])
+                outgoing.setdefault((value[0], value[1]), []).append(link_id)
+    for order, (node_id, node) in enumerate(api.items()):
+        kind = node["class_type"]
+        node_info = info[kind]
+        widgets = {name: options for name, options, _ in widget_names(node_info)}
+        declared = {**node_info["input"]["required"], **node_info["input"].get("optional", {})}
+        inputs, values = [], []
+        for name, spec_ in declared.items():
+            value = node["inputs"].get(name)
+            link = next((k for k in links if k[3] == int(node_id) and k[4] == name), None)
+            socket_type = "COMBO" if isinstance(spec_[0], list) else spec_[0]
+            if name not in widgets:
+                inputs.append({"name": name, "type": socket_type, "link": link[0] if link else None})
+            elif link:
+                inputs.append({"name": name, "type": socket_type, "widget": {"name": name}, "link": link[0]})
+        for name, options, _ in widget_names(node_info):
+            value = node["inputs"].get(name)
+            if isinstance(value, list) or value is None:
+                value = options.get("default", "")
+            values.append(value)
+            if options.get("control_after_generate"):
+                values.append("fixed")
+            if options.get("image_upload"):
+                values.append("image")
+        for i, _ in enumerate(inputs):
+            inputs[i]["localized_name"] = inputs[i]["name"]
+        outputs = []
+        names = node_info.get("output_name", node_info["output"])
+        for slot, out_type in enumerate(node_info["output"]):
+            outputs.append({"name": names[slot], "type": out_type, "links": outgoing.get((node_id, slot), []),
+                            "slot_index": slot})
+        # link entries store the target slot index, not the input name
+        nodes.append({"id": int(node_id), "type": kind, "pos": list(positions[node_id]),
+                      "size": [380, 300 if widgets else 120], "flags": {}, "order": order, "mode": 0,
+                      "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": kind},
+                      "widgets_values": values})
+    by_id = {n["id"]: n for n in nodes}
+    for link in links:
+        target = by_id[link[3]]
+        link[4] = next(i for i, slot in enumerate(target["inputs"]) if slot["name"] == link[4])
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(api, sort_keys=True))), "revision": 0,
+            "last_node_id": max(by_id), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
+            "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def thumbnail(ui: dict, path: Path) -> None:
+    """A small diagram of the graph (boxes and links), drawn with PIL, with the sample image in the loader box."""
+    scale = 0.22
+    width = int(max(n["pos"][0] + n["size"][0] for n in ui["nodes"]) * scale) + 30
+    height = int(max(n["pos"][1] + n["size"][1] for n in ui["nodes"]) * scale) + 30
+    canvas = Image.new("RGB", (max(width, 320), max(height, 180)), (32, 34, 38))
+    draw = ImageDraw.Draw(canvas)
+    boxes = {}
+    for n in ui["nodes"]:
+        x, y = n["pos"][0] * scale + 10, n["pos"][1] * scale + 10
+        box = (x, y, x + n["size"][0] * scale, y + n["size"][1] * scale)
+        boxes[n["id"]] = box
+        ours = n["type"] in ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine",
+                             "DynamicStepScheduler")
+        draw.rounded_rectangle(box, 4, fill=(52, 84, 120) if ours else (70, 70, 74), outline=(200, 200, 200))
+        draw.text((box[0] + 3, box[1] + 2), n["type"][:18], fill=(240, 240, 240))
+    for link in ui["links"]:
+        a, b = boxes[link[1]], boxes[link[3]]
+        draw.line((a[2], a[1] + 14, b[0], b[1] + 14), fill=(230, 190, 80), width=2)
+    sample = Image.open(REPO / "rsvl_core" / "samples" / "osbs_029_lr100.png").convert("RGB")
+    first = boxes[ui["nodes"][0]["id"]]
+    side = int(min(first[2] - first[0], first[3] - first[1]) - 18)
+    canvas.paste(sample.resize((side, side)), (int(first[0]) + 4, int(first[1]) + 14))
+    canvas.save(path, quality=85)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        comfy = FakeComfy(Path(scratch))
+        try:
+            info = comfy.object_info()
+        finally:
+            comfy.close()
+    (WORKFLOWS / "api").mkdir(parents=True, exist_ok=True)
+    for name, (api, positions) in spec().items():
+        ui = api_to_ui(api, positions, info)
+        (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n", encoding="utf-8")
+        (WORKFLOWS / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n", encoding="utf-8")
+        thumbnail(ui, WORKFLOWS / f"{name}.jpg")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The pack in a real ComfyUI (comfy_host, CPU): it imports, /object_info lists the five nodes, the shipped
+workflows validate against the server's definitions, and the API workflows run on the tiny demo models.
+
+Runs when a ComfyUI is found through the shared scripts' settings (COMFY_DIR, COMFY_PY); skips otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from nodes_testing import OUR_NODES, REPO, WORKFLOWS, check_api_workflow, normalize, place_demo_models, ui_to_api
+
+TOOLS = Path(os.environ.get("RSVL_COMFY_TOOLS", REPO.parent / "shared" / "tools" / "comfy_host"))
+COMFY_DIR = Path(os.environ.get("COMFY_DIR", Path.home() / "comfy-host" / "ComfyUI"))
+COMFY_PY = Path(os.environ.get("COMFY_PY", Path.home() / "comfy-host" / "venv" / "bin" / "python"))
+PORT = int(os.environ.get("RSVL_COMFY_TEST_PORT", "8199"))
+PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "pyproject.toml")
+
+pytestmark = pytest.mark.skipif(
+    not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file() and (TOOLS / "start.sh").is_file()),
+    reason=f"no ComfyUI found (COMFY_DIR={COMFY_DIR}, COMFY_PY={COMFY_PY}, tools {TOOLS}); "
+           "see ../shared/tools/comfy_host/README.md",
+)
+
+# tiny CPU settings on top of the shipped workflows (which carry the real defaults)
+TINY = {
+    "LoadRSVLModels": {},
+    "DynamicStepScheduler": {"stage1_sampler": "ddim", "stage1_steps": 2, "refine_steps": 3, "cache_preset": "fast"},
+    "Stage1FidelitySR": {"scale": "2", "sampler": "ddim", "steps": 2},
+    "LlavaRSCaption": {"max_new_tokens": 4},
+    "ControlNetRefine": {"steps": 3, "min_size": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy")
+    pack = root / "rsvl"  # ComfyUI names the pack after its folder
+    pack.mkdir()
+    for name in PACK_FILES:
+        (pack / name).symlink_to(REPO / name)
+    models = root / "models"
+    choices = place_demo_models(models)
+    folders = {"checkpoints": "checkpoints", "rsvl_sr3": "rsvl/sr3", "rsvl_llava": "rsvl/llava",
+               "rsvl_llava_adapter": "rsvl/llava_adapter", "rsvl_supir": "rsvl/supir"}
+    yaml = root / "extra_model_paths.yaml"
+    yaml.write_text("rsvl_test:\n  base_path: " + str(models) + "\n"
+                    + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
+    env = {**os.environ, "COMFY_DIR": str(COMFY_DIR), "COMFY_PY": str(COMFY_PY), "COMFY_STATE_DIR": str(root / "s"),
+           "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml}"}
+    started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(pack), str(PORT)], env=env, capture_output=True,
+                             text=True, timeout=400)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield {"root": root, "choices": choices, "env": env, "log": started.stdout}
+    finally:
+        subprocess.run(["bash", str(TOOLS / "stop.sh"), str(PORT)], env=env, capture_output=True, timeout=60)
+
+
+def get(path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_pack_imports_and_lists_the_nodes(server):
+    assert "IMPORT FAILED" not in server["log"]
+    info = get("/object_info")
+    for node_id in OUR_NODES:
+        assert info[node_id]["category"] == "RSVL"
+    kind, _ = normalize(info["LoadRSVLModels"]["input"]["required"]["sr3_model"])
+    assert server["choices"]["sr3_model"] in kind
+
+
+@pytest.mark.parametrize("name", ["rsvl_full_two_stage", "rsvl_stage1_only", "rsvl_refine_handwritten_caption"])
+def test_api_workflow_runs(server, name):
+    info = get("/object_info")
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    assert ui_to_api(ui, info) == api  # the UI version against the server's own definitions
+    for node in api.values():
+        node["inputs"].update(TINY.get(node["class_type"], {}))
+        if node["class_type"] == "LoadRSVLModels":
+            node["inputs"].update({k: server["choices"][k] if v != "none" else v for k, v in node["inputs"].items()
+                                   if k in server["choices"]})
+    sample = server["root"] / "rsvl_sample.png"
+    if not sample.exists():
+        from PIL import Image
+
+        Image.open(REPO / "rsvl_core" / "samples" / "osbs_029_lr100.png").convert("RGB").crop(
+            (0, 0, 24, 16)).save(sample)
+    problems = [p for p in check_api_workflow(api, info) if "rsvl_sample.png" not in p]
+    assert problems == []
+    prompt = server["root"] / f"{name}.json"
+    prompt.write_text(json.dumps(api))
+    out = server["root"] / f"out_{name}"
+    run = subprocess.run([sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(PORT),
+                          "--upload", str(sample), "--out", str(out), "--no-ws", "--timeout", "240"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from PIL import Image
+
+    images = sorted(out.rglob("*.png"))
+    assert images
+    for path in images:
+        assert Image.open(path).size == (48, 32), path  # 24x16 input, scale 2
+    history = json.loads((out / "history.json").read_text())
+    texts = json.dumps(history)
+    if name == "rsvl_full_two_stage":
+        assert "steps computed" in texts
+    shutil.rmtree(out)

@@ -1,0 +1,122 @@
+"""The nodes' logic without ComfyUI: the five nodes run on the tiny demo models through the ComfyUI stand-in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nodes_testing import OUR_NODES, REPO, Interrupted
+
+
+def load(comfy, choices, **overrides):
+    inputs = {**choices, "dtype": "auto", "device": "auto", "llava_quantization": "none", **overrides}
+    return comfy.node("LoadRSVLModels").execute(**inputs).args
+
+
+def test_one_registration_form_and_schemas(comfy):
+    for path in [REPO / "__init__.py", *(REPO / "nodes").glob("*.py")]:
+        assert "NODE_CLASS_MAPPINGS" not in path.read_text(encoding="utf-8"), path
+    info = comfy.object_info()
+    assert set(OUR_NODES) <= set(info)
+    assert [cls.define_schema().node_id for cls in comfy.nodes.NODE_CLASSES] == list(comfy.pack.nodes.NODE_IDS)
+    for node_id in OUR_NODES:
+        assert info[node_id]["category"] == "RSVL"
+        for section in ("required", "optional"):
+            for name, (kind, options) in info[node_id]["input"][section].items():
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+                if kind in ("INT", "FLOAT"):
+                    assert {"min", "max", "step", "default"} <= set(options), f"{node_id}.{name}"
+                    assert options["min"] <= options["default"] <= options["max"]
+
+
+def test_model_folders_registered_after_user_entries(comfy):
+    fp = comfy.folder_paths
+    for name in ("rsvl_sr3", "rsvl_llava", "rsvl_llava_adapter", "rsvl_supir"):
+        assert fp.get_folder_paths(name)[-1].startswith(fp.models_dir)
+    fp.add_model_folder_path("rsvl_sr3", "/elsewhere/sr3")  # an extra_model_paths.yaml entry survives a re-register
+    comfy.core.register_model_folders(fp)
+    assert "/elsewhere/sr3" in fp.get_folder_paths("rsvl_sr3")
+    assert ".pth" in fp.folder_names_and_paths["rsvl_sr3"][1]
+
+
+def test_loader_is_lazy_and_none_is_a_clear_error(comfy, demo_models):
+    _, choices = demo_models
+    sr3, captioner, refiner = load(comfy, choices, llava_model="none", llava_adapter="none")
+    assert sr3.model is None and refiner.model is None and not captioner.chosen
+    with pytest.raises(comfy.core.NodeError, match="no captioner model chosen"):
+        comfy.node("LlavaRSCaption").execute(image=torch.rand(1, 8, 8, 3), captioner=captioner, prompt="x",
+                                             max_new_tokens=2, temperature=0.2, seed=0)
+    with pytest.raises(comfy.core.NodeError, match="LoadRSVLModels: .*needs both"):
+        load(comfy, choices, supir_model="none")
+    with pytest.raises(comfy.core.NodeError, match="not found"):
+        load(comfy, choices, sr3_model="missing.pth")
+
+
+def test_bad_settings_are_one_line_errors(comfy, demo_models):
+    sr3 = load(comfy, demo_models[1])[0]
+    with pytest.raises(comfy.core.NodeError) as error:
+        comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2", sampler="ddim",
+                                               steps=2, seed=0, tile_size=16, tile_overlap=0)
+    assert str(error.value).startswith("Stage1FidelitySR: ") and "\n" not in str(error.value)
+    assert sr3.model is None  # settings are checked before anything loads
+
+
+def test_two_stage_graph_progress_previews_and_host_memory(comfy, demo_models):
+    state = comfy.state
+    schedule = comfy.node("DynamicStepScheduler").execute(
+        cache_preset="fast", refine_steps=3, cache_threshold=0.0, stage1_sampler="ddim", stage1_steps=2,
+        stage1_cache="off").args[0]
+    sr3, captioner, refiner = load(comfy, demo_models[1])
+    image = torch.rand(2, 16, 24, 3)
+    state.updates.clear()
+    up = comfy.node("Stage1FidelitySR").execute(image=image, sr3=sr3, scale="2", sampler="faithful", steps=500,
+                                                seed=0, tile_size=224, tile_overlap=32, schedule=schedule).args[0]
+    assert up.shape == (2, 32, 48, 3) and up.device.type == "cpu" and 0 <= up.min() and up.max() <= 1
+    assert [u[1] for u in state.updates] == [2, 2]  # the schedule's 2 ddim steps, not the node's 500
+    kind, preview, size = state.updates[-1][2]
+    assert kind == "JPEG" and preview.size == (48, 32) and size == 512
+    assert state.loads[-1][0].model.unet is sr3.model.unet and state.loads[-1][2] is True
+
+    caption = comfy.node("LlavaRSCaption").execute(image=up, captioner=captioner, prompt="<image> describe",
+                                                   max_new_tokens=4, temperature=0.2, seed=0)
+    text = caption.args[0]
+    assert text.count(comfy.core.BATCH_SEPARATOR) == 1 and caption.ui.as_dict() == {"text": (text,)}
+
+    state.updates.clear()
+    refined = comfy.node("ControlNetRefine").execute(
+        image=up, refiner=refiner, caption=text, positive_prompt="sharp", negative_prompt="blurry", steps=50,
+        cfg_scale=7.5, cfg_scale_start=4.0, control_scale=1.0, color_fix="wavelet", seed=0, latent_tile_size=128,
+        min_size=64, schedule=schedule)
+    out, report = refined.args
+    assert out.shape == up.shape and 0 <= out.min() and out.max() <= 1
+    assert "image 2:" in report and "steps computed" in report and refined.ui.as_dict()["text"] == (report,)
+    latent_previews = [u for u in state.updates if u[2] is not None and u[1] == 3]
+    assert latent_previews and latent_previews[0][2][1].mode == "RGB"
+    assert sr3.load_count == refiner.load_count == captioner.load_count == 1
+
+
+def test_cancel_stops_within_one_step(comfy, demo_models):
+    sr3 = load(comfy, demo_models[1])[0]
+    state = comfy.state
+    state.updates.clear()
+    state.interrupt_after = 1
+    try:
+        with pytest.raises(Interrupted):  # not turned into a NodeError: ComfyUI must see its own exception
+            comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2",
+                                                   sampler="ddim", steps=20, seed=0, tile_size=0, tile_overlap=0)
+    finally:
+        state.interrupt_after = None
+    assert len(state.updates) == 1
+
+
+def test_image_layout_and_latent_preview(comfy):
+    core = comfy.core
+    image = torch.rand(2, 5, 7, 4)
+    bchw = core.to_bchw(image)
+    assert bchw.shape == (2, 3, 5, 7) and torch.equal(core.to_bhwc(bchw, torch.device("cpu")), image[..., :3])
+    assert core.to_bchw(torch.rand(1, 5, 7, 1)).shape == (1, 3, 5, 7)
+    latent = torch.randn(1, 4, 6, 6)
+    rgb = torch.einsum("bchw,cd->bdhw", latent, torch.randn(4, 3)).sigmoid()
+    fitted = core.LatentPreview.fit(latent, rgb)(latent)
+    assert fitted.shape == (1, 3, 6, 6) and (fitted - rgb).abs().mean() < 0.1
+    assert core.split_captions(f"a{core.BATCH_SEPARATOR}b", 2) == ["a", "b"]
+    assert core.split_captions("one", 3) == ["one"] * 3

@@ -1,0 +1,52 @@
+"""Every shipped workflow against the node definitions; UI and API versions describe the same graph."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from nodes_testing import WORKFLOWS, check_api_workflow, ui_to_api
+
+NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+def test_workflow_set():
+    assert {"rsvl_full_two_stage", "rsvl_stage1_only", "rsvl_refine_handwritten_caption"} <= set(NAMES)
+    for name in NAMES:
+        assert (WORKFLOWS / "api" / f"{name}.json").is_file(), f"no API version of {name}"
+        assert (WORKFLOWS / f"{name}.jpg").is_file(), f"no thumbnail for {name}"
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy, tmp_path_factory):
+    from build_workflows import MODELS
+
+    # the shipped workflows name the README's file names: give the loader those choices
+    fp = comfy.folder_paths
+    for key, folder in (("sr3_model", "rsvl_sr3"), ("sdxl_checkpoint", "checkpoints"), ("supir_model", "rsvl_supir")):
+        path = fp.get_folder_paths(folder)[0]
+        os.makedirs(path, exist_ok=True)
+        open(os.path.join(path, MODELS[key]), "wb").close()
+    for key, folder, marker in (("llava_model", "rsvl_llava", "config.json"),
+                                ("llava_adapter", "rsvl_llava_adapter", "adapter_config.json")):
+        target = tmp_path_factory.mktemp("extra") / MODELS[key]
+        target.mkdir()
+        (target / marker).write_text("{}")
+        fp.add_model_folder_path(folder, str(target.parent))
+    return comfy.object_info()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_matches_definitions(name, object_info):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    assert "nodes" in ui and "links" in ui and "class_type" not in json.dumps(ui)
+    assert check_api_workflow(api, object_info) == []
+    assert ui_to_api(ui, object_info) == api
+    for link in ui["links"]:  # link ids, slots and types agree with both ends
+        link_id, source, slot, target, target_slot, kind = link
+        source_node = next(n for n in ui["nodes"] if n["id"] == source)
+        target_node = next(n for n in ui["nodes"] if n["id"] == target)
+        assert link_id in source_node["outputs"][slot]["links"] and source_node["outputs"][slot]["type"] == kind
+        assert target_node["inputs"][target_slot]["link"] == link_id
