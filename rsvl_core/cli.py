@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "type's maximum); recorded in the run record")
     up.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
     add_refine_options(up)
+    up.add_argument("--no-hash", action="store_true",
+                    help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -273,18 +275,38 @@ class RunSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def locate_with_fallback(stage: str, locate, models_dir: Path, explicit: Path | None = None):
+    """The models folder first (its error text when missing everywhere), then the wider search order
+    of `rsvl weights list`: $COMFYUI_DIR's model folders and the seed's CKPT_PTH layout."""
+    from tqdm import tqdm
+
+    from .errors import WeightsNotFoundError
+    from .weights import find_weights
+
+    try:
+        return locate(models_dir, explicit)
+    except WeightsNotFoundError:
+        if explicit is not None:
+            raise
+        found = find_weights(stage, models_dir=models_dir)
+        if not found.found:
+            raise
+        tqdm.write(f"{stage}: using {found.path} ({found.label})", file=sys.stderr)
+        return found.path
+
+
 def build_pipeline_models(args: argparse.Namespace, models_dir: Path, device: torch.device):
     """Locate every file the run needs (before any heavy work) and describe how to load each stage."""
     from .pipeline import PipelineModels, StageSpec
 
     dtype = DTYPES[args.dtype]
-    sr3_path = locate_sr3(models_dir, args.sr3)
+    sr3_path = locate_with_fallback("sr3", locate_sr3, models_dir, args.sr3)
     sr3 = StageSpec("stage1", lambda dev: load_sr3(sr3_path, device=dev, dtype=dtype), [sr3_path])
     captioner = refiner = None
     if not args.stage1_only:
         if args.caption is None:
             try:
-                folder = locate_captioner(models_dir)
+                folder = locate_with_fallback("captioner", locate_captioner, models_dir)
                 adapter = locate_caption_adapter(models_dir)
             except RsvlError as exc:
                 raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
@@ -295,7 +317,8 @@ def build_pipeline_models(args: argparse.Namespace, models_dir: Path, device: to
                 return load_captioner(folder, adapter, device=dev, dtype=args.dtype)
 
             captioner = StageSpec("caption", load_captioner_on, [folder] + ([adapter] if adapter else []))
-        sdxl_path, supir_path = locate_sdxl(models_dir, args.sdxl), locate_supir(models_dir, args.supir)
+        sdxl_path = locate_with_fallback("sdxl", locate_sdxl, models_dir, args.sdxl)
+        supir_path = locate_with_fallback("supir", locate_supir, models_dir, args.supir)
         vae_dtype = DTYPES[args.vae_dtype] if args.vae_dtype else None
 
         def load_refiner_on(dev: torch.device):
@@ -499,17 +522,25 @@ def write_run_record(target: Path, record: dict, args: argparse.Namespace, optio
     if "refine" in record:
         record["refine"]["cache"]["mode"] = options.refine.cache.mode
     full = {"image": target.name, "seed": options.seed, "scale": options.scale, **record, "settings": settings,
-            "models": model_files_record(models)}
+            "models": model_files_record(models, not args.no_hash)}
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return sidecar
 
 
-def model_files_record(models) -> dict:
-    """Each stage's files with size (and sha256 when computed; see `rsvl weights check --sha256`)."""
+def model_files_record(models, with_hashes: bool = True) -> dict:
+    """Each stage's files: path, size and sha256 (computed once per file and cached; folders get no hash)."""
+    from .weights_manager import cached_sha256
+
     out = {}
     for stage, files in models.files().items():
-        out[stage] = [{"path": str(f), "bytes": f.stat().st_size if f.is_file() else None} for f in files]
+        rows = []
+        for f in files:
+            row = {"path": str(f), "bytes": f.stat().st_size if f.is_file() else None}
+            if with_hashes and f.is_file():
+                row["sha256"] = cached_sha256(f)
+            rows.append(row)
+        out[stage] = rows
     return out
 
 

@@ -523,3 +523,38 @@ def _verify_download(spec: WeightSpec, path: Path, name: str, progress: Progress
                 path.unlink()
                 raise RsvlError(f"downloaded {name} has sha256 {digest}, the published one is {known.sha256}: "
                                 f"deleted; run the command again")
+
+
+def hash_cache_path() -> Path:
+    """Where computed sha256 sums are remembered: $XDG_CACHE_HOME/rsvl (default ~/.cache/rsvl)/sha256.json."""
+    import os
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "rsvl" / "sha256.json"
+
+
+def cached_sha256(path: Path, progress: ProgressCallback | None = None) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) and remembered in `hash_cache_path()`."""
+    import json
+
+    from .atomic import atomic_path
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    cache_file = hash_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(str(path))
+    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return entry["sha256"]
+    digest = sha256_file(path, progress)
+    cache[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+    except OSError:
+        pass  # a read-only cache folder only costs recomputing next time
+    return digest

@@ -14,3 +14,9 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip(f"seed reference fixtures not found at {FIXTURES} (set RSVL_FIXTURES to their folder)")
     return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _private_hash_cache(tmp_path_factory, monkeypatch):
+    """Model-file hashes are cached under $XDG_CACHE_HOME; keep the tests' cache out of the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

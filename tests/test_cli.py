@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,34 @@ def test_upscale_large_scene_in_windows_writes_exact_size_and_records_windows(mo
     assert record["peak_memory_kind"] == "process RSS" and record["peak_memory_bytes"] > 0
     assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--window-size", "16", "--window-overlap", "8",
                  "--models-dir", str(models_dir), *FAST]) == 2  # overlap must be under half the window
+
+
+def test_upscale_finds_weights_in_the_seeds_ckpt_pth_layout(tmp_path, monkeypatch):
+    """Not in the models folder: the seed's CKPT_PTH/ (in the working directory) is searched next."""
+    from rsvl_core.stage1 import SR3UNet as UNet
+
+    ckpt = tmp_path / "CKPT_PTH"
+    save_sr3(UNet(tiny_sr3_config(inner_channel=32, norm_groups=32)), ckpt / "I640000_E37_gen.pth")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir",
+                 str(tmp_path / "empty"), *FAST]) == 0
+    record = json.loads((out / "osbs_029_lr100_x2.json").read_text())
+    assert record["models"]["stage1"][0]["path"].endswith("CKPT_PTH/I640000_E37_gen.pth")
+
+
+def test_run_record_has_model_hashes_cached_by_size_and_mtime(models_dir, tmp_path):
+    import hashlib
+
+    out = tmp_path / "out"
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
+                 *FAST]) == 0
+    row = json.loads((out / "osbs_029_lr100_x2.json").read_text())["models"]["stage1"][0]
+    path = Path(row["path"])
+    assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and row["bytes"] == path.stat().st_size
+    from rsvl_core.weights_manager import hash_cache_path
+
+    assert str(path.resolve()) in json.loads(hash_cache_path().read_text())
+    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
+                 "--overwrite", "--no-hash", *FAST]) == 0
+    assert "sha256" not in json.loads((out / "osbs_029_lr100_x2.json").read_text())["models"]["stage1"][0]
