@@ -145,6 +145,42 @@ def print_table(title: str, results: list[Result], lpips=None) -> None:
               f"{peak} {base.seconds / r.seconds:>7.2f}x {drift:>10.4f} {lp_text}  {reused}")
 
 
+def full_size_step_costs(latent: int = 128) -> None:
+    """FLOPs of one refiner step's parts at full size, counted on the meta device (no weights, no GPU)."""
+    from rsvl_core.refine.config import RefinerConfig
+    from rsvl_core.refine.control import GLVControl
+    from rsvl_core.refine.unet import RefinerUNet
+
+    config = RefinerConfig.sdxl()
+    with torch.device("meta"):
+        unet, control = RefinerUNet(config), GLVControl(config)
+        x, t = torch.randn(2, 4, latent, latent), torch.tensor([500, 500])
+        context, vector = torch.randn(2, 154, 2048), torch.randn(2, 2816)
+
+    def tflops(fn):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = fn()
+        return counter.get_total_flops() / 1e12, out
+
+    with torch.device("meta"):
+        emb = unet.embed(t, vector)
+        f_control, features = tflops(lambda: control(x, x, t, context, vector))
+        f_encoder, skips = tflops(lambda: unet.forward_encoder_partial(x, emb, context, 0))
+        f_first, _ = tflops(lambda: unet.forward_encoder_partial(x, emb, context, 1))
+        f_decoder, _ = tflops(lambda: unet.forward_decoder(skips[-1], skips, emb, context, features, 1.0))
+    total = f_control + f_encoder + f_decoder
+    print(f"\nFull-size SDXL + SUPIR, one step (CFG batch 2, latent {latent}x{latent} = {latent * 8} px), "
+          f"counted on the meta device: {total:.2f} TFLOP")
+    print(f"  control net {f_control / total:.1%}, UNet encoder {f_encoder / total:.1%} (first block "
+          f"{f_first / total:.2%}), middle + decoder {f_decoder / total:.1%}")
+    print("  cost of a reused / a computed step, in no-cache steps:")
+    print(f"    seed's cache as the seed runs it  {(f_control + f_encoder) / total:.2f} / "
+          f"{(2 * f_control + f_encoder + f_decoder) / total:.2f}")
+    print(f"    seed's decisions, our evaluation  {f_encoder / total:.2f} / 1.00")
+    print(f"    fast (first-block signal)         {f_first / total:.3f} / 1.00")
+
+
 def run_stage1(full: bool, device: torch.device, dtype: torch.dtype) -> None:
     from rsvl_core.demo import DEMO_SR3_CONFIG
     from rsvl_core.stage1 import SR3Config, SR3SamplerOptions, SR3UNet, upscale_stage1
@@ -204,6 +240,7 @@ def main() -> None:
     size = "SDXL+SUPIR full size" if args.full else "tiny SDXL-shaped refiner"
     print_table(f"Refiner ({size}, random weights, {args.steps} steps, latent {latent}x{latent}, "
                 f"{device.type}, {str(dtype).split('.')[-1]})", results, lpips_fn())
+    full_size_step_costs()
     if not args.skip_stage1:
         run_stage1(args.full, device, dtype)
 
