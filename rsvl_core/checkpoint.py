@@ -71,9 +71,47 @@ def _read_safetensors(path: Path, expected: str) -> dict:
         ) from None
 
 
+# Training frameworks put their own data objects next to the weights (Lightning's hyper_parameters
+# as OmegaConf configs, numpy scalars in loop state). Globals from these modules are replaced by an
+# inert placeholder class of ours, so such a file still loads; their code is never imported or run.
+# Anything else (os, builtins, subprocess, ...) is refused as before.
+INERT_GLOBAL_PREFIXES = ("omegaconf.", "pytorch_lightning.", "lightning.", "lightning_fabric.", "numpy.",
+                         "typing.", "pathlib.", "argparse.Namespace")
+
+
+def _inert_class(qualified: str) -> type:
+    module, _, name = qualified.rpartition(".")
+
+    class Inert:
+        """Stands in for a non-tensor object in a checkpoint: accepts any state, does nothing."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            self.args = args
+
+        def __setstate__(self, state) -> None:
+            self.state = state
+
+    Inert.__module__, Inert.__qualname__, Inert.__name__ = module, name, name
+    return Inert
+
+
+def _torch_load(path: Path):
+    mmap = zipfile.is_zipfile(path)  # zip checkpoints map lazily instead of being read whole
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if mmap else []
+        if not unsafe or not all(name.startswith(INERT_GLOBAL_PREFIXES) for name in unsafe):
+            raise
+        with torch.serialization.safe_globals([(_inert_class(name), name) for name in unsafe]):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def _read_torch_pickle(path: Path, expected: str) -> dict:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return _torch_load(path)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Unsupported global" in text or "GLOBAL" in text:
