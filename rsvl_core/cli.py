@@ -378,7 +378,9 @@ def caption_with_progress(captioner, image: torch.Tensor, options, name: str, qu
         caption = captioner.caption(image, options, bars)[0]
     finally:
         bars.close()
-    return " ".join(caption.split())
+    from .caption import one_line
+
+    return one_line(caption)
 
 
 def run_upscale(args: argparse.Namespace) -> RunSummary:
@@ -397,8 +399,10 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
 
     summary = RunSummary()
     claimed: dict[Path, Path] = {}
+    model_files = None  # path, size and sha256 of every weights file, computed once for the run
     for source in tqdm(inputs, desc="images", unit="img", disable=args.quiet or len(inputs) == 1):
-        target = output_path(args.output, source, args.scale, _output_suffix(source, args))
+        geotiff = _is_geotiff(source, args)
+        target = output_path(args.output, source, args.scale, ".tif" if geotiff else ".png")
         if target in claimed:
             summary.failed.append((source, f"same output name as {claimed[target]} ({target.name})"))
             continue
@@ -406,18 +410,20 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
         if target.exists() and not args.overwrite:
             summary.skipped.append(target)
             continue
-        if not summary.written and not summary.failed:
+        if model_files is None:
             models.preload()  # once, before the first image: a wrong weights file stops the run here
+            model_files = model_files_record(models, not args.no_hash)
         bars = StageBars(source.name, args.quiet)
         try:
-            scene = open_scene(source, args.bands, args.stretch, args.percentiles, windowed=bool(windows.size))
+            scene = open_scene(source, args.bands, args.stretch, args.percentiles, windowed=bool(windows.size),
+                               geotiff=geotiff)
             for note in scene.notes:
                 tqdm.write(f"{source.name}: {note}", file=sys.stderr)
             start = time.perf_counter()
             record = upscale_one(scene, options, models, windows, bars, target)
             record["input"] = {"file": source.name, "size": [scene.width, scene.height], "notes": scene.notes,
                                **scene.record}
-            write_run_record(target, record, args, options, models)
+            write_run_record(target, record, args, options, models, model_files)
             summary.written.append(target)
             if not args.quiet:
                 cache = record.get("refine", {}).get("cache")
@@ -436,14 +442,14 @@ def run_upscale(args: argparse.Namespace) -> RunSummary:
     return summary
 
 
-def _output_suffix(source: Path, args: argparse.Namespace) -> str:
+def _is_geotiff(source: Path, args: argparse.Namespace) -> bool:
     """GeoTIFF inputs give GeoTIFF outputs (georeferencing kept); everything else gives PNG."""
     from .scene_io import is_geotiff_input
 
     try:
-        return ".tif" if is_geotiff_input(source, args.bands, args.stretch) else ".png"
+        return is_geotiff_input(source, args.bands, args.stretch)
     except OSError:
-        return ".png"  # unreadable: open_scene reports it
+        return False  # unreadable: open_scene reports it
 
 
 def upscale_one(scene, options, models, windows, callback, target: Path) -> dict:
@@ -508,7 +514,8 @@ def _jsonable(value):
     return value
 
 
-def write_run_record(target: Path, record: dict, args: argparse.Namespace, options, models) -> Path:
+def write_run_record(target: Path, record: dict, args: argparse.Namespace, options, models,
+                     model_files: dict) -> Path:
     """`<output>.json` beside the image: caption, settings, seed, model files, per-stage times, cache use."""
     import json
 
@@ -522,7 +529,7 @@ def write_run_record(target: Path, record: dict, args: argparse.Namespace, optio
     if "refine" in record:
         record["refine"]["cache"]["mode"] = options.refine.cache.mode
     full = {"image": target.name, "seed": options.seed, "scale": options.scale, **record, "settings": settings,
-            "models": model_files_record(models, not args.no_hash)}
+            "models": model_files}
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return sidecar

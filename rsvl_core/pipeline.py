@@ -120,12 +120,11 @@ class PipelineModels:
 def _modules_of(model) -> list[torch.nn.Module]:
     if isinstance(model, torch.nn.Module):
         return [model]
-    for attribute in ("unet",):  # SR3Model
-        if hasattr(model, attribute) and not hasattr(model, "control"):
-            return [getattr(model, attribute)]
     names = ("unet", "control", "vae", "text")  # Refiner
     if all(hasattr(model, n) for n in names):
         return [getattr(model, n) for n in names]
+    if hasattr(model, "unet"):  # SR3Model
+        return [model.unet]
     inner = getattr(model, "model", None)  # Captioner
     return [inner] if isinstance(inner, torch.nn.Module) else []
 
@@ -173,7 +172,7 @@ def _peak(device: torch.device) -> tuple[int, str]:
 def run_pipeline(image: torch.Tensor, options: PipelineOptions, models: PipelineModels,
                  callback: ProgressCallback | None = None) -> PipelineResult:
     """stage 1 -> caption -> refine on one image (1, 3, H, W) in [0, 1]; output exactly (H * scale, W * scale)."""
-    from .caption import CaptionOptions
+    from .caption import CaptionOptions, one_line
     from .refine.refiner import RefineOptions, refine_image
     from .stage1 import SR3SamplerOptions, upscale_stage1
 
@@ -202,7 +201,7 @@ def run_pipeline(image: torch.Tensor, options: PipelineOptions, models: Pipeline
             caption, source = options.caption_text, "given"
         else:
             captioner = models.get("caption")
-            caption = " ".join(captioner.caption(stage1, caption_options, callback)[0].split())
+            caption = one_line(captioner.caption(stage1, caption_options, callback)[0])
             source = "captioner"
             models.release("caption")
         seconds["caption"] = time.perf_counter() - start

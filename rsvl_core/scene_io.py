@@ -61,9 +61,14 @@ def is_geotiff_input(path: Path, bands: str | None, stretch: str | None) -> bool
 
 
 def open_scene(path: Path, bands: str | None = None, stretch: str | None = None, percentiles: str | None = None,
-               windowed: bool = False) -> SceneSource:
-    """Open an input: a whole plain image, or a GeoTIFF (whole, or lazily by windows when `windowed`)."""
-    if not is_geotiff_input(path, bands, stretch):
+               windowed: bool = False, geotiff: bool | None = None) -> SceneSource:
+    """Open an input: a whole plain image, or a GeoTIFF (whole, or lazily by windows when `windowed`).
+
+    `geotiff`: the caller's `is_geotiff_input` answer, if it already has one (saves reading the header again).
+    """
+    if geotiff is None:
+        geotiff = is_geotiff_input(path, bands, stretch)
+    if not geotiff:
         if bands is not None or stretch is not None:
             raise ValueError(f"{path}: --bands/--stretch apply to GeoTIFF inputs (.tif) only")
         image, notes = read_image(path)

@@ -395,19 +395,3 @@ def find_weights(stage: str, *, explicit: Path | None = None, models_dir: Path |
             return FoundWeights(stage, status, path, label, looked, message, notes)
     return FoundWeights(stage, "missing", None, None, looked)
 
-
-def locate_anywhere(stage: str, **search) -> Path | None:
-    """`find_weights`' path, or a one-line WeightsNotFoundError naming every place looked in.
-
-    A missing caption adapter is not an error (it is optional): None.
-    """
-    result = find_weights(stage, **search)
-    if result.found:
-        return result.path
-    if result.status == "missing":
-        if stage == "caption-adapter":
-            return None
-        places = "; ".join(f"{look.label}: {look.path} ({look.outcome})" for look in result.looked)
-        raise WeightsNotFoundError(f"{stage} weights not found. Looked in {places}. "
-                                   f"See: rsvl weights list")
-    raise WeightsNotFoundError(f"{stage} weights: {result.message}")

@@ -63,6 +63,11 @@ def prompt_messages(prompt: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+def one_line(caption: str) -> str:
+    """A caption with its whitespace (newlines, runs of spaces) collapsed to single spaces."""
+    return " ".join(caption.split())
+
+
 class Captioner:
     """A loaded VLM + its processor. `caption()` describes images; `offload()` / `unload()` free the GPU."""
 

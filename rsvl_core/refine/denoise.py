@@ -45,7 +45,7 @@ class GuidedDenoiser:
                  step: int) -> torch.Tensor:
         if not self.cache.policy.enabled:
             return self._plain(x, sigma_hat, cfg_scale, control_scale)
-        _, _, sigma_q = self.denoiser.network_inputs(x[:, :, :1, :1], sigma_hat)
+        _, sigma_q = self.denoiser.quantize(sigma_hat)
         states = self._signals(x, sigma_hat)
         signal = torch.cat([s.signal.flatten() for s in states])
         reuse = self.cache.decide(step, signal)

@@ -68,22 +68,30 @@ def block_prefix_table(config: RefinerConfig, decoder: bool = True, hint: bool =
 
 
 def _split(key: str, prefixes: dict) -> tuple[str, str] | None:
+    """(the longest block prefix of `key` in `prefixes`, the rest of the key), or None."""
     parts = key.split(".")
-    for length in (4, 3, 2):
+    for length in range(min(5, len(parts)), 0, -1):
         head = ".".join(parts[:length])
         if head in prefixes:
             return head, ".".join(parts[length:])
     return None
 
 
-def ldm_to_ours(state: dict[str, torch.Tensor], config: RefinerConfig, decoder: bool = True,
-                hint: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename an SGM-layout state dict (prefix already stripped); returns (renamed, keys not understood)."""
-    table = block_prefix_table(config, decoder, hint)
+def _rename_resnet_part(rest: str, renames: dict[str, str]) -> str:
+    """Rename the leading layer name inside a ResBlock (`in_layers.0.weight` <-> `norm1.weight`)."""
+    for old, new in renames.items():
+        if rest == old or rest.startswith(old + "."):
+            return new + rest[len(old):]
+    return rest
+
+
+def _rename(state: dict[str, torch.Tensor], table: dict[str, tuple[str, bool]], renames: dict[str, str]
+            ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply a block-prefix table (and the ResBlock renames under resnet prefixes); connectors pass unchanged."""
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, value in state.items():
-        if decoder and key.startswith("project_modules."):
+        if key.startswith("project_modules."):
             out[key] = value
             continue
         found = _split(key, table)
@@ -91,41 +99,33 @@ def ldm_to_ours(state: dict[str, torch.Tensor], config: RefinerConfig, decoder: 
             unknown.append(key)
             continue
         head, rest = found
-        ours, is_resnet = table[head]
+        target, is_resnet = table[head]
         if is_resnet:
-            for old, new in _RESNET_RENAMES.items():
-                if rest == old or rest.startswith(old + "."):
-                    rest = new + rest[len(old):]
-                    break
-        out[f"{ours}.{rest}" if rest else ours] = value
+            rest = _rename_resnet_part(rest, renames)
+        out[f"{target}.{rest}" if rest else target] = value
     return out, unknown
+
+
+def ldm_to_ours(state: dict[str, torch.Tensor], config: RefinerConfig, decoder: bool = True,
+                hint: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename an SGM-layout state dict (prefix already stripped); returns (renamed, keys not understood)."""
+    renamed, unknown = _rename(state, block_prefix_table(config, decoder, hint), _RESNET_RENAMES)
+    if not decoder:  # the control net has no connectors: there they are stray keys like any other
+        strays = [k for k in renamed if k.startswith("project_modules.")]
+        unknown += strays
+        for key in strays:
+            del renamed[key]
+    return renamed, unknown
 
 
 def ours_to_ldm(state: dict[str, torch.Tensor], config: RefinerConfig, decoder: bool = True,
                 hint: bool = False) -> dict[str, torch.Tensor]:
     """The inverse of `ldm_to_ours` (used to write files in the original layout)."""
     table = {ours: (ldm, is_resnet) for ldm, (ours, is_resnet) in block_prefix_table(config, decoder, hint).items()}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith("project_modules."):
-            out[key] = value
-            continue
-        parts = key.split(".")
-        for length in (5, 4, 3, 2, 1):
-            head = ".".join(parts[:length])
-            if head in table:
-                ldm, is_resnet = table[head]
-                rest = ".".join(parts[length:])
-                if is_resnet:
-                    for new, old in _RESNET_RENAMES_BACK.items():
-                        if rest == new or rest.startswith(new + "."):
-                            rest = old + rest[len(new):]
-                            break
-                out[f"{ldm}.{rest}" if rest else ldm] = value
-                break
-        else:
-            raise KeyError(f"no original-layout name for {key!r}")
-    return out
+    renamed, unknown = _rename(state, table, _RESNET_RENAMES_BACK)
+    if unknown:
+        raise KeyError(f"no original-layout name for {unknown[0]!r}")
+    return renamed
 
 
 def missing_and_unexpected(expected: Iterable[str], given: Iterable[str]) -> tuple[list[str], list[str]]:

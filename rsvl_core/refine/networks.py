@@ -61,22 +61,23 @@ class ConditionedNetworks:
 
         lq_latent: (N, 4, h, w) the LQ latent under x_in (a tile of it when tiling); default the whole one.
         """
-        with torch.inference_mode():
-            features = self.control_features(x_in, timesteps, lq_latent)
-            _, context, vector = self._batch(x_in, lq_latent)
-            self.unet_calls += 1
-            return self.unet(x_in, timesteps, context, vector, features, control_scale)
+        return self.finish(self._encode(x_in, timesteps, 0, lq_latent), control_scale)
 
     # --- the step cache's split call ---------------------------------------------------------------
     def signal(self, x_in: torch.Tensor, timesteps: torch.Tensor, depth: int = 0,
                lq_latent: torch.Tensor | None = None) -> EncoderState:
         """The start of the UNet encoder (no control needed): the cache signal and the state to resume from."""
+        self.signal_calls += 1
+        return self._encode(x_in, timesteps, depth, lq_latent)
+
+    def _encode(self, x_in: torch.Tensor, timesteps: torch.Tensor, depth: int,
+                lq_latent: torch.Tensor | None) -> EncoderState:
+        """Embeddings and the first `depth` encoder outputs (0 = the whole encoder)."""
         with torch.inference_mode():
             _, context, vector = self._batch(x_in, lq_latent)
             dtype = self.unet.conv_in.weight.dtype
             emb = self.unet.embed(timesteps, vector.to(dtype))
             skips = self.unet.forward_encoder_partial(x_in.to(dtype), emb, context.to(dtype), depth)
-            self.signal_calls += 1
             return EncoderState(skips, emb, x_in, timesteps, lq_latent)
 
     def finish(self, state: EncoderState, control_scale: float) -> torch.Tensor:

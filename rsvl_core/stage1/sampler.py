@@ -100,17 +100,18 @@ def make_eps_model(
     multiple = unet.config.size_multiple
     param = next(unet.parameters())
 
-    def run_unet(tiles: torch.Tensor, noise_level: float) -> torch.Tensor:
-        h, w = tiles.shape[-2:]
+    def prepare(tiles: torch.Tensor, noise_level: float):
+        """Tiles padded to the UNet's size multiple, on its device and dtype, with their noise level."""
         padded, _ = pad_to_multiple(tiles, multiple)
         level = torch.full((padded.shape[0], 1), noise_level, dtype=torch.float32, device=param.device)
-        return unet(padded.to(device=param.device, dtype=param.dtype), level)[..., :h, :w].float()
+        return tiles.shape[-2:], padded.to(device=param.device, dtype=param.dtype), level
+
+    def run_unet(tiles: torch.Tensor, noise_level: float) -> torch.Tensor:
+        (h, w), sample, level = prepare(tiles, noise_level)
+        return unet(sample, level)[..., :h, :w].float()
 
     def begin(tiles: torch.Tensor, noise_level: float, depth: int):
-        h, w = tiles.shape[-2:]
-        padded, _ = pad_to_multiple(tiles, multiple)
-        level = torch.full((padded.shape[0], 1), noise_level, dtype=torch.float32, device=param.device)
-        sample = padded.to(device=param.device, dtype=param.dtype)
+        (h, w), sample, level = prepare(tiles, noise_level)
         emb = unet.embed_noise_level(level.to(param.dtype))
         return (h, w), sample, emb, unet.resume_down(sample, [], emb, depth)
 
