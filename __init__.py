@@ -4,6 +4,10 @@ ComfyUI imports this file by path, so only relative imports are used. Importing 
 harmless: ComfyUI's modules are imported only when `comfy_entrypoint` is called.
 """
 
-from .nodes import comfy_entrypoint
+# ComfyUI imports the pack as a package. pytest imports this file as the repository root's package too;
+# when the checkout folder's name is not a Python identifier (e.g. a temp dir "tmp.x1y2") it becomes a
+# plain module with no package, where a relative import cannot work and there is nothing to register.
+if __package__:
+    from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+    __all__ = ["comfy_entrypoint"]
