@@ -49,7 +49,42 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
             path, f"unsupported file type {suffix or '(no extension)'!r}",
             f"{expected} as .safetensors, .pth, .pt or .ckpt",
         )
-    return canonicalize_state_dict(state, path, expected)
+    return own_memory(canonicalize_state_dict(state, path, expected))
+
+
+ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator guarantees and vectorised kernels assume
+
+
+def own_memory(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give every tensor its own freshly allocated, 64-byte-aligned, writable CPU memory.
+
+    Tensors read from a file are views into its buffer (safetensors: unaligned Python bytes;
+    `torch.load(mmap=True)`: the mapped file). Kernels then take another path (results move by ~1e-6),
+    CUDA copies and in-place LoRA merges misbehave. Copied one tensor at a time, in place in the dict,
+    so the file's memory is released as we go and the peak stays at about one copy.
+    """
+    for name in list(state):
+        tensor = state[name]
+        state[name] = torch.empty_like(tensor, memory_format=torch.contiguous_format).copy_(tensor)
+        del tensor
+    return state
+
+
+def own_module_memory(module: torch.nn.Module) -> torch.nn.Module:
+    """`own_memory` for a model a library loaded (transformers/diffusers `from_pretrained` map the file).
+
+    Tied parameters stay tied (each Parameter object is visited once and keeps its identity).
+    """
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device.type == "cpu" and not is_own_aligned(tensor):
+            tensor.data = torch.empty_like(tensor, memory_format=torch.contiguous_format).copy_(tensor)
+    return module
+
+
+def is_own_aligned(tensor: torch.Tensor) -> bool:
+    """True when `tensor` lives in memory PyTorch allocated itself (resizable storage), 64-byte aligned."""
+    storage = tensor.untyped_storage()
+    return storage.resizable() and storage.data_ptr() % ALIGNMENT == 0 and tensor.data_ptr() % ALIGNMENT == 0
 
 
 def _looks_like_safetensors(path: Path) -> bool:

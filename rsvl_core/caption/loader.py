@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import first_line, read_json_config
+from ..checkpoint import first_line, own_module_memory, read_json_config
 from ..errors import CheckpointError, RsvlError
 from .adapter import AdapterReport, apply_adapter
 from .config import ATTENTIONS, DTYPE_NAMES, QUANTIZATIONS
@@ -157,7 +157,7 @@ def load_vlm(
         raise CheckpointError(folder, f"{len(keys)} {kind.replace('_', ' ')} in the weights: {shown}",
                               f"the weights of a {config['model_type']} model matching config.json")
     if quant is None:
-        model = model.to(device)
+        model = own_module_memory(model).to(device)
     if getattr(processor, "tokenizer", None) is None:
         raise CheckpointError(folder, "processor has no tokenizer", EXPECTED)
     return model.eval(), processor

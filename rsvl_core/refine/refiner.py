@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..cache.first_block import CachePolicy, CacheReport
-from ..checkpoint import read_state_dict
+from ..checkpoint import own_module_memory, read_state_dict
 from ..errors import CheckpointError
 from ..image import bicubic_resize
 from ..progress import ProgressCallback, report
@@ -171,7 +171,7 @@ def _load_from_diffusers_folder(folder: Path, supir: Path, dtype: torch.dtype, v
     unet_folder = folder / "unet"
     if not (unet_folder / "config.json").is_file():
         raise CheckpointError(folder, "has no unet/config.json", "a diffusers SDXL folder (unet/, vae/, text_encoder/)")
-    base = UNet2DConditionModel.from_pretrained(str(unet_folder), local_files_only=True)
+    base = own_module_memory(UNet2DConditionModel.from_pretrained(str(unet_folder), local_files_only=True))
     supir_state = read_state_dict(supir, EXPECTED_SUPIR)
     hidden = supir_state.get("model.diffusion_model.project_modules.0.mlp_shared.0.weight")
     config = replace(_config_from_diffusers_unet(base.config),

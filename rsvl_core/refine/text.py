@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..checkpoint import own_module_memory
 from ..errors import CheckpointError
 
 EXPECTED = "an SDXL checkpoint with CLIP ViT-L and OpenCLIP ViT-bigG text encoders"
@@ -501,7 +502,7 @@ def load_text_encoder_from_diffusers(
         except (OSError, ValueError, RuntimeError) as exc:
             message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(folder / sub, f"cannot load {cls.__name__} ({message})", EXPECTED_DIFFUSERS) from None
-        models.append(model.eval().requires_grad_(False).to(device))
+        models.append(own_module_memory(model).eval().requires_grad_(False).to(device))
     tokenizers: list[CLIPTokenizer] = []
     for sub, fallback in (("tokenizer", shipped[0]), ("tokenizer_2", shipped[1])):
         if (folder / sub).is_dir():

@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution, Encoder
 from torch import nn
 
+from ..checkpoint import own_module_memory
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import run_tiled
@@ -536,7 +537,7 @@ def load_refiner_vae_from_diffusers(
         vae = AutoencoderKL.from_pretrained(str(vae_folder), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(vae_folder, f"cannot be loaded as an AutoencoderKL ({exc})", EXPECTED_DIFFUSERS) from None
-    model = RefinerVAE(vae)
+    model = RefinerVAE(own_module_memory(vae))
     source = denoise_path if denoise_path is not None else "(SUPIR checkpoint)"
     prefix = FIRST_STAGE_PREFIX + "denoise_encoder."
     given = {k[len(FIRST_STAGE_PREFIX):]: v for k, v in (denoise_state or {}).items() if k.startswith(prefix)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,7 +21,6 @@ from nodes_testing import OUR_NODES, REPO, WORKFLOWS, check_api_workflow, normal
 TOOLS = Path(os.environ.get("RSVL_COMFY_TOOLS", REPO.parent / "shared" / "tools" / "comfy_host"))
 COMFY_DIR = Path(os.environ.get("COMFY_DIR", Path.home() / "comfy-host" / "ComfyUI"))
 COMFY_PY = Path(os.environ.get("COMFY_PY", Path.home() / "comfy-host" / "venv" / "bin" / "python"))
-PORT = int(os.environ.get("RSVL_COMFY_TEST_PORT", "8199"))
 PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "pyproject.toml")
 
 pytestmark = pytest.mark.skipif(
@@ -55,23 +55,34 @@ def server(tmp_path_factory):
                     + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
     env = {**os.environ, "COMFY_DIR": str(COMFY_DIR), "COMFY_PY": str(COMFY_PY), "COMFY_STATE_DIR": str(root / "s"),
            "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml}"}
-    started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(pack), str(PORT)], env=env, capture_output=True,
-                             text=True, timeout=400)
+    for _ in range(3):  # a port found free can be taken before the server binds it: try another one
+        port = free_port()
+        started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(pack), str(port)], env=env,
+                                 capture_output=True, text=True, timeout=400)
+        if "already listening" not in started.stderr:
+            break
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        yield {"root": root, "choices": choices, "env": env, "log": started.stdout}
+        yield {"root": root, "choices": choices, "env": env, "log": started.stdout, "port": port}
     finally:
-        subprocess.run(["bash", str(TOOLS / "stop.sh"), str(PORT)], env=env, capture_output=True, timeout=60)
+        subprocess.run(["bash", str(TOOLS / "stop.sh"), str(port)], env=env, capture_output=True, timeout=60)
 
 
-def get(path: str):
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=60) as response:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it: bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(server: dict, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server['port']}{path}", timeout=60) as response:
         return json.loads(response.read())
 
 
 def test_pack_imports_and_lists_the_nodes(server):
     assert "IMPORT FAILED" not in server["log"]
-    info = get("/object_info")
+    info = get(server, "/object_info")
     for node_id in OUR_NODES:
         assert info[node_id]["category"] == "RSVL"
     kind, _ = normalize(info["LoadRSVLModels"]["input"]["required"]["sr3_model"])
@@ -80,7 +91,7 @@ def test_pack_imports_and_lists_the_nodes(server):
 
 @pytest.mark.parametrize("name", ["rsvl_full_two_stage", "rsvl_stage1_only", "rsvl_refine_handwritten_caption"])
 def test_api_workflow_runs(server, name):
-    info = get("/object_info")
+    info = get(server, "/object_info")
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
     assert ui_to_api(ui, info) == api  # the UI version against the server's own definitions
@@ -100,7 +111,7 @@ def test_api_workflow_runs(server, name):
     prompt = server["root"] / f"{name}.json"
     prompt.write_text(json.dumps(api))
     out = server["root"] / f"out_{name}"
-    run = subprocess.run([sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(PORT),
+    run = subprocess.run([sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(server["port"]),
                           "--upload", str(sample), "--out", str(out), "--no-ws", "--timeout", "240"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
