@@ -214,18 +214,22 @@ def run_stage1(full: bool, device: torch.device, dtype: torch.dtype) -> None:
               f"{relative_l2(out, rows[0][2]):>15.4f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="full-size SDXL+SUPIR and SR3 (CUDA)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
     parser.add_argument("--skip-stage1", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--latent", type=int, default=None,
+                        help="latent edge of the refiner run (default 32 tiny, 128 full)")
+    parser.add_argument("--skip-full-count", action="store_true",
+                        help="leave out the full-size FLOP count on the meta device")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
-    latent = 128 if args.full else 32
+    latent = args.latent or (128 if args.full else 32)
     torch.set_grad_enabled(False)
     parts = build_refiner_parts(args.full, device, dtype)
     configs = [
@@ -240,7 +244,8 @@ def main() -> None:
     size = "SDXL+SUPIR full size" if args.full else "tiny SDXL-shaped refiner"
     print_table(f"Refiner ({size}, random weights, {args.steps} steps, latent {latent}x{latent}, "
                 f"{device.type}, {str(dtype).split('.')[-1]})", results, lpips_fn())
-    full_size_step_costs()
+    if not args.skip_full_count:
+        full_size_step_costs()
     if not args.skip_stage1:
         run_stage1(args.full, device, dtype)
 

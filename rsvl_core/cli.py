@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models-dir", type=Path, default=None,
                       help="write the tiny models here (laid out like real weights) and keep them")
     demo.add_argument("-o", "--output", type=Path, default=None, help="where to write the result")
+    demo.add_argument("--input", type=Path, default=None,
+                      help="the image to run on (default: the bundled 100x100 aerial sample)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
 

@@ -63,7 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for stage, path in written.items():
             print(f"wrote tiny {stage} model: {path}", file=sys.stderr)
         argv = [
-            "upscale", str(SAMPLE_IMAGE), "--output", str(output), "--scale", str(DEMO_SCALE),
+            "upscale", str(args.input or SAMPLE_IMAGE), "--output", str(output), "--scale", str(DEMO_SCALE),
             "--models-dir", str(models_dir), "--sampler", "dpmpp", "--steps", "20", "--caption-max-tokens", "24",
             # the refiner's real path at a CPU-friendly size: 8 steps, working size = the stage-1 size
             "--refine-steps", "8", "--refine-min-size", "0",

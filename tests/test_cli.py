@@ -74,8 +74,18 @@ def test_seed_compatible_aliases_and_explicit_checkpoint(models_dir, inputs, tmp
 
 
 def test_models_dir_from_environment(models_dir, inputs, tmp_path, monkeypatch):
+    """$RSVL_MODELS_DIR wins over ./models, which holds other (valid) weights here."""
+    local = tmp_path / "cwd"
+    save_sr3(SR3UNet(tiny_sr3_config(inner_channel=32, norm_groups=32)), local / "models" / "sr3" / "local_gen.pth")
+    monkeypatch.chdir(local)
     monkeypatch.setenv("RSVL_MODELS_DIR", str(models_dir))
     assert main(["upscale", str(inputs / "wide.png"), "-o", str(tmp_path / "o"), "--scale", "2", *FAST]) == 0
+    used = json.loads((tmp_path / "o" / "wide_x2.json").read_text())["models"]["stage1"][0]["path"]
+    assert Path(used) == models_dir / "sr3" / "I9_E9_gen.pth"
+    monkeypatch.delenv("RSVL_MODELS_DIR")
+    assert main(["upscale", str(inputs / "wide.png"), "-o", str(tmp_path / "o2"), "--scale", "2", *FAST]) == 0
+    used = json.loads((tmp_path / "o2" / "wide_x2.json").read_text())["models"]["stage1"][0]["path"]
+    assert Path(used).name == "local_gen.pth"  # without the variable, ./models is used
 
 
 def test_missing_weights_say_what_where_and_how(inputs, tmp_path, capsys):
@@ -133,6 +143,23 @@ def test_demo_models_are_laid_out_like_real_weights(tmp_path, capsys):
 
 
 @pytest.mark.skipif(shutil.which("rsvl") is None, reason="the rsvl console script is not installed (pip install -e .)")
+def test_demo_in_process_on_a_small_input(tmp_path, capsys):
+    """`rsvl demo --input`: the whole demo path (tiny models written, stage 1, caption, refiner) on a 24x16 crop."""
+    small = tmp_path / "small.png"
+    Image.open(SAMPLE_IMAGE).convert("RGB").crop((0, 0, 24, 16)).save(small)
+    assert main(["demo", "--input", str(small), "--models-dir", str(tmp_path / "m"), "-o", str(tmp_path / "o"),
+                 "-q"]) == 0
+    assert "RANDOM weights" in capsys.readouterr().err
+    assert png_size(tmp_path / "o" / "small_x4.png") == (96, 64)
+    sidecar = json.loads((tmp_path / "o" / "small_x4.json").read_text())
+    assert sidecar["caption_source"] == "captioner" and sidecar["caption"].strip()
+    assert sidecar["refine"]["unet_calls"] == 8  # the demo ran the refiner (8 steps)
+    for part in ("sr3/rsvl_demo_sr3_gen.pth", "llava/config.json", "llava_adapter/adapter_config.json",
+                 "sdxl/rsvl_demo_sdxl.safetensors", "supir/rsvl_demo_supir.safetensors"):
+        assert (tmp_path / "m" / part).is_file(), part
+
+
+@pytest.mark.slow
 def test_console_script_demo_end_to_end(tmp_path):
     result = subprocess.run(["rsvl", "demo", "--models-dir", str(tmp_path / "m"), "-o", str(tmp_path / "o"), "-q"],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -248,7 +275,7 @@ def test_upscale_large_scene_in_windows_writes_exact_size_and_records_windows(mo
                  "--models-dir", str(models_dir), *FAST]) == 2  # overlap must be under half the window
 
 
-def test_upscale_finds_weights_in_the_seeds_ckpt_pth_layout(tmp_path, monkeypatch):
+def test_upscale_finds_weights_in_the_seeds_ckpt_pth_layout(inputs, tmp_path, monkeypatch):
     """Not in the models folder: the seed's CKPT_PTH/ (in the working directory) is searched next."""
     from rsvl_core.stage1 import SR3UNet as UNet
 
@@ -256,24 +283,24 @@ def test_upscale_finds_weights_in_the_seeds_ckpt_pth_layout(tmp_path, monkeypatc
     save_sr3(UNet(tiny_sr3_config(inner_channel=32, norm_groups=32)), ckpt / "I640000_E37_gen.pth")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir",
+    assert main(["upscale", str(inputs / "wide.png"), "-o", str(out), "--scale", "2", "--models-dir",
                  str(tmp_path / "empty"), *FAST]) == 0
-    record = json.loads((out / "osbs_029_lr100_x2.json").read_text())
+    record = json.loads((out / "wide_x2.json").read_text())
     assert record["models"]["stage1"][0]["path"].endswith("CKPT_PTH/I640000_E37_gen.pth")
 
 
-def test_run_record_has_model_hashes_cached_by_size_and_mtime(models_dir, tmp_path):
+def test_run_record_has_model_hashes_cached_by_size_and_mtime(models_dir, inputs, tmp_path):
     import hashlib
 
     out = tmp_path / "out"
-    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
+    assert main(["upscale", str(inputs / "wide.png"), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
                  *FAST]) == 0
-    row = json.loads((out / "osbs_029_lr100_x2.json").read_text())["models"]["stage1"][0]
+    row = json.loads((out / "wide_x2.json").read_text())["models"]["stage1"][0]
     path = Path(row["path"])
     assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and row["bytes"] == path.stat().st_size
     from rsvl_core.weights_manager import hash_cache_path
 
     assert str(path.resolve()) in json.loads(hash_cache_path().read_text())
-    assert main(["upscale", str(SAMPLE_IMAGE), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
+    assert main(["upscale", str(inputs / "wide.png"), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
                  "--overwrite", "--no-hash", *FAST]) == 0
-    assert "sha256" not in json.loads((out / "osbs_029_lr100_x2.json").read_text())["models"]["stage1"][0]
+    assert "sha256" not in json.loads((out / "wide_x2.json").read_text())["models"]["stage1"][0]

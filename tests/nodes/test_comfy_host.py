@@ -23,11 +23,11 @@ COMFY_DIR = Path(os.environ.get("COMFY_DIR", Path.home() / "comfy-host" / "Comfy
 COMFY_PY = Path(os.environ.get("COMFY_PY", Path.home() / "comfy-host" / "venv" / "bin" / "python"))
 PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "pyproject.toml")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file() and (TOOLS / "start.sh").is_file()),
     reason=f"no ComfyUI found (COMFY_DIR={COMFY_DIR}, COMFY_PY={COMFY_PY}, tools {TOOLS}); "
            "see ../shared/tools/comfy_host/README.md",
-)
+)]
 
 # tiny CPU settings on top of the shipped workflows (which carry the real defaults)
 TINY = {
