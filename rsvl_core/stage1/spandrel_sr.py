@@ -1,0 +1,287 @@
+"""Stage 1 with any single-image SR model spandrel knows (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, SPAN, ...).
+
+A deterministic alternative to SR3: one forward pass per tile instead of hundreds of denoising steps. The
+model runs at its native scale over overlapping tiles blended in output space; when the requested scale
+differs from the native one the result is resampled with a stated filter, and the run record says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import spandrel
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import read_state_dict
+from ..errors import CheckpointError
+from ..progress import ProgressCallback, report
+from ..tiling import Tile, plan_tiles
+
+SPANDREL_EXPECTED = (
+    "a single-image super-resolution checkpoint that spandrel recognises "
+    "(ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, OmniSR, SPAN, ...)"
+)
+RESAMPLE_FILTER = "bicubic (antialiased), torch.nn.functional.interpolate"
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_PURPOSE_WORDS = {
+    "Restoration": "an image-restoration model (output the same size as the input)",
+    "FaceSR": "a face-restoration model (for aligned face crops)",
+    "Inpainting": "an inpainting model (image + mask in)",
+}
+
+
+@dataclass
+class SpandrelStage1:
+    """A loaded spandrel SR model (eval mode, no gradients) and the file it came from."""
+
+    descriptor: spandrel.ImageModelDescriptor
+    path: Path | None = None
+
+    @property
+    def architecture(self) -> str:
+        """Spandrel's display name of the architecture, e.g. "ESRGAN" or "RealESRGAN Compact"."""
+        return self.descriptor.architecture.name
+
+    @property
+    def native_scale(self) -> int:
+        """The factor the network itself upscales by (inferred by spandrel from the weights)."""
+        return int(self.descriptor.scale)
+
+    @property
+    def supports_half(self) -> bool:
+        return bool(self.descriptor.supports_half)
+
+    @property
+    def supports_bfloat16(self) -> bool:
+        return bool(self.descriptor.supports_bfloat16)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.descriptor.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.descriptor.model.parameters()).dtype
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The torch modules to place or offload (one: the network under "model")."""
+        return {"model": self.descriptor.model}
+
+
+def load_spandrel_stage1(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> SpandrelStage1:
+    """Load a single-image SR checkpoint through spandrel's architecture detection.
+
+    Args:
+        path: `.safetensors` or `.pth`/`.pt`/`.ckpt` (read with `weights_only=True`; no pickled code runs).
+        device: where the model is placed.
+        dtype: float32, float16 or bfloat16; a half type the architecture does not support is refused.
+    Raises:
+        CheckpointError: unreadable file, unknown architecture, keys that do not fit, or not an RGB SR model.
+        ValueError: a dtype the architecture does not support.
+    """
+    path = Path(path)
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES.values())}, got {dtype}")
+    state = read_state_dict(path, SPANDREL_EXPECTED)
+    descriptor = _detect(state, path)
+    _check_is_rgb_sr(descriptor, path)
+    name = descriptor.architecture.name
+    if dtype == torch.float16 and not descriptor.supports_half:
+        instead = "float32 or bfloat16" if descriptor.supports_bfloat16 else "float32"
+        raise ValueError(f"{name} does not support float16 (spandrel: supports_half=False); use {instead}")
+    if dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
+        raise ValueError(f"{name} does not support bfloat16 (spandrel: supports_bfloat16=False); use float32")
+    descriptor.to(device=torch.device(device), dtype=dtype)
+    descriptor.eval()
+    descriptor.model.requires_grad_(False)
+    return SpandrelStage1(descriptor=descriptor, path=path)
+
+
+def _detect(state: dict[str, torch.Tensor], path: Path) -> spandrel.ModelDescriptor:
+    """spandrel's detection and build, with its errors turned into one-line CheckpointErrors."""
+    try:
+        return spandrel.ModelLoader().load_from_state_dict(state)
+    except spandrel.UnsupportedModelError:
+        keys = ", ".join(sorted(state)[:4])
+        raise CheckpointError(
+            path, f"spandrel {spandrel.__version__} recognises no architecture in it "
+            f"({len(state)} tensors; first keys: {keys})", SPANDREL_EXPECTED,
+        ) from None
+    except (KeyError, RuntimeError, ValueError, AssertionError, IndexError, TypeError, AttributeError) as exc:
+        # detection matched but the tensors do not build that architecture: strict load_state_dict
+        # reports missing/unexpected keys and shape mismatches over several lines; keep them on one.
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        raise CheckpointError(path, f"spandrel could not build a model from it: {detail}", SPANDREL_EXPECTED) from None
+
+
+def _check_is_rgb_sr(descriptor: spandrel.ModelDescriptor, path: Path) -> None:
+    """Refuse anything that is not RGB image -> larger RGB image, saying what the file is instead."""
+    name = descriptor.architecture.name
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose != "SR":
+        what = _PURPOSE_WORDS.get(descriptor.purpose, f"a {descriptor.purpose} model")
+        raise CheckpointError(
+            path, f"is a {name} checkpoint for {what}, scale {descriptor.scale}, not single-image super-resolution",
+            SPANDREL_EXPECTED,
+        )
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise CheckpointError(
+            path, f"is a {name} SR model with {descriptor.input_channels} input and {descriptor.output_channels} "
+            "output channels; stage 1 needs RGB in and out (3 and 3)", SPANDREL_EXPECTED,
+        )
+
+
+@dataclass(frozen=True)
+class SpandrelOptions:
+    """How a spandrel model is run over an image."""
+
+    tile_size: int = 256  # tile edge in input pixels; 0 runs the whole image at once
+    tile_overlap: int = 16  # input pixels shared by neighbouring tiles (context + cross-fade)
+    tile_batch: int = 1  # tiles per forward pass
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.tile_size < 0:
+            raise ValueError(f"tile_size must be >= 0 (0 = whole image), got {self.tile_size}")
+        if self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
+        if self.tile_size and self.tile_overlap >= self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})")
+        if self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
+
+
+def upscale_spandrel(
+    model: SpandrelStage1,
+    image: torch.Tensor,
+    scale: int,
+    options: SpandrelOptions | None = None,
+    callback: ProgressCallback | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Super-resolve with a spandrel model: native-scale tiles, blended, then resampled to `scale` if needed.
+
+    Args:
+        model: from :func:`load_spandrel_stage1`.
+        image: (B, 3, H, W) float in [0, 1], any size and aspect ratio (nothing is cropped).
+        scale: output / input size, an integer >= 1.
+        options: tiling (default: 256-pixel tiles, 16 pixels overlap).
+        callback: progress as (tiles done, tiles, "stage1", None) after each batch of tiles.
+    Returns:
+        (B, 3, H * scale, W * scale) float32 in [0, 1] on the model's device, and the run-record entry:
+        architecture, native_scale, applied_scale (native), resampled, resample_filter, tiles.
+    """
+    # 1. check inputs
+    options = options or SpandrelOptions()
+    options.check()
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W) RGB, got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a float tensor in [0, 1], got {image.dtype}")
+    native = model.native_scale
+    height, width = image.shape[-2:]
+
+    # 2. the network at its native scale, tile by tile
+    with torch.inference_mode():
+        lowres = image.to(device=model.device, dtype=model.dtype)
+        native_out, tiles = _run_native(model.descriptor, lowres, native, options, callback)
+
+    # 3. to the requested scale; outside inference mode, so the caller gets an ordinary tensor that
+    # later in-place operations may modify (an inference tensor would refuse them)
+    resampled = native != scale
+    with torch.no_grad():
+        if resampled:
+            out = F.interpolate(native_out, size=(height * scale, width * scale), mode="bicubic",
+                                align_corners=False, antialias=True)
+        else:
+            out = native_out.clone()
+        del native_out
+        out.clamp_(0.0, 1.0)
+    info = {
+        "architecture": model.architecture,
+        "native_scale": native,
+        "applied_scale": native,
+        "resampled": resampled,
+        "resample_filter": RESAMPLE_FILTER if resampled else None,
+        "tiles": tiles,
+    }
+    return out, info
+
+
+def _run_native(
+    descriptor: spandrel.ImageModelDescriptor,
+    lowres: torch.Tensor,
+    native: int,
+    options: SpandrelOptions,
+    callback: ProgressCallback | None,
+) -> tuple[torch.Tensor, int]:
+    """(B, 3, H * native, W * native) float32 from overlapping tiles, and the number of tiles.
+
+    The descriptor's call pads each tile to the architecture's size requirements (reflect, then
+    replicate) and crops the output back; tiles are planned at a multiple of the size requirement so
+    that only tiles touching the image border are ever padded, exactly as the whole image would be.
+    """
+    batch, _, height, width = lowres.shape
+    tile_size = _tile_size_for(descriptor.size_requirements, options.tile_size)
+    tiles = plan_tiles(height, width, tile_size, options.tile_overlap)
+    if len(tiles) == 1:
+        out = descriptor(lowres).float()
+        report(callback, 1, 1, "stage1")
+        return out, 1
+
+    out = torch.zeros(batch, 3, height * native, width * native, dtype=torch.float32, device=lowres.device)
+    weight_sum = torch.zeros(1, 1, height * native, width * native, dtype=torch.float32, device=lowres.device)
+    for start in range(0, len(tiles), options.tile_batch):
+        group = tiles[start:start + options.tile_batch]
+        result = descriptor(torch.cat([lowres[..., t.y0:t.y1, t.x0:t.x1] for t in group], dim=0)).float()
+        for i, t in enumerate(group):
+            w = tile_window(t, height, width, options.tile_overlap, native, out.device)
+            y0, y1, x0, x1 = t.y0 * native, t.y1 * native, t.x0 * native, t.x1 * native
+            out[..., y0:y1, x0:x1] += result[i * batch:(i + 1) * batch] * w
+            weight_sum[..., y0:y1, x0:x1] += w
+        report(callback, start + len(group), len(tiles), "stage1")
+    return out / weight_sum, len(tiles)
+
+
+def _tile_size_for(requirements: spandrel.SizeRequirements | None, tile_size: int) -> int:
+    """`tile_size` raised to the architecture's minimum and rounded up to its multiple (0 stays 0)."""
+    if tile_size == 0 or requirements is None:
+        return tile_size
+    multiple = max(1, requirements.multiple_of)
+    size = max(tile_size, requirements.minimum)
+    return -(-size // multiple) * multiple
+
+
+def tile_window(tile: Tile, height: int, width: int, overlap: int, scale: int,
+                device: torch.device | None = None) -> torch.Tensor:
+    """Output-space blend weights of one tile: (tile h * scale, tile w * scale) float32.
+
+    On an edge shared with a neighbour, the outer quarter of the overlap gets weight 0 (those output
+    pixels saw zero padding instead of the neighbour's content) and the middle half rises as a raised
+    cosine; edges on the image border keep weight 1. Neighbouring tiles overlap by at least `overlap`
+    input pixels, so every output pixel has positive total weight.
+    """
+
+    def axis(lo: int, hi: int, length: int) -> torch.Tensor:
+        n = (hi - lo) * scale
+        margin, ramp = (overlap // 4) * scale, (overlap - 2 * (overlap // 4)) * scale
+        w = torch.ones(n, dtype=torch.float32, device=device)
+        if ramp <= 0:
+            return w
+        pos = torch.arange(n, dtype=torch.float32, device=device)
+        rise = ((pos - margin + 0.5) / ramp).clamp(0.0, 1.0)
+        rise = 0.5 - 0.5 * torch.cos(torch.pi * rise)
+        if lo > 0:
+            w = w * rise
+        if hi < length:
+            w = w * rise.flip(0)
+        return w
+
+    return axis(tile.y0, tile.y1, height)[:, None] * axis(tile.x0, tile.x1, width)[None, :]
