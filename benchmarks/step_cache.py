@@ -8,7 +8,7 @@ Prints one table measured in one run, side by side:
                               net a second time and the rest of the UNet (DFBCache "input_stage1/2")
   (c) seed rule, our cost     the same decisions, but the control net runs once per computed step
                               and never on a reused one
-  (d) fast (ours)             `DynamicStepScheduler.preset("fast")`
+  (d) fast (ours)             the `fast` cache preset (`rsvl_core.cache.PRESETS`)
 
 Columns: UNet evaluations (full), encoder-only passes, control-net evaluations, FLOPs (torch's
 FlopCounterMode), wall time, peak CUDA memory, speedup vs (a), and the drift of the final image
@@ -31,8 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rsvl_core.cache import CachePolicy
-from rsvl_core.cache.scheduler import PRESETS
+from rsvl_core.cache import PRESETS, CachePolicy
 from rsvl_core.refine import sampler as S
 from rsvl_core.refine.denoise import GuidedDenoiser
 from rsvl_core.refine.networks import ConditionedNetworks, Conditioning, EncoderState

@@ -11,18 +11,35 @@ import os
 import torch
 from comfy_api.latest import ComfyExtension, io, ui
 
-from ..rsvl_core.cache.scheduler import PRESETS as CACHE_PRESETS
-from ..rsvl_core.cache.scheduler import DynamicStepScheduler as Scheduler
-from ..rsvl_core.caption.config import SEED_PROMPT, CaptionOptions
+from ..rsvl_core.caption.config import CaptionOptions
 from ..rsvl_core.errors import RsvlError
-from ..rsvl_core.refine.refiner import COLOR_FIXES, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, refine_image
-from ..rsvl_core.stage1 import SAMPLERS, SCALES, upscale_stage1
+from ..rsvl_core.pipeline.options import SETTINGS, StepSettings
+from ..rsvl_core.refine.refiner import refine_image
 from . import core
 from .core import NONE, NodeError
 
 log = logging.getLogger("rsvl")
 CATEGORY = "RSVL"
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def _int(name: str, setting: str, tooltip: str | None = None, **overrides) -> io.Int.Input:
+    """An INT input whose default, range and tooltip come from the engine's SETTINGS table."""
+    spec = SETTINGS[setting]
+    values = dict(default=spec.default, min=int(spec.min), max=int(spec.max), step=int(spec.step), **overrides)
+    return io.Int.Input(name, tooltip=tooltip or spec.help[0].upper() + spec.help[1:] + ".", **values)
+
+
+def _float(name: str, setting: str, tooltip: str | None = None) -> io.Float.Input:
+    spec = SETTINGS[setting]
+    return io.Float.Input(name, default=spec.default, min=spec.min, max=spec.max, step=spec.step,
+                          tooltip=tooltip or spec.help[0].upper() + spec.help[1:] + ".")
+
+
+def _combo(name: str, setting: str, tooltip: str | None = None, options: list | None = None) -> io.Combo.Input:
+    spec = SETTINGS[setting]
+    choices = options if options is not None else [str(c) for c in spec.choices]
+    return io.Combo.Input(name, options=choices, default=str(spec.default),
+                          tooltip=tooltip or spec.help[0].upper() + spec.help[1:] + ".")
 
 # The model handles travel between nodes as custom socket types, declared once.
 SR3Handle = io.Custom("RSVL_SR3")
@@ -86,8 +103,8 @@ def _folder_paths():
     return folder_paths
 
 
-def _seed(tooltip: str = "Seeds every random draw: the same seed gives the same result on the same device."):
-    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, step=1, control_after_generate=True, tooltip=tooltip)
+def _seed(tooltip: str | None = None):
+    return _int("seed", "seed", tooltip, control_after_generate=True)
 
 
 class LoadRSVLModels(io.ComfyNode):
@@ -101,8 +118,10 @@ class LoadRSVLModels(io.ComfyNode):
             description="Choose the SR3, captioner and refiner weights. Nothing is loaded here: each model loads on "
                         "first use by the node that needs it, and ComfyUI's memory manager moves and frees it.",
             inputs=[
-                io.Combo.Input("sr3_model", options=[NONE, *fp.get_filename_list("rsvl_sr3")], default=NONE,
-                               tooltip="SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3. 'none' = no stage 1."),
+                io.Combo.Input("sr3_model", options=[NONE, *core.stage1_choices(fp)], default=NONE,
+                               tooltip="Stage-1 model: an SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3, or "
+                                       "any single-image SR model from models/upscale_models (ESRGAN, SwinIR, HAT, "
+                                       "DAT, ...; resampled to the chosen scale). 'none' = no stage 1."),
                 io.Combo.Input("llava_model", options=[NONE, *core.list_model_folders(fp, "rsvl_llava")],
                                default=NONE, tooltip="LLaVA-NeXT model folder (Hugging Face layout) in "
                                                      "models/rsvl/llava/<name>/. 'none' = no captioner."),
@@ -122,7 +141,8 @@ class LoadRSVLModels(io.ComfyNode):
                                tooltip="8/4-bit captioner (needs bitsandbytes and CUDA; not moved by ComfyUI)."),
             ],
             outputs=[
-                SR3Handle.Output(display_name="sr3", tooltip="SR3 model for Stage1FidelitySR"),
+                SR3Handle.Output(display_name="sr3", tooltip="stage-1 model (SR3 or an upscale model) for "
+                                                             "Stage1FidelitySR"),
                 CaptionerHandle.Output(display_name="captioner", tooltip="captioner for LlavaRSCaption"),
                 RefinerHandle.Output(display_name="refiner", tooltip="SDXL + SUPIR refiner for ControlNetRefine"),
             ],
@@ -136,7 +156,7 @@ class LoadRSVLModels(io.ComfyNode):
         if llava_adapter != NONE and llava_model == NONE:
             raise NodeError("llava_adapter needs a llava_model")
         return {
-            "sr3": None if sr3_model == NONE else core.find_model_file(fp, "rsvl_sr3", sr3_model),
+            "stage1": None if sr3_model == NONE else core.find_stage1_file(fp, sr3_model),
             "llava": None if llava_model == NONE else core.find_model_folder(fp, "rsvl_llava", llava_model),
             "adapter": None if llava_adapter == NONE else core.find_model_folder(fp, "rsvl_llava_adapter",
                                                                                  llava_adapter),
@@ -165,7 +185,7 @@ class LoadRSVLModels(io.ComfyNode):
 
             load_device = HOST.torch_device(device)
             return io.NodeOutput(
-                handle("SR3", ["sr3"], core.load_sr3_model),
+                handle("stage-1", ["stage1"], core.load_stage1_model),
                 handle("captioner", ["llava", "adapter"], core.load_captioner_model, quantization=llava_quantization,
                        load_device=load_device),
                 handle("refiner", ["sdxl", "supir"], core.load_refiner_model),
@@ -182,20 +202,15 @@ class DynamicStepScheduler(io.ComfyNode):
             description="Steps and step cache for both stages. Connect it to Stage1FidelitySR and/or "
                         "ControlNetRefine; the refine node reports which steps were computed and which reused.",
             inputs=[
-                io.Combo.Input("cache_preset", options=list(CACHE_PRESETS), default="off",
-                               tooltip="Refiner step cache. off: every step computed; seed: the seed's adaptive "
-                                       "cache; fast: ours (first block signal, fixed threshold, guarded)."),
-                io.Int.Input("refine_steps", default=50, min=1, max=1000, step=1,
-                             tooltip="Refiner sampling steps (replaces ControlNetRefine's steps)."),
-                io.Float.Input("cache_threshold", default=0.0, min=0.0, max=2.0, step=0.01,
-                               tooltip="Reuse a step when the relative change is below this. 0 = the preset's own "
-                                       "(seed 0.3, fast 0.2)."),
-                io.Combo.Input("stage1_sampler", options=list(SAMPLERS), default="faithful",
-                               tooltip="SR3 sampler: faithful (the seed's ancestral DDPM), ddim or dpmpp (fast)."),
-                io.Int.Input("stage1_steps", default=0, min=0, max=2000, step=1,
-                             tooltip="SR3 steps; 0 = the sampler's default (500 faithful, 50 ddim/dpmpp)."),
-                io.Combo.Input("stage1_cache", options=list(core.STAGE1_CACHES), default="off",
-                               tooltip="SR3 step cache: off, or fast (reuses the previous noise prediction)."),
+                _combo("cache_preset", "cache", "Refiner step cache. off: every step computed; seed: the seed's "
+                                                "adaptive cache; fast: ours (first block signal, fixed threshold, "
+                                                "guarded)."),
+                _int("refine_steps", "refine_steps", "Refiner sampling steps (replaces ControlNetRefine's steps)."),
+                _float("cache_threshold", "cache_threshold", "Reuse a step when the relative change is below this. "
+                                                             "0 = the preset's own (seed 0.3, fast 0.2)."),
+                _combo("stage1_sampler", "stage1_sampler"),
+                _int("stage1_steps", "stage1_steps"),
+                _combo("stage1_cache", "stage1_cache"),
             ],
             outputs=[ScheduleHandle.Output(display_name="schedule")],
         )
@@ -215,23 +230,21 @@ class Stage1FidelitySR(io.ComfyNode):
             node_id="Stage1FidelitySR",
             display_name="RSVL Stage 1 Fidelity SR (SR3)",
             category=CATEGORY,
-            description="Super-resolves 2x/4x/8x with SR3, which sees only the low-resolution image. "
-                        "Output is exactly input x scale.",
+            description="Super-resolves 2x/4x/8x from the low-resolution image alone: with SR3 (the paper's stage 1), "
+                        "or with any upscale model (one pass, resampled to the scale). Output is exactly input x "
+                        "scale.",
             inputs=[
                 io.Image.Input("image", tooltip="Low-resolution image(s), any size."),
-                SR3Handle.Input("sr3", tooltip="sr3 output of LoadRSVLModels."),
-                io.Combo.Input("scale", options=[str(s) for s in SCALES], default="4",
+                SR3Handle.Input("sr3", tooltip="sr3 output of LoadRSVLModels (SR3 or an upscale model)."),
+                io.Combo.Input("scale", options=[str(s) for s in SETTINGS["scale"].choices], default="4",
                                tooltip="Upscale factor."),
-                io.Combo.Input("sampler", options=list(SAMPLERS), default="faithful",
-                               tooltip="faithful: the seed's 500-step ancestral DDPM; ddim / dpmpp: fast solvers."),
-                io.Int.Input("steps", default=0, min=0, max=2000, step=1,
-                             tooltip="Sampling steps; 0 = the sampler's default (500 faithful, 50 ddim/dpmpp)."),
+                _combo("sampler", "stage1_sampler", "SR3 only: faithful = the seed's 500-step ancestral DDPM; "
+                                                    "ddim / dpmpp: fast solvers."),
+                _int("steps", "stage1_steps", "SR3 only: sampling steps; 0 = the sampler's default (500 faithful, "
+                                              "50 ddim/dpmpp)."),
                 _seed(),
-                io.Int.Input("tile_size", default=224, min=0, max=4096, step=8,
-                             tooltip="Tile edge in output pixels (224 = SR3's training size); 0 = whole image, "
-                                     "else at least 32."),
-                io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=8,
-                             tooltip="Output pixels shared by neighbouring tiles (at most half a tile)."),
+                _int("tile_size", "tile_size"),
+                _int("tile_overlap", "tile_overlap"),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces sampler, steps and cache."),
             ],
@@ -245,8 +258,8 @@ class Stage1FidelitySR(io.ComfyNode):
             pixels = core.to_bchw(image)
             memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
             model = sr3.get(HOST, memory_required=memory)
-            result = upscale_stage1(model, pixels, int(scale), options, seed=seed, callback=core.ProgressReporter(HOST))
-            return io.NodeOutput(core.to_bhwc(result, HOST.intermediate_device()))
+            result = model.upscale(pixels, int(scale), options, seed, core.ProgressReporter(HOST))
+            return io.NodeOutput(core.to_bhwc(result.image, HOST.intermediate_device()))
 
 
 class LlavaRSCaption(io.ComfyNode):
@@ -262,13 +275,11 @@ class LlavaRSCaption(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="Image to describe (usually the stage-1 output)."),
                 CaptionerHandle.Input("captioner", tooltip="captioner output of LoadRSVLModels."),
-                io.String.Input("prompt", default=SEED_PROMPT, multiline=True,
+                io.String.Input("prompt", default=SETTINGS["caption_prompt"].default, multiline=True,
                                 tooltip="The instruction; <image> marks where the image goes (the start if absent). "
                                         "Default: the seed's analyst prompt."),
-                io.Int.Input("max_new_tokens", default=256, min=1, max=4096, step=1,
-                             tooltip="Most tokens generated per caption (seed: 256)."),
-                io.Float.Input("temperature", default=0.2, min=0.0, max=2.0, step=0.01,
-                               tooltip="Sampling temperature (seed: 0.2); 0 = greedy decoding."),
+                _int("max_new_tokens", "caption_max_tokens"),
+                _float("temperature", "caption_temperature"),
                 _seed("Makes the sampled caption reproducible."),
             ],
             outputs=[io.String.Output(display_name="caption")],
@@ -277,7 +288,8 @@ class LlavaRSCaption(io.ComfyNode):
     @classmethod
     def execute(cls, image, captioner, prompt, max_new_tokens, temperature, seed) -> io.NodeOutput:
         with core.user_errors(cls.__name__):
-            options = CaptionOptions(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature or 0.2,
+            options = CaptionOptions(prompt=prompt, max_new_tokens=max_new_tokens,
+                                     temperature=temperature or SETTINGS["caption_temperature"].default,
                                      do_sample=temperature > 0, seed=seed)
             options.check()
             model = captioner.get(HOST)
@@ -303,26 +315,18 @@ class ControlNetRefine(io.ComfyNode):
                 io.String.Input("caption", default="", multiline=True,
                                 tooltip="What the image shows: link LlavaRSCaption or any text node, or type it. "
                                         "Joined with the positive prompt."),
-                io.String.Input("positive_prompt", default=SEED_POSITIVE_PROMPT, multiline=True,
+                io.String.Input("positive_prompt", default=SETTINGS["positive_prompt"].default, multiline=True,
                                 tooltip="Appended to the caption (default: the seed's)."),
-                io.String.Input("negative_prompt", default=SEED_NEGATIVE_PROMPT, multiline=True,
+                io.String.Input("negative_prompt", default=SETTINGS["negative_prompt"].default, multiline=True,
                                 tooltip="Negative prompt (default: the seed's)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, step=1,
-                             tooltip="Sampling steps (seed: 50). A connected schedule replaces this."),
-                io.Float.Input("cfg_scale", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale at the end of sampling (seed: 7.5)."),
-                io.Float.Input("cfg_scale_start", default=4.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale at the start; linear in between (seed: 4.0)."),
-                io.Float.Input("control_scale", default=1.0, min=0.0, max=2.0, step=0.05,
-                               tooltip="Strength of the stage-1 control (0 = plain SDXL)."),
-                io.Combo.Input("color_fix", options=list(COLOR_FIXES), default="wavelet",
-                               tooltip="Colour correction against the stage-1 image."),
+                _int("steps", "refine_steps", "Sampling steps (seed: 50). A connected schedule replaces this."),
+                _float("cfg_scale", "cfg_scale"),
+                _float("cfg_scale_start", "cfg_scale_start"),
+                _float("control_scale", "control_scale"),
+                _combo("color_fix", "color_fix"),
                 _seed(),
-                io.Int.Input("latent_tile_size", default=128, min=0, max=1024, step=8,
-                             tooltip="Latent tile edge (128 = 1024 px) denoised and blended every step; 0 = one pass."),
-                io.Int.Input("min_size", default=1024, min=0, max=8192, step=64,
-                             tooltip="Working size: the short side is brought up to at least this (seed: 1024), "
-                                     "the result resized back to the input size."),
+                _int("latent_tile_size", "latent_tile_size"),
+                _int("min_size", "min_size"),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
             ],
@@ -346,7 +350,7 @@ class ControlNetRefine(io.ComfyNode):
                 progress = core.ProgressReporter(HOST, core.fit_latent_preview(model, single))
                 result, report = refine_image(model, single, captions[index], options, seed=seed, callback=progress)
                 line = f"image {index + 1}: {report.working_size[1]}x{report.working_size[0]} working size, " \
-                       f"{report.unet_calls} UNet calls; cache: {Scheduler.describe(report.cache)}"
+                       f"{report.unet_calls} UNet calls; cache: {StepSettings.describe(report.cache)}"
                 log.info("rsvl refine %s", line)
                 outputs.append(result)
                 lines.append(line)

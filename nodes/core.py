@@ -10,23 +10,25 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
-from ..rsvl_core.cache.scheduler import PRESETS as CACHE_PRESETS
-from ..rsvl_core.cache.scheduler import DynamicStepScheduler
+from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, torch_dtype
 from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
+from ..rsvl_core.pipeline.options import StepSettings
+from ..rsvl_core.pipeline.options import refine_options as engine_refine_options
+from ..rsvl_core.pipeline.options import stage1_options as engine_stage1_options
 
 log = logging.getLogger("rsvl")
 
 NONE = "none"
-DTYPES = ("auto", "fp32", "bf16", "fp16")
+DTYPES = DTYPE_CHOICES
 DEVICES = ("auto", "cpu")
 BATCH_SEPARATOR = "\n---\n"  # joins the captions of a batch; ControlNetRefine splits on it
-STAGE1_CACHES = ("off", "fast")  # stage 1 takes only the fixed-threshold, eps-reuse policy
+UPSCALE_MODELS = "upscale_models"  # ComfyUI's own folder of single-image SR models (spandrel loads them)
 
 # ComfyUI model folder name -> (sub-folder of models/rsvl, file extensions; None = model folders, not files)
 MODEL_FOLDERS: dict[str, tuple[str, set[str] | None]] = {
@@ -120,6 +122,22 @@ def find_model_folder(folder_paths, name: str, choice: str) -> str:
     )
 
 
+def stage1_choices(folder_paths) -> list[str]:
+    """The stage-1 model choices: SR3 files in models/rsvl/sr3, then ComfyUI's upscale models as
+    `upscale_models/<file>` (any architecture spandrel recognises)."""
+    extra = folder_paths.get_filename_list(UPSCALE_MODELS) if UPSCALE_MODELS in folder_paths.folder_names_and_paths \
+        else []
+    return [*folder_paths.get_filename_list("rsvl_sr3"), *(f"{UPSCALE_MODELS}/{name}" for name in extra)]
+
+
+def find_stage1_file(folder_paths, choice: str) -> str:
+    """A stage-1 choice (see `stage1_choices`) -> its file path."""
+    prefix = UPSCALE_MODELS + "/"
+    if choice.startswith(prefix):
+        return find_model_file(folder_paths, UPSCALE_MODELS, choice[len(prefix):])
+    return find_model_file(folder_paths, "rsvl_sr3", choice)
+
+
 def find_model_file(folder_paths, name: str, choice: str) -> str:
     path = folder_paths.get_full_path(name, choice)
     if path is None:
@@ -133,14 +151,7 @@ def find_model_file(folder_paths, name: str, choice: str) -> str:
 
 def resolve_dtype(choice: str, device: torch.device) -> str:
     """'auto' -> bf16 on a bf16-capable CUDA device, fp16 on other accelerators, fp32 on the CPU."""
-    if choice != "auto":
-        return choice
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32" if device.type == "cpu" else "fp16"
-
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return auto_dtype(device) if choice == "auto" else choice
 
 
 class _Bundle(torch.nn.Module):
@@ -156,7 +167,7 @@ class _Bundle(torch.nn.Module):
 class ModelHandle:
     """A model chosen in LoadRSVLModels. `get(host)` loads it once (lazily) and puts it on its device."""
 
-    kind: str                           # "SR3", "captioner", "refiner"
+    kind: str                           # "stage-1", "captioner", "refiner"
     sources: dict[str, str | None]      # file / folder paths; empty = nothing chosen
     dtype: str = "auto"
     device: str = "auto"
@@ -190,11 +201,12 @@ class ModelHandle:
         return self.model
 
 
-def load_sr3_model(handle: ModelHandle, device: torch.device, dtype: str):
-    from ..rsvl_core.stage1 import load_sr3
+def load_stage1_model(handle: ModelHandle, device: torch.device, dtype: str):
+    """SR3 or any spandrel SR model (told apart by the file's keys), with its declared parts for the host."""
+    from ..rsvl_core.stage1 import load_stage1
 
-    model = load_sr3(handle.sources["sr3"], device=device, dtype=TORCH_DTYPES[dtype])
-    return model, _Bundle(unet=model.unet)
+    model = load_stage1(handle.sources["stage1"], device=device, dtype=torch_dtype(dtype))
+    return model, _Bundle(**model.modules())
 
 
 def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
@@ -205,14 +217,15 @@ def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
         device = handle.options["load_device"]
     captioner = load_captioner(handle.sources["llava"], handle.sources.get("adapter"), device=device, dtype=dtype,
                                quantization=quantization, merge_adapter=handle.options.get("merge_adapter", False))
-    return captioner, (_Bundle(vlm=captioner.model) if quantization == "none" else None)
+    parts = captioner.modules()
+    return captioner, (_Bundle(**parts) if parts else None)
 
 
 def load_refiner_model(handle: ModelHandle, device: torch.device, dtype: str):
     from ..rsvl_core.refine.refiner import load_refiner
 
-    refiner = load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=TORCH_DTYPES[dtype], device=device)
-    return refiner, _Bundle(unet=refiner.unet, control=refiner.control, vae=refiner.vae, text=refiner.text)
+    refiner = load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=torch_dtype(dtype), device=device)
+    return refiner, _Bundle(**refiner.modules())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,50 +316,26 @@ class ProgressReporter:
 
 
 def scheduler_from_inputs(cache_preset: str, refine_steps: int, cache_threshold: float, stage1_sampler: str,
-                          stage1_steps: int, stage1_cache: str) -> DynamicStepScheduler:
-    """DynamicStepScheduler inputs -> a checked scheduler (threshold 0 = the preset's own)."""
-    if cache_preset not in CACHE_PRESETS:
-        raise NodeError(f"cache_preset must be one of {', '.join(CACHE_PRESETS)}, got {cache_preset!r}")
-    if stage1_cache not in STAGE1_CACHES:
-        raise NodeError(f"stage1_cache must be one of {', '.join(STAGE1_CACHES)}, got {stage1_cache!r}")
-    refine_cache = CACHE_PRESETS[cache_preset]
-    stage1 = CACHE_PRESETS[stage1_cache]
-    if cache_threshold > 0:
-        if refine_cache.mode != "off":
-            refine_cache = replace(refine_cache, threshold=cache_threshold)
-        if stage1.mode != "off":
-            stage1 = replace(stage1, threshold=cache_threshold)
-    scheduler = DynamicStepScheduler(refine_steps=refine_steps, refine_cache=refine_cache,
-                                     stage1_sampler=stage1_sampler, stage1_steps=stage1_steps or None,
-                                     stage1_cache=stage1)
-    scheduler.check()
-    return scheduler
+                          stage1_steps: int, stage1_cache: str) -> StepSettings:
+    """DynamicStepScheduler inputs -> checked step settings (threshold 0 = the preset's own)."""
+    return StepSettings.from_choices(cache_preset, refine_steps, cache_threshold, stage1_sampler, stage1_steps,
+                                     stage1_cache)
 
 
-def stage1_options(sampler: str, steps: int, tile_size: int, tile_overlap: int,
-                   schedule: DynamicStepScheduler | None = None):
-    from ..rsvl_core.stage1 import SR3SamplerOptions
-
-    options = SR3SamplerOptions(sampler=sampler, steps=steps or None, tile_size=tile_size,
-                                tile_overlap=min(tile_overlap, tile_size // 2) if tile_size else tile_overlap)
-    if schedule is not None:
-        options = schedule.stage1_options(options)
+def stage1_options(sampler: str, steps: int, tile_size: int, tile_overlap: int, schedule: StepSettings | None = None):
+    overlap = min(tile_overlap, tile_size // 2) if tile_size else tile_overlap
+    options = engine_stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size, tile_overlap=overlap)
     options.check()
     return options
 
 
 def refine_options(steps: int, cfg_scale: float, cfg_scale_start: float, control_scale: float, color_fix: str,
                    positive_prompt: str, negative_prompt: str, latent_tile_size: int, min_size: int,
-                   schedule: DynamicStepScheduler | None = None):
-    from ..rsvl_core.refine.refiner import RefineOptions, preset
-
-    base = preset("paper", steps=steps, cfg_scale=cfg_scale, cfg_scale_start=cfg_scale_start,
-                  control_scale=control_scale)
-    overlap = min(RefineOptions.latent_tile_overlap, latent_tile_size // 2)
-    options = replace(base, color_fix=color_fix, positive_prompt=positive_prompt, negative_prompt=negative_prompt,
-                      latent_tile_size=latent_tile_size, latent_tile_overlap=overlap, min_size=min_size)
-    if schedule is not None:
-        options = schedule.refine_options(options)
+                   schedule: StepSettings | None = None):
+    options = engine_refine_options("paper", schedule, steps=steps, cfg_scale=cfg_scale,
+                                    cfg_scale_start=cfg_scale_start, control_scale=control_scale, color_fix=color_fix,
+                                    positive_prompt=positive_prompt, negative_prompt=negative_prompt,
+                                    latent_tile_size=latent_tile_size, min_size=min_size)
     options.check()
     return options
 

@@ -1,7 +1,7 @@
 """`rsvl demo`: prove an install without downloads.
 
 Writes tiny random-weight models in the real file formats, laid out as real weights are, and runs
-the real `rsvl upscale` path (stage 1, the captioner, then the SDXL/SUPIR refiner) on a bundled
+the job API that `rsvl upscale` runs (stage 1, the captioner, then the SDXL/SUPIR refiner) on a bundled
 real aerial image. Random
 weights do not super-resolve: the output is noise-like by design. This only proves that loading,
 sampling, tiling, captioning and writing work.
@@ -9,14 +9,24 @@ sampling, tiling, captioning and writing work.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from .caption.config import CaptionOptions
+from .pipeline import (
+    JobEvents,
+    JobOptions,
+    JobSummary,
+    PipelineModels,
+    RunConfig,
+    locate_model_files,
+    refine_options,
+    run_job,
+    stage1_options,
+)
 from .stage1 import SR3Config, SR3UNet, save_sr3
 from .weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SDXL_SUBDIR, SR3_SUBDIR, SUPIR_SUBDIR
 
@@ -52,38 +62,30 @@ def write_demo_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
     return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter, "SDXL": sdxl, "SUPIR": supir}
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from .cli import build_parser, print_summary, run_upscale
+def demo_config() -> RunConfig:
+    """The demo's run: the real pipeline at a CPU-friendly size (fast SR3 solver, short caption, 8 refiner
+    steps at the stage-1 size)."""
+    return RunConfig(scale=DEMO_SCALE, seed=0, stage1=stage1_options(sampler="dpmpp", steps=20),
+                     caption=CaptionOptions(seed=0, max_new_tokens=24),
+                     refine=refine_options("paper", steps=8, min_size=0))
 
-    print(DEMO_NOTICE, file=sys.stderr)
+
+def run_demo(models_dir: Path | None = None, output: Path | None = None, image: Path | None = None,
+             events: JobEvents | None = None, say=print) -> tuple[JobSummary, Path | None]:
+    """Write the tiny models, run the job API on the sample (or `image`) on the CPU; returns the summary and
+    the run record of the result. Temporary folders stand in for `models_dir` / `output` when not given."""
+    say(DEMO_NOTICE)
     with tempfile.TemporaryDirectory(prefix="rsvl-demo-") as scratch:
-        models_dir = args.models_dir or Path(scratch) / "models"
-        output = args.output or Path(scratch) / "output"
+        models_dir = models_dir or Path(scratch) / "models"
         written = write_demo_models(models_dir)
         for stage, path in written.items():
-            print(f"wrote tiny {stage} model: {path}", file=sys.stderr)
-        argv = [
-            "upscale", str(args.input or SAMPLE_IMAGE), "--output", str(output), "--scale", str(DEMO_SCALE),
-            "--models-dir", str(models_dir), "--sampler", "dpmpp", "--steps", "20", "--caption-max-tokens", "24",
-            # the refiner's real path at a CPU-friendly size: 8 steps, working size = the stage-1 size
-            "--refine-steps", "8", "--refine-min-size", "0",
-            "--overwrite", "--device", "cpu",
-        ]
-        if args.quiet:
-            argv.append("--quiet")
-        print("running: rsvl " + " ".join(argv), file=sys.stderr)
-        summary = run_upscale(build_parser().parse_args(argv))
-        print_summary(summary)
-        if summary.failed or not summary.written:
-            return 1
-        sidecar = summary.written[0].with_suffix(".json")
-        print(f"caption (random weights, so random words): {json.loads(sidecar.read_text())['caption']!r}",
-              file=sys.stderr)
-        if args.output is None:
-            print("demo passed (the output was in a temporary folder; pass --output DIR to keep it)", file=sys.stderr)
-        else:
-            print(f"demo passed: {summary.written[0]}", file=sys.stderr)
-        if args.models_dir is not None:
-            print(f"tiny models kept in {models_dir}; try: rsvl upscale IMAGE --output DIR "
-                  f"--models-dir {models_dir}", file=sys.stderr)
-    return 0
+            say(f"wrote tiny {stage} model: {path}")
+        config = demo_config()
+        files = locate_model_files(config, models_dir)
+        models = PipelineModels.from_files(files, torch.device("cpu"), "fp32", "resident")
+        options = JobOptions(output or Path(scratch) / "output", overwrite=True)
+        summary = run_job([image or SAMPLE_IMAGE], config, models, options, events)
+        record = None
+        if summary.written and not summary.failed:
+            record = json.loads(summary.written[0].with_suffix(".json").read_text(encoding="utf-8"))
+        return summary, record

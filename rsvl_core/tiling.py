@@ -160,3 +160,32 @@ def _scale_factors(scale: int | float) -> tuple[int, int]:
     if 0 < scale < 1 and abs(1 / scale - round(1 / scale)) < 1e-6:
         return 1, round(1 / scale)
     raise ValueError(f"run_tiled: scale must be an integer >= 1 or 1/k for an integer k, got {scale}")
+
+
+def blend_batches(outputs: list[torch.Tensor], inputs: torch.Tensor, out_channels: int, tile_size: int,
+                  overlap: int, tile_batch: int = 1) -> torch.Tensor:
+    """Blend per-batch outputs, one per `tile_batches(inputs, ...)` entry and in that order, as `run_tiled` would.
+
+    For work split in two passes (a step cache looks at every tile before deciding): the second pass computes
+    each batch's output from what the first pass kept, and this function places them. Same arithmetic, same
+    order as `run_tiled` at scale 1, so the result is bit-identical.
+    """
+    b, _, height, width = inputs.shape
+    tiles = plan_tiles(height, width, tile_size, overlap)
+    step = max(1, tile_batch)
+    groups = [tiles[start:start + step] for start in range(0, len(tiles), step)]
+    if len(outputs) != len(groups):
+        raise ValueError(f"blend_batches: {len(outputs)} outputs for {len(groups)} tile batches")
+    if len(tiles) == 1:
+        return outputs[0].float()
+    out = torch.zeros(b, out_channels, height, width, dtype=torch.float32, device=inputs.device)
+    weight_sum = torch.zeros(1, 1, height, width, dtype=torch.float32, device=inputs.device)
+    first = tiles[0]
+    window = feather_window(first.y1 - first.y0, first.x1 - first.x0, overlap, inputs.device)
+    for group, result in zip(groups, outputs, strict=True):
+        result = result.float()
+        for i, t in enumerate(group):
+            w = window[: t.y1 - t.y0, : t.x1 - t.x0]
+            out[..., t.y0:t.y1, t.x0:t.x1] += result[i * b:(i + 1) * b] * w
+            weight_sum[..., t.y0:t.y1, t.x0:t.x1] += w
+    return out / weight_sum

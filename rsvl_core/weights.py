@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,3 +395,23 @@ def find_weights(stage: str, *, explicit: Path | None = None, models_dir: Path |
             return FoundWeights(stage, status, path, label, looked, message, notes)
     return FoundWeights(stage, "missing", None, None, looked)
 
+
+
+def locate(stage: str, models_dir: Path, explicit: Path | None = None,
+           notify: Callable[[str], None] | None = None) -> Path:
+    """One stage's weights for a run: `explicit`, else the models folder, else the wider search order of
+    `rsvl weights list` ($COMFYUI_DIR's model folders, the seed's CKPT_PTH layout). When missing everywhere,
+    the models folder's error (which says how to fix it) is raised. `notify` hears where a file was found
+    outside the models folder."""
+    locators = {"sr3": locate_sr3, "captioner": locate_captioner, "sdxl": locate_sdxl, "supir": locate_supir}
+    try:
+        return locators[stage](models_dir, explicit)
+    except WeightsNotFoundError:
+        if explicit is not None:
+            raise
+        found = find_weights(stage, models_dir=models_dir)
+        if not found.found:
+            raise
+        if notify is not None:
+            notify(f"{stage}: using {found.path} ({found.label})")
+        return found.path

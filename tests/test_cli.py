@@ -142,7 +142,6 @@ def test_demo_models_are_laid_out_like_real_weights(tmp_path, capsys):
     assert png_size(out / "osbs_029_lr100_x2.png") == (200, 200)
 
 
-@pytest.mark.skipif(shutil.which("rsvl") is None, reason="the rsvl console script is not installed (pip install -e .)")
 def test_demo_in_process_on_a_small_input(tmp_path, capsys):
     """`rsvl demo --input`: the whole demo path (tiny models written, stage 1, caption, refiner) on a 24x16 crop."""
     small = tmp_path / "small.png"
@@ -160,6 +159,7 @@ def test_demo_in_process_on_a_small_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("rsvl") is None, reason="the rsvl console script is not installed (pip install -e .)")
 def test_console_script_demo_end_to_end(tmp_path):
     result = subprocess.run(["rsvl", "demo", "--models-dir", str(tmp_path / "m"), "-o", str(tmp_path / "o"), "-q"],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -256,10 +256,10 @@ def test_upscale_refiner_cache_is_reported_in_the_sidecar(tmp_path, capsys):
                  "--refine-min-size", "0", "--cache", "fast", "--cache-threshold", "100"]) == 0
     record = json.loads((out / "osbs_029_lr100_x2.json").read_text())["refine"]
     # fast: never within the first 3 / last 2 steps, at most 3 reuses in a row
-    assert record["cache"] == {"mode": "fixed", "computed_steps": [0, 1, 2, 6, 7], "reused_steps": [3, 4, 5],
+    assert record["cache"] == {"mode": "fast", "computed_steps": [0, 1, 2, 6, 7], "reused_steps": [3, 4, 5],
                                "summary": "5/8 steps computed, 3 reused (3, 4, 5)"}
     assert record["unet_calls"] == record["control_calls"] == 5
-    assert "refiner cache (fixed): 5/8 steps computed, 3 reused (3, 4, 5)" in capsys.readouterr().err
+    assert "refiner cache (fast): 5/8 steps computed, 3 reused (3, 4, 5)" in capsys.readouterr().err
 
 
 def test_upscale_large_scene_in_windows_writes_exact_size_and_records_windows(models_dir, tmp_path):

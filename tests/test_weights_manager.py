@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rsvl_core.cli.weights import add_weights_parser, run_weights
 from rsvl_core.demo import write_demo_models
 from rsvl_core.errors import RsvlError
 from rsvl_core.weights import (
@@ -23,7 +24,6 @@ from rsvl_core.weights import (
     locate_supir,
     search_roots,
 )
-from rsvl_core.weights_cli import add_weights_parser, run_weights
 from rsvl_core.weights_manager import (
     CATALOGUE,
     KnownFile,

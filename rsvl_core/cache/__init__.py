@@ -1,5 +1,8 @@
-"""Step caching (dynamic acceleration): the first-block cache policy, its per-run state and report."""
+"""Step caching (dynamic acceleration): the policy and its per-run state (policy.py), and the one cached
+evaluator both stages call once per sampler step (evaluator.py). Imports no stage."""
 
-from .first_block import CachePolicy, CacheReport, StepCache, StepDecision, relative_difference
+from .evaluator import CachedEvaluator
+from .policy import PRESETS, CachePolicy, CacheReport, StepCache, StepDecision, relative_difference
 
-__all__ = ["CachePolicy", "CacheReport", "StepCache", "StepDecision", "relative_difference"]
+__all__ = ["PRESETS", "CachePolicy", "CacheReport", "CachedEvaluator", "StepCache", "StepDecision",
+           "relative_difference"]

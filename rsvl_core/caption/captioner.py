@@ -139,6 +139,10 @@ class Captioner:
             captions.append(tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip())
         return captions
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The parts placement may move: the VLM, unless it is 8/4-bit (bitsandbytes weights stay where they are)."""
+        return {} if self.model is None or self.quantized else {"vlm": self.model}
+
     def offload(self) -> None:
         """Move the model to the CPU (caption() moves it back); frees the GPU for the refiner."""
         self._require_loaded()

@@ -10,7 +10,6 @@ SEED_PROMPT = (
     "vegetation patterns, water bodies, roads and buildings, textures, colors, shadows, spatial relationships, "
     "and any human activity. Be precise yet concise.\n"
 )
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import first_line, own_module_memory, read_json_config
+from ..devices import torch_dtype as to_torch_dtype
 from ..errors import CheckpointError, RsvlError
 from .adapter import AdapterReport, apply_adapter
-from .config import ATTENTIONS, DTYPE_NAMES, QUANTIZATIONS
+from .config import ATTENTIONS, QUANTIZATIONS
 
 EXPECTED = "a Hugging Face model folder (config.json, model.safetensors, tokenizer and processor files)"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -129,9 +129,7 @@ def load_vlm(
 
     folder = Path(folder).expanduser().resolve()
     device = torch.device(device)
-    if dtype not in DTYPE_NAMES:
-        raise ValueError(f"dtype: must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = to_torch_dtype(dtype)
     attn = resolve_attention(attention, device)
     quant = quantization_config(quantization, torch_dtype, device)
     config = check_model_folder(folder)

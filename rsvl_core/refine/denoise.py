@@ -2,18 +2,18 @@
 
 `GuidedDenoiser` is what `sample_restore_edm` calls at every step. Without a cache it is one
 network call on the CFG batch (per latent tile when tiling). With a cache it first runs only the
-start of the UNet encoder (the signal; no control network needed), asks the `StepCache`, and
-either reuses the last computed result or finishes the same evaluation (nothing is recomputed).
+start of the UNet encoder (the signal; no control network needed) on every tile batch and hands it to
+the shared `CachedEvaluator`, which reuses the last computed result or finishes the same evaluation
+(nothing is recomputed).
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 import torch
 
-from ..cache.first_block import CachePolicy, StepCache
-from ..tiling import plan_tiles, run_tiled, tile_batches
+from ..cache.evaluator import CachedEvaluator
+from ..cache.policy import CachePolicy
+from ..tiling import blend_batches, plan_tiles, run_tiled, tile_batches
 from .networks import ConditionedNetworks, EncoderState
 from .sampler import EpsDenoiser
 
@@ -35,7 +35,7 @@ class GuidedDenoiser:
         lat_h, lat_w = networks.lq_latent.shape[-2:]
         self.tiled = tile_size > 0 and (lat_h > tile_size or lat_w > tile_size)
         self.tiles = plan_tiles(lat_h, lat_w, tile_size, overlap) if self.tiled else []
-        self.cache = StepCache(cache or CachePolicy(), steps)
+        self.cache = CachedEvaluator(cache or CachePolicy(), steps)
 
     @property
     def tile_count(self) -> int:
@@ -46,16 +46,14 @@ class GuidedDenoiser:
         if not self.cache.policy.enabled:
             return self._plain(x, sigma_hat, cfg_scale, control_scale)
         _, sigma_q = self.denoiser.quantize(sigma_hat)
-        states = self._signals(x, sigma_hat)
-        signal = torch.cat([s.signal.flatten() for s in states])
-        reuse = self.cache.decide(step, signal)
-        if reuse:
-            denoised = self._reuse(x, sigma_q)
-        else:
-            denoised = self._finish(x, states, sigma_q, cfg_scale, control_scale)
-            self.cache.store(denoised=denoised, eps=(x - denoised) / sigma_q)
-        self.cache.after_step(reuse)
-        return denoised
+        return self.cache.step(
+            self._signals(x, sigma_hat),
+            signal=lambda state: state.signal,
+            finish=lambda states: self._finish(x, states, sigma_q, cfg_scale, control_scale),
+            remember=lambda denoised: {"denoised": denoised, "eps": (x - denoised) / sigma_q},
+            replay=lambda kept: self._reuse(kept, x, sigma_q),
+            step=step,
+        )
 
     # no cache: one call (per tile group) ----------------------------------------------------------
     def _plain(self, x: torch.Tensor, sigma_hat: float, cfg_scale: float, control_scale: float) -> torch.Tensor:
@@ -70,20 +68,18 @@ class GuidedDenoiser:
 
             return self.denoiser.guided(eps, x_tiles, sigma_hat, cfg_scale, control_scale)
 
-        return self._tiled(one_group, x)
+        return run_tiled(one_group, self._stack(x), 4, self.tile_size, self.overlap, self.tile_batch)
 
-    def _tiled(self, fn, x: torch.Tensor) -> torch.Tensor:
-        stack = torch.cat([x, self.networks.lq_latent.to(x.dtype)], dim=1)
-        return run_tiled(fn, stack, 4, self.tile_size, self.overlap, self.tile_batch)
+    def _stack(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.networks.lq_latent.to(x.dtype)], dim=1)
 
     # cache: signal first, then reuse or finish ------------------------------------------------------
     def _groups(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(x tiles, LQ tiles) per tile group, in the order run_tiled visits them."""
+        """(x tiles, LQ tiles) per tile batch, in `tile_batches` order."""
         if not self.tiled:
             return [(x, None)]
-        stack = torch.cat([x, self.networks.lq_latent.to(x.dtype)], dim=1)
         return [(batch[:, :4], batch[:, 4:])
-                for batch in tile_batches(stack, self.tile_size, self.overlap, self.tile_batch)]
+                for batch in tile_batches(self._stack(x), self.tile_size, self.overlap, self.tile_batch)]
 
     def _signals(self, x: torch.Tensor, sigma_hat: float) -> list[EncoderState]:
         states = []
@@ -97,15 +93,11 @@ class GuidedDenoiser:
         if not self.tiled:
             eps = self.networks.finish(states[0], control_scale)
             return self.denoiser.denoised(x, eps, sigma_q, cfg_scale)
-        pending = deque(states)  # run_tiled visits the groups in the same order as _groups
+        outputs = [self.denoiser.denoised(x_part, self.networks.finish(state, control_scale), sigma_q, cfg_scale)
+                   for (x_part, _), state in zip(self._groups(x), states, strict=True)]
+        return blend_batches(outputs, self._stack(x), 4, self.tile_size, self.overlap, self.tile_batch)
 
-        def one_group(stack: torch.Tensor) -> torch.Tensor:
-            eps = self.networks.finish(pending.popleft(), control_scale)
-            return self.denoiser.denoised(stack[:, :4], eps, sigma_q, cfg_scale)
-
-        return self._tiled(one_group, x)
-
-    def _reuse(self, x: torch.Tensor, sigma_q: float) -> torch.Tensor:
+    def _reuse(self, kept, x: torch.Tensor, sigma_q: float) -> torch.Tensor:
         if self.cache.policy.reuse == "denoised":
-            return self.cache.cached["denoised"]          # the seed: the previous D as is
-        return x - self.cache.cached["eps"] * sigma_q     # ours: the previous guided epsilon at this x, sigma
+            return kept["denoised"]                   # the seed: the previous D as is
+        return x - kept["eps"] * sigma_q              # ours: the previous guided epsilon at this x, sigma

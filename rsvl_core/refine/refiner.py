@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache.first_block import CachePolicy, CacheReport
+from ..cache.policy import CachePolicy, CacheReport
 from ..checkpoint import own_module_memory, read_state_dict
 from ..errors import CheckpointError
 from ..image import bicubic_resize
@@ -131,8 +131,12 @@ class Refiner:
             )
         return extra // 6
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The parts to place or offload, by name."""
+        return {"unet": self.unet, "control": self.control, "vae": self.vae, "text": self.text}
+
     def to(self, device: torch.device | str) -> Refiner:
-        for module in (self.unet, self.control, self.vae, self.text):
+        for module in self.modules().values():
             module.to(device)
         return self
 
@@ -277,8 +281,6 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
                              options.tile_batch, options.cache)
     records: list[StepRecord] = []
     latent = sample_restore_edm(denoise, noise, x_center, options.sampler, churn_noise, callback, records=records)
-    for record, decision in zip(records, denoise.cache.report.decisions, strict=False):
-        record.reused = decision.reused
 
     # 7. decode, colour fix against the stage-1 reference, back to exactly the input size
     report(callback, options.sampler.steps, options.sampler.steps, "vae decode")

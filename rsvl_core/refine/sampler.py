@@ -176,14 +176,13 @@ def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma_hat: float, next_s
 # 4. the loop ---------------------------------------------------------------------------------------
 @dataclass
 class StepRecord:
-    """What happened at one step (for logs, the cache report and tests)."""
+    """What the sampler did at one step (for logs and tests; the cache's decisions are in its own report)."""
 
     sigma: float
     next_sigma: float
     sigma_hat: float
     cfg_scale: float
     control_scale: float
-    reused: bool = False
 
 
 Denoise = Callable[[torch.Tensor, float, float, float, int], torch.Tensor]

@@ -81,6 +81,11 @@ class SR3Model:
         return self
 
 
+def other_family(state: dict[str, torch.Tensor]) -> str | None:
+    """What a file that is not a stage-1 model looks like (SDXL, SUPIR, VAE, LLaVA, LoRA), by its key prefixes."""
+    return next((family for prefix, family in _OTHER_FAMILIES if any(k.startswith(prefix) for k in state)), None)
+
+
 def split_sr3_state_dict(
     state: dict[str, torch.Tensor], path: Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -92,9 +97,8 @@ def split_sr3_state_dict(
         if "downs.0.weight" in bare and "final_conv.block.3.weight" in bare:
             unet_state = {k: v for k, v in bare.items() if k not in SCHEDULE_BUFFER_NAMES}
         else:
-            for prefix, family in _OTHER_FAMILIES:
-                if any(k.startswith(prefix) for k in state):
-                    raise CheckpointError(path, f"this looks like {family}, not SR3", EXPECTED)
+            if (family := other_family(state)) is not None:
+                raise CheckpointError(path, f"this looks like {family}, not SR3", EXPECTED)
             sample = ", ".join(sorted(state)[:3])
             raise CheckpointError(path, f"no SR3 UNet keys found (first keys: {sample})", EXPECTED)
     buffers = {k: v for k, v in state.items() if k in SCHEDULE_BUFFER_NAMES}
@@ -208,6 +212,7 @@ def load_sr3(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     config: SR3Config | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> SR3Model:
     """Load an SR3 generator checkpoint (`.safetensors`, or `.pth`/`.ckpt` via weights_only).
 
@@ -215,11 +220,12 @@ def load_sr3(
         path: the weights file.
         device, dtype: where and in which precision the UNet runs.
         config: the architecture; default: a config JSON beside the file, else inferred from shapes.
+        state: the file's tensors when the caller has read them already (`read_state_dict`).
     Raises:
         CheckpointError: unreadable, unsafe or wrong file, or weights that do not fit the architecture.
     """
     path = Path(path)
-    state = read_state_dict(path, EXPECTED)
+    state = read_state_dict(path, EXPECTED) if state is None else state
     unet_state, buffers = split_sr3_state_dict(state, path)
     schedule_options = dict(SEED_INFERENCE_SCHEDULE)
     if config is not None:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..cache.first_block import CachePolicy, StepCache
+from ..cache.evaluator import CachedEvaluator
+from ..cache.policy import CachePolicy
 from ..progress import ProgressCallback, report
-from ..tiling import pad_to_multiple, run_tiled, tile_batches
+from ..tiling import blend_batches, pad_to_multiple, run_tiled, tile_batches
 from .model import SR3UNet
 from .schedule import SR3NoiseSchedule
 
@@ -63,7 +64,7 @@ class SR3SamplerOptions:
         """Raise ValueError naming the bad option, before any heavy work starts."""
         self.cache.check()
         if self.cache.mode == "seed" or (self.cache.enabled and self.cache.reuse != "eps"):
-            raise ValueError("stage-1 cache: use mode 'fixed' with reuse 'eps' (the seed has no stage-1 cache)")
+            raise ValueError("stage-1 cache: use mode 'fast' with reuse 'eps' (the seed has no stage-1 cache)")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"stage-1 sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.steps is not None and self.steps < 1:
@@ -90,7 +91,7 @@ def gaussian_noise_source(generator: torch.Generator | None, device: torch.devic
 
 def make_eps_model(
     unet: SR3UNet, condition: torch.Tensor, tile_size: int = 0, tile_overlap: int = 0, tile_batch: int = 1,
-    cache: StepCache | None = None,
+    cache: CachedEvaluator | None = None,
 ) -> EpsModel:
     """Bind the condition (B, 3, H, W in [-1, 1]) to the UNet, with tiling, padding and an optional step cache.
 
@@ -126,17 +127,16 @@ def make_eps_model(
             if cache is None or not cache.policy.enabled:
                 return run_tiled(lambda t: run_unet(t, noise_level), inputs, unet.config.out_channel,
                                  tile_size, tile_overlap, tile_batch).to(x_t.device)
-            step = len(cache.report.decisions)
             states = [begin(t, noise_level, cache.policy.signal_depth)
                       for t in tile_batches(inputs, tile_size, tile_overlap, tile_batch)]
-            reuse = cache.decide(step, torch.cat([s[3][-1].flatten() for s in states]))
-            if not reuse:
-                pending = iter(states)
-                eps = run_tiled(lambda t: finish(next(pending)), inputs, unet.config.out_channel,
-                                tile_size, tile_overlap, tile_batch).to(x_t.device)
-                cache.store(eps=eps)
-            cache.after_step(reuse)
-            return cache.cached["eps"]
+            return cache.step(
+                states,
+                signal=lambda state: state[3][-1],
+                finish=lambda done: blend_batches([finish(s) for s in done], inputs, unet.config.out_channel,
+                                                  tile_size, tile_overlap, tile_batch).to(x_t.device),
+                remember=lambda eps: {"eps": eps},
+                replay=lambda kept: kept["eps"],  # a reused step: the previous noise prediction
+            )
 
     return eps_model
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import read_state_dict
+from ..devices import torch_dtype
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import Tile, plan_tiles
@@ -25,7 +26,6 @@ SPANDREL_EXPECTED = (
 )
 RESAMPLE_FILTER = "bicubic (antialiased), torch.nn.functional.interpolate"
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _PURPOSE_WORDS = {
     "Restoration": "an image-restoration model (output the same size as the input)",
     "FaceSR": "a face-restoration model (for aligned face crops)",
@@ -34,7 +34,7 @@ _PURPOSE_WORDS = {
 
 
 @dataclass
-class SpandrelStage1:
+class SpandrelModel:
     """A loaded spandrel SR model (eval mode, no gradients) and the file it came from."""
 
     descriptor: spandrel.ImageModelDescriptor
@@ -72,22 +72,23 @@ class SpandrelStage1:
 
 
 def load_spandrel_stage1(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> SpandrelStage1:
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    state: dict[str, torch.Tensor] | None = None,
+) -> SpandrelModel:
     """Load a single-image SR checkpoint through spandrel's architecture detection.
 
     Args:
         path: `.safetensors` or `.pth`/`.pt`/`.ckpt` (read with `weights_only=True`; no pickled code runs).
         device: where the model is placed.
         dtype: float32, float16 or bfloat16; a half type the architecture does not support is refused.
+        state: the file's tensors when the caller has read them already (`read_state_dict`).
     Raises:
         CheckpointError: unreadable file, unknown architecture, keys that do not fit, or not an RGB SR model.
         ValueError: a dtype the architecture does not support.
     """
     path = Path(path)
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES.values())}, got {dtype}")
-    state = read_state_dict(path, SPANDREL_EXPECTED)
+    dtype = torch_dtype(dtype)
+    state = read_state_dict(path, SPANDREL_EXPECTED) if state is None else state
     descriptor = _detect(state, path)
     _check_is_rgb_sr(descriptor, path)
     name = descriptor.architecture.name
@@ -99,7 +100,7 @@ def load_spandrel_stage1(
     descriptor.to(device=torch.device(device), dtype=dtype)
     descriptor.eval()
     descriptor.model.requires_grad_(False)
-    return SpandrelStage1(descriptor=descriptor, path=path)
+    return SpandrelModel(descriptor=descriptor, path=path)
 
 
 def _detect(state: dict[str, torch.Tensor], path: Path) -> spandrel.ModelDescriptor:
@@ -158,7 +159,7 @@ class SpandrelOptions:
 
 
 def upscale_spandrel(
-    model: SpandrelStage1,
+    model: SpandrelModel,
     image: torch.Tensor,
     scale: int,
     options: SpandrelOptions | None = None,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..cache.first_block import CacheReport, StepCache
+from ..cache.evaluator import CachedEvaluator
+from ..cache.policy import CacheReport
 from ..image import bicubic_resize
 from ..progress import ProgressCallback
 from .loader import SR3Model
@@ -53,7 +54,7 @@ def upscale_stage1(
     condition = bicubic_resize(image, (height, width)).to(device) * 2 - 1
     steps = options.steps if options.sampler == "faithful" else None
     schedule = model.inference_schedule(steps)
-    cache = StepCache(options.cache, options.total_steps) if options.cache.enabled else None
+    cache = CachedEvaluator(options.cache, options.total_steps) if options.cache.enabled else None
     eps_model = make_eps_model(model.unet, condition, options.tile_size, options.tile_overlap, options.tile_batch,
                                cache)
     noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)

@@ -51,7 +51,7 @@ def test_cache_seed_rule_is_strict_and_first_step_never_reuses():
 
 
 def test_cache_decay_multiplies_the_threshold_every_step():
-    _, thresholds = _run(CachePolicy(mode="fixed", threshold=0.4, decay=0.5), [1.0, 1.0, 1.0, 1.0])
+    _, thresholds = _run(CachePolicy(mode="fast", threshold=0.4, decay=0.5), [1.0, 1.0, 1.0, 1.0])
     assert thresholds == pytest.approx([0.4, 0.2, 0.1, 0.05])
     _, seed_thresholds = _run(CachePolicy.seed(threshold=0.3, decay=0.5), [1.0, 2.0, 2.1])
     # step 0 computed (no diff): 0.3 * 0.5; step 1 computed with diff 1.0: 1.0 * 0.5
@@ -60,11 +60,11 @@ def test_cache_decay_multiplies_the_threshold_every_step():
 
 def test_cache_fixed_rule_keeps_its_threshold_and_guards_steps():
     flat = [1.0] * 8
-    reused, thresholds = _run(CachePolicy(mode="fixed", threshold=0.1), flat)
+    reused, thresholds = _run(CachePolicy(mode="fast", threshold=0.1), flat)
     assert reused == [1, 2, 3, 4, 5, 6, 7] and set(thresholds) == {0.1}
-    reused, _ = _run(CachePolicy(mode="fixed", threshold=0.1, skip_first=2, skip_last=2), flat)
+    reused, _ = _run(CachePolicy(mode="fast", threshold=0.1, skip_first=2, skip_last=2), flat)
     assert reused == [2, 3, 4, 5]
-    reused, _ = _run(CachePolicy(mode="fixed", threshold=0.1, max_consecutive=2), flat)
+    reused, _ = _run(CachePolicy(mode="fast", threshold=0.1, max_consecutive=2), flat)
     assert reused == [1, 2, 4, 5, 7]  # every third step is computed
 
 
@@ -74,7 +74,7 @@ def test_cache_off_and_zero_threshold_never_reuse():
 
 
 def test_cache_report_and_policy_checks():
-    cache = StepCache(CachePolicy(mode="fixed", threshold=1.0), 3)
+    cache = StepCache(CachePolicy(mode="fast", threshold=1.0), 3)
     for step in range(3):
         reused = cache.decide(step, _signal(1.0))
         if not reused:

@@ -188,7 +188,9 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
 
     fp = types.ModuleType("folder_paths")
     fp.models_dir = str(models_dir)
-    fp.folder_names_and_paths = {"checkpoints": ([str(models_dir / "checkpoints")], {".safetensors", ".ckpt"})}
+    fp.folder_names_and_paths = {"checkpoints": ([str(models_dir / "checkpoints")], {".safetensors", ".ckpt"}),
+                                 "upscale_models": ([str(models_dir / "upscale_models")],
+                                                    {".pt", ".pth", ".bin", ".safetensors", ".ckpt"})}
 
     def add_model_folder_path(name, path, is_default=False):
         if name in fp.folder_names_and_paths:

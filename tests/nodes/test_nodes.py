@@ -74,7 +74,7 @@ def test_two_stage_graph_progress_previews_and_host_memory(comfy, demo_models):
     assert [u[1] for u in state.updates] == [2, 2]  # the schedule's 2 ddim steps, not the node's 500
     kind, preview, size = state.updates[-1][2]
     assert kind == "JPEG" and preview.size == (48, 32) and size == 512
-    assert state.loads[-1][0].model.unet is sr3.model.unet and state.loads[-1][2] is True
+    assert state.loads[-1][0].model.unet is sr3.model.modules()["unet"] and state.loads[-1][2] is True
 
     caption = comfy.node("LlavaRSCaption").execute(image=up, captioner=captioner, prompt="<image> describe",
                                                    max_new_tokens=4, temperature=0.2, seed=0)

@@ -73,7 +73,7 @@ def test_cache_hit_never_evaluates_the_control_network(seed_runs):
     data, params, parts = seed_runs
     networks = _networks(data, parts)
     options = _options(params["runs"]["nocache"]["kwargs_to_just_sampling"])
-    denoise = GuidedDenoiser(networks, 10, cache=CachePolicy(mode="fixed", threshold=10.0, reuse="eps",
+    denoise = GuidedDenoiser(networks, 10, cache=CachePolicy(mode="fast", threshold=10.0, reuse="eps",
                                                              skip_first=1, skip_last=1, max_consecutive=3))
     _sample(data, denoise, options)
     computed = denoise.cache.report.computed_steps
@@ -87,7 +87,7 @@ def test_cache_off_is_bit_identical_to_the_plain_sampler(seed_runs):
     networks = _networks(data, parts)
     denoiser = S.EpsDenoiser()
     plain = _sample(data, lambda x, s, cfg, c, i: denoiser.guided(networks, x, s, cfg, c), options)
-    for policy in (CachePolicy(), CachePolicy(mode="seed", threshold=0.0), CachePolicy(mode="fixed", threshold=0)):
+    for policy in (CachePolicy(), CachePolicy(mode="seed", threshold=0.0), CachePolicy(mode="fast", threshold=0)):
         off = _sample(data, GuidedDenoiser(_networks(data, parts), 10, cache=policy), options)
         assert torch.equal(off, plain)
 
@@ -102,7 +102,7 @@ def test_cache_signal_depth_and_tiles(seed_runs):
     assert len(shallow.cache.report.decisions) == 10 and networks.unet_calls == len(shallow.cache.report.computed_steps)
     tiled_networks = _networks(data, parts)
     tiled = GuidedDenoiser(tiled_networks, 10, tile_size=8, overlap=4, tile_batch=2,
-                           cache=CachePolicy(mode="fixed", threshold=10.0, max_consecutive=1))
+                           cache=CachePolicy(mode="fast", threshold=10.0, max_consecutive=1))
     out = _sample(data, tiled, options)
     assert tiled.tile_count == 9 and out.shape == data["in.init_noise"].shape and torch.isfinite(out).all()
     computed = len(tiled.cache.report.computed_steps)

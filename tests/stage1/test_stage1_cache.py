@@ -42,13 +42,13 @@ def test_stage1_cache_is_off_by_default_and_bit_identical_when_off(model):
     image = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(0))
     plain = upscale_stage1(model, image, 4, SR3SamplerOptions(sampler="ddim", steps=6, tile_size=0), seed=1)
     assert SR3SamplerOptions().cache.mode == "off"
-    zero = SR3SamplerOptions(sampler="ddim", steps=6, tile_size=0, cache=CachePolicy(mode="fixed", threshold=0))
+    zero = SR3SamplerOptions(sampler="ddim", steps=6, tile_size=0, cache=CachePolicy(mode="fast", threshold=0))
     assert torch.equal(upscale_stage1(model, image, 4, zero, seed=1), plain)
 
 
 def test_stage1_cache_reuses_steps_and_skips_the_up_path(model):
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    policy = CachePolicy(mode="fixed", threshold=10.0, reuse="eps", skip_first=1, skip_last=1, max_consecutive=2)
+    policy = CachePolicy(mode="fast", threshold=10.0, reuse="eps", skip_first=1, skip_last=1, max_consecutive=2)
     options = SR3SamplerOptions(sampler="ddim", steps=8, tile_size=32, tile_overlap=8, tile_batch=2, cache=policy)
     model.unet.up_calls = 0
     report = CacheReport()

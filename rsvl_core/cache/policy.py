@@ -1,14 +1,15 @@
-"""First-block step cache: skip most of the UNet on steps whose early features barely changed.
+"""Step-cache policy: when a denoising step may reuse the last computed result instead of running the network.
 
-At each step the sampler runs the start of the UNet encoder (the *signal*), compares it with the
-signal of the last fully computed step (relative mean absolute difference), and either reuses that
-step's result or finishes the network. Two decision rules:
+At each step the sampler runs the start of the network's encoder to a depth (the *signal*: depth 1 =
+the first block, 0 = the whole encoder), compares it with the signal of the last fully computed step
+(relative mean absolute difference), and either reuses that step's result or finishes the network
+(`evaluator.CachedEvaluator` does that part). Two decision rules:
 
 - `seed`: the seed's rule (models/modules/DFBCache.py + SR_model.just_sampling): reuse iff
   diff < threshold (strict); after every computed step the threshold becomes the diff just measured
   (times `decay`); the first step's threshold is the user's. The reused result is the previous
   step's guided denoised output D, as is.
-- `fixed` (ours): reuse iff diff < threshold with a fixed threshold (times `decay` per step), never
+- `fast` (ours): reuse iff diff < threshold with a fixed threshold (times `decay` per step), never
   within the first / last steps, at most `max_consecutive` reuses in a row; the reused result is the
   previous guided epsilon, re-applied at the current x and sigma (D = x - sigma_q * eps).
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-MODES = ("off", "seed", "fixed")
+MODES = ("off", "seed", "fast")
 REUSE = ("denoised", "eps")
 
 
@@ -30,14 +31,14 @@ class CachePolicy:
     """How (and whether) steps may be reused.
 
     Args:
-        mode: "off", "seed" (the seed's adaptive rule) or "fixed" (fixed threshold, guarded).
+        mode: "off", "seed" (the seed's adaptive rule) or "fast" (ours: fixed threshold, guarded).
         threshold: relative-difference threshold (the seed's img_threshold; 0.3 in its infer.py).
         decay: multiplies the threshold after every step (the seed's dec_img; 1 = none).
         signal_depth: how many encoder outputs form the signal: 1 = conv_in + the first ResBlock, ...,
             0 = the whole encoder (the seed's "input_stage1" h).
         reuse: "denoised" (the seed: the previous D as is) or "eps" (the previous guided epsilon).
-        skip_first / skip_last: never reuse within the first / last this many steps (fixed mode).
-        max_consecutive: at most this many reused steps in a row; 0 = no limit (fixed mode).
+        skip_first / skip_last: never reuse within the first / last this many steps (fast mode).
+        max_consecutive: at most this many reused steps in a row; 0 = no limit (fast mode).
     """
 
     mode: str = "off"
@@ -89,6 +90,7 @@ class CacheReport:
     """Which steps were computed and which reused, with the measured differences."""
 
     decisions: list[StepDecision] = field(default_factory=list)
+    mode: str = "off"  # the policy's mode, as users name it
 
     @property
     def reused_steps(self) -> list[int]:
@@ -111,7 +113,6 @@ class StepCache:
     def __init__(self, policy: CachePolicy, total_steps: int) -> None:
         policy.check()
         self.policy, self.total_steps = policy, total_steps
-        self.report = CacheReport()
         self.reset()
 
     def reset(self) -> None:
@@ -119,7 +120,7 @@ class StepCache:
         self.cached: dict[str, torch.Tensor | float] = {}
         self.threshold = self.policy.threshold
         self.consecutive = 0
-        self.report = CacheReport()
+        self.report = CacheReport(mode=self.policy.mode if self.policy.enabled else "off")
 
     def decide(self, step: int, signal: torch.Tensor | None) -> bool:
         """True: reuse the cached result at this step. Call `store` after every computed step."""
@@ -133,7 +134,7 @@ class StepCache:
             return False
         diff = relative_difference(self.previous_signal, signal)
         reuse, reason = diff < self.threshold, "similar" if diff < self.threshold else "changed"
-        if policy.mode == "fixed" and reuse:
+        if policy.mode == "fast" and reuse:
             if step < policy.skip_first or step >= self.total_steps - policy.skip_last:
                 reuse, reason = False, "protected step"
             elif policy.max_consecutive and self.consecutive >= policy.max_consecutive:
@@ -161,3 +162,12 @@ class StepCache:
 
     def store(self, **values: torch.Tensor | float) -> None:
         self.cached = dict(values)
+
+
+# Named policies, as the CLI (--cache) and the DynamicStepScheduler node offer them.
+PRESETS: dict[str, CachePolicy] = {
+    "off": CachePolicy(),
+    "seed": CachePolicy.seed(threshold=0.3),
+    "fast": CachePolicy(mode="fast", threshold=0.2, signal_depth=1, reuse="eps", skip_first=3, skip_last=2,
+                        max_consecutive=3),
+}

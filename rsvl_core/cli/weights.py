@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RsvlError
-from .weights import COMFYUI_DIR_ENV, MODELS_DIR_ENV, SEED_CKPT_DIR, STAGES, default_models_dir
-from .weights_manager import (
+from ..errors import RsvlError
+from ..weights import COMFYUI_DIR_ENV, MODELS_DIR_ENV, SEED_CKPT_DIR, STAGES, default_models_dir
+from ..weights_manager import (
     CATALOGUE,
     CheckResult,
     WeightsRow,

@@ -1,4 +1,4 @@
-"""DynamicStepScheduler presets and the step-cache benchmark script (run tiny, checked on its counts)."""
+"""StepSettings (what the DynamicStepScheduler node outputs) and the step-cache benchmark (tiny, checked on counts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rsvl_core.cache.scheduler import PRESETS, DynamicStepScheduler
+from rsvl_core.cache import PRESETS
+from rsvl_core.pipeline import StepSettings
 from rsvl_core.refine.refiner import RefineOptions
 from rsvl_core.stage1 import SR3SamplerOptions
 
@@ -16,18 +17,18 @@ REPO = Path(__file__).parents[2]
 
 
 def test_scheduler_carries_both_stages_settings():
-    schedule = DynamicStepScheduler.preset("seed", refine_steps=30, stage1_sampler="dpmpp", stage1_steps=20)
+    schedule = StepSettings.preset("seed", refine_steps=30, stage1_sampler="dpmpp", stage1_steps=20)
     schedule.check()
-    refine = schedule.refine_options(RefineOptions())
+    refine = schedule.apply_to_refine(RefineOptions())
     assert refine.sampler.steps == 30 and refine.cache == PRESETS["seed"] and refine.cache.threshold == 0.3
-    stage1 = schedule.stage1_options(SR3SamplerOptions(tile_size=128))
+    stage1 = schedule.apply_to_stage1(SR3SamplerOptions(tile_size=128))
     assert (stage1.sampler, stage1.steps, stage1.tile_size, stage1.cache.mode) == ("dpmpp", 20, 128, "off")
-    assert DynamicStepScheduler().refine_cache.mode == "off"  # no cache unless asked
+    assert StepSettings().refine_cache.mode == "off"  # no cache unless asked
     with pytest.raises(ValueError, match="unknown cache preset"):
-        DynamicStepScheduler.preset("turbo")
+        StepSettings.preset("turbo")
     with pytest.raises(ValueError, match="refine_steps"):
-        DynamicStepScheduler(refine_steps=0).check()
-    assert DynamicStepScheduler.describe(None) == "no steps run"
+        StepSettings(refine_steps=0).check()
+    assert StepSettings.describe(None) == "no steps run"
 
 
 def check_table(stdout: str, steps: int) -> None:

@@ -1,0 +1,98 @@
+"""What the command line shows while the engine works: tqdm bars per stage, notes, the job summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class StageBars:
+    """One progress bar per stage of one image (stage 1, caption, refine, VAE, windows)."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet, self.bar, self.stage = name, quiet, None, None
+
+    def __call__(self, step: int, total: int, stage: str, preview: torch.Tensor | None = None) -> None:
+        if stage != self.stage:
+            self.close()
+            unit = "tok" if stage == "caption" else "tile" if stage.startswith("vae") else "step"
+            self.bar = tqdm(desc=f"{self.name} {stage}", total=total, unit=unit, leave=False, disable=self.quiet)
+            self.stage = stage
+        if self.bar.total != total:
+            self.bar.reset(total=total)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.stage = None, None
+
+
+def say(text: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    tqdm.write(text, file=sys.stderr)
+
+
+class CliEvents:
+    """JobEvents for a terminal: a bar per stage, notes and one line per finished image."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bars, self.images = quiet, None, None
+
+    def begin(self, sources: list[Path]) -> None:
+        self.images = tqdm(total=len(sources), desc="images", unit="img", disable=self.quiet or len(sources) == 1)
+
+    def note(self, source: Path, text: str) -> None:
+        say(f"{source.name}: {text}")
+
+    def skipped(self, source: Path, target: Path) -> None:
+        self._advance()
+
+    def progress(self, source: Path) -> StageBars:
+        self._close()
+        self.bars = StageBars(source.name, self.quiet)
+        return self.bars
+
+    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        self._close()
+        self._advance()
+        if self.quiet:
+            return
+        cache = record.get("refine", {}).get("cache")
+        if cache and cache["mode"] != "off":
+            say(f"{source.name}: refiner cache ({cache['mode']}): {cache['summary']}")
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items())
+        peak = record["peak_memory_bytes"] / 2**30
+        width, height = record["input"]["size"]
+        scale = int(target.stem.rsplit("_x", 1)[-1])
+        say(f"{source.name} -> {target} ({width * scale}x{height * scale}, {seconds:.1f} s: {stages}; "
+            f"peak {peak:.2f} GiB {record['peak_memory_kind']})")
+
+    def failed(self, source: Path, message: str) -> None:
+        self._close()
+        self._advance()
+        say(f"error: {message}")
+
+    def _advance(self) -> None:
+        if self.images is not None:
+            self.images.update(1)
+            if self.images.n >= self.images.total:
+                self.images.close()
+
+    def _close(self) -> None:
+        if self.bars is not None:
+            self.bars.close()
+            self.bars = None
+
+
+def print_summary(summary) -> None:
+    """`N written, N skipped, N failed` and one line per failure, on stderr."""
+    line = f"{len(summary.written)} written, {len(summary.skipped)} skipped (already exist; --overwrite replaces)"
+    line += f", {len(summary.failed)} failed"
+    print(line, file=sys.stderr)
+    for source, reason in summary.failed:
+        shown = reason if reason.startswith(str(source)) else f"{source}: {reason}"
+        print(f"  failed: {shown}", file=sys.stderr)

@@ -1,0 +1,151 @@
+"""`rsvl upscale`: flags -> a RunConfig, the model files and job options -> `pipeline.run_job`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..caption.config import CaptionOptions
+from ..devices import DTYPES, resolve_device
+from ..errors import RsvlError
+from ..pipeline import (
+    PLACEMENTS,
+    JobOptions,
+    JobSummary,
+    PipelineModels,
+    RunConfig,
+    SceneOptions,
+    StepSettings,
+    collect_inputs,
+    locate_model_files,
+    refine_options,
+    run_job,
+    stage1_options,
+)
+from ..pipeline.options import SETTINGS
+from ..scene import WindowOptions
+from ..weights import MODELS_DIR_ENV
+from .progress import CliEvents, say
+
+
+def _flag(parser, names: str | tuple[str, ...], setting: str, **kwargs) -> None:
+    """A flag whose default, choices and help come from the shared SETTINGS table."""
+    spec = SETTINGS[setting]
+    kwargs.setdefault("default", spec.default)
+    if spec.choices is not None:
+        kwargs.setdefault("choices", spec.choices)
+    shown = kwargs["default"] if kwargs["default"] is not None else f"preset: {spec.default}"
+    names = (names,) if isinstance(names, str) else names
+    parser.add_argument(*names, help=f"{spec.help} (default {shown})", **kwargs)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help=f"folder with the weights (default: ${MODELS_DIR_ENV}, else ./models)")
+    parser.add_argument("--stage1-model", "--sr3", dest="stage1_model", type=Path, default=None,
+                        help="the stage-1 checkpoint: an SR3 generator (*_gen.pth) or any single-image SR model "
+                             "spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ...); overrides "
+                             "<models-dir>/sr3")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    _flag(parser, "--dtype", "dtype")
+
+
+def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("upscale", help="super-resolve image files or folders")
+    up.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files or folders of images")
+    up.add_argument("--input_img", "--input-img", action="append", type=Path, default=[],
+                    help="an input image (seed-compatible alias; may repeat)")
+    up.add_argument("--image_dir", "--image-dir", action="append", type=Path, default=[],
+                    help="a folder of input images (seed-compatible alias; may repeat)")
+    up.add_argument("-o", "--output", "--save_dir", dest="output", type=Path, required=True,
+                    help="folder for the results (created if missing)")
+    _flag(up, ("--scale", "--upscale"), "scale", dest="scale", type=int)
+    add_model_options(up)
+    up.add_argument("--stage1-only", action="store_true", help="run stage 1 alone: no caption, no refiner")
+    up.add_argument("--caption", default=None, help="use this text as the caption instead of running the captioner")
+    _flag(up, "--caption-max-tokens", "caption_max_tokens", type=int)
+    _flag(up, "--sampler", "stage1_sampler")
+    up.add_argument("--steps", type=int, default=None,
+                    help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
+    _flag(up, "--seed", "seed", type=int)
+    _flag(up, "--tile-size", "tile_size", type=int)
+    _flag(up, "--tile-overlap", "tile_overlap", type=int)
+    _flag(up, "--tile-batch", "tile_batch", type=int)
+    up.add_argument("--placement", choices=PLACEMENTS, default="auto",
+                    help="one GPU: keep every model on it (resident), or each only while its stage runs "
+                         "(sequential); auto decides from free memory (default)")
+    up.add_argument("--window-size", type=int, default=0,
+                    help="process large scenes in windows of this many input pixels (0 = whole image, default)")
+    up.add_argument("--window-overlap", type=int, default=16, help="input pixels shared by windows (default 16)")
+    up.add_argument("--bands", default=None,
+                    help="GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; default 1,2,3, or 1 for one band)")
+    up.add_argument("--stretch", choices=("percentile", "none"), default=None,
+                    help="GeoTIFF value scaling: percentile (default for non-8-bit data) or none (divide by the "
+                         "type's maximum); recorded in the run record")
+    up.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
+    add_refine_options(up)
+    up.add_argument("--no-hash", action="store_true",
+                    help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
+    up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_refine_options(parser: argparse.ArgumentParser) -> None:
+    """Stage-2 flags; None = the chosen preset's value (`paper` = the seed's infer.py settings)."""
+    group = parser.add_argument_group("refiner (stage 2)")
+    group.add_argument("--sdxl", type=Path, default=None,
+                       help="the SDXL base single file or diffusers folder (overrides <models-dir>/sdxl)")
+    group.add_argument("--supir", type=Path, default=None, help="the SUPIR checkpoint (overrides <models-dir>/supir)")
+    _flag(group, "--preset", "preset")
+    for flag, name, kind in (("--refine-steps", "refine_steps", int), ("--cfg-scale", "cfg_scale", float),
+                             ("--cfg-scale-start", "cfg_scale_start", float),
+                             ("--control-scale", "control_scale", float),
+                             ("--restoration-scale", "restoration_scale", float), ("--s-churn", "s_churn", float),
+                             ("--refine-min-size", "min_size", int), ("--latent-tile-size", "latent_tile_size", int)):
+        _flag(group, flag, name, type=kind, default=None)
+    _flag(group, "--color-fix", "color_fix", default=None)
+    _flag(group, "--cache", "cache")
+    _flag(group, "--cache-threshold", "cache_threshold", type=float)
+    group.add_argument("--vae-dtype", choices=sorted(DTYPES), default=None,
+                       help="VAE precision (default: --dtype; fp16 runs in fp32 since SDXL's VAE overflows)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run configuration the flags describe (validated once, here)."""
+    stage1 = stage1_options(sampler=args.sampler, steps=args.steps, tile_size=args.tile_size,
+                            tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
+    refine = None
+    if not args.stage1_only:
+        refine = refine_options(args.preset, steps=args.refine_steps, cfg_scale=args.cfg_scale,
+                                cfg_scale_start=args.cfg_scale_start, control_scale=args.control_scale,
+                                restoration_scale=args.restoration_scale, s_churn=args.s_churn,
+                                color_fix=args.color_fix, min_size=args.refine_min_size,
+                                latent_tile_size=args.latent_tile_size)
+        steps = StepSettings.from_choices(cache=args.cache, refine_steps=refine.sampler.steps,
+                                          cache_threshold=args.cache_threshold)
+        refine = steps.apply_to_refine(refine)
+    caption = caption_options_from_args(args)
+    return RunConfig(scale=args.scale, seed=args.seed, stage1=stage1, caption=caption, caption_text=args.caption,
+                     refine=refine, preset=args.preset, dtype=args.dtype)
+
+
+def caption_options_from_args(args: argparse.Namespace) -> CaptionOptions:
+    return CaptionOptions(seed=args.seed, max_new_tokens=args.caption_max_tokens)
+
+
+def job_options_from_args(args: argparse.Namespace) -> JobOptions:
+    scene = SceneOptions(args.bands, args.stretch, args.percentiles, WindowOptions(args.window_size,
+                                                                                   args.window_overlap))
+    return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash, scene=scene)
+
+
+def run_upscale(args: argparse.Namespace) -> JobSummary:
+    try:
+        config, options = config_from_args(args), job_options_from_args(args)
+    except ValueError as exc:
+        raise RsvlError(str(exc)) from None
+    inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])  # a missing input fails first
+    device = resolve_device(args.device)
+    files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say)
+    models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype)
+    return run_job(inputs, config, models, options, CliEvents(args.quiet))

@@ -1,0 +1,42 @@
+"""The pipeline: run configuration (options.py), models on one device (models.py), one image through the
+three stages (run.py), and the job API that turns input files into outputs and run records (jobs.py)."""
+
+from .jobs import (
+    JobEvents,
+    JobOptions,
+    JobSummary,
+    SceneOptions,
+    SilentEvents,
+    collect_inputs,
+    locate_model_files,
+    output_path,
+    run_job,
+)
+from .models import PLACEMENTS, ModelFiles, PipelineModels, StageSpec, module_bytes
+from .options import SETTINGS, RunConfig, Setting, StepSettings, refine_options, stage1_options
+from .run import PipelineResult, run_pipeline
+
+__all__ = [
+    "PLACEMENTS",
+    "SETTINGS",
+    "JobEvents",
+    "JobOptions",
+    "JobSummary",
+    "ModelFiles",
+    "PipelineModels",
+    "PipelineResult",
+    "RunConfig",
+    "SceneOptions",
+    "Setting",
+    "SilentEvents",
+    "StageSpec",
+    "StepSettings",
+    "collect_inputs",
+    "locate_model_files",
+    "module_bytes",
+    "output_path",
+    "refine_options",
+    "run_job",
+    "run_pipeline",
+    "stage1_options",
+]

@@ -1,0 +1,280 @@
+"""The job API: input files and folders + a run configuration + models -> output files and run records.
+
+`run_job` is what `rsvl upscale` does, as a library call the command line, the demo, and the batch and
+evaluation commands share: it collects inputs, names outputs, skips finished ones (resume), runs each
+scene whole or window by window, writes every output atomically with a JSON run record beside it, and
+returns a summary with the failures. Faces only show progress (`JobEvents`) and print the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import RsvlError
+from ..image import IMAGE_SUFFIXES, list_images
+from ..progress import ProgressCallback
+from ..scene import WindowOptions, super_resolve_scene
+from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
+from ..weights import default_models_dir, locate, locate_caption_adapter
+from .models import ModelFiles, PipelineModels
+from .options import RunConfig
+from .run import PipelineResult, run_pipeline
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """How inputs are read: GeoTIFF bands and stretch, and windows for large scenes."""
+
+    bands: str | None = None
+    stretch: str | None = None
+    percentiles: str | None = None
+    windows: WindowOptions = field(default_factory=WindowOptions)
+
+    def __post_init__(self) -> None:
+        self.windows.check()
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Where outputs go and how: `overwrite` replaces finished outputs (default: skip them, i.e. resume)."""
+
+    output_dir: Path
+    overwrite: bool = False
+    hash_models: bool = True  # sha256 of every model file in the run record (computed once per file, cached)
+    scene: SceneOptions = field(default_factory=SceneOptions)
+
+
+@dataclass
+class JobSummary:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class JobEvents(Protocol):
+    """What a face shows while a job runs (all optional to act on)."""
+
+    def begin(self, sources: list[Path]) -> None: ...
+    def note(self, source: Path, text: str) -> None: ...
+    def skipped(self, source: Path, target: Path) -> None: ...
+    def progress(self, source: Path) -> ProgressCallback | None: ...
+    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None: ...
+    def failed(self, source: Path, message: str) -> None: ...
+
+
+class SilentEvents:
+    """No output: for library use and tests."""
+
+    def begin(self, sources: list[Path]) -> None:
+        pass
+
+    def note(self, source: Path, text: str) -> None:
+        pass
+
+    def skipped(self, source: Path, target: Path) -> None:
+        pass
+
+    def progress(self, source: Path) -> ProgressCallback | None:
+        return None
+
+    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        pass
+
+    def failed(self, source: Path, message: str) -> None:
+        pass
+
+
+def collect_inputs(items: Iterable[Path]) -> list[Path]:
+    """Files named directly, plus the images inside named folders, in order, without repeats."""
+    paths: list[Path] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            images = list_images(item)
+            if not images:
+                raise RsvlError(f"{item}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(images)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise RsvlError(f"{item}: input not found")
+    if not paths:
+        raise RsvlError("no input given: name image files or folders (or --input_img / --image_dir)")
+    return list(dict.fromkeys(paths))
+
+
+def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png") -> Path:
+    return output_dir / f"{source.stem}_x{scale}{suffix}"
+
+
+def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1: Path | None = None,
+                       sdxl: Path | None = None, supir: Path | None = None,
+                       notify=None) -> ModelFiles:
+    """Every file the run needs, found before any heavy work (only the stages `config` uses)."""
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    stage1_path = locate("sr3", models_dir, stage1, notify)
+    if config.refine is None:
+        return ModelFiles(stage1_path)
+    captioner = adapter = None
+    if config.caption_text is None:
+        try:
+            captioner = locate("captioner", models_dir, None, notify)
+            adapter = locate_caption_adapter(models_dir)
+        except RsvlError as exc:
+            raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
+    return ModelFiles(stage1_path, captioner, adapter, locate("sdxl", models_dir, sdxl, notify),
+                      locate("supir", models_dir, supir, notify))
+
+
+def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, options: JobOptions,
+            events: JobEvents | None = None) -> JobSummary:
+    """Upscale every input into `options.output_dir`: outputs + run records, resume, failures (see module doc)."""
+    events = events or SilentEvents()
+    summary, claimed, model_files = JobSummary(), {}, None
+    sources = collect_inputs(inputs)
+    events.begin(sources)
+    for source in sources:
+        geotiff = _is_geotiff(source, options.scene)
+        target = output_path(options.output_dir, source, config.scale, ".tif" if geotiff else ".png")
+        if target in claimed:
+            summary.failed.append((source, f"same output name as {claimed[target]} ({target.name})"))
+            events.failed(source, summary.failed[-1][1])
+            continue
+        claimed[target] = source
+        if target.exists() and not options.overwrite:
+            summary.skipped.append(target)
+            events.skipped(source, target)
+            continue
+        if model_files is None:
+            models.preload()  # once, before the first image: a wrong weights file stops the run here
+            model_files = model_files_record(models, options.hash_models)
+        try:
+            start = time.perf_counter()
+            record = upscale_file(source, target, geotiff, config, models, options.scene, events)
+            write_run_record(target, record, config, models, model_files)
+            summary.written.append(target)
+            events.finished(source, target, record, time.perf_counter() - start)
+        except (RsvlError, ValueError) as exc:
+            summary.failed.append((source, str(exc)))
+            events.failed(source, str(exc))
+    return summary
+
+
+def _is_geotiff(source: Path, scene: SceneOptions) -> bool:
+    """GeoTIFF inputs give GeoTIFF outputs (georeferencing kept); everything else gives PNG."""
+    try:
+        return is_geotiff_input(source, scene.bands, scene.stretch)
+    except OSError:
+        return False  # unreadable: open_scene reports it
+
+
+def upscale_file(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
+                 scene_options: SceneOptions, events: JobEvents) -> dict:
+    """One input file -> `target` (atomically); returns its run record (without settings and model files)."""
+    windows = scene_options.windows
+    scene = open_scene(source, scene_options.bands, scene_options.stretch, scene_options.percentiles,
+                       windowed=bool(windows.size), geotiff=geotiff)
+    for note in scene.notes:
+        events.note(source, note)
+    record = upscale_scene(scene, config, models, windows, events.progress(source), target)
+    record["input"] = {"file": source.name, "size": [scene.width, scene.height], "notes": scene.notes,
+                       **scene.record}
+    return record
+
+
+def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels, windows: WindowOptions,
+                  callback: ProgressCallback | None, target: Path) -> dict:
+    """The pipeline on one scene (whole, or window by window with seed + window index), written to `target`."""
+    if not windows.size or (scene.height <= windows.size and scene.width <= windows.size):
+        result = run_pipeline(scene.whole(), config, models, callback)
+        write_whole(scene, result.image, target, config.scale)
+        return run_record(result, config)
+    results: list[PipelineResult] = []
+
+    def process(window: torch.Tensor, index: int) -> torch.Tensor:
+        results.append(run_pipeline(window, replace(config, seed=config.seed + index), models, callback))
+        return results[-1].image
+
+    with row_sink(scene, target, config.scale) as sink:
+        count = super_resolve_scene(scene.height, scene.width, config.scale, windows, scene.read, process, sink)
+    record = run_record(results[0], config)
+    record["windows"] = {"count": count, "size": windows.size, "overlap": windows.overlap,
+                         "captions": [r.caption for r in results],
+                         "seconds": {k: round(sum(r.seconds.get(k, 0) for r in results), 3)
+                                     for k in results[0].seconds}}
+    record["peak_memory_bytes"] = max(r.peak_memory_bytes for r in results)
+    return record
+
+
+def run_record(result: PipelineResult, config: RunConfig) -> dict:
+    """What one pipeline run did, for the sidecar."""
+    record: dict[str, Any] = {
+        "caption": result.caption, "caption_source": result.caption_source,
+        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_kind": result.peak_memory_kind,
+        "placement": result.placement}
+    if result.stage1_record is not None:
+        record["stage1"] = result.stage1_record
+    if result.stage1_cache is not None:
+        record["stage1_cache"] = {"computed_steps": result.stage1_cache.computed_steps,
+                                  "reused_steps": result.stage1_cache.reused_steps}
+    report = result.refine_report
+    if report is not None:
+        record["refine"] = {"working_size": list(report.working_size), "latent_tiles": report.latent_tiles,
+                            "unet_calls": report.unet_calls, "control_calls": report.control_calls,
+                            "cache": {"mode": report.cache.mode, "computed_steps": report.cache.computed_steps,
+                                      "reused_steps": report.cache.reused_steps,
+                                      "summary": report.cache.summary()}}
+    return record
+
+
+def _jsonable(value):
+    if is_dataclass(value):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if k != "extras"}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value == float("inf"):
+        return None
+    return value
+
+
+def write_run_record(target: Path, record: dict, config: RunConfig, models: PipelineModels,
+                     model_files: dict) -> Path:
+    """`<output>.json` beside the image: caption, settings, seed, model files, per-stage times, cache use."""
+    sidecar = target.with_suffix(".json")
+    caption = None if config.refine is None or config.caption_text is not None else config.caption
+    settings = {"scale": config.scale, "seed": config.seed, "stage1": _jsonable(config.stage1),
+                "caption": _jsonable(caption), "refine": _jsonable(config.refine),
+                "preset": None if config.refine is None else config.preset, "dtype": config.dtype,
+                "device": str(models.device)}
+    full = {"image": target.name, "seed": config.seed, "scale": config.scale, **record, "settings": settings,
+            "models": model_files}
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return sidecar
+
+
+def model_files_record(models: PipelineModels, with_hashes: bool = True) -> dict:
+    """Each stage's files: path, size and sha256 (computed once per file and cached; folders get no hash)."""
+    from ..weights_manager import cached_sha256
+
+    out = {}
+    for stage, files in models.files().items():
+        rows = []
+        for f in files:
+            row = {"path": str(f), "bytes": f.stat().st_size if f.is_file() else None}
+            if with_hashes and f.is_file():
+                row["sha256"] = cached_sha256(f)
+            rows.append(row)
+        out[stage] = rows
+    return out

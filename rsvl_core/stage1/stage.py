@@ -1,0 +1,121 @@
+"""Stage-1 models behind one interface (`rsvl_core.stages.Stage1`): SR3, or any SR model spandrel knows.
+
+`load_stage1` reads a weights file once and tells the families apart by their keys: SR3's UNet keys
+(`denoise_fn.*`, or a bare SR3 UNet) make an SR3 model; anything else is handed to spandrel's detection.
+Add a stage-1 family here: a class with `kind`, `device`, `modules()` and `upscale()`, and a branch below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..cache.policy import CacheReport
+from ..checkpoint import read_state_dict
+from ..errors import CheckpointError
+from ..progress import ProgressCallback
+from ..stages import Stage1Result
+from .loader import UNET_PREFIX, SR3Model, load_sr3, other_family
+from .sampler import SR3SamplerOptions
+from .upscaler import upscale_stage1
+
+if TYPE_CHECKING:
+    from .spandrel_sr import SpandrelModel
+
+EXPECTED_STAGE1 = ("a stage-1 checkpoint: an SR3 generator (*_gen.pth) or a single-image SR model spandrel "
+                   "recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, OmniSR, SPAN, ...)")
+
+
+@dataclass
+class SR3Stage1:
+    """SR3 as stage 1: diffusion sampling conditioned on the bicubic upsample (the paper's stage 1)."""
+
+    model: SR3Model
+    kind: str = "sr3"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def path(self) -> Path | None:
+        return self.model.path
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.model.unet}
+
+    def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
+                callback: ProgressCallback | None = None) -> Stage1Result:
+        options = options or SR3SamplerOptions()
+        report = CacheReport()
+        out = upscale_stage1(self.model, image, scale, options, seed, callback, report)
+        record = {"model": "sr3", "sampler": options.sampler, "steps": options.total_steps}
+        return Stage1Result(out, record, report if report.decisions else None)
+
+
+@dataclass
+class SpandrelStage1:
+    """A feed-forward SR network (spandrel) as stage 1: one pass per tile, deterministic, no sampler.
+
+    SR3's sampler settings do not apply; its tiling does (`tile_size` / `tile_overlap` in output pixels are
+    turned into input pixels at the model's native scale, 0 = whole image).
+    """
+
+    model: SpandrelModel
+    kind: str = "spandrel"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def path(self) -> Path | None:
+        return self.model.path
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return self.model.modules()
+
+    def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
+                callback: ProgressCallback | None = None) -> Stage1Result:
+        from .spandrel_sr import upscale_spandrel
+
+        out, info = upscale_spandrel(self.model, image, scale, self.tiling(options), callback)
+        return Stage1Result(out, {"model": "spandrel", **info})
+
+    def tiling(self, options: SR3SamplerOptions | None):
+        """SR3's output-pixel tiling in this model's input pixels (at least 32 px tiles, 8 px overlap)."""
+        from .spandrel_sr import SpandrelOptions
+
+        if options is None:
+            return SpandrelOptions()
+        if options.tile_size == 0:
+            return SpandrelOptions(tile_size=0, tile_overlap=0, tile_batch=options.tile_batch)
+        native = self.model.native_scale
+        tile = max(32, options.tile_size // native)
+        overlap = min(max(8, options.tile_overlap // native), tile // 2 - 1)
+        return SpandrelOptions(tile_size=tile, tile_overlap=overlap, tile_batch=options.tile_batch)
+
+
+def is_sr3_state(state: dict[str, torch.Tensor]) -> bool:
+    """SR3's keys: the GaussianDiffusion wrapper's `denoise_fn.*`, or a bare SR3 UNet (possibly DataParallel)."""
+    if any(k.startswith(UNET_PREFIX) for k in state):
+        return True
+    bare = {k.removeprefix("module.") for k in state}
+    return "downs.0.weight" in bare and "final_conv.block.3.weight" in bare
+
+
+def load_stage1(path: str | Path, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> SR3Stage1 | SpandrelStage1:
+    """Load any stage-1 checkpoint: SR3 by its keys, otherwise through spandrel's architecture detection."""
+    path = Path(path)
+    state = read_state_dict(path, EXPECTED_STAGE1)
+    if is_sr3_state(state):
+        return SR3Stage1(load_sr3(path, device=device, dtype=dtype, state=state))
+    if (family := other_family(state)) is not None:
+        raise CheckpointError(path, f"this looks like {family}, not a stage-1 model", EXPECTED_STAGE1)
+    from .spandrel_sr import load_spandrel_stage1  # imported on use: spandrel's import takes seconds
+
+    return SpandrelStage1(load_spandrel_stage1(path, device=device, dtype=dtype, state=state))
