@@ -126,3 +126,28 @@ def supir_tiny_parts(fixtures_dir: Path):
     config = RefinerConfig.from_sgm_params(params["network_config.params"], zero_sft_hidden=params["zerosft_nhidden"])
     state = load_file(folder / "weights.safetensors")
     return load_unet_and_control(state, folder / "weights.safetensors", config=config)
+
+
+# spandrel stage-1 models: tiny networks of real architectures, state dicts in their release layouts
+def spandrel_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A network's weights as plain, contiguous tensors (ready for save_file / torch.save)."""
+    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+
+
+def tiny_esrgan() -> dict[str, torch.Tensor]:
+    """ESRGAN x4 (1 RRDB, 8 features) in the original ESRGAN `model.N` layout, output centred on 0.5."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    state = spandrel_state(ESRGAN(num_filters=8, num_blocks=1, scale=4))
+    state["model.10.bias"].fill_(0.5)  # random init would clamp a third of the pixels to 0
+    return state
+
+
+def tiny_compact(scale: int = 4, channels: int = 3, num_conv: int = 2) -> dict[str, torch.Tensor]:
+    """Real-ESRGAN Compact (SRVGGNetCompact): receptive field num_conv + 2 input pixels each side."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(1)
+    net = Compact(num_in_ch=channels, num_out_ch=channels, num_feat=8, num_conv=num_conv, upscale=scale)
+    return spandrel_state(net)

@@ -48,8 +48,14 @@ def server(tmp_path_factory):
         (pack / name).symlink_to(REPO / name)
     models = root / "models"
     choices = place_demo_models(models)
+    import torch
+    from rsvl_testing import tiny_esrgan
+
+    (models / "upscale_models").mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_esrgan(), models / "upscale_models" / "4x_tiny_esrgan.pth")  # any spandrel SR model
     folders = {"checkpoints": "checkpoints", "rsvl_sr3": "rsvl/sr3", "rsvl_llava": "rsvl/llava",
-               "rsvl_llava_adapter": "rsvl/llava_adapter", "rsvl_supir": "rsvl/supir"}
+               "rsvl_llava_adapter": "rsvl/llava_adapter", "rsvl_supir": "rsvl/supir",
+               "upscale_models": "upscale_models"}
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text("rsvl_test:\n  base_path: " + str(models) + "\n"
                     + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
@@ -73,6 +79,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def run_api(server: dict, api: dict, name: str) -> Path:
+    """Queue an API workflow on the server with the 24x16 sample uploaded; its outputs and history land in a folder."""
+    sample = server["root"] / "rsvl_sample.png"
+    if not sample.exists():
+        from PIL import Image
+
+        Image.open(REPO / "rsvl_core" / "samples" / "osbs_029_lr100.png").convert("RGB").crop(
+            (0, 0, 24, 16)).save(sample)
+    prompt = server["root"] / f"{name}.json"
+    prompt.write_text(json.dumps(api))
+    out = server["root"] / f"out_{name}"
+    run = subprocess.run([sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(server["port"]),
+                          "--upload", str(sample), "--out", str(out), "--no-ws", "--timeout", "240"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
 
 
 def get(server: dict, path: str):
@@ -100,21 +124,9 @@ def test_api_workflow_runs(server, name):
         if node["class_type"] == "LoadRSVLModels":
             node["inputs"].update({k: server["choices"][k] if v != "none" else v for k, v in node["inputs"].items()
                                    if k in server["choices"]})
-    sample = server["root"] / "rsvl_sample.png"
-    if not sample.exists():
-        from PIL import Image
-
-        Image.open(REPO / "rsvl_core" / "samples" / "osbs_029_lr100.png").convert("RGB").crop(
-            (0, 0, 24, 16)).save(sample)
     problems = [p for p in check_api_workflow(api, info) if "rsvl_sample.png" not in p]
     assert problems == []
-    prompt = server["root"] / f"{name}.json"
-    prompt.write_text(json.dumps(api))
-    out = server["root"] / f"out_{name}"
-    run = subprocess.run([sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(server["port"]),
-                          "--upload", str(sample), "--out", str(out), "--no-ws", "--timeout", "240"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run_api(server, api, name)
     from PIL import Image
 
     images = sorted(out.rglob("*.png"))
@@ -125,4 +137,25 @@ def test_api_workflow_runs(server, name):
     texts = json.dumps(history)
     if name == "rsvl_full_two_stage":
         assert "steps computed" in texts
+    shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_upscale_model_from_upscale_models_as_stage1(server, scale):
+    """The stage-1-only workflow with a x4 model from models/upscale_models: exactly input x scale."""
+    choice = "upscale_models/4x_tiny_esrgan.pth"
+    info = get(server, "/object_info")
+    assert choice in normalize(info["LoadRSVLModels"]["input"]["required"]["sr3_model"])[0]
+    api = json.loads((WORKFLOWS / "api" / "rsvl_stage1_only.json").read_text(encoding="utf-8"))
+    for node in api.values():
+        if node["class_type"] == "LoadRSVLModels":
+            node["inputs"]["sr3_model"] = choice
+        if node["class_type"] == "Stage1FidelitySR":
+            node["inputs"]["scale"] = str(scale)
+    out = run_api(server, api, f"upscale_model_x{scale}")
+    images = sorted(out.rglob("*.png"))
+    assert len(images) == 1
+    from PIL import Image
+
+    assert Image.open(images[0]).size == (24 * scale, 16 * scale)
     shutil.rmtree(out)

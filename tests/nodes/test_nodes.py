@@ -120,3 +120,23 @@ def test_image_layout_and_latent_preview(comfy):
     assert fitted.shape == (1, 3, 6, 6) and (fitted - rgb).abs().mean() < 0.1
     assert core.split_captions(f"a{core.BATCH_SEPARATOR}b", 2) == ["a", "b"]
     assert core.split_captions("one", 3) == ["one"] * 3
+
+
+def test_spandrel_upscale_model_as_stage1_in_the_node_pack(comfy, demo_models):
+    """A model in ComfyUI's models/upscale_models is a stage-1 choice; x4 gives exactly x2/x4/x8."""
+    from rsvl_testing import tiny_esrgan
+
+    folder = comfy.folder_paths.get_folder_paths("upscale_models")[0]
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    torch.save(tiny_esrgan(), os.path.join(folder, "4x_tiny_esrgan.pth"))
+    choices = comfy.object_info()["LoadRSVLModels"]["input"]["required"]["sr3_model"]
+    assert "upscale_models/4x_tiny_esrgan.pth" in str(choices)
+    stage1 = load(comfy, demo_models[1], sr3_model="upscale_models/4x_tiny_esrgan.pth")[0]
+    image = torch.rand(1, 13, 21, 3)
+    for scale in (2, 4, 8):
+        up = comfy.node("Stage1FidelitySR").execute(image=image, sr3=stage1, scale=str(scale), sampler="faithful",
+                                                    steps=0, seed=0, tile_size=224, tile_overlap=32).args[0]
+        assert up.shape == (1, 13 * scale, 21 * scale, 3)
+    assert stage1.model.kind == "spandrel" and stage1.load_count == 1

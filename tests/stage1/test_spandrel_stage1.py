@@ -11,9 +11,8 @@ import pytest
 import spandrel
 import torch
 import torch.nn.functional as F
+from rsvl_testing import spandrel_state, tiny_compact, tiny_esrgan
 from safetensors.torch import save_file
-from spandrel.architectures.Compact import Compact
-from spandrel.architectures.ESRGAN import ESRGAN
 from spandrel.architectures.SAFMN import SAFMN
 
 from rsvl_core.errors import CheckpointError
@@ -28,18 +27,6 @@ from rsvl_core.stage1.spandrel_sr import (
 # (different tensor sizes pick different conv kernels), so 1e-5 on values in [0, 1] is ~100 ulps.
 TOL = 1e-5
 WHOLE = SpandrelOptions(tile_size=0)
-
-
-def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-
-
-def tiny_esrgan() -> dict[str, torch.Tensor]:
-    """ESRGAN x4 (1 RRDB, 8 features) in the original ESRGAN `model.N` layout, output centred on 0.5."""
-    torch.manual_seed(0)
-    state = _state(ESRGAN(num_filters=8, num_blocks=1, scale=4))
-    state["model.10.bias"].fill_(0.5)  # random init would clamp a third of the pixels to 0
-    return state
 
 
 def esrgan_to_basicsr(old: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,16 +45,10 @@ def esrgan_to_basicsr(old: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return new
 
 
-def tiny_compact(scale: int = 4, channels: int = 3, num_conv: int = 2) -> dict[str, torch.Tensor]:
-    """Real-ESRGAN Compact (SRVGGNetCompact): receptive field num_conv + 2 input pixels each side."""
-    torch.manual_seed(1)
-    return _state(Compact(num_in_ch=channels, num_out_ch=channels, num_feat=8, num_conv=num_conv, upscale=scale))
-
-
 def tiny_safmn() -> dict[str, torch.Tensor]:
     """SAFMN x2 (1 block, dim 8): spandrel says no fp16 and input sizes a multiple of 8."""
     torch.manual_seed(2)
-    state = _state(SAFMN(dim=8, n_blocks=1, upscaling_factor=2))
+    state = spandrel_state(SAFMN(dim=8, n_blocks=1, upscaling_factor=2))
     state["to_img.0.bias"].fill_(0.5)
     return state
 
