@@ -20,6 +20,7 @@ from .core import NONE, NodeError
 
 log = logging.getLogger("rsvl")
 CATEGORY = "RSVL"
+FOLDER = core.FOLDERS  # the engine's stage table: weights kind -> ComfyUI model folder
 
 
 def _int(name: str, setting: str, tooltip: str | None = None, **overrides) -> io.Int.Input:
@@ -122,15 +123,16 @@ class LoadRSVLModels(io.ComfyNode):
                                tooltip="Stage-1 model: an SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3, or "
                                        "any single-image SR model from models/upscale_models (ESRGAN, SwinIR, HAT, "
                                        "DAT, ...; resampled to the chosen scale). 'none' = no stage 1."),
-                io.Combo.Input("llava_model", options=[NONE, *core.list_model_folders(fp, "rsvl_llava")],
+                io.Combo.Input("llava_model", options=[NONE, *core.list_model_folders(fp, FOLDER["captioner"])],
                                default=NONE, tooltip="LLaVA-NeXT model folder (Hugging Face layout) in "
                                                      "models/rsvl/llava/<name>/. 'none' = no captioner."),
-                io.Combo.Input("llava_adapter", options=[NONE, *core.list_model_folders(fp, "rsvl_llava_adapter")],
+                io.Combo.Input("llava_adapter",
+                               options=[NONE, *core.list_model_folders(fp, FOLDER["caption-adapter"])],
                                default=NONE, tooltip="Optional remote-sensing LoRA adapter folder in "
                                                      "models/rsvl/llava_adapter/<name>/."),
-                io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list("checkpoints")], default=NONE,
+                io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list(FOLDER["sdxl"])], default=NONE,
                                tooltip="SDXL base single file from models/checkpoints (the refiner's base model)."),
-                io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list("rsvl_supir")], default=NONE,
+                io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list(FOLDER["supir"])], default=NONE,
                                tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir; needs sdxl_checkpoint."),
                 io.Combo.Input("dtype", options=list(core.DTYPES), default="auto",
                                tooltip="Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on the CPU. "
@@ -157,11 +159,11 @@ class LoadRSVLModels(io.ComfyNode):
             raise NodeError("llava_adapter needs a llava_model")
         return {
             "stage1": None if sr3_model == NONE else core.find_stage1_file(fp, sr3_model),
-            "llava": None if llava_model == NONE else core.find_model_folder(fp, "rsvl_llava", llava_model),
-            "adapter": None if llava_adapter == NONE else core.find_model_folder(fp, "rsvl_llava_adapter",
+            "llava": None if llava_model == NONE else core.find_model_folder(fp, FOLDER["captioner"], llava_model),
+            "adapter": None if llava_adapter == NONE else core.find_model_folder(fp, FOLDER["caption-adapter"],
                                                                                  llava_adapter),
-            "sdxl": None if sdxl_checkpoint == NONE else core.find_model_file(fp, "checkpoints", sdxl_checkpoint),
-            "supir": None if supir_model == NONE else core.find_model_file(fp, "rsvl_supir", supir_model),
+            "sdxl": None if sdxl_checkpoint == NONE else core.find_model_file(fp, FOLDER["sdxl"], sdxl_checkpoint),
+            "supir": None if supir_model == NONE else core.find_model_file(fp, FOLDER["supir"], supir_model),
         }
 
     @classmethod

@@ -21,6 +21,7 @@ from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
 from ..rsvl_core.pipeline.options import StepSettings
 from ..rsvl_core.pipeline.options import refine_options as engine_refine_options
 from ..rsvl_core.pipeline.options import stage1_options as engine_stage1_options
+from ..rsvl_core.weights import STAGE_TABLE
 
 log = logging.getLogger("rsvl")
 
@@ -30,14 +31,14 @@ DEVICES = ("auto", "cpu")
 BATCH_SEPARATOR = "\n---\n"  # joins the captions of a batch; ControlNetRefine splits on it
 UPSCALE_MODELS = "upscale_models"  # ComfyUI's own folder of single-image SR models (spandrel loads them)
 
-# ComfyUI model folder name -> (sub-folder of models/rsvl, file extensions; None = model folders, not files)
+# From the engine's stage table: our ComfyUI model folders -> (sub-folder of models/rsvl, file extensions;
+# None = model folders, not files), and the file a folder model must hold. SDXL lives in ComfyUI's checkpoints/.
 MODEL_FOLDERS: dict[str, tuple[str, set[str] | None]] = {
-    "rsvl_sr3": ("sr3", {".pth", ".pt", ".ckpt", ".safetensors"}),
-    "rsvl_llava": ("llava", None),
-    "rsvl_llava_adapter": ("llava_adapter", None),
-    "rsvl_supir": ("supir", {".ckpt", ".safetensors", ".pth"}),
+    kind.comfy_folder: (kind.subdir, None if kind.marker else set(kind.extensions))
+    for kind in STAGE_TABLE.values() if kind.comfy_folder.startswith("rsvl_")
 }
-FOLDER_MARKERS = {"rsvl_llava": "config.json", "rsvl_llava_adapter": "adapter_config.json"}
+FOLDER_MARKERS = {kind.comfy_folder: kind.marker for kind in STAGE_TABLE.values() if kind.marker}
+FOLDERS = {kind.id: kind.comfy_folder for kind in STAGE_TABLE.values()}  # e.g. "sdxl" -> "checkpoints"
 
 
 class NodeError(RsvlError):
@@ -127,7 +128,7 @@ def stage1_choices(folder_paths) -> list[str]:
     `upscale_models/<file>` (any architecture spandrel recognises)."""
     extra = folder_paths.get_filename_list(UPSCALE_MODELS) if UPSCALE_MODELS in folder_paths.folder_names_and_paths \
         else []
-    return [*folder_paths.get_filename_list("rsvl_sr3"), *(f"{UPSCALE_MODELS}/{name}" for name in extra)]
+    return [*folder_paths.get_filename_list(FOLDERS["sr3"]), *(f"{UPSCALE_MODELS}/{name}" for name in extra)]
 
 
 def find_stage1_file(folder_paths, choice: str) -> str:
@@ -135,7 +136,7 @@ def find_stage1_file(folder_paths, choice: str) -> str:
     prefix = UPSCALE_MODELS + "/"
     if choice.startswith(prefix):
         return find_model_file(folder_paths, UPSCALE_MODELS, choice[len(prefix):])
-    return find_model_file(folder_paths, "rsvl_sr3", choice)
+    return find_model_file(folder_paths, FOLDERS["sr3"], choice)
 
 
 def find_model_file(folder_paths, name: str, choice: str) -> str:

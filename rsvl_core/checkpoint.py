@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -196,6 +197,44 @@ def read_json_config(path: str | Path, expected: str, comment_lines: bool = Fals
     if not isinstance(data, dict):
         raise CheckpointError(path, "is not a JSON object", expected)
     return data
+
+
+Blame = tuple[Path | str, str] | Callable[[str], tuple[Path | str, str]]
+
+
+def check_state(expected: Mapping[str, Sequence[int]], given: Mapping[str, torch.Tensor], blame: Blame, what: str,
+                same_shape: Callable[[str, tuple, tuple], bool] | None = None,
+                extra_unexpected: Iterable[str] = ()) -> None:
+    """The one strict key check of every loader: raise a one-line CheckpointError unless `given` has exactly the
+    keys of `expected`, each with the expected shape.
+
+    Args:
+        expected: key -> shape the model needs (in the file's own names, so the error names keys as stored).
+        given: the file's tensors under those names.
+        blame: (file, what that file should be), or key -> (file, what it should be) when several files
+            are merged (the SDXL file vs the SUPIR file); the first problem key decides whom to name.
+        what: the part being loaded, e.g. "SR3 UNet" or "first_stage_model (VAE)".
+        same_shape: when two shapes may differ yet fit (e.g. a conv 1x1 stored as a linear weight).
+        extra_unexpected: keys the caller already knows to be unknown (e.g. left over by a name conversion).
+    """
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted((set(given) - set(expected)) | set(extra_unexpected))
+    fits = same_shape or (lambda key, got, want: got == want)
+    wrong = sorted(k for k in set(expected) & set(given)
+                   if not fits(k, tuple(given[k].shape), tuple(expected[k])))
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for keys, noun in ((missing, "missing key"), (unexpected, "unexpected key")):
+        if keys:
+            parts.append(f"{len(keys)} {noun}{'s' if len(keys) > 1 else ''} (e.g. {keys[0]})")
+    if wrong:
+        key = wrong[0]
+        parts.append(f"{len(wrong)} tensor{'s' if len(wrong) > 1 else ''} with the wrong shape (e.g. {key} is "
+                     f"{list(given[key].shape)}, the architecture needs {list(expected[key])})")
+    first = (missing or unexpected or wrong)[0]
+    path, wanted = blame(first) if callable(blame) else blame
+    raise CheckpointError(path, f"{what}: " + "; ".join(parts), wanted)
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -174,14 +174,42 @@ def locate_supir(models_dir: Path | None = None, explicit: Path | None = None) -
 COMFYUI_DIR_ENV = "COMFYUI_DIR"
 SEED_CKPT_DIR = "CKPT_PTH"
 SEED_ADAPTER_DIR = "Llava-next"
-STAGES = ("sr3", "captioner", "caption-adapter", "sdxl", "supir")
-STAGE_SUBDIRS = {"sr3": SR3_SUBDIR, "captioner": CAPTIONER_SUBDIR, "caption-adapter": ADAPTER_SUBDIR,
-                 "sdxl": SDXL_SUBDIR, "supir": SUPIR_SUBDIR}
-STAGE_FLAGS = {"sr3": "--sr3", "captioner": "--llava", "caption-adapter": "--adapter", "sdxl": "--sdxl",
-               "supir": "--supir"}
+
+
+@dataclass(frozen=True)
+class WeightsKind:
+    """One row of the stage table: a kind of weights file or folder, and every name it goes by.
+
+    id: what `rsvl weights` calls it; stage: the pipeline stage that uses it (stage1 / caption / refine);
+    subdir: its folder in a models folder (and under ComfyUI's models/rsvl/); comfy_folder: the ComfyUI model
+    folder the nodes list it from; flag: the CLI flag that names it directly; marker: the file a folder must
+    hold (None for single files); shared_patterns: names that identify it in ComfyUI's shared checkpoints/.
+    """
+
+    id: str
+    stage: str
+    subdir: str
+    comfy_folder: str
+    flag: str
+    marker: str | None = None
+    shared_patterns: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = WEIGHT_SUFFIXES
+
+
+STAGE_TABLE: dict[str, WeightsKind] = {kind.id: kind for kind in (
+    WeightsKind("sr3", "stage1", SR3_SUBDIR, "rsvl_sr3", "--sr3"),
+    WeightsKind("captioner", "caption", CAPTIONER_SUBDIR, "rsvl_llava", "--llava", marker="config.json"),
+    WeightsKind("caption-adapter", "caption", ADAPTER_SUBDIR, "rsvl_llava_adapter", "--adapter",
+                marker="adapter_config.json"),
+    WeightsKind("sdxl", "refine", SDXL_SUBDIR, "checkpoints", "--sdxl", shared_patterns=("juggernautxl*v8*",)),
+    WeightsKind("supir", "refine", SUPIR_SUBDIR, "rsvl_supir", "--supir",
+                shared_patterns=("supir-v0q*", "supir-v0f*", "supir_v0q*", "supir_v0f*")),
+)}
+STAGES = tuple(STAGE_TABLE)
+STAGE_SUBDIRS = {k.id: k.subdir for k in STAGE_TABLE.values()}
+STAGE_FLAGS = {k.id: k.flag for k in STAGE_TABLE.values()}
 # Names that identify a stage's file inside a SHARED folder (ComfyUI's checkpoints/), case-insensitive.
-SHARED_FOLDER_PATTERNS = {"sdxl": ("juggernautxl*v8*",), "supir": ("supir-v0q*", "supir-v0f*", "supir_v0q*",
-                                                                   "supir_v0f*")}
+SHARED_FOLDER_PATTERNS = {k.id: k.shared_patterns for k in STAGE_TABLE.values() if k.shared_patterns}
 
 
 @dataclass(frozen=True)

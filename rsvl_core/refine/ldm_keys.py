@@ -8,8 +8,6 @@ Transformer internals (`transformer_blocks.*`, `proj_in`, ...) have the same nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
 from .config import RefinerConfig
@@ -126,9 +124,3 @@ def ours_to_ldm(state: dict[str, torch.Tensor], config: RefinerConfig, decoder: 
     if unknown:
         raise KeyError(f"no original-layout name for {unknown[0]!r}")
     return renamed
-
-
-def missing_and_unexpected(expected: Iterable[str], given: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Sorted (missing, unexpected) key lists."""
-    expected, given = set(expected), set(given)
-    return sorted(expected - given), sorted(given - expected)

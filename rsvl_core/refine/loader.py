@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_state_dict, strip_prefix
+from ..checkpoint import check_state, read_state_dict, strip_prefix
 from ..errors import CheckpointError
 from .config import RefinerConfig
 from .control import GLVControl
-from .ldm_keys import ldm_to_ours, missing_and_unexpected, ours_to_ldm
+from .ldm_keys import ldm_to_ours, ours_to_ldm
 from .unet import RefinerUNet
 
 UNET_PREFIX = "model.diffusion_model."
@@ -85,20 +85,9 @@ def _blame(key: str, path: Path, supir_path: Path | None) -> tuple[Path, str]:
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], unknown: list[str], path: Path,
                  what: str, expected: str, dtype: torch.dtype, supir_path: Path | None = None) -> None:
-    missing, unexpected = missing_and_unexpected(module.state_dict().keys(), state.keys())
-    unexpected = sorted(set(unexpected) | set(unknown))
-    for keys, word in ((missing, "missing"), (unexpected, "unexpected")):
-        if keys:
-            blamed, wanted = _blame(keys[0], path, supir_path) if supir_path is not None else (path, expected)
-            raise CheckpointError(blamed, f"{what}: {_example(keys)} {word} keys", wanted)
-    own = module.state_dict()
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            blamed, wanted = _blame(key, path, supir_path) if supir_path is not None else (path, expected)
-            raise CheckpointError(
-                blamed, f"{what}: {key} has shape {list(value.shape)}, the architecture needs {list(own[key].shape)}",
-                wanted,
-            )
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    blame = (lambda key: _blame(key, path, supir_path)) if supir_path is not None else (path, expected)
+    check_state(shapes, state, blame, what, extra_unexpected=unknown)
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
 
 

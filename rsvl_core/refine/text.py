@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..checkpoint import own_module_memory
+from ..checkpoint import check_state, own_module_memory
 from ..errors import CheckpointError
 
 EXPECTED = "an SDXL checkpoint with CLIP ViT-L and OpenCLIP ViT-bigG text encoders"
@@ -431,26 +431,7 @@ def check_text_encoder_keys(
     present = {
         k: v for k, v in state_dict.items() if k.startswith((CLIP_L_PREFIX, CLIP_G_PREFIX)) and k not in IGNORED_KEYS
     }
-    problems = []
-    missing = sorted(set(expected) - set(present))
-    unexpected = sorted(set(present) - set(expected))
-    if missing:
-        problems.append(f"{_count(len(missing), 'missing key')}, e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{_count(len(unexpected), 'unexpected key')}, e.g. {unexpected[0]}")
-    wrong = [k for k in sorted(set(expected) & set(present)) if tuple(present[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        problems.append(
-            f"{_count(len(wrong), 'tensor')} with the wrong shape, e.g. {k} is {list(present[k].shape)}, "
-            f"expected {list(expected[k].shape)}"
-        )
-    if problems:
-        raise CheckpointError(path, "text encoders: " + "; ".join(problems), EXPECTED)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    check_state({k: tuple(v.shape) for k, v in expected.items()}, present, (path, EXPECTED), "text encoders")
 
 
 def load_text_encoder_from_single_file(

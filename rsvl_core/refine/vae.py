@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -25,7 +26,7 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution, Encoder
 from torch import nn
 
-from ..checkpoint import own_module_memory
+from ..checkpoint import check_state, own_module_memory
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import run_tiled
@@ -233,30 +234,16 @@ def infer_vae_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     return config
 
 
-def _missing_and_unexpected(expected: Iterable[str], given: Iterable[str]) -> tuple[list[str], list[str]]:
-    expected, given = set(expected), set(given)
-    return sorted(expected - given), sorted(given - expected)
-
-
 def _check_keys_and_shapes(
     given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: str | Path, what: str
 ) -> None:
-    """Raise CheckpointError listing missing, unexpected and wrongly shaped keys (LDM names, as in the file)."""
-    missing, unexpected = _missing_and_unexpected(expected, given)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing, e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-    if problems:
-        raise CheckpointError(path, f"{what} weights do not match: " + "; ".join(problems), EXPECTED)
-    wrong = []
-    for key, ref in expected.items():
-        got = given[key].shape
-        if got != ref.shape and not (_is_attention_weight(key) and got.numel() == ref.numel() and len(got) in (2, 4)):
-            wrong.append(f"{key} is {list(got)}, expected {list(ref.shape)}")
-    if wrong:
-        raise CheckpointError(path, f"{what}: {len(wrong)} tensors have the wrong shape, e.g. {wrong[0]}", EXPECTED)
+    """Raise CheckpointError listing missing, unexpected and wrongly shaped keys (LDM names, as in the file).
+    Attention projections may be stored as 1x1 convs or as linear weights: the same numbers either way."""
+
+    def fits(key: str, got: tuple, want: tuple) -> bool:
+        return got == want or (_is_attention_weight(key) and len(got) in (2, 4) and math.prod(got) == math.prod(want))
+
+    check_state({k: tuple(v.shape) for k, v in expected.items()}, given, (path, EXPECTED), f"{what} weights", fits)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path
-from ..checkpoint import read_json_config, read_state_dict, strip_prefix
+from ..checkpoint import check_state, read_json_config, read_state_dict, strip_prefix
 from ..errors import CheckpointError
 from .config import SCHEDULE_BUFFER_NAMES, SR3Config
 from .model import SR3UNet
@@ -195,16 +195,7 @@ def find_config_beside(path: Path) -> tuple[Path, tuple[SR3Config, dict[str, Any
 def check_sr3_keys(unet: SR3UNet, unet_state: dict[str, torch.Tensor], path: Path, source: str) -> None:
     """Raise a CheckpointError unless the weights match the model key-for-key and shape-for-shape."""
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    missing = sorted(set(expected) - set(unet_state))
-    unexpected = sorted(set(unet_state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(unet_state) if tuple(unet_state[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-        problem = f"weights do not match the architecture from {source}: {'; '.join(parts)}"
-        raise CheckpointError(path, problem, EXPECTED)
+    check_state(expected, unet_state, (path, EXPECTED), f"weights do not match the architecture from {source}")
 
 
 def load_sr3(

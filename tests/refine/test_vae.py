@@ -82,18 +82,18 @@ def test_vae_loader_reports_missing_and_unexpected_keys(tiny_state):
     broken = dict(tiny_state)
     del broken[PREFIX + "decoder.up.0.block.1.conv2.weight"]
     del broken[PREFIX + "decoder.up.0.block.1.conv2.bias"]
-    with pytest.raises(CheckpointError, match=r"2 missing, e\.g\. decoder\.up\.0\.block\.1\.conv2\.bias") as info:
+    with pytest.raises(CheckpointError, match=r"2 missing keys \(e\.g\. decoder\.up\.0\.block\.1\.conv2\.bias") as info:
         load_refiner_vae(broken, "broken.safetensors")
     assert "broken.safetensors" in str(info.value) and "first_stage_model VAE" in str(info.value)
 
     extra = dict(tiny_state)
     extra[PREFIX + "encoder.mid.attn_2.q.weight"] = torch.zeros(32, 32, 1, 1)
-    with pytest.raises(CheckpointError, match=r"1 unexpected, e\.g\. encoder\.mid\.attn_2\.q\.weight"):
+    with pytest.raises(CheckpointError, match=r"1 unexpected key \(e\.g\. encoder\.mid\.attn_2\.q\.weight"):
         load_refiner_vae(extra, "extra.safetensors")
 
     misshapen = dict(tiny_state)
     misshapen[PREFIX + "decoder.conv_in.weight"] = torch.zeros(32, 4, 1, 1)
-    with pytest.raises(CheckpointError, match="wrong shape, e.g. decoder.conv_in.weight"):
+    with pytest.raises(CheckpointError, match=r"wrong shape \(e\.g\. decoder\.conv_in\.weight"):
         load_refiner_vae(misshapen, "misshapen.safetensors")
 
     with pytest.raises(CheckpointError, match="no first_stage_model"):

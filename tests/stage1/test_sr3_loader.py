@@ -48,7 +48,7 @@ def test_sr3_manifest_mismatch_is_reported(fixtures_dir, tmp_path):
     unet_state["extra.weight"] = torch.empty(3, device="meta")
     with torch.device("meta"):
         unet = SR3UNet(SR3Config())
-    with pytest.raises(CheckpointError, match=r"1 missing \(e.g. ups.4.attn.qkv.weight\); 1 unexpected"):
+    with pytest.raises(CheckpointError, match=r"1 missing key \(e.g. ups.4.attn.qkv.weight\); 1 unexpected key"):
         check_sr3_keys(unet, unet_state, tmp_path / "gen.pth", "test")
 
 
