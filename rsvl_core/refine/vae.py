@@ -69,40 +69,12 @@ def resolve_vae_dtype(requested: torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _resnet_part_to_diffusers(rest: str) -> str:
-    return "conv_shortcut" + rest[len("nin_shortcut"):] if rest.startswith("nin_shortcut") else rest
-
-
 def _resnet_part_to_ldm(rest: str) -> str:
     return "nin_shortcut" + rest[len("conv_shortcut"):] if rest.startswith("conv_shortcut") else rest
 
 
-def _coder_key_to_diffusers(key: str, levels: int) -> str | None:
-    """One encoder/decoder key (without the `encoder.` prefix) from LDM to diffusers names; None if unknown."""
-    if key.startswith(("conv_in.", "conv_out.")):
-        return key
-    if key.startswith("norm_out."):
-        return "conv_norm_out." + key[len("norm_out."):]
-    if m := re.fullmatch(r"down\.(\d+)\.block\.(\d+)\.(.+)", key):
-        return f"down_blocks.{m[1]}.resnets.{m[2]}.{_resnet_part_to_diffusers(m[3])}"
-    if m := re.fullmatch(r"down\.(\d+)\.downsample\.conv\.(.+)", key):
-        return f"down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"
-    # LDM numbers decoder levels from the highest resolution (up.0 is last to run); diffusers in run order.
-    if m := re.fullmatch(r"up\.(\d+)\.block\.(\d+)\.(.+)", key):
-        return f"up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}.{_resnet_part_to_diffusers(m[3])}"
-    if m := re.fullmatch(r"up\.(\d+)\.upsample\.conv\.(.+)", key):
-        return f"up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.conv.{m[2]}"
-    if m := re.fullmatch(r"mid\.block_([12])\.(.+)", key):
-        return f"mid_block.resnets.{int(m[1]) - 1}.{_resnet_part_to_diffusers(m[2])}"
-    if m := re.fullmatch(r"mid\.attn_1\.norm\.(.+)", key):
-        return f"mid_block.attentions.0.group_norm.{m[1]}"
-    if m := re.fullmatch(r"mid\.attn_1\.(q|k|v|proj_out)\.(.+)", key):
-        return f"mid_block.attentions.0.{_ATTENTION_PROJECTIONS[m[1]]}.{m[2]}"
-    return None
-
-
 def _coder_key_to_ldm(key: str, levels: int) -> str | None:
-    """Inverse of :func:`_coder_key_to_diffusers`."""
+    """A diffusers Encoder/Decoder key -> its LDM name (`levels` = number of resolution levels)."""
     if key.startswith(("conv_in.", "conv_out.")):
         return key
     if key.startswith("conv_norm_out."):
@@ -133,36 +105,33 @@ def _count_levels(keys: Iterable[str], pattern: str) -> int:
 
 
 def convert_first_stage(
-    state_dict: dict[str, torch.Tensor], prefix: str = FIRST_STAGE_PREFIX
+    state_dict: dict[str, torch.Tensor], prefix: str = FIRST_STAGE_PREFIX, config: dict[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """LDM single-file VAE weights -> (AutoencoderKL state, denoise-encoder Encoder state or None), diffusers names.
 
-    Only keys under `prefix` are read (a whole SDXL/SUPIR checkpoint can be passed). Attention projections are
-    reshaped from 1x1 convs [C, C, 1, 1] to linear [C, C]. Raises ValueError naming any key it cannot map.
+    The conversion is diffusers' own (`single_file_utils.convert_ldm_vae_checkpoint`, which also reshapes the
+    attention 1x1 convs to linear weights); SUPIR's denoise encoder has the VAE encoder's layout, so it goes
+    through the same converter under `encoder.`. Only keys under `prefix` are read (a whole SDXL/SUPIR
+    checkpoint can be passed). diffusers skips keys it does not know, so every key is checked against our
+    inverse table: raises ValueError naming any key that has no diffusers equivalent.
     """
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
     first = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    levels = _count_levels(first, r"decoder\.up\.(\d+)\.")
-    vae_state: dict[str, torch.Tensor] = {}
-    denoise_state: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in first.items():
-        part, _, rest = key.partition(".")
-        if part in ("quant_conv", "post_quant_conv"):
-            vae_state[key] = value
-            continue
-        new = _coder_key_to_diffusers(rest, levels) if part in _CODERS else None
-        if new is None:
-            unknown.append(prefix + key)
-            continue
-        if _is_attention_weight(rest) and value.ndim == 4:
-            value = value.reshape(value.shape[0], value.shape[1])
-        if part == "denoise_encoder":
-            denoise_state[new] = value
-        else:
-            vae_state[f"{part}.{new}"] = value
+    config = config or infer_vae_config(first)
+    own = {k: v for k, v in first.items() if not k.startswith("denoise_encoder.")}
+    denoise = {"encoder." + k[len("denoise_encoder."):]: v for k, v in first.items()
+               if k.startswith("denoise_encoder.")}
+    vae_state = convert_ldm_vae_checkpoint(own, config)
+    denoise_state = None
+    if denoise:
+        converted = convert_ldm_vae_checkpoint(denoise, config)
+        denoise_state = {k[len("encoder."):]: v for k, v in converted.items() if k.startswith("encoder.")}
+    covered = set(first_stage_to_single_file(vae_state, denoise_state, prefix=""))
+    unknown = sorted(set(first) - covered)
     if unknown:
-        raise ValueError(f"{len(unknown)} first-stage keys have no diffusers equivalent, e.g. {unknown[0]}")
-    return vae_state, (denoise_state or None)
+        raise ValueError(f"{len(unknown)} first-stage keys have no diffusers equivalent, e.g. {prefix}{unknown[0]}")
+    return vae_state, denoise_state
 
 
 def first_stage_to_single_file(
@@ -492,7 +461,7 @@ def load_refiner_vae(
     _check_keys_and_shapes(first, expected, path, "first_stage_model (VAE)")
 
     # 2. convert and load
-    vae_state, denoise_state = convert_first_stage(first, prefix="")
+    vae_state, denoise_state = convert_first_stage(first, prefix="", config=config)
     model.vae.load_state_dict(vae_state, strict=True, assign=True)
     if denoise_state is None:
         logger.info("VAE: %s has no denoise encoder; using a copy of the VAE encoder for the LQ image", path)
@@ -531,7 +500,7 @@ def load_refiner_vae_from_diffusers(
     if given:
         expected = first_stage_to_single_file({}, model.denoise_encoder.state_dict(), prefix="")
         _check_keys_and_shapes(given, expected, source, "first_stage_model.denoise_encoder")
-        _, converted = convert_first_stage(given, prefix="")
+        _, converted = convert_first_stage(given, prefix="", config=dict(model.vae.config))
         model.denoise_encoder.load_state_dict(converted, strict=True)
     elif require_denoise_encoder:
         raise CheckpointError(source, _denoise_missing_message(), EXPECTED_DENOISE)

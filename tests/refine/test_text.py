@@ -376,3 +376,4 @@ def test_shipped_files_are_what_the_derive_script_produces():
     assert len(merges) == 48894 and merges[0] == ("i", "n")
     assert vocab == json.loads((TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"))
     assert (vocab["!"], vocab["a</w>"], vocab["<|startoftext|>"], vocab["<|endoftext|>"]) == (0, 320, 49406, 49407)
+
