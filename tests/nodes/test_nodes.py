@@ -140,3 +140,19 @@ def test_spandrel_upscale_model_as_stage1_in_the_node_pack(comfy, demo_models):
                                                     steps=0, seed=0, tile_size=224, tile_overlap=32).args[0]
         assert up.shape == (1, 13 * scale, 21 * scale, 3)
     assert stage1.model.kind == "spandrel" and stage1.load_count == 1
+
+
+def test_node_defaults_and_ranges_come_from_the_engine_settings(comfy):
+    from rsvl_core.pipeline import SETTINGS
+
+    info = comfy.object_info()
+    for node_id, name, setting in (("Stage1FidelitySR", "tile_size", "tile_size"),
+                                   ("Stage1FidelitySR", "steps", "stage1_steps"),
+                                   ("ControlNetRefine", "steps", "refine_steps"),
+                                   ("ControlNetRefine", "cfg_scale", "cfg_scale"),
+                                   ("ControlNetRefine", "min_size", "min_size"),
+                                   ("LlavaRSCaption", "max_new_tokens", "caption_max_tokens"),
+                                   ("DynamicStepScheduler", "cache_threshold", "cache_threshold")):
+        _, options = info[node_id]["input"]["required"][name]
+        spec = SETTINGS[setting]
+        assert (options["default"], options["min"], options["max"]) == (spec.default, spec.min, spec.max), name
