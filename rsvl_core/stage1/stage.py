@@ -29,12 +29,10 @@ EXPECTED_STAGE1 = ("a stage-1 checkpoint: an SR3 generator (*_gen.pth) or a sing
                    "recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, OmniSR, SPAN, ...)")
 
 
-@dataclass
-class SR3Stage1:
-    """SR3 as stage 1: diffusion sampling conditioned on the bicubic upsample (the paper's stage 1)."""
+class _LoadedModel:
+    """Where a stage-1 wrapper's loaded model lives and which file it came from."""
 
-    model: SR3Model
-    kind: str = "sr3"
+    model: SR3Model | SpandrelModel
 
     @property
     def device(self) -> torch.device:
@@ -43,6 +41,14 @@ class SR3Stage1:
     @property
     def path(self) -> Path | None:
         return self.model.path
+
+
+@dataclass
+class SR3Stage1(_LoadedModel):
+    """SR3 as stage 1: diffusion sampling conditioned on the bicubic upsample (the paper's stage 1)."""
+
+    model: SR3Model
+    kind: str = "sr3"
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.model.unet}
@@ -57,7 +63,7 @@ class SR3Stage1:
 
 
 @dataclass
-class SpandrelStage1:
+class SpandrelStage1(_LoadedModel):
     """A feed-forward SR network (spandrel) as stage 1: one pass per tile, deterministic, no sampler.
 
     SR3's sampler settings do not apply; its tiling does (`tile_size` / `tile_overlap` in output pixels are
@@ -66,14 +72,6 @@ class SpandrelStage1:
 
     model: SpandrelModel
     kind: str = "spandrel"
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def path(self) -> Path | None:
-        return self.model.path
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return self.model.modules()
