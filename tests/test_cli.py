@@ -90,6 +90,7 @@ def test_models_dir_from_environment(models_dir, inputs, tmp_path, monkeypatch):
 
 def test_missing_weights_say_what_where_and_how(inputs, tmp_path, capsys):
     empty = tmp_path / "nomodels"
+    empty.mkdir()
     code = main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(empty), *FAST])
     assert code == 2
     err = capsys.readouterr().err.strip()
@@ -235,10 +236,11 @@ def test_upscale_runs_the_refiner_after_stage1(tmp_path):
     """Without --stage1-only the refiner changes the stage-1 image; the output size stays input x scale."""
     models = tmp_path / "models"
     write_demo_models(models)
-    base = ["upscale", str(SAMPLE_IMAGE), "--scale", "2", "--models-dir", str(models), "--caption", "pine forest",
-            "--sampler", "ddim", "--steps", "2", "-q"]
+    base = ["upscale", str(SAMPLE_IMAGE), "--scale", "2", "--models-dir", str(models), "--sampler", "ddim",
+            "--steps", "2", "-q"]
     assert main([*base, "-o", str(tmp_path / "s1"), "--stage1-only"]) == 0
-    assert main([*base, "-o", str(tmp_path / "s2"), "--refine-steps", "3", "--refine-min-size", "0"]) == 0
+    assert main([*base, "-o", str(tmp_path / "s2"), "--caption", "pine forest", "--refine-steps", "3",
+                 "--refine-min-size", "0"]) == 0
     stage1 = np.asarray(Image.open(tmp_path / "s1" / "osbs_029_lr100_x2.png"), dtype=np.float32)
     refined = np.asarray(Image.open(tmp_path / "s2" / "osbs_029_lr100_x2.png"), dtype=np.float32)
     assert refined.shape == stage1.shape == (200, 200, 3)
@@ -282,6 +284,7 @@ def test_upscale_finds_weights_in_the_seeds_ckpt_pth_layout(inputs, tmp_path, mo
     ckpt = tmp_path / "CKPT_PTH"
     save_sr3(UNet(tiny_sr3_config(inner_channel=32, norm_groups=32)), ckpt / "I640000_E37_gen.pth")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     assert main(["upscale", str(inputs / "wide.png"), "-o", str(out), "--scale", "2", "--models-dir",
                  str(tmp_path / "empty"), *FAST]) == 0

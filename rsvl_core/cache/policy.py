@@ -101,6 +101,8 @@ class CacheReport:
         return [d.step for d in self.decisions if not d.reused]
 
     def summary(self) -> str:
+        if self.mode == "off" and not self.decisions:
+            return "off: every step computed"
         total = len(self.decisions)
         reused = self.reused_steps
         return f"{total - len(reused)}/{total} steps computed, {len(reused)} reused ({', '.join(map(str, reused))})" \

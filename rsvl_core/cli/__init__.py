@@ -31,7 +31,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "upscale":
         summary = upscale.run_upscale(args)
         print_summary(summary)
-        return 1 if summary.failed else 0
+        return 2 if summary.stopped else 1 if summary.failed else 0
     if args.command == "caption":
         caption.run_caption(args)
         return 0

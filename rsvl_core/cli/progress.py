@@ -96,3 +96,5 @@ def print_summary(summary) -> None:
     for source, reason in summary.failed:
         shown = reason if reason.startswith(str(source)) else f"{source}: {reason}"
         print(f"  failed: {shown}", file=sys.stderr)
+    if getattr(summary, "stopped", None):
+        print(f"stopped: {summary.stopped}; rerun to finish the rest (complete outputs are kept)", file=sys.stderr)

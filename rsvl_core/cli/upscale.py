@@ -112,6 +112,8 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration the flags describe (validated once, here)."""
+    if args.stage1_only and args.caption is not None:
+        raise ValueError("--caption has no effect with --stage1-only (the caption only guides the refiner)")
     stage1 = stage1_options(sampler=args.sampler, steps=args.steps, tile_size=args.tile_size,
                             tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
     refine = None

@@ -8,6 +8,7 @@ returns a summary with the failures. Faces only show progress (`JobEvents`) and 
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import Claim, atomic_path, check_output_folder, remove_stale_temporaries
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
@@ -26,7 +27,7 @@ from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, writ
 from ..weights import default_models_dir, locate, locate_caption_adapter
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
-from .run import PipelineResult, run_pipeline
+from .run import PipelineResult, peak_memory, run_pipeline
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class JobOptions:
 @dataclass
 class JobSummary:
     written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)   # complete already, or being computed by another run
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    stopped: str | None = None                          # why the run stopped early (the output storage failed)
 
 
 class JobEvents(Protocol):
@@ -118,7 +120,10 @@ def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png"
 def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1: Path | None = None,
                        sdxl: Path | None = None, supir: Path | None = None,
                        notify=None) -> ModelFiles:
-    """Every file the run needs, found before any heavy work (only the stages `config` uses)."""
+    """Every file the run needs, found before any heavy work (only the stages `config` uses). A `models_dir`
+    the caller names must exist (a typo must not fall back to ./models)."""
+    if models_dir is not None and not Path(models_dir).is_dir():
+        raise RsvlError(f"--models-dir {models_dir}: no such folder")
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     stage1_path = locate("sr3", models_dir, stage1, notify)
     if config.refine is None:
@@ -134,38 +139,109 @@ def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1
                       locate("supir", models_dir, supir, notify))
 
 
+# Errors of the output storage that no later input can escape: stop the run instead of failing every image.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def plan_outputs(sources: list[Path], output_dir: Path, scale: int, geotiffs: list[bool]) -> list[Path]:
+    """Each input's output path. `<stem>_x<scale>.png` (`.tif` for GeoTIFFs); inputs of the run that would share
+    one name (`a.png` and `a.jpg`) each get their extension in it instead: `a_png_x2.png`, `a_jpg_x2.png`."""
+    targets = [output_path(output_dir, source, scale, ".tif" if geotiff else ".png")
+               for source, geotiff in zip(sources, geotiffs, strict=True)]
+    shared = {t for t in targets if targets.count(t) > 1}
+    for index, (source, target) in enumerate(zip(sources, targets, strict=True)):
+        if target in shared:
+            tagged = source.with_name(f"{source.stem}_{source.suffix.lstrip('.').lower() or 'noext'}")
+            targets[index] = output_path(output_dir, tagged, scale, target.suffix)
+    return targets
+
+
+def is_complete(target: Path) -> bool:
+    """An output is done only when its image and its run record are both there and the record names it."""
+    sidecar = target.with_suffix(".json")
+    if not (target.is_file() and sidecar.is_file()):
+        return False
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("image") == printable(target.name)
+
+
+def prepare_output_folder(folder: Path) -> list[Path]:
+    """Before any model loads: the folder exists (or is made) and takes files; our stale temps are removed."""
+    try:
+        check_output_folder(folder)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RsvlError(f"output folder {folder}: cannot write there ({reason})") from None
+    return remove_stale_temporaries(folder)
+
+
 def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, options: JobOptions,
             events: JobEvents | None = None) -> JobSummary:
     """Upscale every input into `options.output_dir`: outputs + run records, resume, failures (see module doc)."""
     events = events or SilentEvents()
-    summary, claimed, model_files = JobSummary(), {}, None
     sources = collect_inputs(inputs)
+    for stale in prepare_output_folder(options.output_dir):
+        events.note(stale, "removed a temporary file left by an interrupted run")
+    geotiffs = [_is_geotiff(source, options.scene) for source in sources]
+    targets = plan_outputs(sources, options.output_dir, config.scale, geotiffs)
+    summary, model_files = JobSummary(), None
     events.begin(sources)
-    for source in sources:
-        geotiff = _is_geotiff(source, options.scene)
-        target = output_path(options.output_dir, source, config.scale, ".tif" if geotiff else ".png")
-        if target in claimed:
-            summary.failed.append((source, f"same output name as {claimed[target]} ({target.name})"))
-            events.failed(source, summary.failed[-1][1])
-            continue
-        claimed[target] = source
-        if target.exists() and not options.overwrite:
+    for source, target, geotiff in zip(sources, targets, geotiffs, strict=True):
+        if is_complete(target) and not options.overwrite:
             summary.skipped.append(target)
             events.skipped(source, target)
             continue
-        if model_files is None:
-            models.preload()  # once, before the first image: a wrong weights file stops the run here
-            model_files = model_files_record(models, options.hash_models)
-        try:
-            start = time.perf_counter()
-            record = upscale_file(source, target, geotiff, config, models, options.scene, events)
-            write_run_record(target, record, config, models, model_files)
-            summary.written.append(target)
-            events.finished(source, target, record, time.perf_counter() - start)
-        except (RsvlError, ValueError) as exc:
-            summary.failed.append((source, str(exc)))
-            events.failed(source, str(exc))
+        with Claim(target) as claim:
+            holder = claim.acquire()
+            if holder is not None:  # another run computes it right now
+                summary.skipped.append(target)
+                events.skipped(source, target)
+                continue
+            if is_complete(target) and not options.overwrite:  # finished by another run meanwhile
+                summary.skipped.append(target)
+                events.skipped(source, target)
+                continue
+            if model_files is None:
+                models.preload()  # once, before the first image: a wrong weights file stops the run here
+                model_files = model_files_record(models, options.hash_models)
+            if not _run_one(source, target, geotiff, config, models, options, model_files, summary, events):
+                break
     return summary
+
+
+def _run_one(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
+             options: JobOptions, model_files: dict, summary: JobSummary, events: JobEvents) -> bool:
+    """One input -> its output and record (both, or neither). False: the storage failed, stop the run."""
+    try:
+        start = time.perf_counter()
+        record = upscale_file(source, target, geotiff, config, models, options.scene, events)
+        try:
+            write_run_record(target, record, config, models, model_files)
+        except BaseException:
+            target.unlink(missing_ok=True)  # an image without its record is not an output
+            raise
+        summary.written.append(target)
+        events.finished(source, target, record, time.perf_counter() - start)
+    except (RsvlError, ValueError) as exc:
+        summary.failed.append((source, str(exc)))
+        events.failed(source, str(exc))
+    except OSError as exc:
+        where = printable(str(exc.filename or target))
+        message = f"cannot write {where}: {exc.strerror or exc}"
+        summary.failed.append((source, message))
+        events.failed(source, message)
+        if exc.errno in STORAGE_ERRORS:
+            summary.stopped = f"{message}; stopped with {len(summary.written)} output(s) complete"
+            return False
+    return True
+
+
+def printable(text: str) -> str:
+    """A name with undecodable bytes (non-UTF-8 file names) escaped readably and losslessly: `caf\\xe9.png`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_geotiff(source: Path, scene: SceneOptions) -> bool:
@@ -185,8 +261,10 @@ def upscale_file(source: Path, target: Path, geotiff: bool, config: RunConfig, m
     for note in scene.notes:
         events.note(source, note)
     record = upscale_scene(scene, config, models, windows, events.progress(source), target)
-    record["input"] = {"file": source.name, "size": [scene.width, scene.height], "notes": scene.notes,
+    record["input"] = {"file": printable(source.name), "size": [scene.width, scene.height], "notes": scene.notes,
                        **scene.record}
+    if printable(source.name) != source.name:  # not valid UTF-8: the exact bytes too
+        record["input"]["file_bytes_hex"] = source.name.encode("utf-8", "surrogateescape").hex()
     return record
 
 
@@ -196,7 +274,9 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
     if not windows.size or (scene.height <= windows.size and scene.width <= windows.size):
         result = run_pipeline(scene.whole(), config, models, callback)
         write_whole(scene, result.image, target, config.scale)
-        return run_record(result, config)
+        record = run_record(result, config)
+        record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
+        return record
     results: list[PipelineResult] = []
 
     def process(window: torch.Tensor, index: int) -> torch.Tensor:
@@ -206,11 +286,11 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
     with row_sink(scene, target, config.scale) as sink:
         count = super_resolve_scene(scene.height, scene.width, config.scale, windows, scene.read, process, sink)
     record = run_record(results[0], config)
+    record["seconds"] = {k: round(sum(r.seconds.get(k, 0) for r in results), 3) for k in results[0].seconds}
     record["windows"] = {"count": count, "size": windows.size, "overlap": windows.overlap,
-                         "captions": [r.caption for r in results],
-                         "seconds": {k: round(sum(r.seconds.get(k, 0) for r in results), 3)
-                                     for k in results[0].seconds}}
-    record["peak_memory_bytes"] = max(r.peak_memory_bytes for r in results)
+                         "captions": [r.caption for r in results]}
+    # the peak over the whole scene, the final write included (not just one window's pipeline)
+    record["peak_memory_bytes"] = max([r.peak_memory_bytes for r in results] + [peak_memory(models.device)[0]])
     return record
 
 
@@ -237,6 +317,10 @@ def run_record(result: PipelineResult, config: RunConfig) -> dict:
 
 
 def _jsonable(value):
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        return printable(value)
     if is_dataclass(value):
         value = asdict(value)
     if isinstance(value, dict):
@@ -257,8 +341,8 @@ def write_run_record(target: Path, record: dict, config: RunConfig, models: Pipe
                 "caption": _jsonable(caption), "refine": _jsonable(config.refine),
                 "preset": None if config.refine is None else config.preset, "dtype": config.dtype,
                 "device": str(models.device)}
-    full = {"image": target.name, "seed": config.seed, "scale": config.scale, **record, "settings": settings,
-            "models": model_files}
+    full = _jsonable({"image": target.name, "seed": config.seed, "scale": config.scale, **record,
+                      "settings": settings, "models": model_files})
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return sidecar

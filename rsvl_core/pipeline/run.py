@@ -39,7 +39,8 @@ def _peak_reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak(device: torch.device) -> tuple[int, str]:
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """The peak so far: CUDA memory allocated since the last reset, or the process's peak RSS on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -82,6 +83,6 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
         models.release("refine")
         seconds["refine"] = time.perf_counter() - start
 
-    peak, kind = _peak(models.device)
+    peak, kind = peak_memory(models.device)
     return PipelineResult(result.float().cpu(), stage1.image.float().cpu(), caption, source, seconds, peak, kind,
                           models.plan, refine_report, stage1.cache, stage1.record)

@@ -1,0 +1,225 @@
+"""`rsvl upscale` under faults: the output location, a full disk, kill -9, odd names, concurrent runs, bad files.
+
+Each fault gives one line naming the file or folder (no traceback), leaves no temporary or half-finished
+output behind, and a rerun finishes exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rsvl_testing import REPO, tiny_sr3_config
+
+from rsvl_core.cli import main
+from rsvl_core.stage1 import SR3UNet, save_sr3
+
+FAST = ["--sampler", "ddim", "--steps", "2", "-q", "--stage1-only", "--scale", "2"]
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    folder = tmp_path / "models"
+    save_sr3(SR3UNet(tiny_sr3_config(inner_channel=32, norm_groups=32)), folder / "sr3" / "I9_E9_gen.pth")
+    return folder
+
+
+def write_inputs(folder: Path, names: list[str], size: tuple[int, int] = (12, 10)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
+
+
+def complete_outputs(folder: Path) -> list[str]:
+    """Images whose run record is there and names them."""
+    done = []
+    for image in sorted(folder.glob("*.png")):
+        sidecar = image.with_suffix(".json")
+        if sidecar.is_file() and json.loads(sidecar.read_text())["image"] == image.name:
+            done.append(image.name)
+    return done
+
+
+def no_model_loads(monkeypatch):
+    """Fail the test if any stage-1 model is loaded (the output checks must come first)."""
+    import rsvl_core.stage1 as stage1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output location was checked")
+
+    monkeypatch.setattr(stage1, "load_stage1", refuse)
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file", "sysfs"])
+def test_fault_unusable_output_location_is_one_line_before_any_model_loads(where, models_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    inputs = write_inputs(tmp_path / "in", ["a.png"])
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("not a folder")
+    output = {"a_file": blocker, "under_a_file": blocker / "sub", "sysfs": Path("/sys/rsvl_fault_test")}[where]
+    if where == "sysfs" and (not Path("/sys").is_dir() or os.access("/sys", os.W_OK) and _sysfs_writable()):
+        pytest.skip("no unwritable /sys on this machine")
+    no_model_loads(monkeypatch)
+    assert main(["upscale", str(inputs), "-o", str(output), "--models-dir", str(models_dir), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: output folder {output}: cannot write there (") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def _sysfs_writable() -> bool:
+    try:
+        os.mkdir("/sys/rsvl_fault_probe")
+    except OSError:
+        return False
+    os.rmdir("/sys/rsvl_fault_probe")
+    return True
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("at", ["image", "record"])
+def test_fault_full_disk_stops_cleanly_and_a_rerun_completes(at, models_dir, tmp_path, capsys, monkeypatch):
+    inputs = write_inputs(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), *FAST]
+    real_save, real_write_text = Image.Image.save, Path.write_text
+
+    def save(self, fp, *a, **k):  # b's image: some bytes reach the temp file, then the disk is full
+        if Path(fp).name.startswith(".b_x2."):
+            Path(fp).write_bytes(b"\x89PNG partial")
+            _enospc()
+        return real_save(self, fp, *a, **k)
+
+    def write_text(self, data, *a, **k):  # b's run record, after its image was written
+        if self.name.startswith(".b_x2.") and self.name.endswith(".json.tmp"):
+            real_write_text(self, data[:10], *a, **k)
+            _enospc()
+        return real_write_text(self, data, *a, **k)
+
+    if at == "image":
+        monkeypatch.setattr(Image.Image, "save", save)
+    else:
+        monkeypatch.setattr(Path, "write_text", write_text)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "stopped with 1 output(s) complete" in err
+    assert "Traceback" not in err
+    assert leftovers(out) == [] and complete_outputs(out) == ["a_x2.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_x2.png"]  # no image without its record
+    monkeypatch.undo()
+    before = (out / "a_x2.png").stat().st_mtime_ns
+    assert main(args) == 0
+    assert complete_outputs(out) == ["a_x2.png", "b_x2.png", "c_x2.png"] and leftovers(out) == []
+    assert (out / "a_x2.png").stat().st_mtime_ns == before  # what was complete is not redone
+
+
+def test_fault_an_image_without_its_record_is_redone(models_dir, tmp_path):
+    inputs = write_inputs(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), *FAST]
+    assert main(args) == 0
+    (out / "a_x2.json").unlink()
+    (out / "a_x2.png").write_bytes(b"stale")
+    assert main(args) == 0
+    assert complete_outputs(out) == ["a_x2.png"] and Image.open(out / "a_x2.png").size == (24, 20)
+
+
+def test_fault_non_utf8_name_and_same_stem_pair_are_all_processed(models_dir, tmp_path, capsys):
+    inputs = write_inputs(tmp_path / "in", ["a.png", "a.jpg"])
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    Image.open(inputs / "a.png").save(inputs / odd)
+    out = tmp_path / "out"
+    assert main(["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), *FAST]) == 0
+    names = sorted(os.fsencode(p.name) for p in out.glob("*.png"))
+    assert names == [b"a_jpg_x2.png", b"a_png_x2.png", b"caf\xe9_x2.png"]
+    record = json.loads((out / os.fsdecode(b"caf\xe9_x2.json")).read_bytes().decode("utf-8"))
+    assert record["input"]["file"] == "caf\\xe9.png"  # readable, and exact:
+    assert bytes.fromhex(record["input"]["file_bytes_hex"]) == b"caf\xe9.png"
+    assert "3 written" in capsys.readouterr().err
+
+
+def test_fault_stale_temporaries_of_a_killed_run_are_removed_and_live_ones_kept(models_dir, tmp_path):
+    inputs = write_inputs(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = __import__("rsvl_core.atomic", fromlist=["_HOST"])._HOST
+    stale = out / f".OSBS_029_x2.rsvl-{host}-{int(dead.stdout)}.abcd.tif.tmp"
+    live = out / f".b_x2.rsvl-{host}-{os.getpid()}.efgh.png.tmp"
+    foreign = out / ".notes.txt"
+    for path in (stale, live, foreign):
+        path.write_bytes(b"x")
+    assert main(["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), *FAST]) == 0
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rsvl_core", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_fault_kill_9_mid_run_then_rerun_completes_without_redoing(models_dir, tmp_path):
+    inputs = write_inputs(tmp_path / "in", [f"{i}.png" for i in range(6)], size=(40, 32))
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
+            "--steps", "30", "-q", "--stage1-only", "--scale", "2"]
+    run = _run_cli(args)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(complete_outputs(out) if out.is_dir() else []) < 2:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    done = {name: (out / name).stat().st_mtime_ns for name in complete_outputs(out)}
+    assert 2 <= len(done) < 6
+    rerun = _run_cli(args)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert complete_outputs(out) == [f"{i}_x2.png" for i in range(6)]
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in done.items())
+    assert leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_fault_two_concurrent_runs_split_the_work(models_dir, tmp_path):
+    inputs = write_inputs(tmp_path / "in", [f"{i}.png" for i in range(8)], size=(40, 32))
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
+            "--steps", "20", "-q", "--stage1-only", "--scale", "2"]
+    runs = [_run_cli(args), _run_cli(args)]
+    errs = [run.communicate(timeout=300)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errs
+    written = [int(err.strip().splitlines()[-1].split()[0]) for err in errs]
+    assert sum(written) == 8  # each output computed exactly once
+    assert complete_outputs(out) == sorted(f"{i}_x2.png" for i in range(8)) and leftovers(out) == []
+
+
+def test_fault_a_models_dir_that_does_not_exist_is_an_error(tmp_path, capsys):
+    inputs = write_inputs(tmp_path / "in", ["a.png"])
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(tmp_path / "modles"),
+                 *FAST]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --models-dir {tmp_path / 'modles'}: no such folder"
+
+
+def test_fault_caption_with_stage1_only_is_refused(models_dir, tmp_path, capsys):
+    inputs = write_inputs(tmp_path / "in", ["a.png"])
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir), *FAST,
+                 "--caption", "fields"]) == 2
+    assert "--caption has no effect with --stage1-only" in capsys.readouterr().err
