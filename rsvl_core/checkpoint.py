@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -145,23 +146,68 @@ def _torch_load(path: Path):
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
+_REFUSED = "refused: the pickle contains code or objects other than tensors, and rsvl never executes pickled code"
+
+
 def _read_torch_pickle(path: Path, expected: str) -> dict:
     try:
-        return _torch_load(path)
-    except pickle.UnpicklingError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols: not the user's concern
+            return _torch_load(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            KeyError) as exc:
         text = str(exc)
-        if "Unsupported global" in text or "GLOBAL" in text:
-            raise CheckpointError(
-                path, "refused: the pickle contains code or objects other than tensors, "
-                "and rsvl never executes pickled code",
-                expected,
-            ) from None
-        raise CheckpointError(path, f"not a readable PyTorch file ({first_line(exc)})", expected) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        if "Unsupported global" in text or "GLOBAL" in text or _code_globals(path):
+            raise CheckpointError(path, _REFUSED, expected) from None
+        if isinstance(exc, pickle.UnpicklingError):  # torch's own advice (weights_only=False) is never repeated
+            raise CheckpointError(path, f"not a readable PyTorch file ({_unpickler_reason(text)})", expected) from None
         raise CheckpointError(
             path, f"not a readable PyTorch file, possibly truncated or corrupt ({first_line(exc)})",
             expected,
         ) from None
+
+
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset")
+
+
+def _code_globals(path: Path) -> list[str]:
+    """Names a plain pickle would import and call (GLOBAL / STACK_GLOBAL) outside torch's own and inert ones."""
+    import pickletools
+
+    found, strings = [], []
+    try:
+        with open(path, "rb") as handle:
+            for op, arg, _ in pickletools.genops(handle):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                    strings.append(str(arg))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle at all, or damaged: nothing it could run
+        pass
+    return [n for n in found if not n.startswith(_SAFE_GLOBALS + INERT_GLOBAL_PREFIXES)]
+
+
+def _unpickler_reason(text: str) -> str:
+    """The unpickler's own complaint from torch's long message, without its advice."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return (rest or (lines[index + 1] if index + 1 < len(lines) else "")) or "unreadable pickle"
+    return first_line(Exception(text))
+
+
+def pickle_problem(path: str | Path) -> str | None:
+    """What loading a `.pth`/`.ckpt`/`.bin` would refuse, without keeping its tensors (for `rsvl weights check`):
+    the same safe reader as loading, so check and load never disagree. None when it loads."""
+    try:
+        state = _read_torch_pickle(Path(path), "a PyTorch checkpoint")
+    except CheckpointError as exc:
+        return exc.problem
+    del state
+    return None
 
 
 def canonicalize_state_dict(state: object, path: Path, expected: str) -> dict[str, torch.Tensor]:

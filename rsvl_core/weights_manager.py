@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import pickle_problem
 from .errors import RsvlError
 from .progress import ProgressCallback, report
 from .weights import (
@@ -265,14 +266,13 @@ def header_problem(path: Path) -> str | None:
                             f"the file has {size} (truncated or damaged download)")
                 return None
         if suffix in (".pth", ".pt", ".ckpt", ".bin"):
-            if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
-                return None  # legacy (pre-zip) torch pickle: nothing cheap to check
-            if not zipfile.is_zipfile(path):
+            if head[:1] != b"\x80" and not zipfile.is_zipfile(path):
                 return "not a PyTorch checkpoint (neither a zip archive nor a pickle; truncated download?)"
-            with zipfile.ZipFile(path) as archive:
-                if not any(name.endswith("data.pkl") for name in archive.namelist()):
-                    return "zip archive without data.pkl: not a torch.save checkpoint"
-            return None
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                        return "zip archive without data.pkl: not a torch.save checkpoint"
+            return pickle_problem(path)  # the loader's own safe reader: what loading refuses, check refuses
     except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
         return f"unreadable: {exc}"
     return None

@@ -223,3 +223,21 @@ def test_fault_caption_with_stage1_only_is_refused(models_dir, tmp_path, capsys)
     assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models_dir), *FAST,
                  "--caption", "fields"]) == 2
     assert "--caption has no effect with --stage1-only" in capsys.readouterr().err
+
+
+def test_fault_weights_check_refuses_a_code_pickle_as_loading_does(tmp_path, capsys):
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo this must never run",))
+
+    models = tmp_path / "models"
+    (models / "sr3").mkdir(parents=True)
+    torch.save({"denoise_fn.x": torch.zeros(1), "evil": Evil()}, models / "sr3" / "I1_E1_gen.pth")
+    assert main(["weights", "check", "--models-dir", str(models), "--sr3", str(models / "sr3" / "I1_E1_gen.pth")]) == 1
+    out = capsys.readouterr()
+    assert "never executes pickled code" in out.out + out.err
+    inputs = write_inputs(tmp_path / "in", ["a.png"])
+    assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models), *FAST]) == 2
+    assert "never executes pickled code" in capsys.readouterr().err and "weights_only" not in out.err
