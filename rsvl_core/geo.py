@@ -32,6 +32,7 @@ data type (low + x·(high − low)). A single-band input is written back as one 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -85,8 +86,10 @@ def has_georeference(path: str | Path) -> bool:
             return False
         rasterio = _rasterio()
         try:
-            with rasterio.open(path) as ds:
-                return ds.crs is not None or not ds.transform.is_identity
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(path) as ds:
+                    return ds.crs is not None or not ds.transform.is_identity
         except Exception:
             return False
 
@@ -248,7 +251,9 @@ def _open(path: str | Path):
     if path.stat().st_size == 0:
         raise InputImageError(f"{path}: file is empty (0 bytes), expected a GeoTIFF")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():  # a plain TIFF is fine: no CRS is not a problem worth a warning per run
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise InputImageError(f"{path}: not a readable raster ({str(exc).splitlines()[0][:160]})") from None
 
@@ -313,6 +318,17 @@ def compute_stretch(data: np.ndarray, valid: np.ndarray | None, bands: tuple[int
     return Stretch("percentile", bands, dtype, tuple(lows), tuple(highs), tuple(percentiles))
 
 
+def clipped_share(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch) -> float:
+    """The share of (valid, finite) values outside each band's low..high: what normalising clips."""
+    outside = total = 0
+    for i, plane in enumerate(data):
+        values = plane[valid] if valid is not None else plane.ravel()
+        values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        outside += int(((values < stretch.low[i]) | (values > stretch.high[i])).sum())
+        total += values.size
+    return outside / total if total else 0.0
+
+
 def _normalise(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch) -> torch.Tensor:
     out = np.empty(data.shape, dtype=np.float32)
     for i, plane in enumerate(data):
@@ -371,6 +387,9 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
     notes = []
     if dtype != "uint8" or method != "none":
         notes.append(stretch.note())
+    if method == "none" and (clipped := clipped_share(data, valid, stretch)) > 0:
+        notes.append(f"warning: {clipped:.1%} of the values lie outside the {stretch.low[0]:g}..{stretch.high[0]:g} "
+                     f"range of --stretch none and were clipped; --stretch percentile keeps them")
     if len(bands) == 1:
         notes.append(f"band {bands[0]} replicated to RGB")
     elif bands != (1, 2, 3) or info.count != 3:

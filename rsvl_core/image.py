@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .errors import InputImageError
@@ -23,6 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # own decompression-bomb guard is replaced by this explicit check, made from the header before any
 # pixel is decoded. A larger scene must be a GeoTIFF processed in windows (rsvl_core.geo).
 MAX_INPUT_PIXELS = 100_000_000
+EXIF_ORIENTATION = 0x0112
 TIFF_HINT = ('multi-band, 16-bit RGB and float TIFFs are read by the GeoTIFF reader: pip install "rsvl[geo]", '
              'then choose bands with --bands and scaling with --stretch')
 
@@ -52,7 +53,11 @@ def read_image(path: str | Path) -> tuple[torch.Tensor, list[str]]:
                 _check_size(path, *img.size)
                 notes = _header_notes(img)
                 img.load()
-                array, more = _to_rgb_float(img, path)
+                upright = img
+                if img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):  # a camera's sideways JPEG
+                    upright = ImageOps.exif_transpose(img)
+                    notes.append("rotated upright by its EXIF orientation")
+                array, more = _to_rgb_float(upright, path)
                 notes += more
     except Image.DecompressionBombError as exc:  # Pillow's guard fires in open() above 2x its own limit
         found = re.search(r"\((\d+) pixels\)", str(exc))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .geo import rasterio_available
 from .image import read_image, write_image_atomic
 from .scene import ArraySink
 from .tiling import Tile
@@ -71,6 +72,8 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
     if not geotiff:
         if bands is not None or stretch is not None:
             raise ValueError(f"{path}: --bands/--stretch apply to GeoTIFF inputs (.tif) only")
+        if path.suffix.lower() in GEOTIFF_SUFFIXES and rasterio_available():
+            return _plain_tiff(path)
         image, notes = read_image(path)
         return SceneSource(path, image.shape[-2], image.shape[-1], notes, image=image)
     from .geo import BandPlan, read_raster, scene_stretch
@@ -88,6 +91,16 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
                      "georeference": {"crs": str(info.crs), "bounds": list(info.bounds), "pixel_size": list(info.res),
                                       "bands": list(info.bands), "nodata": info.nodata}}
     return source
+
+
+def _plain_tiff(path: Path) -> SceneSource:
+    """A TIFF without georeferencing, read through rasterio: 16-bit and float data are stretched as for
+    GeoTIFFs (not cut to their high byte, nor clipped), bands as for GeoTIFFs; the output is a plain image."""
+    from .geo import BandPlan, read_raster
+
+    raster = read_raster(path, BandPlan())
+    return SceneSource(path, raster.info.height, raster.info.width, list(raster.notes), {"stretch":
+                       raster.stretch.to_dict()}, image=raster.image)
 
 
 def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int) -> None:

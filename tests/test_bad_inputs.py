@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import zlib
@@ -173,6 +174,10 @@ def test_folder_run_reports_each_bad_file_and_writes_only_complete_outputs(tmp_p
     models = tmp_path / "models"
     write_demo_models(models)
     cases = write_corpus(tmp_path / "in")
+    # the CLI reads every TIFF through rasterio when it is installed: float data out of [0, 1] is stretched
+    # as for GeoTIFFs (with a note), where the Pillow reader alone refuses it
+    stretched = {"float_range.tif"} if importlib.util.find_spec("rasterio") else set()
+    cases = {name: (case[0], (6, 7), case[2], None) if name in stretched else case for name, case in cases.items()}
     out = tmp_path / "out"
     code = main(["upscale", str(tmp_path / "in"), "-o", str(out), "--scale", "2", "--models-dir", str(models),
                  "--stage1-only", "--sampler", "ddim", "--steps", "2", "-q"])

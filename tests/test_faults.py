@@ -241,3 +241,49 @@ def test_fault_weights_check_refuses_a_code_pickle_as_loading_does(tmp_path, cap
     inputs = write_inputs(tmp_path / "in", ["a.png"])
     assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(models), *FAST]) == 2
     assert "never executes pickled code" in capsys.readouterr().err and "weights_only" not in out.err
+
+
+def test_fault_plain_16bit_and_float_tiffs_are_stretched_not_black_or_clipped(models_dir, tmp_path, capsys):
+    pytest.importorskip("rasterio", reason='rasterio is not installed (pip install "rsvl[geo]")')
+    import rasterio
+
+    from rsvl_core.scene_io import open_scene
+
+    rng = np.random.default_rng(1)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cases = {"dn16.tif": rng.integers(200, 4000, (3, 10, 12)).astype(np.uint16),  # a sensor's 12-bit counts
+             "refl.tif": rng.uniform(0.0, 3.0, (3, 10, 12)).astype(np.float32)}    # values above 1
+    import warnings
+
+    for name, data in cases.items():
+        with warnings.catch_warnings():  # written without georeferencing on purpose
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(inputs / name, "w", driver="GTiff", width=12, height=10, count=3,
+                               dtype=data.dtype) as dst:
+                dst.write(data)
+    for name in cases:
+        scene = open_scene(inputs / name)
+        image = scene.whole()
+        assert 0.3 < float(image.mean()) < 0.7, name  # 16-bit: not its high byte (near black); float: not clipped
+        assert any("percentile" in note for note in scene.notes), scene.notes
+    out = tmp_path / "out"
+    assert main(["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), *FAST]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["dn16_x2.png", "refl_x2.png"]  # plain TIFF in, image out
+    assert "NotGeoreferencedWarning" not in capsys.readouterr().err
+    clipped = open_scene(inputs / "refl.tif", stretch="none", geotiff=True)
+    assert any(note.startswith("warning: ") and "clipped" in note for note in clipped.notes), clipped.notes
+
+
+def test_fault_exif_rotated_jpeg_is_processed_upright(tmp_path):
+    from rsvl_core.image import read_image
+
+    upright = np.zeros((10, 16, 3), np.uint8)
+    upright[:, :8] = 255  # left half white
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270)  # stored rotated, 10 wide
+    exif = Image.Exif()
+    exif[0x0112] = 8  # the viewer turns it 90 degrees counter-clockwise: the camera was held sideways
+    sideways.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    image, notes = read_image(tmp_path / "photo.jpg")
+    assert image.shape[-2:] == (10, 16) and "rotated upright by its EXIF orientation" in notes
+    assert float(image[0, :, :, :8].mean()) > 0.9 > 0.1 > float(image[0, :, :, 8:].mean())
