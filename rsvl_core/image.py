@@ -146,11 +146,16 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def write_image_atomic(image: torch.Tensor, path: str | Path) -> Path:
     """Save an image so that `path` either does not exist or is complete (temp file + rename)."""
+    return write_array_atomic(to_uint8(image), path)
+
+
+def write_array_atomic(array: np.ndarray, path: str | Path) -> Path:
+    """Save an (H, W, 3) uint8 array atomically; no float copy of the image is made (large scenes)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         # the format comes from the final name, since the temp name ends in ".tmp"
         file_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-        Image.fromarray(to_uint8(image), mode="RGB").save(tmp, format=file_format)
+        Image.fromarray(array, mode="RGB").save(tmp, format=file_format)
     return path
 
 

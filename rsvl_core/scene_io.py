@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .geo import rasterio_available
-from .image import read_image, write_image_atomic
+from .image import read_image, write_array_atomic, write_image_atomic
 from .scene import ArraySink
 from .tiling import Tile
 
@@ -141,6 +141,6 @@ def row_sink(source: SceneSource, target: Path, scale: int):
         with GeoTiffWindowWriter(target, info.scaled(scale), stretch) as writer:
             yield _GeoRowSink(writer, source, scale)
         return
-    sink = ArraySink(source.height * scale, source.width * scale)
+    sink = ArraySink(source.height * scale, source.width * scale)  # uint8: 3 bytes per output pixel
     yield sink
-    write_image_atomic(torch.from_numpy(sink.array).permute(2, 0, 1)[None].float() / 255, target)
+    write_array_atomic(sink.array, target)
