@@ -27,6 +27,14 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def readable_files(folder: Path) -> None:
+    """Give files a library wrote with mode 0600 (safetensors' temp-and-rename) the umask's normal mode."""
+    mode = _default_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+
+
 def owner_tag() -> str:
     """This process's mark in temp and claim names: `rsvl-<host>-<pid>`."""
     return f"rsvl-{_HOST}-{os.getpid()}"

@@ -426,18 +426,18 @@ def find_weights(stage: str, *, explicit: Path | None = None, models_dir: Path |
 
 
 def locate(stage: str, models_dir: Path, explicit: Path | None = None,
-           notify: Callable[[str], None] | None = None) -> Path:
+           notify: Callable[[str], None] | None = None, ckpt_dir: Path | None = None) -> Path:
     """One stage's weights for a run: `explicit`, else the models folder, else the wider search order of
-    `rsvl weights list` ($COMFYUI_DIR's model folders, the seed's CKPT_PTH layout). When missing everywhere,
-    the models folder's error (which says how to fix it) is raised. `notify` hears where a file was found
-    outside the models folder."""
+    `rsvl weights list` ($COMFYUI_DIR's model folders, the seed's CKPT_PTH layout, `ckpt_dir` first). When
+    missing everywhere, the models folder's error (which says how to fix it) is raised. `notify` hears where a
+    file was found outside the models folder."""
     locators = {"sr3": locate_sr3, "captioner": locate_captioner, "sdxl": locate_sdxl, "supir": locate_supir}
     try:
         return locators[stage](models_dir, explicit)
     except WeightsNotFoundError:
         if explicit is not None:
             raise
-        found = find_weights(stage, models_dir=models_dir)
+        found = find_weights(stage, models_dir=models_dir, ckpt_dir=ckpt_dir)
         if not found.found:
             raise
         if notify is not None:

@@ -287,3 +287,16 @@ def test_fault_exif_rotated_jpeg_is_processed_upright(tmp_path):
     image, notes = read_image(tmp_path / "photo.jpg")
     assert image.shape[-2:] == (10, 16) and "rotated upright by its EXIF orientation" in notes
     assert float(image[0, :, :, :8].mean()) > 0.9 > 0.1 > float(image[0, :, :, 8:].mean())
+
+
+def test_fault_demo_models_are_readable_like_any_file(tmp_path):
+    from rsvl_core.demo import write_demo_models
+
+    umask = os.umask(0o022)
+    try:
+        write_demo_models(tmp_path / "m")
+    finally:
+        os.umask(umask)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in (tmp_path / "m").rglob("*")
+             if p.is_file()}
+    assert modes and {mode for mode in modes.values()} == {0o644}, modes

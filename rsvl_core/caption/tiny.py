@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import readable_files
+
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS = ("<unk>", PAD_TOKEN, "<|begin_of_text|>", "<|eot_id|>", IMAGE_TOKEN,
@@ -139,6 +141,7 @@ def write_tiny_llava_next(folder: str | Path, seed: int = 0, spec: TinyLlavaSpec
     with quiet_transformers():
         tiny_llava_next(seed, spec).save_pretrained(folder)
         tiny_llava_next_processor(spec).save_pretrained(folder)
+    readable_files(folder)
     return folder
 
 
@@ -207,4 +210,5 @@ def write_tiny_seed_adapter(
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
+    readable_files(folder)
     return folder

@@ -96,6 +96,12 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sdxl", type=Path, default=None,
                        help="the SDXL base single file or diffusers folder (overrides <models-dir>/sdxl)")
     group.add_argument("--supir", type=Path, default=None, help="the SUPIR checkpoint (overrides <models-dir>/supir)")
+    group.add_argument("--llava", type=Path, default=None,
+                       help="the captioner's model folder (overrides <models-dir>/llava)")
+    group.add_argument("--adapter", type=Path, default=None,
+                       help="the captioner's LoRA adapter folder (overrides <models-dir>/llava_adapter)")
+    group.add_argument("--ckpt-pth", type=Path, default=None,
+                       help="the seed's unzipped CKPT_PTH folder, searched after the models folder")
     _flag(group, "--preset", "preset")
     for flag, name, kind in (("--refine-steps", "refine_steps", int), ("--cfg-scale", "cfg_scale", float),
                              ("--cfg-scale-start", "cfg_scale_start", float),
@@ -148,6 +154,7 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
         raise RsvlError(str(exc)) from None
     inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])  # a missing input fails first
     device = resolve_device(args.device)
-    files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say)
+    files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
+                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
     models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype)
     return run_job(inputs, config, models, options, CliEvents(args.quiet))

@@ -118,25 +118,27 @@ def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png"
 
 
 def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1: Path | None = None,
-                       sdxl: Path | None = None, supir: Path | None = None,
-                       notify=None) -> ModelFiles:
+                       sdxl: Path | None = None, supir: Path | None = None, notify=None,
+                       captioner: Path | None = None, adapter: Path | None = None,
+                       ckpt_dir: Path | None = None) -> ModelFiles:
     """Every file the run needs, found before any heavy work (only the stages `config` uses). A `models_dir`
     the caller names must exist (a typo must not fall back to ./models)."""
     if models_dir is not None and not Path(models_dir).is_dir():
         raise RsvlError(f"--models-dir {models_dir}: no such folder")
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    stage1_path = locate("sr3", models_dir, stage1, notify)
+    stage1_path = locate("sr3", models_dir, stage1, notify, ckpt_dir)
     if config.refine is None:
         return ModelFiles(stage1_path)
-    captioner = adapter = None
     if config.caption_text is None:
         try:
-            captioner = locate("captioner", models_dir, None, notify)
-            adapter = locate_caption_adapter(models_dir)
+            captioner = locate("captioner", models_dir, captioner, notify, ckpt_dir)
+            adapter = locate_caption_adapter(models_dir, adapter)
         except RsvlError as exc:
             raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
-    return ModelFiles(stage1_path, captioner, adapter, locate("sdxl", models_dir, sdxl, notify),
-                      locate("supir", models_dir, supir, notify))
+    else:
+        captioner = adapter = None
+    return ModelFiles(stage1_path, captioner, adapter, locate("sdxl", models_dir, sdxl, notify, ckpt_dir),
+                      locate("supir", models_dir, supir, notify, ckpt_dir))
 
 
 # Errors of the output storage that no later input can escape: stop the run instead of failing every image.
