@@ -1,27 +1,28 @@
 """rsvl: two-stage, vision-language-guided diffusion super-resolution for remote-sensing imagery.
 
-The engine. It never imports ComfyUI; the node pack in `nodes/` adapts it.
+The engine. It never imports ComfyUI; the node pack in `nodes/` adapts it. The names below load on first
+use (PEP 562), so `import rsvl_core.cli` and `rsvl --help` do not pay for importing torch.
 """
 
-from .errors import Cancelled, CheckpointError, InputImageError, RsvlError, WeightsNotFoundError
-from .image import read_image, write_image_atomic
-from .stage1 import SR3Config, SR3Model, SR3SamplerOptions, SR3UNet, load_sr3, save_sr3, upscale_stage1
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Cancelled",
-    "CheckpointError",
-    "InputImageError",
-    "RsvlError",
-    "SR3Config",
-    "SR3Model",
-    "SR3SamplerOptions",
-    "SR3UNet",
-    "WeightsNotFoundError",
-    "load_sr3",
-    "read_image",
-    "save_sr3",
-    "upscale_stage1",
-    "write_image_atomic",
-]
+_LAZY = {
+    "Cancelled": "errors", "CheckpointError": "errors", "InputImageError": "errors", "RsvlError": "errors",
+    "WeightsNotFoundError": "errors", "read_image": "image", "write_image_atomic": "image",
+    "SR3Config": "stage1", "SR3Model": "stage1", "SR3SamplerOptions": "stage1", "SR3UNet": "stage1",
+    "load_sr3": "stage1", "save_sr3": "stage1", "upscale_stage1": "stage1", "load_stage1": "stage1",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -300,3 +300,10 @@ def test_fault_demo_models_are_readable_like_any_file(tmp_path):
     modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in (tmp_path / "m").rglob("*")
              if p.is_file()}
     assert modes and {mode for mode in modes.values()} == {0o644}, modes
+
+
+def test_fault_top_level_help_does_not_import_torch():
+    code = ("import sys\nfrom rsvl_core.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "upscale" in done.stdout and done.stdout.strip().endswith("False"), done.stdout + done.stderr

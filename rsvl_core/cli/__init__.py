@@ -1,6 +1,7 @@
 """The `rsvl` command line: argument parsing and printing only; the work is `rsvl_core.pipeline`'s job API.
 
 One module per command: upscale.py, caption.py, weights.py, demo.py; progress.py shows bars and summaries.
+The command modules (and so torch) are imported only when a command runs or shows its own help.
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ import argparse
 import sys
 
 from ..errors import RsvlError
-from . import caption, demo, upscale, weights
-from .progress import print_summary
+from .commands import COMMANDS, DESCRIPTION
+
+
+def top_level_parser() -> argparse.ArgumentParser:
+    """`rsvl --help`: the commands only, built without importing the engine."""
+    parser = argparse.ArgumentParser(prog="rsvl", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rsvl",
-        description="Remote-sensing super-resolution: a fidelity stage (SR3 or any SR model), caption, "
-                    "SUPIR/SDXL refinement.",
-    )
+    from . import caption, demo, upscale, weights
+
+    parser = argparse.ArgumentParser(prog="rsvl", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     upscale.add_upscale_parser(sub)
     caption.add_caption_parser(sub)
@@ -28,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    from . import caption, demo, upscale, weights
+    from .progress import print_summary
+
     if args.command == "upscale":
         summary = upscale.run_upscale(args)
         print_summary(summary)
@@ -43,6 +53,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:  # `rsvl`, `rsvl --help`, a typo: no engine needed to answer
+        top_level_parser().parse_args(argv)
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)

@@ -15,12 +15,13 @@ from ..errors import RsvlError
 from ..image import read_image
 from ..pipeline import collect_inputs
 from ..weights import MODELS_DIR_ENV, default_models_dir, locate_caption_adapter, locate_captioner
+from .commands import COMMANDS
 from .progress import StageBars, say
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     defaults = CaptionOptions()
-    cap = sub.add_parser("caption", help="describe images with the vision-language captioner (LLaVA-NeXT)")
+    cap = sub.add_parser("caption", help=COMMANDS["caption"])
     cap.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     cap.add_argument("--models-dir", type=Path, default=None,
                      help=f"folder with llava/ (and optionally llava_adapter/) (default: ${MODELS_DIR_ENV}, "

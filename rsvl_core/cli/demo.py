@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from ..demo import run_demo
+from .commands import COMMANDS
 from .progress import CliEvents, print_summary, say
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="prove the install: tiny random models, real file formats, real pipeline")
+    demo = sub.add_parser("demo", help=COMMANDS["demo"])
     demo.add_argument("--models-dir", type=Path, default=None,
                       help="write the tiny models here (laid out like real weights) and keep them")
     demo.add_argument("-o", "--output", type=Path, default=None, help="where to write the result")

@@ -25,6 +25,7 @@ from ..pipeline import (
 from ..pipeline.options import SETTINGS
 from ..scene import WindowOptions
 from ..weights import MODELS_DIR_ENV
+from .commands import COMMANDS
 from .progress import CliEvents, say
 
 
@@ -51,7 +52,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("upscale", help="super-resolve image files or folders")
+    up = sub.add_parser("upscale", help=COMMANDS["upscale"])
     up.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files or folders of images")
     up.add_argument("--input_img", "--input-img", action="append", type=Path, default=[],
                     help="an input image (seed-compatible alias; may repeat)")

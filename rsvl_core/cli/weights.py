@@ -21,6 +21,7 @@ from ..weights_manager import (
     fix_command,
     list_weights,
 )
+from .commands import COMMANDS
 
 EXPLICIT_OPTIONS = {"sr3": "sr3", "captioner": "llava", "caption-adapter": "adapter", "sdxl": "sdxl", "supir": "supir"}
 
@@ -39,7 +40,7 @@ def add_weights_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     for stage, dest in EXPLICIT_OPTIONS.items():
         explicit.add_argument(f"--{dest}", type=Path, default=None, help=f"the {stage} {CATALOGUE[stage].kind}")
 
-    weights = sub.add_parser("weights", help="list, check and download the weights each stage needs",
+    weights = sub.add_parser("weights", help=COMMANDS["weights"],
                              description="The weights each stage needs: where they are found, whether they are "
                                          "sound, and the command that fetches a missing one. Nothing is downloaded "
                                          "except by `rsvl weights download`.")
