@@ -65,14 +65,16 @@ def no_model_loads(monkeypatch):
     monkeypatch.setattr(stage1, "load_stage1", refuse)
 
 
-@pytest.mark.parametrize("where", ["a_file", "under_a_file", "sysfs"])
+@pytest.mark.parametrize("where", ["a_file", "under_a_file", "sysfs", "sysfs_existing"])
 def test_fault_unusable_output_location_is_one_line_before_any_model_loads(where, models_dir, tmp_path, capsys,
                                                                            monkeypatch):
     inputs = write_inputs(tmp_path / "in", ["a.png"])
     blocker = tmp_path / "blocker.txt"
     blocker.write_text("not a folder")
-    output = {"a_file": blocker, "under_a_file": blocker / "sub", "sysfs": Path("/sys/rsvl_fault_test")}[where]
-    if where == "sysfs" and (not Path("/sys").is_dir() or os.access("/sys", os.W_OK) and _sysfs_writable()):
+    # /sys: a file system that refuses new files even to root (CI runs as root, where chmod 0555 stops nothing)
+    output = {"a_file": blocker, "under_a_file": blocker / "sub", "sysfs": Path("/sys/rsvl_fault_test"),
+              "sysfs_existing": Path("/sys")}[where]
+    if where.startswith("sysfs") and (not Path("/sys").is_dir() or _sysfs_writable()):
         pytest.skip("no unwritable /sys on this machine")
     no_model_loads(monkeypatch)
     assert main(["upscale", str(inputs), "-o", str(output), "--models-dir", str(models_dir), *FAST]) == 2
@@ -307,3 +309,37 @@ def test_fault_top_level_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert "upscale" in done.stdout and done.stdout.strip().endswith("False"), done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_fault_kill_9_mid_windowed_geotiff_then_rerun_completes(tmp_path):
+    pytest.importorskip("rasterio", reason='rasterio is not installed (pip install "rsvl[geo]")')
+    scene = REPO.parent / "shared" / "data" / "OSBS_029.tif"
+    if not scene.is_file():
+        pytest.skip(f"shared sample {scene} not found")
+    models_dir = tmp_path / "models"  # no attention: 25 windows in seconds (attention at 96 px is the slow part)
+    save_sr3(SR3UNet(tiny_sr3_config(inner_channel=32, norm_groups=32, attention_levels=())),
+             models_dir / "sr3" / "I9_E9_gen.pth")
+    from test_cli_geotiff import crop_geotiff
+
+    scene = crop_geotiff(scene, tmp_path / "OSBS_029.tif", 200, 160)  # georeferenced: 12 windows of 64 px
+    out = tmp_path / "out"
+    args = ["upscale", str(scene), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
+            "--steps", "4", "-q", "--stage1-only", "--scale", "2", "--window-size", "64", "--window-overlap", "8"]
+    run = _run_cli(args)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not [p for p in (out.iterdir() if out.is_dir() else [])
+                                               if p.name.endswith(".tif.tmp")]:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few windows into the scene
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tif.tmp")]  # the killed run left its temp file
+    assert not (out / "OSBS_029_x2.tif").exists()
+    rerun = _run_cli(args)
+    try:
+        _, err = rerun.communicate(timeout=400)
+    finally:
+        rerun.kill()
+    assert rerun.returncode == 0, err
+    assert leftovers(out) == [] and (out / "OSBS_029_x2.tif").is_file() and (out / "OSBS_029_x2.json").is_file()
