@@ -177,12 +177,25 @@ def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def _finish(run: subprocess.Popen, timeout: float = 400) -> str:
+    """Wait for a run and return its stderr; a run still going at the timeout is killed, not left behind."""
+    try:
+        return run.communicate(timeout=timeout)[1]
+    finally:
+        run.kill()
+
+
+def _stage1_args(inputs: Path, out: Path, models_dir: Path, steps: int) -> list[str]:
+    """A stage-1-only run at 2x with the fast sampler: long enough to be interrupted or raced."""
+    return ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
+            "--steps", str(steps), "-q", "--stage1-only", "--scale", "2"]
+
+
 @pytest.mark.slow
 def test_fault_kill_9_mid_run_then_rerun_completes_without_redoing(models_dir, tmp_path):
     inputs = write_inputs(tmp_path / "in", [f"{i}.png" for i in range(6)], size=(40, 32))
     out = tmp_path / "out"
-    args = ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
-            "--steps", "30", "-q", "--stage1-only", "--scale", "2"]
+    args = _stage1_args(inputs, out, models_dir, 30)
     run = _run_cli(args)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(complete_outputs(out) if out.is_dir() else []) < 2:
@@ -192,7 +205,7 @@ def test_fault_kill_9_mid_run_then_rerun_completes_without_redoing(models_dir, t
     done = {name: (out / name).stat().st_mtime_ns for name in complete_outputs(out)}
     assert 2 <= len(done) < 6
     rerun = _run_cli(args)
-    _, err = rerun.communicate(timeout=300)
+    err = _finish(rerun)
     assert rerun.returncode == 0, err
     assert complete_outputs(out) == [f"{i}_x2.png" for i in range(6)]
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in done.items())
@@ -203,10 +216,9 @@ def test_fault_kill_9_mid_run_then_rerun_completes_without_redoing(models_dir, t
 def test_fault_two_concurrent_runs_split_the_work(models_dir, tmp_path):
     inputs = write_inputs(tmp_path / "in", [f"{i}.png" for i in range(8)], size=(40, 32))
     out = tmp_path / "out"
-    args = ["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
-            "--steps", "20", "-q", "--stage1-only", "--scale", "2"]
+    args = _stage1_args(inputs, out, models_dir, 20)
     runs = [_run_cli(args), _run_cli(args)]
-    errs = [run.communicate(timeout=300)[1] for run in runs]
+    errs = [_finish(run) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errs
     written = [int(err.strip().splitlines()[-1].split()[0]) for err in errs]
     assert sum(written) == 8  # each output computed exactly once
@@ -324,8 +336,7 @@ def test_fault_kill_9_mid_windowed_geotiff_then_rerun_completes(tmp_path):
 
     scene = crop_geotiff(scene, tmp_path / "OSBS_029.tif", 200, 160)  # georeferenced: 12 windows of 64 px
     out = tmp_path / "out"
-    args = ["upscale", str(scene), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
-            "--steps", "4", "-q", "--stage1-only", "--scale", "2", "--window-size", "64", "--window-overlap", "8"]
+    args = [*_stage1_args(scene, out, models_dir, 4), "--window-size", "64", "--window-overlap", "8"]
     run = _run_cli(args)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not [p for p in (out.iterdir() if out.is_dir() else [])
@@ -337,9 +348,6 @@ def test_fault_kill_9_mid_windowed_geotiff_then_rerun_completes(tmp_path):
     assert [p.name for p in out.iterdir() if p.name.endswith(".tif.tmp")]  # the killed run left its temp file
     assert not (out / "OSBS_029_x2.tif").exists()
     rerun = _run_cli(args)
-    try:
-        _, err = rerun.communicate(timeout=400)
-    finally:
-        rerun.kill()
+    err = _finish(rerun)
     assert rerun.returncode == 0, err
     assert leftovers(out) == [] and (out / "OSBS_029_x2.tif").is_file() and (out / "OSBS_029_x2.json").is_file()

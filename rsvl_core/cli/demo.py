@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..demo import run_demo
+from ..demo import DEMO_SCALE, run_demo
 from .commands import COMMANDS
 from .progress import CliEvents, print_summary, say
 
@@ -21,7 +21,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary, record = run_demo(args.models_dir, args.output, args.input, CliEvents(args.quiet), say)
+    summary, record = run_demo(args.models_dir, args.output, args.input, CliEvents(args.quiet, DEMO_SCALE), say)
     print_summary(summary)
     if record is None:
         return 1

@@ -39,8 +39,8 @@ def say(text: str) -> None:
 class CliEvents:
     """JobEvents for a terminal: a bar per stage, notes and one line per finished image."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.bars, self.images = quiet, None, None
+    def __init__(self, quiet: bool, scale: int) -> None:
+        self.quiet, self.scale, self.bars, self.images = quiet, scale, None, None
 
     def begin(self, sources: list[Path]) -> None:
         self.images = tqdm(total=len(sources), desc="images", unit="img", disable=self.quiet or len(sources) == 1)
@@ -67,8 +67,7 @@ class CliEvents:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items())
         peak = record["peak_memory_bytes"] / 2**30
         width, height = record["input"]["size"]
-        scale = int(target.stem.rsplit("_x", 1)[-1])
-        say(f"{source.name} -> {target} ({width * scale}x{height * scale}, {seconds:.1f} s: {stages}; "
+        say(f"{source.name} -> {target} ({width * self.scale}x{height * self.scale}, {seconds:.1f} s: {stages}; "
             f"peak {peak:.2f} GiB {record['peak_memory_kind']})")
 
     def failed(self, source: Path, message: str) -> None:

@@ -158,4 +158,4 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
     models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype)
-    return run_job(inputs, config, models, options, CliEvents(args.quiet))
+    return run_job(inputs, config, models, options, CliEvents(args.quiet, config.scale))

@@ -192,17 +192,10 @@ def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, o
     summary, model_files = JobSummary(), None
     events.begin(sources)
     for source, target, geotiff in zip(sources, targets, geotiffs, strict=True):
-        if is_complete(target) and not options.overwrite:
-            summary.skipped.append(target)
-            events.skipped(source, target)
-            continue
         with Claim(target) as claim:
-            holder = claim.acquire()
-            if holder is not None:  # another run computes it right now
-                summary.skipped.append(target)
-                events.skipped(source, target)
-                continue
-            if is_complete(target) and not options.overwrite:  # finished by another run meanwhile
+            # another run computes it right now, or it is complete (checked after claiming: a concurrent run
+            # may have just finished it)
+            if claim.acquire() is not None or (is_complete(target) and not options.overwrite):
                 summary.skipped.append(target)
                 events.skipped(source, target)
                 continue
@@ -232,7 +225,7 @@ def _run_one(source: Path, target: Path, geotiff: bool, config: RunConfig, model
         events.failed(source, str(exc))
     except OSError as exc:
         where = printable(str(exc.filename or target))
-        message = f"cannot write {where}: {exc.strerror or exc}"
+        message = f"{where}: {exc.strerror or exc}"
         summary.failed.append((source, message))
         events.failed(source, message)
         if exc.errno in STORAGE_ERRORS:

@@ -19,6 +19,7 @@ from ..devices import torch_dtype
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import Tile, plan_tiles
+from .upscaler import check_image_batch
 
 SPANDREL_EXPECTED = (
     "a single-image super-resolution checkpoint that spandrel recognises "
@@ -182,10 +183,7 @@ def upscale_spandrel(
     options.check()
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (B, 3, H, W) RGB, got shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise ValueError(f"image must be a float tensor in [0, 1], got {image.dtype}")
+    check_image_batch(image)
     native = model.native_scale
     height, width = image.shape[-2:]
 

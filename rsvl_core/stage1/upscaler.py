@@ -18,6 +18,11 @@ def check_stage1_inputs(image: torch.Tensor, scale: int) -> None:
     """Raise ValueError for an unusable image tensor or scale, before any heavy work."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale}")
+    check_image_batch(image)
+
+
+def check_image_batch(image: torch.Tensor) -> None:
+    """Raise ValueError unless `image` is a (B, 3, H, W) float tensor (what every stage-1 model takes)."""
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, H, W) RGB, got shape {tuple(image.shape)}")
     if not image.is_floating_point():
