@@ -32,9 +32,11 @@ data type (low + x·(high − low)). A single-band input is written back as one 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, owner_tag
 from .errors import InputImageError, RsvlError
 
 STRETCHES = ("none", "percentile")
 OUTPUT_DTYPES = ("uint8", "source")
 BLOCK_SIZE = 512
+COG_BLOCK = 512  # COG internal tile side (rio-cogeo's default)
 # pixels read (per band) to compute a whole scene's percentiles: a decimated read of a large scene
 STATS_MAX_PIXELS = 1024 * 1024
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
@@ -409,15 +412,22 @@ def _window(window):
     return Window(col_off, row_off, width, height)
 
 
-def read_window(path: str | Path, window, stretch: Stretch,
-                nodata: float | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+def read_window(path: str | Path, window, stretch: Stretch, nodata: float | None = None,
+                out_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
     """One window of a scene, normalised with the scene's `stretch` (from `scene_stretch` or `read_raster`).
 
     `window`: a rasterio Window or (col_off, row_off, width, height) in source pixels. Returns
-    ((1, 3, h, w) in [0, 1], valid mask or None). `nodata` defaults to the file's.
+    ((1, 3, h, w) in [0, 1], valid mask or None). `nodata` defaults to the file's. `out_size` (h, w): read
+    it decimated to that size (averaging; GDAL uses the file's overviews when it has them).
     """
     with _open(path) as ds:
-        data = ds.read(list(stretch.bands), window=_window(window))
+        if out_size is None:
+            data = ds.read(list(stretch.bands), window=_window(window))
+        else:
+            from rasterio.enums import Resampling
+
+            data = ds.read(list(stretch.bands), window=_window(window), out_shape=(len(stretch.bands), *out_size),
+                           resampling=Resampling.average)
         nodata = ds.nodata if nodata is None else nodata
     valid = _valid_mask(data, nodata)
     return _normalise(data, valid, stretch), valid
@@ -586,3 +596,35 @@ def write_geotiff_atomic(image: torch.Tensor, path: str | Path, info: RasterInfo
     with GeoTiffWindowWriter(path, info, stretch, dtype) as writer:
         writer.write(image, (0, 0, info.width, info.height), valid)
     return Path(path)
+
+
+COG_HINT = "--cog needs rio-cogeo: pip install 'rsvl[geo]' (or pip install rio-cogeo)"
+
+
+@contextmanager
+def cloud_optimised(path: str | Path, enabled: bool = True) -> Iterator[Path]:
+    """Yield the path a GeoTIFF writer should write to; on success that file becomes a Cloud-Optimised GeoTIFF
+    at `path` (rio-cogeo: 512 px internal tiles, average-resampled overviews, deflate), renamed into place.
+
+    Nothing is left behind on failure: the plain intermediate is an owner-tagged temp beside `path`.
+    """
+    path = Path(path)
+    if not enabled:
+        yield path
+        return
+    try:
+        from rio_cogeo.cogeo import cog_translate
+        from rio_cogeo.profiles import cog_profiles
+    except ImportError:
+        raise RsvlError(COG_HINT) from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, plain = tempfile.mkstemp(prefix=f".{path.stem}.{owner_tag()}.", suffix=".plain.tif.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(plain)
+        profile = cog_profiles.get("deflate")
+        profile.update(blockxsize=COG_BLOCK, blockysize=COG_BLOCK, BIGTIFF="IF_SAFER")
+        with atomic_path(path) as tmp:
+            cog_translate(plain, str(tmp), profile, overview_resampling="average", in_memory=False, quiet=True)
+    finally:
+        Path(plain).unlink(missing_ok=True)

@@ -6,13 +6,16 @@ window over the overlap, and output rows are written as soon as no later window 
 memory is bounded by (scene width x window height) at the output scale, plus one window's models
 and activations; the scene itself is read window by window.
 
-Each window is sampled with its own seed (scene seed + window index), so overlapping windows are
-independent samples of the same place and the overlap is a smooth cross-fade between them.
+Every window is sampled with the scene's seed and noise keyed by scene position (`noise.NoiseField`), so
+overlapping windows start from the same noise where they overlap and agree closely there; the cross-fade
+only hides what little their different context changes. Windows may be computed anywhere, in any order
+(`rsvl batch` spreads them over GPUs): `blend_windows` takes their outputs in plan order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,15 +25,24 @@ import torch
 from .progress import ProgressCallback, report
 from .tiling import Tile, feather_window, plan_tiles
 
+CAPTION_POLICIES = ("scene", "window")
+
 
 @dataclass(frozen=True)
 class WindowOptions:
-    """size: window edge in input pixels (0 = the whole scene at once); overlap: input pixels shared."""
+    """size: window edge in input pixels (0 = the whole scene at once); overlap: input pixels shared.
+
+    caption: "scene" captions one downsampled overview of the scene and guides every window with it (one
+    captioner run per scene); "window" captions each window's stage-1 image (one run per window).
+    """
 
     size: int = 0
     overlap: int = 16
+    caption: str = "scene"
 
     def check(self) -> None:
+        if self.caption not in CAPTION_POLICIES:
+            raise ValueError(f"caption per {self.caption!r}: choose one of {', '.join(CAPTION_POLICIES)}")
         if self.size < 0 or self.overlap < 0:
             raise ValueError(f"window size and overlap must be >= 0, got {self.size} / {self.overlap}")
         if self.size and self.overlap * 2 >= self.size:
@@ -61,6 +73,20 @@ def _to_uint8(rows: np.ndarray) -> np.ndarray:
     return np.clip(np.round(rows * 255.0), 0, 255).astype(np.uint8)
 
 
+LATENT_FACTOR = 8  # the refiner's VAE: one latent cell per 8 x 8 output pixels
+
+
+def plan_windows(height: int, width: int, windows: WindowOptions, scale: int) -> list[Tile]:
+    """The windows of a (height, width) scene, in input pixels, in the order they are blended (row by row).
+
+    Window starts (all but the last of a row or column) fall on whole latent cells of the output, so that the
+    refiner's scene-keyed noise lines up exactly between overlapping windows.
+    """
+    windows.check()
+    align = LATENT_FACTOR // math.gcd(LATENT_FACTOR, scale)
+    return plan_tiles(height, width, windows.size, windows.overlap, align)
+
+
 def super_resolve_scene(
     height: int,
     width: int,
@@ -78,17 +104,34 @@ def super_resolve_scene(
         process: (window image, window index) -> (1, 3, h * scale, w * scale) in [0, 1].
         sink: receives every output row exactly once, in order.
     """
-    windows.check()
-    tiles = plan_tiles(height, width, windows.size, windows.overlap)
+    tiles = plan_windows(height, width, windows, scale)
+    outputs = (process(read(tile), index) for index, tile in enumerate(tiles))
+    return blend_windows(height, width, scale, windows, outputs, sink, callback)
+
+
+def blend_windows(
+    height: int,
+    width: int,
+    scale: int,
+    windows: WindowOptions,
+    outputs: Iterable[torch.Tensor],
+    sink: RowSink,
+    callback: ProgressCallback | None = None,
+) -> int:
+    """Blend the windows' outputs, given in `plan_windows` order (from any process), into `sink`.
+
+    Only a strip of output rows is held: rows are written as soon as no later window touches them.
+    """
+    tiles = plan_windows(height, width, windows, scale)
     out_w = width * scale
     ramp = windows.overlap * scale
     rows = sorted({t.y0 for t in tiles})
     base = 0                                                   # output row of acc[0]
     acc = np.zeros((0, out_w, 3), dtype=np.float32)
     weight = np.zeros((0, out_w), dtype=np.float32)
+    outputs = iter(outputs)
     for index, tile in enumerate(tiles):
-        image = read(tile)
-        out = process(image, index)
+        out = next(outputs)
         expected = (1, 3, (tile.y1 - tile.y0) * scale, (tile.x1 - tile.x0) * scale)
         if tuple(out.shape) != expected:
             raise RuntimeError(f"window {index}: the pipeline returned {tuple(out.shape)}, expected {expected}")

@@ -21,6 +21,7 @@ from .scene import ArraySink
 from .tiling import Tile
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+OVERVIEW_SIDE = 1024  # the scene overview a windowed run captions once (LLaVA-NeXT sees at most 672 px tiles)
 
 
 @dataclass
@@ -47,6 +48,20 @@ class SceneSource:
         _, stretch, _ = self.geo
         window, _ = read_window(self.path, (tile.x0, tile.y0, tile.x1 - tile.x0, tile.y1 - tile.y0), stretch)
         return window
+
+    def overview(self, max_side: int = OVERVIEW_SIDE) -> torch.Tensor:
+        """The whole scene shrunk (area average) to at most `max_side` pixels a side, without reading it whole."""
+        factor = max(self.height, self.width) / max_side
+        if factor <= 1:
+            return self.whole() if self.image is None else self.image
+        size = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
+        if self.image is not None:
+            return torch.nn.functional.interpolate(self.image, size=size, mode="area")
+        from .geo import read_window
+
+        _, stretch, _ = self.geo
+        overview, _ = read_window(self.path, (0, 0, self.width, self.height), stretch, out_size=size)
+        return overview
 
     def whole(self) -> torch.Tensor:
         if self.image is None:
@@ -103,16 +118,18 @@ def _plain_tiff(path: Path) -> SceneSource:
                        raster.stretch.to_dict()}, image=raster.image)
 
 
-def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int) -> None:
-    """Write a whole result: PNG (or the target's image format), or a GeoTIFF with the scaled georeferencing."""
+def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int, cog: bool = False) -> None:
+    """Write a whole result: PNG (or the target's image format), or a GeoTIFF with the scaled georeferencing
+    (a Cloud-Optimised GeoTIFF with `cog`)."""
     if source.geo is None:
         write_image_atomic(image, target)
         return
-    from .geo import upscale_mask, write_geotiff_atomic
+    from .geo import cloud_optimised, upscale_mask, write_geotiff_atomic
 
     info, stretch, valid = source.geo
     mask = upscale_mask(valid, scale) if valid is not None else None
-    write_geotiff_atomic(image, target, info.scaled(scale), valid=mask, stretch=stretch)
+    with cloud_optimised(target, cog) as path:
+        write_geotiff_atomic(image, path, info.scaled(scale), valid=mask, stretch=stretch)
 
 
 class _GeoRowSink:
@@ -132,13 +149,14 @@ class _GeoRowSink:
 
 
 @contextmanager
-def row_sink(source: SceneSource, target: Path, scale: int):
-    """A RowSink for a windowed run: GeoTIFF strips written as they finish, or an array written at the end."""
+def row_sink(source: SceneSource, target: Path, scale: int, cog: bool = False):
+    """A RowSink for a windowed run: GeoTIFF strips written as they finish (then made a COG with `cog`), or an
+    array written at the end."""
     if source.geo is not None:
-        from .geo import GeoTiffWindowWriter
+        from .geo import GeoTiffWindowWriter, cloud_optimised
 
         info, stretch, _ = source.geo
-        with GeoTiffWindowWriter(target, info.scaled(scale), stretch) as writer:
+        with cloud_optimised(target, cog) as path, GeoTiffWindowWriter(path, info.scaled(scale), stretch) as writer:
             yield _GeoRowSink(writer, source, scale)
         return
     sink = ArraySink(source.height * scale, source.width * scale)  # uint8: 3 bytes per output pixel

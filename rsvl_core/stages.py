@@ -38,7 +38,9 @@ class Stage1(Protocol):
     def modules(self) -> dict[str, torch.nn.Module]: ...
 
     def upscale(self, image: torch.Tensor, scale: int, options: Any, seed: int,
-                callback: ProgressCallback | None = None) -> Stage1Result: ...
+                callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
+        """`origin`: this image's top-left (y, x) in a larger scene's input pixels; when given, random draws
+        are keyed by scene position (`noise.NoiseField`), so overlapping windows agree."""
 
 
 @runtime_checkable

@@ -25,29 +25,34 @@ class Tile:
     x1: int
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Start offsets of tiles of size `tile` covering `length` with at least `overlap` shared.
 
     The last tile is aligned to the end, so every tile has the full size (when length >= tile)
-    and the overlap is spread evenly.
+    and the overlap is spread evenly. With `align` > 1 every start but the last is a multiple of
+    `align` (the overlap is still at least `overlap`; an `align` larger than the stride is ignored).
     """
     if tile <= 0 or length <= tile:
         return [0]
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap {overlap} must be in [0, tile size {tile})")
     stride = tile - overlap
+    if 1 < align <= stride:
+        # each start the furthest multiple of `align` that keeps the overlap; the last one ends at the edge
+        starts = [0]
+        while starts[-1] + tile < length:
+            starts.append(min((starts[-1] + stride) // align * align, length - tile))
+        return starts
     count = -(-(length - tile) // stride) + 1  # ceil division
-    if count == 1:
-        return [0]
     # spread the starts evenly between 0 and length - tile
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int, align: int = 1) -> list[Tile]:
     """Tiles covering a (height, width) image; one tile when `tile_size` is 0 or large enough."""
     tiles = []
-    for y in tile_starts(height, tile_size, overlap):
-        for x in tile_starts(width, tile_size, overlap):
+    for y in tile_starts(height, tile_size, overlap, align):
+        for x in tile_starts(width, tile_size, overlap, align):
             tiles.append(Tile(y, min(y + tile_size, height) if tile_size else height,
                               x, min(x + tile_size, width) if tile_size else width))
     return tiles

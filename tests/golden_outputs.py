@@ -1,7 +1,8 @@
 """Outputs of `rsvl upscale` and of the three shipped workflows on tiny models, for the unchanged-output test.
 
 `python3 tests/golden_outputs.py` records them into tests/golden/outputs.npz (recorded before the engine
-redesign, issue 12); `tests/test_outputs_unchanged.py` reruns the same cases and compares. Everything is
+redesign, issue 12; the windowed case re-recorded when window noise became keyed by scene position, issue 13);
+`tests/test_outputs_unchanged.py` reruns the same cases and compares. Everything is
 seeded: the tiny models (write_demo_models, seed 0), the input crop, the samplers.
 """
 

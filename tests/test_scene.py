@@ -25,7 +25,8 @@ def test_windows_reassemble_a_deterministic_process_exactly():
     sink = ArraySink(37 * 3, 53 * 3)
     count = super_resolve_scene(37, 53, 3, WindowOptions(size=16, overlap=4),
                                 lambda t: scene[..., t.y0:t.y1, t.x0:t.x1], lambda img, i: _nearest(img, 3), sink)
-    assert count == 15 and sink.rows_written == 111  # 3 window rows x 5 columns
+    # window starts on multiples of 8 input pixels (8 // gcd(8, 3)): 0, 8, 16, 21 down; 0, 8, ..., 32, 37 across
+    assert count == 4 * 6 and sink.rows_written == 111
     expected = np.clip(np.round(_nearest(scene, 3)[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
     assert np.array_equal(sink.array, expected)
 

@@ -12,18 +12,20 @@ import errno
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from ..atomic import Claim, atomic_path, check_output_folder, remove_stale_temporaries
+from ..caption import one_line
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
-from ..scene import WindowOptions, super_resolve_scene
+from ..scene import WindowOptions, blend_windows, plan_windows
 from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
+from ..tiling import Tile
 from ..weights import default_models_dir, locate, locate_caption_adapter
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
@@ -51,6 +53,7 @@ class JobOptions:
     overwrite: bool = False
     hash_models: bool = True  # sha256 of every model file in the run record (computed once per file, cached)
     scene: SceneOptions = field(default_factory=SceneOptions)
+    cog: bool = False         # GeoTIFF outputs as Cloud-Optimised GeoTIFFs (rio-cogeo)
 
 
 @dataclass
@@ -212,12 +215,7 @@ def _run_one(source: Path, target: Path, geotiff: bool, config: RunConfig, model
     """One input -> its output and record (both, or neither). False: the storage failed, stop the run."""
     try:
         start = time.perf_counter()
-        record = upscale_file(source, target, geotiff, config, models, options.scene, events)
-        try:
-            write_run_record(target, record, config, models, model_files)
-        except BaseException:
-            target.unlink(missing_ok=True)  # an image without its record is not an output
-            raise
+        record = upscale_to(source, target, geotiff, config, models, options, model_files, events)
         summary.written.append(target)
         events.finished(source, target, record, time.perf_counter() - start)
     except (RsvlError, ValueError) as exc:
@@ -234,6 +232,18 @@ def _run_one(source: Path, target: Path, geotiff: bool, config: RunConfig, model
     return True
 
 
+def upscale_to(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
+               options: JobOptions, model_files: dict, events: JobEvents) -> dict:
+    """One input -> its output image and run record beside it (both, or neither); returns the record."""
+    record = upscale_file(source, target, geotiff, config, models, options.scene, events, options.cog)
+    try:
+        write_run_record(target, record, config, models, model_files)
+    except BaseException:
+        target.unlink(missing_ok=True)  # an image without its record is not an output
+        raise
+    return record
+
+
 def printable(text: str) -> str:
     """A name with undecodable bytes (non-UTF-8 file names) escaped readably and losslessly: `caf\\xe9.png`."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -247,45 +257,92 @@ def _is_geotiff(source: Path, scene: SceneOptions) -> bool:
         return False  # unreadable: open_scene reports it
 
 
+def open_input(source: Path, geotiff: bool, scene_options: SceneOptions) -> SceneSource:
+    """An input scene as the job reads it: whole, or lazily by windows when windows are asked for."""
+    return open_scene(source, scene_options.bands, scene_options.stretch, scene_options.percentiles,
+                      windowed=bool(scene_options.windows.size), geotiff=geotiff)
+
+
+def is_windowed(scene: SceneSource, windows: WindowOptions) -> bool:
+    """Whether this scene is processed in windows (asked for, and larger than one window)."""
+    return bool(windows.size) and (scene.height > windows.size or scene.width > windows.size)
+
+
+def input_record(source: Path, scene: SceneSource) -> dict:
+    """What the run record says about the input file."""
+    record = {"file": printable(source.name), "size": [scene.width, scene.height], "notes": scene.notes,
+              **scene.record}
+    if printable(source.name) != source.name:  # not valid UTF-8: the exact bytes too
+        record["file_bytes_hex"] = source.name.encode("utf-8", "surrogateescape").hex()
+    return record
+
+
 def upscale_file(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
-                 scene_options: SceneOptions, events: JobEvents) -> dict:
+                 scene_options: SceneOptions, events: JobEvents, cog: bool = False) -> dict:
     """One input file -> `target` (atomically); returns its run record (without settings and model files)."""
-    windows = scene_options.windows
-    scene = open_scene(source, scene_options.bands, scene_options.stretch, scene_options.percentiles,
-                       windowed=bool(windows.size), geotiff=geotiff)
+    scene = open_input(source, geotiff, scene_options)
     for note in scene.notes:
         events.note(source, note)
-    record = upscale_scene(scene, config, models, windows, events.progress(source), target)
-    record["input"] = {"file": printable(source.name), "size": [scene.width, scene.height], "notes": scene.notes,
-                       **scene.record}
-    if printable(source.name) != source.name:  # not valid UTF-8: the exact bytes too
-        record["input"]["file_bytes_hex"] = source.name.encode("utf-8", "surrogateescape").hex()
+    record = upscale_scene(scene, config, models, scene_options.windows, events.progress(source), target, cog)
+    record["input"] = input_record(source, scene)
     return record
 
 
 def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels, windows: WindowOptions,
-                  callback: ProgressCallback | None, target: Path) -> dict:
-    """The pipeline on one scene (whole, or window by window with seed + window index), written to `target`."""
-    if not windows.size or (scene.height <= windows.size and scene.width <= windows.size):
+                  callback: ProgressCallback | None, target: Path, cog: bool = False) -> dict:
+    """The pipeline on one scene (whole, or window by window with scene-keyed noise), written to `target`."""
+    if not is_windowed(scene, windows):
         result = run_pipeline(scene.whole(), config, models, callback)
-        write_whole(scene, result.image, target, config.scale)
+        write_whole(scene, result.image, target, config.scale, cog)
         record = run_record(result, config)
         record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
         return record
-    results: list[PipelineResult] = []
+    caption = scene_caption(scene, config, models, windows)
+    records: list[dict] = []
 
-    def process(window: torch.Tensor, index: int) -> torch.Tensor:
-        results.append(run_pipeline(window, replace(config, seed=config.seed + index), models, callback))
-        return results[-1].image
+    def outputs():
+        for tile in plan_windows(scene.height, scene.width, windows, config.scale):
+            image, record = run_window(scene, tile, config, models, callback, caption)
+            records.append(record)
+            yield image
 
-    with row_sink(scene, target, config.scale) as sink:
-        count = super_resolve_scene(scene.height, scene.width, config.scale, windows, scene.read, process, sink)
-    record = run_record(results[0], config)
-    record["seconds"] = {k: round(sum(r.seconds.get(k, 0) for r in results), 3) for k in results[0].seconds}
-    record["windows"] = {"count": count, "size": windows.size, "overlap": windows.overlap,
-                         "captions": [r.caption for r in results]}
+    with row_sink(scene, target, config.scale, cog) as sink:
+        blend_windows(scene.height, scene.width, config.scale, windows, outputs(), sink)
+    record = windowed_record(records, windows, caption)
     # the peak over the whole scene, the final write included (not just one window's pipeline)
-    record["peak_memory_bytes"] = max([r.peak_memory_bytes for r in results] + [peak_memory(models.device)[0]])
+    record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
+    return record
+
+
+def scene_caption(scene: SceneSource, config: RunConfig, models: PipelineModels,
+                  windows: WindowOptions) -> str | None:
+    """The caption every window of a scene shares (policy "scene"): the captioner on a downsampled overview of
+    the low-resolution scene. None when windows caption themselves, the caption is given, or nothing refines."""
+    if config.refine is None or config.caption_text is not None or windows.caption != "scene":
+        return None
+    caption = one_line(models.get("caption").caption(scene.overview(), config.caption)[0])
+    models.release("caption")
+    return caption
+
+
+def run_window(scene: SceneSource, tile: Tile, config: RunConfig, models: PipelineModels,
+               callback: ProgressCallback | None, caption: str | None) -> tuple[torch.Tensor, dict]:
+    """One window of a scene through the pipeline: (its output image, its run record)."""
+    result = run_pipeline(scene.read(tile), config, models, callback, origin=(tile.y0, tile.x0),
+                          scene_caption=caption)
+    return result.image, run_record(result, config)
+
+
+def windowed_record(records: list[dict], windows: WindowOptions, caption: str | None) -> dict:
+    """A windowed scene's run record from its windows' records (in window order, from any process)."""
+    record = dict(records[0])
+    record["seconds"] = {k: round(sum(r["seconds"].get(k, 0) for r in records), 3) for k in records[0]["seconds"]}
+    record["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in records)
+    record["windows"] = {"count": len(records), "size": windows.size, "overlap": windows.overlap,
+                         "noise": "keyed by scene position (seed, draw, cell)", "caption_per": windows.caption,
+                         "captions": [r["caption"] for r in records]}
+    if caption is not None:
+        record["caption"] = caption
     return record
 
 

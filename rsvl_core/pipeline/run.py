@@ -48,17 +48,20 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 
 def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
-                 callback: ProgressCallback | None = None) -> PipelineResult:
+                 callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None,
+                 scene_caption: str | None = None) -> PipelineResult:
     """stage 1 -> caption -> refine on one image (1, 3, H, W) in [0, 1]; output exactly (H * scale, W * scale).
 
-    `config` was validated when it was made; nothing here checks it again.
+    For a window of a larger scene: `origin` is its top-left (y, x) in the scene's input pixels (noise is then
+    keyed by scene position, see `noise.py`), and `scene_caption` the scene's caption (used instead of
+    captioning this window). `config` was validated when it was made; nothing here checks it again.
     """
     seconds: dict[str, float] = {}
     _peak_reset(models.device)
 
     # 1. stage 1: from the image alone
     start = time.perf_counter()
-    stage1 = models.get("stage1").upscale(image, config.scale, config.stage1, config.seed, callback)
+    stage1 = models.get("stage1").upscale(image, config.scale, config.stage1, config.seed, callback, origin)
     models.release("stage1")
     seconds["stage1"] = time.perf_counter() - start
 
@@ -68,6 +71,8 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
         start = time.perf_counter()
         if config.caption_text is not None:
             caption, source = config.caption_text, "given"
+        elif scene_caption is not None:
+            caption, source = scene_caption, "scene overview"
         else:
             caption = one_line(models.get("caption").caption(stage1.image, config.caption, callback)[0])
             source = "captioner"
@@ -79,7 +84,8 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
     if config.refine is not None:
         start = time.perf_counter()
         refiner = models.get("refine")
-        result, refine_report = refine_image(refiner, stage1.image, caption, config.refine, config.seed, callback)
+        at = None if origin is None else (origin[0] * config.scale, origin[1] * config.scale)
+        result, refine_report = refine_image(refiner, stage1.image, caption, config.refine, config.seed, callback, at)
         models.release("refine")
         seconds["refine"] = time.perf_counter() - start
 

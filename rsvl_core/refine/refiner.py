@@ -17,6 +17,7 @@ from ..cache.policy import CachePolicy, CacheReport
 from ..checkpoint import own_module_memory, read_state_dict
 from ..errors import CheckpointError
 from ..image import bicubic_resize
+from ..noise import NoiseField, coordinate_noise_source
 from ..progress import ProgressCallback, report
 from .colorfix import apply_color_fix
 from .config import RefinerConfig
@@ -226,13 +227,18 @@ class RefineReport:
 
 
 def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: RefineOptions | None = None,
-                 seed: int = 0, callback: ProgressCallback | None = None) -> tuple[torch.Tensor, RefineReport]:
+                 seed: int = 0, callback: ProgressCallback | None = None,
+                 origin: tuple[int, int] | None = None) -> tuple[torch.Tensor, RefineReport]:
     """Refine one stage-1 image.
 
     Args:
         image: (1, 3, H, W) float in [0, 1], the stage-1 output.
         caption: the text describing it (the captioner's, or the user's).
         seed: seeds every random draw (initial noise and churn noise), drawn on the CPU: same result on any device.
+        origin: the image's top-left (y, x) in a scene's output pixels: noise is then keyed by the latent cell's
+            place in the scene (`noise.NoiseField`), so windows agree. The cell offset is this origin on the
+            working grid (origin x working factor / 8, rounded): exact when that is whole, else within half a
+            cell; windows of different sizes share cells only when their working factor is the same.
     Returns:
         ((1, 3, H, W) float32 in [0, 1], a RefineReport).
     """
@@ -269,12 +275,16 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
         uncond_text.pooled, size_dim, options.original_size, (0, 0), options.target_size).to(device))
     networks = ConditionedNetworks(refiner.unet, refiner.control, cond, uncond, lq_latent)
 
-    # 5. noise from one CPU generator: initial noise first, then churn noise step by step
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(tuple(lq_latent.shape), generator=generator, dtype=torch.float32).to(device)
+    # 5. noise from one CPU generator (or keyed by scene position): initial noise first, then churn noise
+    if origin is None:
+        generator = torch.Generator().manual_seed(seed)
 
-    def churn_noise(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        def churn_noise(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    else:
+        cells = (round(origin[0] * work_h / height / 8), round(origin[1] * work_w / width / 8))
+        churn_noise = coordinate_noise_source(NoiseField(seed), "refine", cells, device)
+    noise = churn_noise(tuple(lq_latent.shape))
 
     # 6. sampling, tiled over the latent when it is larger than a tile, with the step cache if asked
     denoise = GuidedDenoiser(networks, options.sampler.steps, options.latent_tile_size, options.latent_tile_overlap,

@@ -54,10 +54,10 @@ class SR3Stage1(_LoadedModel):
         return {"unet": self.model.unet}
 
     def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
-                callback: ProgressCallback | None = None) -> Stage1Result:
+                callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
         options = options or SR3SamplerOptions()
         report = CacheReport()
-        out = upscale_stage1(self.model, image, scale, options, seed, callback, report)
+        out = upscale_stage1(self.model, image, scale, options, seed, callback, report, origin)
         record = {"model": "sr3", "sampler": options.sampler, "steps": options.total_steps}
         return Stage1Result(out, record, report if report.decisions else None)
 
@@ -77,7 +77,7 @@ class SpandrelStage1(_LoadedModel):
         return self.model.modules()
 
     def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
-                callback: ProgressCallback | None = None) -> Stage1Result:
+                callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
         from .spandrel_sr import upscale_spandrel
 
         out, info = upscale_spandrel(self.model, image, scale, self.tiling(options), callback)

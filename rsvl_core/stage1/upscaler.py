@@ -7,6 +7,7 @@ import torch
 from ..cache.evaluator import CachedEvaluator
 from ..cache.policy import CacheReport
 from ..image import bicubic_resize
+from ..noise import NoiseField, coordinate_noise_source
 from ..progress import ProgressCallback
 from .loader import SR3Model
 from .sampler import SR3SamplerOptions, gaussian_noise_source, make_eps_model, sample_sr3
@@ -37,6 +38,7 @@ def upscale_stage1(
     seed: int = 0,
     callback: ProgressCallback | None = None,
     cache_report: CacheReport | None = None,
+    origin: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Super-resolve with SR3: no text, no guidance, only the low-resolution image.
 
@@ -48,6 +50,8 @@ def upscale_stage1(
         seed: seeds every random draw (noise is drawn on the CPU, so devices agree).
         callback: progress (step, total, "stage1", preview); raise from it to cancel.
         cache_report: filled with the step cache's decisions when `options.cache` is on.
+        origin: the image's top-left (y, x) in a scene's input pixels: noise is then keyed by output-pixel
+            position in the scene (`noise.NoiseField`), not drawn from one generator.
     Returns:
         (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
     """
@@ -62,7 +66,10 @@ def upscale_stage1(
     cache = CachedEvaluator(options.cache, options.total_steps) if options.cache.enabled else None
     eps_model = make_eps_model(model.unet, condition, options.tile_size, options.tile_overlap, options.tile_batch,
                                cache)
-    noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)
+    if origin is None:
+        noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)
+    else:
+        noise = coordinate_noise_source(NoiseField(seed), "stage1", (origin[0] * scale, origin[1] * scale), device)
     sample = sample_sr3(eps_model, (image.shape[0], 3, height, width), schedule, options, noise, callback)
     if cache is not None and cache_report is not None:
         cache_report.decisions.extend(cache.report.decisions)
