@@ -118,38 +118,61 @@ def blend_windows(
     sink: RowSink,
     callback: ProgressCallback | None = None,
 ) -> int:
-    """Blend the windows' outputs, given in `plan_windows` order (from any process), into `sink`.
+    """Blend the windows' outputs, given in `plan_windows` order, into `sink`; returns the number of windows."""
+    blender = WindowBlender(height, width, scale, windows, sink, callback)
+    for out in outputs:
+        blender.add(out)
+        if blender.done:
+            break
+    if not blender.done:
+        raise RuntimeError(f"got {blender.next_index} window outputs, expected {len(blender.tiles)}")
+    return len(blender.tiles)
 
-    Only a strip of output rows is held: rows are written as soon as no later window touches them.
-    """
-    tiles = plan_windows(height, width, windows, scale)
-    out_w = width * scale
-    ramp = windows.overlap * scale
-    rows = sorted({t.y0 for t in tiles})
-    base = 0                                                   # output row of acc[0]
-    acc = np.zeros((0, out_w, 3), dtype=np.float32)
-    weight = np.zeros((0, out_w), dtype=np.float32)
-    outputs = iter(outputs)
-    for index, tile in enumerate(tiles):
-        out = next(outputs)
+
+class WindowBlender:
+    """Takes window outputs one by one in `plan_windows` order (computed anywhere: another process, another GPU)
+    and writes finished output rows to `sink`. Only a strip of output rows is held: rows are written as soon as
+    no later window touches them."""
+
+    def __init__(self, height: int, width: int, scale: int, windows: WindowOptions, sink: RowSink,
+                 callback: ProgressCallback | None = None) -> None:
+        self.height, self.scale, self.sink, self.callback = height, scale, sink, callback
+        self.tiles = plan_windows(height, width, windows, scale)
+        self.ramp = windows.overlap * scale
+        self.rows = sorted({t.y0 for t in self.tiles})
+        self.base = 0                                                   # output row of acc[0]
+        self.acc = np.zeros((0, width * scale, 3), dtype=np.float32)
+        self.weight = np.zeros((0, width * scale), dtype=np.float32)
+        self.next_index = 0
+
+    @property
+    def done(self) -> bool:
+        return self.next_index == len(self.tiles)
+
+    def add(self, out: torch.Tensor) -> None:
+        """The next window's output (1, 3, h * scale, w * scale) in [0, 1]."""
+        index, tiles, scale = self.next_index, self.tiles, self.scale
+        if index >= len(tiles):
+            raise RuntimeError(f"all {len(tiles)} windows are blended already")
+        tile = tiles[index]
         expected = (1, 3, (tile.y1 - tile.y0) * scale, (tile.x1 - tile.x0) * scale)
         if tuple(out.shape) != expected:
             raise RuntimeError(f"window {index}: the pipeline returned {tuple(out.shape)}, expected {expected}")
         y0, y1, x0, x1 = tile.y0 * scale, tile.y1 * scale, tile.x0 * scale, tile.x1 * scale
-        if y1 - base > acc.shape[0]:                           # grow the strip to cover this window
-            grow = y1 - base - acc.shape[0]
-            acc = np.concatenate([acc, np.zeros((grow, out_w, 3), np.float32)])
-            weight = np.concatenate([weight, np.zeros((grow, out_w), np.float32)])
-        w = feather_window(y1 - y0, x1 - x0, ramp).numpy() if len(tiles) > 1 else np.ones((y1 - y0, x1 - x0),
-                                                                                          np.float32)
-        acc[y0 - base:y1 - base, x0:x1] += out[0].permute(1, 2, 0).float().cpu().numpy() * w[..., None]
-        weight[y0 - base:y1 - base, x0:x1] += w
-        report(callback, index + 1, len(tiles), "scene windows")
+        if y1 - self.base > self.acc.shape[0]:                          # grow the strip to cover this window
+            grow = y1 - self.base - self.acc.shape[0]
+            self.acc = np.concatenate([self.acc, np.zeros((grow, *self.acc.shape[1:]), np.float32)])
+            self.weight = np.concatenate([self.weight, np.zeros((grow, self.weight.shape[1]), np.float32)])
+        w = feather_window(y1 - y0, x1 - x0, self.ramp).numpy() if len(tiles) > 1 else np.ones((y1 - y0, x1 - x0),
+                                                                                               np.float32)
+        self.acc[y0 - self.base:y1 - self.base, x0:x1] += out[0].permute(1, 2, 0).float().cpu().numpy() * w[..., None]
+        self.weight[y0 - self.base:y1 - self.base, x0:x1] += w
+        self.next_index += 1
+        report(self.callback, index + 1, len(tiles), "scene windows")
         row_done = index + 1 == len(tiles) or tiles[index + 1].y0 != tile.y0
-        if row_done:                                           # rows above the next window row are final
-            later = [r for r in rows if r > tile.y0]
-            final = later[0] * scale if later else height * scale
-            count = final - base
-            sink.write(base, _to_uint8(acc[:count] / weight[:count, :, None]))
-            acc, weight, base = acc[count:], weight[count:], final
-    return len(tiles)
+        if row_done:                                                    # rows above the next window row are final
+            later = [r for r in self.rows if r > tile.y0]
+            final = later[0] * scale if later else self.height * scale
+            count = final - self.base
+            self.sink.write(self.base, _to_uint8(self.acc[:count] / self.weight[:count, :, None]))
+            self.acc, self.weight, self.base = self.acc[count:], self.weight[count:], final

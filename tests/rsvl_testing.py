@@ -151,3 +151,17 @@ def tiny_compact(scale: int = 4, channels: int = 3, num_conv: int = 2) -> dict[s
     torch.manual_seed(1)
     net = Compact(num_in_ch=channels, num_out_ch=channels, num_feat=8, num_conv=num_conv, upscale=scale)
     return spandrel_state(net)
+
+
+def crop_geotiff(source: Path, target: Path, width: int, height: int) -> Path:
+    """The top-left width x height pixels of `source`, georeferenced (same CRS and origin, nodata kept)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(source) as src:
+        window = Window(0, 0, width, height)  # top-left: the scene's own transform still applies
+        profile = {**src.profile, "width": width, "height": height, "tiled": False}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        with rasterio.open(target, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return target

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from rsvl_testing import tiny_sr3_config
+from rsvl_testing import crop_geotiff, tiny_sr3_config
 
 from rsvl_core.cli import main
 from rsvl_core.stage1 import SR3UNet, save_sr3
@@ -23,19 +23,6 @@ def models_dir(tmp_path):
     config = tiny_sr3_config(inner_channel=32, norm_groups=32, attention_levels=())
     save_sr3(SR3UNet(config), folder / "sr3" / "I9_E9_gen.pth")
     return folder
-
-
-def crop_geotiff(source: Path, target: Path, width: int, height: int) -> Path:
-    """The top-left width x height pixels of `source`, georeferenced (same CRS and origin, nodata kept)."""
-    from rasterio.windows import Window
-
-    with rasterio.open(source) as src:
-        window = Window(0, 0, width, height)  # top-left: the scene's own transform still applies
-        profile = {**src.profile, "width": width, "height": height, "tiled": False}
-        profile.pop("blockxsize", None), profile.pop("blockysize", None)
-        with rasterio.open(target, "w", **profile) as dst:
-            dst.write(src.read(window=window))
-    return target
 
 
 def check_geotiff_run(source: Path, out: Path, size: tuple[int, int], windows: int) -> None:

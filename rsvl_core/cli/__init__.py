@@ -1,6 +1,6 @@
 """The `rsvl` command line: argument parsing and printing only; the work is `rsvl_core.pipeline`'s job API.
 
-One module per command: upscale.py, caption.py, weights.py, demo.py; progress.py shows bars and summaries.
+One module per command: upscale.py, batch.py, caption.py, weights.py, demo.py; progress.py shows bars and summaries.
 The command modules (and so torch) are imported only when a command runs or shows its own help.
 """
 
@@ -23,11 +23,12 @@ def top_level_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import caption, demo, upscale, weights
+    from . import batch, caption, demo, upscale, weights
 
     parser = argparse.ArgumentParser(prog="rsvl", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     upscale.add_upscale_parser(sub)
+    batch.add_batch_parser(sub)
     caption.add_caption_parser(sub)
     weights.add_weights_parser(sub)
     demo.add_demo_parser(sub)
@@ -35,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from . import caption, demo, upscale, weights
+    from . import batch, caption, demo, upscale, weights
     from .progress import print_summary
 
-    if args.command == "upscale":
-        summary = upscale.run_upscale(args)
+    if args.command in ("upscale", "batch"):
+        summary = upscale.run_upscale(args) if args.command == "upscale" else batch.run_batch_command(args)
         print_summary(summary)
         return 2 if summary.stopped else 1 if summary.failed else 0
     if args.command == "caption":

@@ -2,6 +2,7 @@
 
 COMMANDS = {
     "upscale": "super-resolve image files or folders",
+    "batch": "super-resolve many images and large scenes on a Ray cluster (one actor per GPU)",
     "caption": "describe images with the vision-language captioner (LLaVA-NeXT)",
     "weights": "list, check and download the weights each stage needs",
     "demo": "prove the install: tiny random models, real file formats, real pipeline",

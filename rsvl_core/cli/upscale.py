@@ -23,7 +23,7 @@ from ..pipeline import (
     stage1_options,
 )
 from ..pipeline.options import SETTINGS
-from ..scene import WindowOptions
+from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
 from .progress import CliEvents, say
@@ -52,7 +52,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("upscale", help=COMMANDS["upscale"])
+    add_job_arguments(sub.add_parser("upscale", help=COMMANDS["upscale"]))
+
+
+def add_job_arguments(up: argparse.ArgumentParser) -> None:
+    """Inputs, output, models, run settings and scene options: what `rsvl upscale` and `rsvl batch` share."""
     up.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image files or folders of images")
     up.add_argument("--input_img", "--input-img", action="append", type=Path, default=[],
                     help="an input image (seed-compatible alias; may repeat)")
@@ -78,6 +82,12 @@ def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--window-size", type=int, default=0,
                     help="process large scenes in windows of this many input pixels (0 = whole image, default)")
     up.add_argument("--window-overlap", type=int, default=16, help="input pixels shared by windows (default 16)")
+    up.add_argument("--caption-per", choices=CAPTION_POLICIES, default="scene",
+                    help="windowed scenes: scene = caption one downsampled overview and guide every window with it "
+                         "(one captioner run per scene, default); window = caption each window (one run per window)")
+    up.add_argument("--cog", action="store_true",
+                    help="write GeoTIFF outputs as Cloud-Optimised GeoTIFFs (internal tiles, overviews, deflate; "
+                         "needs rio-cogeo, in the [geo] extra)")
     up.add_argument("--bands", default=None,
                     help="GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; default 1,2,3, or 1 for one band)")
     up.add_argument("--stretch", choices=("percentile", "none"), default=None,
@@ -143,9 +153,9 @@ def caption_options_from_args(args: argparse.Namespace) -> CaptionOptions:
 
 
 def job_options_from_args(args: argparse.Namespace) -> JobOptions:
-    scene = SceneOptions(args.bands, args.stretch, args.percentiles, WindowOptions(args.window_size,
-                                                                                   args.window_overlap))
-    return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash, scene=scene)
+    windows = WindowOptions(args.window_size, args.window_overlap, args.caption_per)
+    scene = SceneOptions(args.bands, args.stretch, args.percentiles, windows)
+    return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash, scene=scene, cog=args.cog)
 
 
 def run_upscale(args: argparse.Namespace) -> JobSummary:

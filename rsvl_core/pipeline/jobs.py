@@ -237,7 +237,7 @@ def upscale_to(source: Path, target: Path, geotiff: bool, config: RunConfig, mod
     """One input -> its output image and run record beside it (both, or neither); returns the record."""
     record = upscale_file(source, target, geotiff, config, models, options.scene, events, options.cog)
     try:
-        write_run_record(target, record, config, models, model_files)
+        write_run_record(target, record, config, models.device, model_files)
     except BaseException:
         target.unlink(missing_ok=True)  # an image without its record is not an output
         raise
@@ -384,7 +384,7 @@ def _jsonable(value):
     return value
 
 
-def write_run_record(target: Path, record: dict, config: RunConfig, models: PipelineModels,
+def write_run_record(target: Path, record: dict, config: RunConfig, device: torch.device | str,
                      model_files: dict) -> Path:
     """`<output>.json` beside the image: caption, settings, seed, model files, per-stage times, cache use."""
     sidecar = target.with_suffix(".json")
@@ -392,7 +392,7 @@ def write_run_record(target: Path, record: dict, config: RunConfig, models: Pipe
     settings = {"scale": config.scale, "seed": config.seed, "stage1": _jsonable(config.stage1),
                 "caption": _jsonable(caption), "refine": _jsonable(config.refine),
                 "preset": None if config.refine is None else config.preset, "dtype": config.dtype,
-                "device": str(models.device)}
+                "device": str(device)}
     full = _jsonable({"image": target.name, "seed": config.seed, "scale": config.scale, **record,
                       "settings": settings, "models": model_files})
     with atomic_path(sidecar) as tmp:

@@ -1,0 +1,81 @@
+"""Join (or start) a Ray cluster and size the actor pool: one actor per GPU, or CPU actors on a CPU cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import RsvlError
+
+RAY_HINT = ("rsvl batch runs on Ray: pass --ray auto (start Ray on this machine: its GPUs, or CPU actors) or "
+            "--ray HOST:PORT (join a cluster started with `ray start --head`); for one process without Ray use "
+            "`rsvl upscale`. Ray is in the [batch] extra: pip install 'rsvl[batch]'")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where the actors run and how many there are.
+
+    address: "auto" starts a local Ray (every local GPU, or the CPUs); "HOST:PORT" joins a running cluster.
+    actors: how many actors (default: one per GPU in the cluster; without GPUs, CPUs // cpus_per_actor).
+    cpus_per_actor: CPU cores (and torch threads) per CPU actor.
+    retries: how often an item whose actor died (killed, out of memory) is tried again on another actor.
+    """
+
+    address: str = "auto"
+    actors: int | None = None
+    cpus_per_actor: int = 1
+    retries: int = 2
+    device: str = "auto"
+    dtype: str = "fp32"
+    placement: str = "auto"
+    vae_dtype: str | None = None
+
+    def check(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise RsvlError(f"--actors must be >= 1, got {self.actors}")
+        if self.cpus_per_actor < 1:
+            raise RsvlError(f"--cpus-per-actor must be >= 1, got {self.cpus_per_actor}")
+        if self.retries < 0:
+            raise RsvlError(f"--retries must be >= 0, got {self.retries}")
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RsvlError(RAY_HINT) from None
+    return ray
+
+
+def connect(options: ClusterOptions):
+    """Ray, initialised: reused when this process already is a driver, else started or joined as asked."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if options.address == "auto":
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        try:
+            ray.init(address=options.address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RsvlError(f"--ray {options.address}: cannot join the Ray cluster ({exc}); start one with "
+                            "`ray start --head` and pass the address it prints") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    count: int
+    num_gpus: int   # per actor: 1 on a GPU cluster, else 0
+    num_cpus: int   # per actor
+
+
+def plan_actors(options: ClusterOptions, resources: dict[str, float]) -> ActorPlan:
+    """One actor per GPU (num_gpus=1) when the cluster has GPUs and the device allows; CPU actors otherwise."""
+    gpus = int(resources.get("GPU", 0)) if options.device in ("auto", "cuda") else 0
+    if gpus:
+        return ActorPlan(options.actors or gpus, 1, 1)
+    if options.device == "cuda":
+        raise RsvlError("--device cuda: the Ray cluster has no GPUs")
+    cpus = int(resources.get("CPU", 1))
+    return ActorPlan(options.actors or max(1, cpus // options.cpus_per_actor), 0, options.cpus_per_actor)

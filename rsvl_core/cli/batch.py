@@ -1,0 +1,108 @@
+"""`rsvl batch`: the flags of `rsvl upscale` plus the cluster's -> `batch.run_batch` on Ray actors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import RsvlError
+from ..pipeline import collect_inputs, locate_model_files
+from .commands import COMMANDS
+from .progress import say
+from .upscale import add_job_arguments, config_from_args, job_options_from_args
+
+
+def add_batch_parser(sub: argparse._SubParsersAction) -> None:
+    batch = sub.add_parser("batch", help=COMMANDS["batch"],
+                           description="Upscale many images, and large scenes window by window, on a Ray cluster: "
+                                       "one actor per GPU (or CPU actors), models loaded once per actor. Inputs, "
+                                       "outputs and model files must be on storage every node sees.")
+    add_job_arguments(batch)
+    group = batch.add_argument_group("cluster (Ray)")
+    group.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
+                       help="auto: start Ray on this machine (its GPUs, or CPU actors); HOST:PORT: join the cluster "
+                            "`ray start --head` started (required: without Ray use `rsvl upscale`)")
+    group.add_argument("--actors", type=int, default=None,
+                       help="number of actors (default: one per GPU; without GPUs, CPUs / --cpus-per-actor)")
+    group.add_argument("--cpus-per-actor", type=int, default=1,
+                       help="CPU cores (and torch threads) of each CPU actor (default 1)")
+    group.add_argument("--retries", type=int, default=2,
+                       help="times an item is run again after its actor died (killed, out of memory); default 2")
+
+
+def run_batch_command(args: argparse.Namespace):
+    from ..batch import ClusterOptions, run_batch
+    from ..batch.cluster import RAY_HINT
+
+    if args.ray is None:
+        raise RsvlError(RAY_HINT)
+    try:
+        config, options = config_from_args(args), job_options_from_args(args)
+    except ValueError as exc:
+        raise RsvlError(str(exc)) from None
+    cluster = ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.retries, args.device, args.dtype,
+                             args.placement, args.vae_dtype)
+    cluster.check()
+    inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])
+    files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
+                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
+    files = type(files)(*(None if f is None else Path(f).resolve() for f in (  # absolute: actors have other cwds
+        files.stage1, files.captioner, files.adapter, files.sdxl, files.supir)))
+    options = type(options)(options.output_dir.resolve(), options.overwrite, options.hash_models, options.scene,
+                             options.cog)
+    inputs = [Path(i).resolve() for i in inputs]
+    summary = run_batch(inputs, config, files, options, cluster, BatchBars(args.quiet, config.scale))
+    print_actor_table(summary)
+    return summary
+
+
+class BatchBars:
+    """Two bars on the driver: items (images, windows, captions) and output megapixels; a line per output."""
+
+    def __init__(self, quiet: bool, scale: int) -> None:
+        self.quiet, self.scale, self.items, self.pixels = quiet, scale, None, None
+
+    def begin(self, sources: list[Path]) -> None:
+        pass
+
+    def planned(self, items: int, pixels: int) -> None:
+        self.items = tqdm(total=items, desc="items", unit="item", disable=self.quiet, position=0)
+        self.pixels = tqdm(total=round(pixels / 1e6, 2), desc="output", unit="Mpx", disable=self.quiet, position=1,
+                           bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} Mpx [{elapsed}<{remaining}, {rate_fmt}]")
+
+    def advanced(self, items: int, pixels: int) -> None:
+        if self.items is not None:
+            self.items.update(items)
+            self.pixels.update(round(pixels / 1e6, 2))
+
+    def note(self, source: Path, text: str) -> None:
+        say(f"{source.name}: {text}")
+
+    def skipped(self, source: Path, target: Path) -> None:
+        pass
+
+    def progress(self, source: Path):
+        return None
+
+    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        if not self.quiet:
+            say(f"{source.name} -> {target} ({seconds:.1f} s of actor time)")
+
+    def failed(self, source: Path, message: str) -> None:
+        say(f"error: {message}")
+
+
+def print_actor_table(summary) -> None:
+    """Per-actor throughput: where it ran, items, output megapixels, busy seconds, Mpx/s."""
+    if not summary.actors:
+        return
+    print(f"{'actor':<6} {'host':<16} {'device':<8} {'items':>5} {'Mpx':>8} {'busy s':>8} {'Mpx/s':>7}",
+          file=sys.stderr)
+    for n, a in enumerate(summary.actors):
+        rate = a.pixels / 1e6 / a.seconds if a.seconds else 0.0
+        print(f"{n:<6} {a.where['host'][:16]:<16} {a.where['device']:<8} {a.items:>5} {a.pixels / 1e6:>8.3f} "
+              f"{a.seconds:>8.1f} {rate:>7.3f}" + (f"  ({a.deaths} death(s))" if a.deaths else ""), file=sys.stderr)
+    print(f"wall {summary.seconds:.1f} s; {summary.retried} item(s) retried after an actor died", file=sys.stderr)
