@@ -4,6 +4,7 @@ COMMANDS = {
     "upscale": "super-resolve image files or folders",
     "caption": "describe images with the vision-language captioner (LLaVA-NeXT)",
     "weights": "list, check and download the weights each stage needs",
+    "eval": "evaluate methods on HR images: the paper's protocol, fidelity and hallucination metrics, maps",
     "demo": "prove the install: tiny random models, real file formats, real pipeline",
 }
 DESCRIPTION = ("Remote-sensing super-resolution: a fidelity stage (SR3 or any SR model), caption, "
