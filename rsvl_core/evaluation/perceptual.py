@@ -92,17 +92,20 @@ def _backbone_features(path: Path, expected: str) -> dict[str, torch.Tensor]:
 def _load_slices(slices: list[torch.nn.Sequential], features: dict[str, torch.Tensor], path: Path,
                  expected: str) -> None:
     """Put a torchvision `features` state dict into the numbered slices torchmetrics splits it into."""
-    wanted = {name for block in slices for name in block.state_dict()}
+    def learned(block: torch.nn.Module) -> dict[str, torch.Tensor]:  # conv weights, not DISTS' fixed L2-pool filters
+        return {n: t for n, t in block.state_dict().items() if n.endswith((".weight", ".bias"))}
+
+    wanted = {name for block in slices for name in learned(block)}
     missing = sorted(wanted - set(features))
     if missing:
         raise RsvlError(f"{path}: missing {', '.join('features.' + m for m in missing[:4])}; expected {expected}")
     for block in slices:
-        own = block.state_dict()
+        own = learned(block)
         for name, tensor in own.items():
             if tuple(features[name].shape) != tuple(tensor.shape):
                 raise RsvlError(f"{path}: features.{name} has shape {tuple(features[name].shape)}, expected "
                                 f"{tuple(tensor.shape)} ({expected})")
-        block.load_state_dict({name: features[name] for name in own})
+        block.load_state_dict({name: features[name] for name in own}, strict=False)
 
 
 def build_lpips(path: Path) -> torch.nn.Module:
