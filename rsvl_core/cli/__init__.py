@@ -23,7 +23,7 @@ def top_level_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import batch, caption, demo, upscale, weights
+    from . import batch, caption, demo, evaluate, upscale, weights
 
     parser = argparse.ArgumentParser(prog="rsvl", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_batch_parser(sub)
     caption.add_caption_parser(sub)
     weights.add_weights_parser(sub)
+    evaluate.add_eval_parser(sub)
     demo.add_demo_parser(sub)
     return parser
 
@@ -50,6 +51,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return weights.run_weights(args)
     if args.command == "demo":
         return demo.run(args)
+    if args.command == "eval":
+        from . import evaluate
+
+        return evaluate.print_eval_summary(evaluate.run_eval(args), args.output)
     return 2
 
 

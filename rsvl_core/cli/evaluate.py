@@ -1,0 +1,173 @@
+"""`rsvl eval`: flags -> methods (RunConfigs), the degradation, model files and perceptual weights ->
+`evaluation.run_evaluation`; progress bars over images x methods and a closing summary."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..devices import resolve_device
+from ..errors import RsvlError
+from ..evaluation import (
+    BASELINES,
+    DegradeOptions,
+    EvalOptions,
+    EvalSummary,
+    PerceptualScorer,
+    find_perceptual_weights,
+    run_evaluation,
+)
+from ..pipeline import PLACEMENTS, PipelineModels, RunConfig, locate_model_files
+from ..refine.refiner import PRESETS
+from .commands import COMMANDS
+from .progress import StageBars, say
+from .upscale import _flag, add_model_options, add_refine_options, config_from_args
+
+DEFAULT_METHODS = "bicubic,stage1,full"
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help=COMMANDS["eval"],
+                        description="Degrade each HR image (PIL bicubic, antialiased, by --scale), run every method "
+                                    "on the LR image, score it against HR; tables, maps and pictures in --output.")
+    ev.add_argument("hr_dir", type=Path, metavar="HR_DIR", help="a folder of HR images, or of class folders of them")
+    ev.add_argument("-o", "--output", type=Path, required=True, help="folder for tables, maps and pictures")
+    _flag(ev, "--scale", "scale", type=int)
+    ev.add_argument("--methods", default=DEFAULT_METHODS,
+                    help=f"comma-separated: {', '.join(BASELINES)}, stage1, full, or a refiner preset "
+                         f"({', '.join(sorted(PRESETS))}) (default {DEFAULT_METHODS})")
+    ev.add_argument("--samples", type=int, default=1,
+                    help="seeds per pipeline method (seed, seed+1, ...); 2 or more also write std maps (default 1)")
+    ev.add_argument("--degrade-blur", type=float, default=0.0, help="Gaussian blur sigma (HR pixels) before "
+                    "downsampling (default 0: the paper's protocol)")
+    ev.add_argument("--degrade-noise", type=float, default=0.0, help="Gaussian noise sigma added to the LR image, "
+                    "in [0, 1] units (default 0)")
+    ev.add_argument("--degrade-jpeg", type=int, default=0, help="JPEG quality 1..95 applied to the LR image "
+                    "(default 0: none)")
+    add_model_options(ev)
+    ev.add_argument("--caption", default=None, help="use this text as the caption instead of running the captioner")
+    _flag(ev, "--caption-max-tokens", "caption_max_tokens", type=int)
+    _flag(ev, "--sampler", "stage1_sampler")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
+    _flag(ev, "--seed", "seed", type=int)
+    _flag(ev, "--tile-size", "tile_size", type=int)
+    _flag(ev, "--tile-overlap", "tile_overlap", type=int)
+    _flag(ev, "--tile-batch", "tile_batch", type=int)
+    ev.add_argument("--placement", choices=PLACEMENTS, default="auto", help="model placement on one GPU "
+                    "(as in rsvl upscale)")
+    add_refine_options(ev)
+    perceptual = ev.add_argument_group("perceptual metrics (local weights only; skipped when absent)")
+    perceptual.add_argument("--lpips-weights", type=Path, default=None,
+                            help="torchvision's ImageNet AlexNet file (alexnet-owt-7be5be79.pth) for lpips")
+    perceptual.add_argument("--dists-weights", type=Path, default=None,
+                            help="torchvision's ImageNet VGG16 file (vgg16-397923af.pth) for dists")
+    perceptual.add_argument("--clip-model", type=Path, default=None,
+                            help="a Hugging Face CLIP model folder for clip_iqa (default <models-dir>/eval/clip)")
+    ev.add_argument("--no-hash", action="store_true", help="leave the model files' sha256 out of summary.json")
+    ev.add_argument("--overwrite", action="store_true", help="recompute finished image x method pairs")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(stage1_only=False)
+
+
+def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
+    """--methods -> name -> RunConfig (None for the baselines); all share the seed and stage-1 settings."""
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    known = [*BASELINES, "stage1", "full", *sorted(PRESETS)]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(f"--methods {args.methods!r}: unknown {', '.join(unknown) or '(empty)'}; choose from "
+                         f"{', '.join(known)}")
+    full = config_from_args(args)
+    configs: dict[str, RunConfig | None] = {}
+    for name in dict.fromkeys(names):
+        if name in BASELINES:
+            configs[name] = None
+        elif name == "stage1":
+            configs[name] = replace(full, refine=None, caption_text=None, preset=None)
+        elif name == "full":
+            configs[name] = full
+        else:
+            configs[name] = config_from_args(argparse.Namespace(**{**vars(args), "preset": name}))
+    return configs
+
+
+class EvalBars:
+    """EvalEvents for a terminal: one bar over images x methods, stage bars inside, notes above."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar, self.stages = quiet, None, None
+
+    def begin(self, pairs: int) -> None:
+        self.bar = tqdm(total=pairs, desc="eval", unit="pair", disable=self.quiet)
+
+    def note(self, text: str) -> None:
+        say(text)
+
+    def progress(self, image_id: str, method: str) -> StageBars:
+        self._close_stages()
+        self.stages = StageBars(f"{image_id} {method}", self.quiet)
+        return self.stages
+
+    def pair_done(self, image_id: str, method: str, skipped: bool) -> None:
+        self._close_stages()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def failed(self, what: str, message: str) -> None:
+        self._close_stages()
+        say(f"error: {message if message.startswith(what) else f'{what}: {message}'}")
+
+    def close(self) -> None:
+        self._close_stages()
+        if self.bar is not None:
+            self.bar.close()
+
+    def _close_stages(self) -> None:
+        if self.stages is not None:
+            self.stages.close()
+            self.stages = None
+
+
+def run_eval(args: argparse.Namespace) -> EvalSummary:
+    try:
+        methods = method_configs(args)
+        options = EvalOptions(args.output, args.scale, methods,
+                              DegradeOptions(args.degrade_blur, args.degrade_noise, args.degrade_jpeg),
+                              seed=args.seed, samples=args.samples, overwrite=args.overwrite,
+                              command=shlex.join(["rsvl", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else
+                              "rsvl eval (library call)", hash_models=not args.no_hash)
+        options.check()
+    except ValueError as exc:
+        raise RsvlError(str(exc)) from None
+    device = resolve_device(args.device)
+    models = None
+    pipeline = [c for c in methods.values() if c is not None]
+    if pipeline:
+        widest = next((c for c in pipeline if c.refine is not None), pipeline[0])  # find every file it needs
+        files = locate_model_files(widest, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
+                                   captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
+        models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype)
+    weights = find_perceptual_weights(args.models_dir, args.lpips_weights, args.dists_weights, args.clip_model)
+    events = EvalBars(args.quiet)
+    try:
+        return run_evaluation(args.hr_dir, options, models, PerceptualScorer(weights, args.models_dir, device), events)
+    finally:
+        events.close()
+
+
+def print_eval_summary(summary: EvalSummary, output: Path) -> int:
+    """`N computed, N read back, N failed`, the failures, where the tables are; the exit code."""
+    print(f"{len(summary.computed)} image x method pair(s) computed, {len(summary.skipped)} read back from an "
+          f"earlier run (--overwrite recomputes), {len(summary.failed)} failed", file=sys.stderr)
+    for what, message in summary.failed:
+        print(f"  failed: {message if message.startswith(what) else f'{what}: {message}'}", file=sys.stderr)
+    if "summary_md" in summary.files:
+        print(f"tables: {summary.files['summary_md']} (also per_image.csv, summary_*.csv, summary.json in {output})",
+              file=sys.stderr)
+    return 1 if summary.failed else 0

@@ -1,0 +1,419 @@
+"""`rsvl eval`'s engine: HR images -> the protocol's LR inputs -> every method -> metrics, maps, pictures, tables.
+
+Per image: read HR (crop to a multiple of the scale, reported), make the LR input once (degrade.py), run
+each method on it with the same seeds (baselines here; `stage1`, `full` and presets through the engine's
+`run_pipeline`, so nothing of the pipeline is repeated here), score the result (8-bit, as saved), and write
+`pairs/<class>/<image>/<method>.json` — the resume point: a pair whose JSON matches this run's settings is
+not recomputed. A bad image is reported and the rest continue. Tables, the chart and the provenance
+(command line, versions, model files) are written at the end from every pair's JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..errors import RsvlError
+from ..image import list_images, write_image_atomic
+from ..pipeline import PipelineModels, RunConfig, run_pipeline
+from ..pipeline.jobs import model_files_record, prepare_output_folder, printable
+from ..progress import ProgressCallback
+from ..scene_io import open_scene
+from .degrade import DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
+from .hallucination import CORRECTNESS_METRICS, correctness, opensr_test_version
+from .maps import hallucination_map, std_map, write_map_geotiff, write_map_png
+from .metrics import CONSISTENCY_METRICS, REFERENCE_METRICS, consistency_metrics, reference_metrics
+from .perceptual import PERCEPTUAL_METRICS, PerceptualScorer
+from .report import json_safe, write_comparison_sheet, write_summary_chart, write_tables, write_text_atomic
+
+BASELINES = {"bicubic": "bicubic", "lanczos": "lanczos"}  # method name -> PIL kernel
+ALL_METRICS = REFERENCE_METRICS + CONSISTENCY_METRICS + CORRECTNESS_METRICS + PERCEPTUAL_METRICS
+FLAT_CLASS = "all"  # the class of images directly inside HR_DIR
+CONVENTIONS = ("metrics on the 8-bit SR output vs HR, data range 1; PSNR/SSIM with a border of `scale` pixels "
+               "cropped; Y = BT.601 (16 + 65.481 R + 128.553 G + 24.966 B) / 255; SSIM Gaussian 11x11, "
+               "sigma 1.5, K1 0.01, K2 0.03")
+PACKAGES = ("rsvl", "torch", "numpy", "Pillow", "scikit-image", "torchmetrics", "opensr-test", "matplotlib",
+            "transformers", "diffusers", "spandrel", "rasterio")
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    """One HR image of the dataset: its file, class (sub-folder name, or `all`) and stem used in outputs."""
+
+    path: Path
+    image_class: str
+    name: str
+
+    @property
+    def image_id(self) -> str:
+        return f"{self.image_class}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """One evaluation: where, at which scale, which methods (name -> RunConfig; None for the baselines)."""
+
+    output_dir: Path
+    scale: int
+    methods: dict[str, RunConfig | None]
+    degrade: DegradeOptions = field(default_factory=DegradeOptions)
+    seed: int = 0
+    samples: int = 1               # seeds per stochastic method (seed, seed + 1, ...); >= 2 gives std maps
+    overwrite: bool = False        # recompute finished pairs
+    command: str = ""              # the command line, recorded in summary.json
+    hash_models: bool = True
+
+    def check(self) -> None:
+        """Refuse an inconsistent evaluation before any image is read, naming the setting."""
+        self.degrade.check()
+        if not self.methods:
+            raise ValueError("--methods: name at least one method")
+        for name, config in self.methods.items():
+            if (config is None) != (name in BASELINES):
+                raise ValueError(f"method {name!r}: baselines ({', '.join(BASELINES)}) take no pipeline "
+                                 "configuration and every other method needs one")
+            if config is not None and config.scale != self.scale:
+                raise ValueError(f"method {name!r} runs at scale {config.scale}, the evaluation at {self.scale}")
+        if self.samples < 1:
+            raise ValueError(f"--samples must be at least 1, got {self.samples}")
+
+
+@dataclass
+class EvalSummary:
+    rows: list[dict] = field(default_factory=list)              # one per image x method (pairs' JSON rows)
+    computed: list[str] = field(default_factory=list)           # "<image id> <method>" computed now
+    skipped: list[str] = field(default_factory=list)            # finished before: read back (resume)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image id [method], message)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class EvalEvents(Protocol):
+    """What a face shows while an evaluation runs."""
+
+    def begin(self, pairs: int) -> None: ...
+    def note(self, text: str) -> None: ...
+    def progress(self, image_id: str, method: str) -> ProgressCallback | None: ...
+    def pair_done(self, image_id: str, method: str, skipped: bool) -> None: ...
+    def failed(self, what: str, message: str) -> None: ...
+
+
+class QuietEvents:
+    """No output (library use, tests)."""
+
+    def begin(self, pairs: int) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def progress(self, image_id: str, method: str) -> ProgressCallback | None:
+        return None
+
+    def pair_done(self, image_id: str, method: str, skipped: bool) -> None:
+        pass
+
+    def failed(self, what: str, message: str) -> None:
+        pass
+
+
+def collect_dataset(hr_dir: Path) -> list[EvalImage]:
+    """A flat folder (class `all`), or class sub-folders (AID, UC Merced, RSC11, RSSCN7, WHU-RS19 layouts)."""
+    hr_dir = Path(hr_dir)
+    if not hr_dir.is_dir():
+        raise RsvlError(f"{hr_dir}: no such folder (HR_DIR must be a folder of images or of class folders)")
+    groups = [(FLAT_CLASS, list_images(hr_dir))]
+    groups += [(sub.name, list_images(sub)) for sub in sorted(hr_dir.iterdir())
+               if sub.is_dir() and not sub.name.startswith(".")]
+    images = []
+    for image_class, paths in groups:
+        stems = [p.stem for p in paths]
+        for path in paths:  # a.png and a.jpg in one class keep their extension in the name
+            name = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+            images.append(EvalImage(path, image_class, name))
+    if not images:
+        raise RsvlError(f"{hr_dir}: no images in it or in its sub-folders")
+    return images
+
+
+def method_kind(name: str, config: RunConfig | None) -> str:
+    """baseline, stage1 (no refiner) or full (stage 1 + caption + refiner)."""
+    if config is None:
+        return "baseline"
+    return "stage1" if config.refine is None else "full"
+
+
+def fingerprint(options: EvalOptions, name: str, perceptual: Sequence[str]) -> str:
+    """What a pair's numbers depend on; a finished pair with another fingerprint is recomputed."""
+    config = options.methods[name]
+    content = {"scale": options.scale, "degrade": asdict(options.degrade), "seed": options.seed, "method": name,
+               "config": repr(config), "samples": options.samples if config is not None else 1,
+               "perceptual": sorted(perceptual)}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Paths:
+    """Where one image's files go."""
+
+    def __init__(self, root: Path, image: EvalImage) -> None:
+        self.images = root / "images" / image.image_class / image.name
+        self.pairs = root / "pairs" / image.image_class / image.name
+        self.maps = root / "maps" / image.image_class / image.name
+        self.sheet = root / "sheets" / image.image_class / f"{image.name}.png"
+
+    def pair(self, method: str) -> Path:
+        return self.pairs / f"{method}.json"
+
+
+def _finished(path: Path, expected: str) -> dict | None:
+    """The pair's record if it is complete and was made with the same settings, else None."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("fingerprint") == expected else None
+
+
+def _quantised(image: torch.Tensor) -> torch.Tensor:
+    """As saved: clipped to [0, 1] and rounded to 8 bits."""
+    return image.float().clamp(0, 1).mul(255).round().div(255)
+
+
+class Evaluation:
+    """One evaluation run over a dataset (see the module doc); `run()` returns the summary."""
+
+    def __init__(self, hr_dir: Path, options: EvalOptions, models: PipelineModels | None,
+                 perceptual: PerceptualScorer, events: EvalEvents | None = None) -> None:
+        options.check()
+        if models is None and any(c is not None for c in options.methods.values()):
+            raise ValueError("methods other than the baselines need the pipeline's models")
+        self.hr_dir, self.options, self.models, self.perceptual = Path(hr_dir), options, models, perceptual
+        self.events = events or QuietEvents()
+        self.summary = EvalSummary()
+        self.models_ready = False
+        self.crops: dict[str, list[int]] = {}
+        self.correctness_implementation: str | None = None
+
+    # 1. the run
+    def run(self) -> EvalSummary:
+        images = collect_dataset(self.hr_dir)
+        for stale in prepare_output_folder(self.options.output_dir):
+            self.events.note(f"{stale}: removed a temporary file left by an interrupted run")
+        for line in self.perceptual.skipped:
+            self.events.note(line)
+        self.events.begin(len(images) * len(self.options.methods))
+        for image in images:
+            self._evaluate_image(image)
+        self.summary.files.update(self._write_report())
+        return self.summary
+
+    # 2. one image
+    def _evaluate_image(self, image: EvalImage) -> None:
+        options, paths = self.options, _Paths(self.options.output_dir, image)
+        expected = {m: fingerprint(options, m, self.perceptual.names) for m in options.methods}
+        records = {m: None if options.overwrite else _finished(paths.pair(m), expected[m]) for m in options.methods}
+        pending = [m for m, r in records.items() if r is None]
+        try:
+            hr, grid = self._read_hr(image) if pending or not paths.sheet.is_file() else (None, None)
+            lr = degrade(hr, options.scale, options.degrade, image_seed(options.seed, image.image_id)) \
+                if hr is not None else None
+            if lr is not None:
+                write_image_atomic(lr, paths.images / "lr.png")
+        except (RsvlError, ValueError, OSError) as exc:
+            self._fail(image.image_id, str(exc), count=len(pending))
+            pending = []
+            hr = None
+        if any(options.methods[m] is not None for m in pending) and not self.models_ready:
+            self.models.preload()  # a wrong weights file stops the run here, before any result
+            self.models_ready = True
+        shared: dict[tuple[str, int], torch.Tensor] = {}
+        order = sorted(pending, key=lambda m: {"full": 0, "stage1": 1, "baseline": 2}[
+            method_kind(m, options.methods[m])])
+        outputs: dict[str, torch.Tensor] = {}
+        for method in order:
+            started = time.perf_counter()
+            try:
+                record, outputs[method] = self._evaluate_pair(image, method, hr, lr, grid, paths, shared)
+            except (RsvlError, ValueError, OSError) as exc:
+                self._fail(f"{image.image_id} {method}", str(exc), count=1)
+                continue
+            record.update(fingerprint=expected[method], seconds=round(time.perf_counter() - started, 3))
+            write_text_atomic(paths.pair(method), json.dumps(json_safe(record), indent=2, ensure_ascii=False) + "\n")
+            records[method] = record
+            self.summary.computed.append(f"{image.image_id} {method}")
+            self.events.pair_done(image.image_id, method, skipped=False)
+        for method, record in records.items():
+            if record is not None and method not in pending:
+                self.summary.skipped.append(f"{image.image_id} {method}")
+                self.events.pair_done(image.image_id, method, skipped=True)
+        for method in options.methods:  # rows in the order the methods were asked for
+            if records[method] is not None:
+                self.summary.rows.append({"image": image.image_id, "class": image.image_class, "method": method,
+                                          **{k: v for k, v in records[method]["metrics"].items()}})
+        if hr is not None and (outputs or not paths.sheet.is_file()):
+            self._sheet(image, hr, paths)
+
+    def _read_hr(self, image: EvalImage) -> tuple[torch.Tensor, object]:
+        """The HR image cropped to a multiple of the scale (said, never silent), and its GeoTIFF grid or None."""
+        scene = open_scene(image.path)
+        hr, removed = crop_to_multiple(scene.whole(), self.options.scale)
+        if removed is not None:
+            self.crops[image.image_id] = [*removed]
+            self.events.note(f"{image.image_id}: HR {scene.width}x{scene.height} cropped to {hr.shape[-1]}x"
+                             f"{hr.shape[-2]} (a multiple of the scale {self.options.scale}): {removed[0]} row(s) "
+                             f"and {removed[1]} column(s) removed at the bottom/right")
+        border = self.options.scale
+        if min(hr.shape[-2:]) - 2 * border < 11:
+            raise ValueError(f"{image.path}: HR is {hr.shape[-1]}x{hr.shape[-2]}; with the {border}-pixel border "
+                             "crop SSIM's 11x11 window does not fit (need at least "
+                             f"{11 + 2 * border} pixels a side)")
+        grid = scene.geo[0] if scene.geo is not None else None
+        return hr.float(), grid
+
+    # 3. one image x method
+    def _evaluate_pair(self, image: EvalImage, method: str, hr: torch.Tensor, lr: torch.Tensor, grid,
+                       paths: _Paths, shared: dict) -> tuple[dict, torch.Tensor]:
+        options = self.options
+        config = options.methods[method]
+        record: dict = {"image": printable(image.image_id), "class": printable(image.image_class), "method": method,
+                        "source": printable(str(image.path)), "hr_size": [hr.shape[-1], hr.shape[-2]],
+                        "hr_crop_rows_cols": self.crops.get(image.image_id)}
+        if config is None:
+            samples = [upsample_baseline(lr, options.scale, BASELINES[method])]
+        else:
+            samples, extra = self._run_method(image, method, config, lr, shared)
+            record.update(extra)
+        sr = _quantised(samples[0])
+        write_image_atomic(sr, paths.images / f"{method}.png")
+        metrics = reference_metrics(sr, hr, options.scale)
+        metrics.update(consistency_metrics(sr, lr, options.scale))
+        verdict = correctness(lr, sr, hr, options.scale)
+        self.correctness_implementation = verdict.implementation
+        metrics.update(verdict.percentages)
+        metrics.update(self.perceptual.score(sr, hr))
+        record["metrics"] = metrics
+        if config is not None:
+            class_maps = [verdict.classes] + [correctness(lr, _quantised(s), hr, options.scale).classes
+                                              for s in samples[1:]]
+            record["maps"] = self._write_maps(method, samples, class_maps, hr, grid, paths)
+        return record, sr
+
+    def _run_method(self, image: EvalImage, method: str, config: RunConfig, lr: torch.Tensor,
+                    shared: dict) -> tuple[list[torch.Tensor], dict]:
+        """N seeds of a pipeline method through `run_pipeline`; a stage-1 result that a full run of this image
+        already made with the same stage-1 settings and seed is taken from it instead of recomputed."""
+        samples, captions, reused = [], [], 0
+        for k in range(self.options.samples):
+            seed = self.options.seed + k
+            key = (repr(config.stage1), seed)
+            if config.refine is None and key in shared:
+                samples.append(shared[key])
+                reused += 1
+                continue
+            callback = self.events.progress(image.image_id, method if k == 0 else f"{method} sample {k + 1}")
+            result = run_pipeline(lr, replace(config, seed=seed), self.models, callback)
+            shared.setdefault(key, result.stage1_image)
+            samples.append(result.image)
+            captions.append(result.caption)
+        extra = {"seeds": [self.options.seed + k for k in range(self.options.samples)],
+                 "kind": method_kind(method, config)}
+        if reused:
+            extra["stage1_taken_from_full_run"] = reused
+        if any(c is not None for c in captions):
+            extra["captions"] = captions
+        return samples, extra
+
+    def _write_maps(self, method: str, samples: list[torch.Tensor], class_maps: list[torch.Tensor],
+                    hr: torch.Tensor, grid, paths: _Paths) -> dict[str, str]:
+        height, width = hr.shape[-2:]
+        maps = {"hallucination": (hallucination_map(class_maps, height, width, self.options.scale), 1.0,
+                                  "share of samples classed hallucination (opensr-test rule)")}
+        if len(samples) >= 2:
+            maps["std"] = (std_map(samples), 2.0, "per-pixel standard deviation over samples (RGB mean)")
+        written = {}
+        for kind, (values, gain, description) in maps.items():
+            png = write_map_png(values, paths.maps / f"{method}_{kind}.png", gain)
+            written[f"{kind}_png"] = str(png.relative_to(self.options.output_dir))
+            if grid is not None:
+                tif = write_map_geotiff(values, paths.maps / f"{method}_{kind}.tif", grid, description)
+                written[f"{kind}_geotiff"] = str(tif.relative_to(self.options.output_dir))
+        return written
+
+    def _sheet(self, image: EvalImage, hr: torch.Tensor, paths: _Paths) -> None:
+        """LR | each method | HR, from the saved 8-bit images (so a resumed run draws the same sheet)."""
+        from ..image import read_image
+
+        panels = []
+        lr, _ = read_image(paths.images / "lr.png")
+        panels.append(("LR (input)", torch.nn.functional.interpolate(lr, size=hr.shape[-2:], mode="nearest")))
+        for method in self.options.methods:
+            path = paths.images / f"{method}.png"
+            if path.is_file():
+                panels.append((method, read_image(path)[0]))
+        panels.append(("HR", hr))
+        try:
+            write_comparison_sheet(paths.sheet, panels, f"{image.image_id} (x{self.options.scale}; zoom: centre "
+                                   "quarter)")
+        except OSError as exc:
+            self._fail(f"{image.image_id} sheet", str(exc), count=0)
+
+    def _fail(self, what: str, message: str, count: int) -> None:
+        self.summary.failed.append((what, message))
+        self.events.failed(what, message)
+        for _ in range(count):
+            self.events.pair_done(what, "", skipped=False)
+
+    # 4. tables, chart, provenance
+    def _write_report(self) -> dict[str, Path]:
+        options, rows = self.options, self.summary.rows
+        metrics = [m for m in ALL_METRICS if any(r.get(m) is not None for r in rows)
+                   or m not in PERCEPTUAL_METRICS]
+        provenance = {
+            "command": options.command, "hr_dir": str(self.hr_dir), "scale": options.scale, "seed": options.seed,
+            "samples": options.samples, "methods": {m: method_kind(m, c) for m, c in options.methods.items()},
+            "protocol": {"degradation": options.degrade.describe(), "degrade_options": asdict(options.degrade),
+                         "hr_crop": "HR cropped at the bottom/right to a multiple of the scale",
+                         "hr_cropped_images": self.crops, "conventions": CONVENTIONS,
+                         "correctness": self.correctness_implementation or _default_correctness()},
+            "skipped_metrics": self.perceptual.skipped,
+            "failures": [{"image": w, "message": m} for w, m in self.summary.failed],
+            "versions": package_versions(), "python": platform.python_version(),
+            "model_files": model_files_record(self.models, options.hash_models)
+            if self.models is not None and self.models_ready else
+            ({k: [str(p) for p in v] for k, v in self.models.files().items()} if self.models is not None else {}),
+        }
+        files = write_tables(options.output_dir, rows, metrics, provenance)
+        if rows:
+            files["chart"] = write_summary_chart(options.output_dir / "summary_chart.png", rows, metrics,
+                                                 list(options.methods))
+        return files
+
+
+def _default_correctness() -> str:
+    found = opensr_test_version()
+    return f"opensr-test {found}" if found else "rsvl (opensr-test 1.3.3 definitions)"
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of the packages that shape the numbers (None = not installed)."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_evaluation(hr_dir: Path, options: EvalOptions, models: PipelineModels | None,
+                   perceptual: PerceptualScorer, events: EvalEvents | None = None) -> EvalSummary:
+    """Evaluate every method on every HR image of `hr_dir` into `options.output_dir` (see the module doc)."""
+    return Evaluation(hr_dir, options, models, perceptual, events).run()
