@@ -9,6 +9,7 @@ outputs being computed by another run are left to it, and nothing half-written i
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from ..scene_io import SceneSource, is_geotiff_input, row_sink
 from .cluster import ClusterOptions, connect, plan_actors
 from .worker import SceneWorker
 
+RESTART_POLL = 0.5  # seconds between asking a restarting actor whether it is back
 HELD_PER_ACTOR = 2  # window outputs the driver holds (running or waiting for their turn) per actor
 
 
@@ -203,10 +205,12 @@ def _run(scenes: list[_Scene], config: RunConfig, files: ModelFiles, options: Jo
 
     model_files = model_files_record(PipelineModels.from_files(files, "cpu"), options.hash_models)
     plan = plan_actors(cluster, ray.cluster_resources())
-    remote = ray.remote(SceneWorker).options(num_gpus=plan.num_gpus, num_cpus=plan.num_cpus,
-                                             max_restarts=cluster.retries, max_task_retries=0)
+    remote = ray.remote(SceneWorker)
     threads = plan.num_cpus if plan.num_gpus == 0 else 0
-    actors = [remote.remote(files, config, options, model_files, cluster, threads) for _ in range(plan.count)]
+    actors = [remote.options(num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_restarts=cluster.retries,
+                             max_task_retries=0, name=actor_name(n)).remote(files, config, options, model_files,
+                                                                            cluster, threads)
+              for n in range(plan.count)]
     deaths = _actor_death_errors(ray)
     try:
         try:
@@ -220,6 +224,11 @@ def _run(scenes: list[_Scene], config: RunConfig, files: ModelFiles, options: Jo
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
+
+
+def actor_name(index: int) -> str:
+    """The Ray name of this driver's actor `index` (`ray list actors` shows it; tests find actors by it)."""
+    return f"rsvl-batch-{os.getpid()}-{index}"
 
 
 def _dispatch(ray, actors, items: list[_Item], deaths, config: RunConfig, options: JobOptions,
@@ -240,7 +249,17 @@ def _dispatch(ray, actors, items: list[_Item], deaths, config: RunConfig, option
         held = sum(1 for i, _ in pending.values() if i.kind == "window") + sum(len(s.ready) for s in windowed)
         return held < held_limit or item.index == needed  # the window the blender waits for always runs
 
-    while queue or pending:
+    restarting = getattr(ray.exceptions, "ActorUnavailableError", ())
+    probes: dict[Any, int] = {}  # actor slot -> a call that returns once Ray has restarted that actor
+
+    def lost(slot: int, exc: BaseException) -> None:
+        """An actor died: Ray restarts it (models loaded again) unless its restarts are used up."""
+        stats = summary.actors[slot]
+        stats.deaths += 1
+        if stats.deaths <= cluster.retries:
+            probes[actors[slot].describe.remote()] = slot
+
+    while queue or pending or (probes and queue):
         queue = [i for i in queue if not i.scene.failed]
         while idle and queue and not summary.stopped:
             item = next((i for i in queue if dispatchable(i)), None)
@@ -249,21 +268,30 @@ def _dispatch(ray, actors, items: list[_Item], deaths, config: RunConfig, option
             queue.remove(item)
             slot = idle.pop(0)
             pending[_submit(actors[slot], item)] = (item, slot)
-        if not pending:
+        if not pending and not probes:
             if queue and not summary.stopped and idle:
                 raise RuntimeError("batch: items left that can never run")  # a planning bug, not a user error
             for item in queue:  # every actor is gone (or the storage failed): report what did not run
                 reason = summary.stopped or "every actor died (restarts used up)"
                 _fail(item.scene, f"{printable(str(item.scene.source))}: not run: {reason}", summary, events)
             break
-        done, _ = ray.wait(list(pending), num_returns=1)
+        done, _ = ray.wait([*pending, *probes], num_returns=1)
+        if done[0] in probes:
+            slot = probes.pop(done[0])
+            try:
+                ray.get(done[0])
+                idle.append(slot)  # back, models loaded
+            except restarting:
+                time.sleep(RESTART_POLL)
+                probes[actors[slot].describe.remote()] = slot  # still restarting: ask again
+            except deaths as exc:
+                lost(slot, exc)
+            continue
         item, slot = pending.pop(done[0])
         try:
             value = ray.get(done[0])
         except deaths as exc:
-            summary.actors[slot].deaths += 1
-            if summary.actors[slot].deaths <= cluster.retries:
-                idle.append(slot)  # Ray restarts it (models loaded again); tasks wait for it
+            lost(slot, exc)
             if not item.scene.failed and item.attempts < cluster.retries and _alive_slots(summary, cluster):
                 item.attempts += 1
                 summary.retried += 1
