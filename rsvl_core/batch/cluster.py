@@ -15,7 +15,8 @@ RAY_HINT = ("rsvl batch runs on Ray: pass --ray auto (start Ray on this machine:
 class ClusterOptions:
     """Where the actors run and how many there are.
 
-    address: "auto" starts a local Ray (every local GPU, or the CPUs); "HOST:PORT" joins a running cluster.
+    address: "auto" joins the Ray cluster running on this machine (`ray start`), else starts a local one (every
+        local GPU, or the CPUs), as `ray.init()` does; "HOST:PORT" joins that cluster.
     actors: how many actors (default: one per GPU in the cluster; without GPUs, CPUs // cpus_per_actor).
     cpus_per_actor: CPU cores (and torch threads) per CPU actor.
     retries: how often an item whose actor died (killed, out of memory) is tried again on another actor.

@@ -23,8 +23,9 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
     add_job_arguments(batch)
     group = batch.add_argument_group("cluster (Ray)")
     group.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
-                       help="auto: start Ray on this machine (its GPUs, or CPU actors); HOST:PORT: join the cluster "
-                            "`ray start --head` started (required: without Ray use `rsvl upscale`)")
+                       help="auto: the Ray cluster running on this machine, else a new local one (its GPUs, or CPU "
+                            "actors); HOST:PORT: join the cluster `ray start --head` started (required: without Ray "
+                            "use `rsvl upscale`)")
     group.add_argument("--actors", type=int, default=None,
                        help="number of actors (default: one per GPU; without GPUs, CPUs / --cpus-per-actor)")
     group.add_argument("--cpus-per-actor", type=int, default=1,
