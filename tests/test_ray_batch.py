@@ -285,3 +285,43 @@ def test_ray_cog_writer_makes_a_valid_cog_with_overviews(tmp_path):
         assert dst.block_shapes[0] == (512, 512) and dst.compression.value == "DEFLATE"
         assert (dst.read(1)[:36, :60] == 0).all() and (dst.read(1)[40:, 64:] > 0).all()
     assert sorted(p.name for p in target.parent.iterdir()) == ["cog.tif"]
+
+
+def test_ray_batch_without_ray_says_what_to_do(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.open(SAMPLE_IMAGE).convert("RGB").crop((0, 0, 8, 8)).save(image)
+    assert main(["batch", str(image), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--ray auto" in err and "--ray HOST:PORT" in err and "rsvl upscale" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_scene_overview_is_read_decimated(tmp_path):
+    """The caption of a windowed scene comes from an overview of at most 1024 px a side (here 16): a GeoTIFF read
+    decimated by GDAL (area average), a plain image shrunk the same way."""
+    import torch
+
+    from rsvl_core.scene_io import open_scene
+
+    tif = georeferenced(tmp_path / "s.tif", (0, 0, 64, 48))
+    lazy = open_scene(tif, windowed=True)
+    whole = open_scene(tif)
+    overview = lazy.overview(max_side=16)
+    assert lazy.image is None and tuple(overview.shape) == (1, 3, 12, 16)
+    expected = torch.nn.functional.avg_pool2d(whole.image, 4)
+    assert float((overview - expected).abs().mean()) < 0.01  # the nodata corner aside, the same average
+    png = tmp_path / "s.png"
+    Image.open(SAMPLE_IMAGE).convert("RGB").crop((0, 0, 64, 48)).save(png)
+    assert tuple(open_scene(png).overview(max_side=16).shape) == (1, 3, 12, 16)
+    assert open_scene(png).overview(max_side=100).shape[-2:] == (48, 64)  # small scenes: as they are
+
+
+@pytest.mark.slow
+def test_ray_caption_per_window_captions_each_window(models, tmp_path):
+    scene = georeferenced(tmp_path / "scene.tif", (0, 0, 40, 32))
+    assert main(["upscale", str(scene), "--models-dir", str(models), *RUN, "--window-size", "16",
+                 "--window-overlap", "4", "--caption-per", "window", "-o", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "scene_x2.json").read_text())
+    windows = record["windows"]
+    assert windows["caption_per"] == "window" and record["caption_source"] == "captioner"
+    assert len(windows["captions"]) == windows["count"] > 1 and all(windows["captions"])
