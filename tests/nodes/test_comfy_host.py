@@ -21,7 +21,7 @@ from nodes_testing import OUR_NODES, REPO, WORKFLOWS, check_api_workflow, normal
 TOOLS = Path(os.environ.get("RSVL_COMFY_TOOLS", REPO.parent / "shared" / "tools" / "comfy_host"))
 COMFY_DIR = Path(os.environ.get("COMFY_DIR", Path.home() / "comfy-host" / "ComfyUI"))
 COMFY_PY = Path(os.environ.get("COMFY_PY", Path.home() / "comfy-host" / "venv" / "bin" / "python"))
-PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "pyproject.toml")
+PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "web", "pyproject.toml")
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file() and (TOOLS / "start.sh").is_file()),
