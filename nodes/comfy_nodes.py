@@ -133,9 +133,9 @@ def _seed(tooltip: str | None = None):
 # newer ComfyUI schemas take `search_aliases`, passed where the installed schema has that field.
 DISPLAY_NAMES = {
     "LoadRSVLModels": "RSVL Load Models",
-    "Stage1FidelitySR": "RSVL Stage 1 Upscale (SR3 super-resolution)",
+    "Stage1FidelitySR": "RSVL Upscale: Super-Resolution Stage 1 (SR3)",
     "LlavaRSCaption": "RSVL Caption (LLaVA remote sensing)",
-    "ControlNetRefine": "RSVL Stage 2 Refine (SUPIR/SDXL super-resolution)",
+    "ControlNetRefine": "RSVL Refine: Super-Resolution Stage 2 (SUPIR/SDXL)",
     "DynamicStepScheduler": "RSVL Dynamic Step Scheduler",
 }
 SEARCH_ALIASES = {

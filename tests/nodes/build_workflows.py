@@ -90,7 +90,7 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
     # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
     # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
     full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
-                "8": col(4)}
+                "8": col(2, 1)}  # the final image under the caption: in view, clear of the queue panel
     s1_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(2)}
     hw_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(1, 1), "5": col(2), "6": col(3)}
     return {"rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
@@ -100,10 +100,10 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
 TOP = 210          # canvas y of the first row: titles clear the tab bar, the workflow name and the Run bar
 COLUMN = 480       # node width 400 + a gap for the links
 LEFT = 160         # canvas x of the first column: clear of the sidebar at the saved zoom
-ROWS = (0, 560, 920)  # y offsets in a column: LoadImage (with its preview), then the loader, then the scheduler
+ROWS = (0, 700, 1060)  # y offsets in a column: below LoadImage or Stage 1 (with their previews), then below the loader
 # Node sizes as the frontend grows them when a run adds previews and text (the browser test measures them).
 SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepScheduler": (400, 240),
-         "Stage1FidelitySR": (400, 520), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
+         "Stage1FidelitySR": (400, 580), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
          "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200)}
 ZOOM = 0.6
 

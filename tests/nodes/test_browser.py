@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from nodes_testing import WORKFLOWS
-from test_comfy_host import COMFY_DIR, COMFY_PY, TOOLS, get, server  # noqa: F401  (server: the fixture)
+from test_comfy_host import COMFY_DIR, COMFY_PY, TOOLS, get
+from test_comfy_host import server as server  # noqa: F401  (the module's ComfyUI server fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 try:
@@ -29,13 +30,15 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file() and (TOOLS / "start.sh").is_file()),
+    pytest.mark.skipif(not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file()
+                            and (TOOLS / "start.sh").is_file()),
                        reason=f"no ComfyUI host found (COMFY_DIR={COMFY_DIR}); see ../shared/tools/comfy_host"),
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium: apt-get install -y chromium"),
-    pytest.mark.skipif(playwright_api is None, reason="no Playwright: pip install playwright (never `playwright install`)"),
+    pytest.mark.skipif(playwright_api is None,
+                       reason="no Playwright: pip install playwright (never `playwright install`)"),
 ]
 
-STAGE1 = "RSVL Stage 1 Upscale (SR3 super-resolution)"
+STAGE1 = "RSVL Upscale: Super-Resolution Stage 1 (SR3)"
 # widget values a user would set to try a template on the tiny demo models on a CPU
 TINY = {
     "DynamicStepScheduler": {"stage1_sampler": "ddim", "stage1_steps": 2, "refine_steps": 3, "cache_preset": "fast"},
@@ -78,10 +81,10 @@ def page(browser, server):  # noqa: F811
     context.close()
 
 
-def post(server: dict, path: str, body: dict) -> None:
+def post(host: dict, path: str, body: dict) -> None:
     import urllib.request
 
-    request = urllib.request.Request(f"http://127.0.0.1:{server['port']}{path}", data=json.dumps(body).encode(),
+    request = urllib.request.Request(f"http://127.0.0.1:{host['port']}{path}", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     urllib.request.urlopen(request, timeout=30).read()
 
@@ -230,7 +233,8 @@ def test_browser_workflow_runs_and_shows_its_results(page, server, artifacts, na
     assert stage1_text and stage1_text.startswith("ran: ddim, 2 steps")
     page.wait_for_timeout(500)
     shot(page, artifacts, f"{name}_after_run")
-    assert overlaps(node_boxes(page)) == []
+    boxes = node_boxes(page)
+    assert overlaps(boxes) == [], boxes
     assert titles_under_toolbar(page) == []
     assert page.page_errors == []
 
@@ -255,11 +259,15 @@ def test_browser_invalid_tile_setting_names_the_node_and_the_typed_value(page, s
 
 @pytest.mark.parametrize("query", ["upscale", "super resolution"])
 def test_browser_node_search_finds_the_nodes(page, artifacts, query):
+    page.evaluate("() => { app.graph.clear(); app.graph.setDirtyCanvas(true, true); }")  # an empty canvas
     canvas = page.locator("#graph-canvas")
     canvas.dblclick(position={"x": 700, "y": 500})
     search = page.get_by_role("combobox").or_(page.locator("input[placeholder*='Search']")).first
     search.wait_for(state="visible", timeout=10_000)
     search.fill(query)
-    page.get_by_text(STAGE1).first.wait_for(state="visible", timeout=10_000)
+    page.get_by_role("option").filter(has_text=STAGE1).first.wait_for(state="visible", timeout=10_000)
     shot(page, artifacts, f"search_{query.replace(' ', '_')}")
+    found = [o.split("\n")[0].strip() for o in page.get_by_role("option").all_inner_texts()]
+    # in the result list (for "upscale" after ComfyUI's own "Upscale ..." nodes, which the frontend ranks first)
+    assert STAGE1 in found[:12], " | ".join(found)
     page.keyboard.press("Escape")
