@@ -319,9 +319,10 @@ class Stage1FidelitySR(RSVLNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler=None, steps=None, tile_size=None, tile_overlap=None) -> bool | str:
-        """Reject bad tile settings when the prompt is queued (before anything runs), with the typed values."""
-        problem = core.stage1_settings_problem(sampler, steps, tile_size, tile_overlap)
+    def validate_inputs(cls, tile_size=None, tile_overlap=None) -> bool | str:
+        """Reject bad tile settings when the prompt is queued (before anything runs), with the typed values.
+        (ComfyUI lists the message once per argument named here: only the two tile inputs.)"""
+        problem = core.stage1_settings_problem("faithful", 0, tile_size, tile_overlap)
         return True if problem is None else f"{cls.label()}: {problem}"
 
     @classmethod

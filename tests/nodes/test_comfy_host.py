@@ -188,6 +188,7 @@ def test_invalid_tiles_rejected_at_validation_naming_node_and_value(server):
     status, answer = post_prompt(server, api)
     assert status == 400
     details = [e["details"] for e in answer["node_errors"]["3"]["errors"]]
+    assert sorted(d.split(" - ")[0] for d in details) == ["tile_overlap", "tile_size"]  # one per checked input
     assert any("RSVL Upscale: Super-Resolution Stage 1 (SR3) #3: stage-1 tile_overlap 200 is more than half of "
                "tile_size 224: use at most 112" in d for d in details), details
     api["3"]["inputs"].update({"tile_size": 64, "tile_overlap": 32})  # the rule's edge is valid

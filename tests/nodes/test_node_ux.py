@@ -45,7 +45,7 @@ def test_errors_name_the_node_by_display_name_and_id_not_the_clone_class(comfy, 
 @pytest.mark.parametrize(("tile_size", "tile_overlap"), [(64, 32), (32, 16), (224, 112), (224, 32), (0, 1024)])
 def test_tile_settings_that_follow_the_rule_pass_validation_and_run(comfy, demo_models, tile_size, tile_overlap):
     node = comfy.node("Stage1FidelitySR")
-    assert node.validate_inputs(sampler="ddim", steps=2, tile_size=tile_size, tile_overlap=tile_overlap) is True
+    assert node.validate_inputs(tile_size=tile_size, tile_overlap=tile_overlap) is True
     sr3 = load(comfy, demo_models[1])[0]
     up = stage1(comfy, sr3, torch.rand(1, 20, 40, 3), tile_size=tile_size, tile_overlap=tile_overlap).args[0]
     assert up.shape == (1, 40, 80, 3)
@@ -58,12 +58,12 @@ def test_tile_settings_that_follow_the_rule_pass_validation_and_run(comfy, demo_
 ])
 def test_invalid_tiles_are_rejected_at_validation_with_the_typed_values(comfy, tile_size, tile_overlap, words):
     node = as_comfy_runs_it(comfy.node("Stage1FidelitySR"), "7")
-    message = node.validate_inputs(sampler="faithful", steps=0, tile_size=tile_size, tile_overlap=tile_overlap)
+    message = node.validate_inputs(tile_size=tile_size, tile_overlap=tile_overlap)
     assert isinstance(message, str) and message.startswith(f"{STAGE1} #7: ")
     for word in words:
         assert word in message, message
     # a linked (not yet known) value is not judged at validation time
-    assert node.validate_inputs(sampler="ddim", steps=2, tile_size=None, tile_overlap=200) is True
+    assert node.validate_inputs(tile_size=None, tile_overlap=200) is True
 
 
 def test_tile_widgets_ranges_and_tooltips_agree_with_the_rule(comfy):
