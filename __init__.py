@@ -10,4 +10,8 @@ harmless: ComfyUI's modules are imported only when `comfy_entrypoint` is called.
 if __package__:
     from .nodes import comfy_entrypoint
 
-    __all__ = ["comfy_entrypoint"]
+    __all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]
+
+# The frontend extension (web/rsvl_nodes.js): shows the caption, the refine report and what stage 1 ran on
+# the nodes, and marks the widgets a connected DynamicStepScheduler replaces.
+WEB_DIRECTORY = "./web"

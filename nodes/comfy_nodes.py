@@ -13,8 +13,8 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 from ..rsvl_core.caption.config import CaptionOptions
 from ..rsvl_core.errors import RsvlError
-from ..rsvl_core.pipeline.options import SETTINGS, StepSettings
-from ..rsvl_core.refine.refiner import refine_image
+from ..rsvl_core.pipeline.options import SETTINGS
+from ..rsvl_core.refine.refiner import refine_image, working_size
 from . import core
 from .core import NONE, NodeError
 
@@ -94,6 +94,26 @@ class ComfyHost:
 
         return mm.intermediate_device()
 
+    def free_ram(self) -> int | None:
+        """Free system memory in bytes, as ComfyUI's memory manager sees it (None if it cannot tell)."""
+        import comfy.model_management as mm
+
+        try:
+            return int(mm.get_free_memory(torch.device("cpu")))
+        except Exception:  # an estimate only: never fail a run for it
+            return None
+
+    def send_text(self, node_id: str | None, text: str) -> None:
+        """Show `text` on the node while it runs (the pack's web extension listens to progress_text)."""
+        if node_id is None:
+            return
+        try:
+            from server import PromptServer
+
+            PromptServer.instance.send_progress_text(text, node_id)
+        except (ImportError, AttributeError):  # no server (tests of the node logic)
+            pass
+
 
 HOST = ComfyHost()
 
@@ -108,14 +128,56 @@ def _seed(tooltip: str | None = None):
     return _int("seed", "seed", tooltip, control_after_generate=True)
 
 
-class LoadRSVLModels(io.ComfyNode):
+# Display names, one style ("RSVL ..."), and the words a user may search the node library with. ComfyUI 0.8's
+# frontend searches node ids and display names only, so the words that matter are in the display names too;
+# newer ComfyUI schemas take `search_aliases`, passed where the installed schema has that field.
+DISPLAY_NAMES = {
+    "LoadRSVLModels": "RSVL Load Models",
+    "Stage1FidelitySR": "RSVL Upscale: Super-Resolution Stage 1 (SR3)",
+    "LlavaRSCaption": "RSVL Caption (LLaVA remote sensing)",
+    "ControlNetRefine": "RSVL Refine: Super-Resolution Stage 2 (SUPIR/SDXL)",
+    "DynamicStepScheduler": "RSVL Dynamic Step Scheduler",
+}
+SEARCH_ALIASES = {
+    "LoadRSVLModels": ["rsvl", "super resolution models", "upscale models", "sr3", "supir", "llava"],
+    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite"],
+    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing"],
+    "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore"],
+    "DynamicStepScheduler": ["steps", "cache", "scheduler", "speed up"],
+}
+
+
+def _schema(node_id: str, **fields) -> io.Schema:
+    """io.Schema with our display name, category and search aliases (where this ComfyUI supports them)."""
+    extra = {"search_aliases": SEARCH_ALIASES[node_id]} \
+        if "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}) else {}
+    return io.Schema(node_id=node_id, display_name=DISPLAY_NAMES[node_id], category=CATEGORY,
+                     hidden=[io.Hidden.unique_id], **extra, **fields)
+
+
+class RSVLNode(io.ComfyNode):
+    """Our nodes' common part: how errors name the node (display name and graph id, never the class name)."""
+
+    NODE_ID = ""
+
+    @classmethod
+    def label(cls) -> str:
+        hidden = getattr(cls, "hidden", None)
+        return core.node_label(DISPLAY_NAMES[cls.NODE_ID], getattr(hidden, "unique_id", None))
+
+    @classmethod
+    def unique_id(cls) -> str | None:
+        return getattr(getattr(cls, "hidden", None), "unique_id", None)
+
+
+class LoadRSVLModels(RSVLNode):
+    NODE_ID = "LoadRSVLModels"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         fp = _folder_paths()
-        return io.Schema(
-            node_id="LoadRSVLModels",
-            display_name="Load RSVL Models",
-            category=CATEGORY,
+        return _schema(
+            "LoadRSVLModels",
             description="Choose the SR3, captioner and refiner weights. Nothing is loaded here: each model loads on "
                         "first use by the node that needs it, and ComfyUI's memory manager moves and frees it.",
             inputs=[
@@ -178,7 +240,7 @@ class LoadRSVLModels(io.ComfyNode):
     @classmethod
     def execute(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model, dtype, device,
                 llava_quantization) -> io.NodeOutput:
-        with core.user_errors(cls.__name__):
+        with core.user_errors(cls.label()):
             paths = cls._paths(sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model)
 
             def handle(kind, keys, loader, **options):
@@ -194,13 +256,13 @@ class LoadRSVLModels(io.ComfyNode):
             )
 
 
-class DynamicStepScheduler(io.ComfyNode):
+class DynamicStepScheduler(RSVLNode):
+    NODE_ID = "DynamicStepScheduler"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="DynamicStepScheduler",
-            display_name="RSVL Dynamic Step Scheduler",
-            category=CATEGORY,
+        return _schema(
+            "DynamicStepScheduler",
             description="Steps and step cache for both stages. Connect it to Stage1FidelitySR and/or "
                         "ControlNetRefine; the refine node reports which steps were computed and which reused.",
             inputs=[
@@ -220,18 +282,18 @@ class DynamicStepScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, cache_preset, refine_steps, cache_threshold, stage1_sampler, stage1_steps,
                 stage1_cache) -> io.NodeOutput:
-        with core.user_errors(cls.__name__):
+        with core.user_errors(cls.label()):
             return io.NodeOutput(core.scheduler_from_inputs(cache_preset, refine_steps, cache_threshold, stage1_sampler,
                                                             stage1_steps, stage1_cache))
 
 
-class Stage1FidelitySR(io.ComfyNode):
+class Stage1FidelitySR(RSVLNode):
+    NODE_ID = "Stage1FidelitySR"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="Stage1FidelitySR",
-            display_name="RSVL Stage 1 Fidelity SR (SR3)",
-            category=CATEGORY,
+        return _schema(
+            "Stage1FidelitySR",
             description="Super-resolves 2x/4x/8x from the low-resolution image alone: with SR3 (the paper's stage 1), "
                         "or with any upscale model (one pass, resampled to the scale). Output is exactly input x "
                         "scale.",
@@ -245,8 +307,11 @@ class Stage1FidelitySR(io.ComfyNode):
                 _int("steps", "stage1_steps", "SR3 only: sampling steps; 0 = the sampler's default (500 faithful, "
                                               "50 ddim/dpmpp)."),
                 _seed(),
-                _int("tile_size", "tile_size"),
-                _int("tile_overlap", "tile_overlap"),
+                _int("tile_size", "tile_size", "Stage-1 tile edge in output pixels (224 = SR3's training size); "
+                                               "0 = whole image at once, else at least 32. Tiles bound memory."),
+                _int("tile_overlap", "tile_overlap", "Output pixels shared by neighbouring tiles, blended: at most "
+                                                     "half of tile_size (e.g. 16 for tile_size 32); unused when "
+                                                     "tile_size is 0."),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces sampler, steps and cache."),
             ],
@@ -254,23 +319,51 @@ class Stage1FidelitySR(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, tile_size=None, tile_overlap=None) -> bool | str:
+        """Reject bad tile settings when the prompt is queued (before anything runs), with the typed values.
+        (ComfyUI lists the message once per argument named here: only the two tile inputs.)"""
+        problem = core.stage1_settings_problem("faithful", 0, tile_size, tile_overlap)
+        return True if problem is None else f"{cls.label()}: {problem}"
+
+    @classmethod
     def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, schedule=None) -> io.NodeOutput:
-        with core.user_errors(cls.__name__):
+        label = cls.label()
+        with core.user_errors(label):
             options = core.stage1_options(sampler, steps, tile_size, tile_overlap, schedule)
             pixels = core.to_bchw(image)
+            batch, _, height, width = pixels.shape
+            factor = int(scale)
+            core.size_guard(label, batch, height, width, height * factor, width * factor, core.STAGE1_BUFFERS,
+                            HOST.free_ram(), f"x{factor}")
+            ran = core.describe_stage1_run(options, schedule, sampler, steps)
             memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
             model = sr3.get(HOST, memory_required=memory)
-            result = model.upscale(pixels, int(scale), options, seed, core.ProgressReporter(HOST))
-            return io.NodeOutput(core.to_bhwc(result.image, HOST.intermediate_device()))
+            notes: list[str] = []
+            node_id = cls.unique_id()
+
+            def slow(seconds_left: float, step: int, total: int) -> None:
+                if HOST.torch_device(sr3.device).type != "cpu":
+                    return
+                per_step = (seconds_left / max(total - step, 1)) if total > step else 0.0
+                line = core.cpu_time_warning(label, seconds_left, step, total, per_step)
+                if line:
+                    log.warning("%s", line)
+                    notes.append(line)
+                    HOST.send_text(node_id, line)
+
+            progress = core.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
+            result = model.upscale(pixels, factor, options, seed, progress)
+            text = "\n".join([ran, *notes])
+            return io.NodeOutput(core.to_bhwc(result.image, HOST.intermediate_device()), ui=ui.PreviewText(text))
 
 
-class LlavaRSCaption(io.ComfyNode):
+class LlavaRSCaption(RSVLNode):
+    NODE_ID = "LlavaRSCaption"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LlavaRSCaption",
-            display_name="RSVL LLaVA Remote-Sensing Caption",
-            category=CATEGORY,
+        return _schema(
+            "LlavaRSCaption",
             description="Describes the image with the remote-sensing captioner. The caption is a STRING: edit it, "
                         "or feed ControlNetRefine any text node instead.",
             is_output_node=True,
@@ -289,7 +382,7 @@ class LlavaRSCaption(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, captioner, prompt, max_new_tokens, temperature, seed) -> io.NodeOutput:
-        with core.user_errors(cls.__name__):
+        with core.user_errors(cls.label()):
             options = CaptionOptions(prompt=prompt, max_new_tokens=max_new_tokens,
                                      temperature=temperature or SETTINGS["caption_temperature"].default,
                                      do_sample=temperature > 0, seed=seed)
@@ -302,13 +395,13 @@ class LlavaRSCaption(io.ComfyNode):
             return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
-class ControlNetRefine(io.ComfyNode):
+class ControlNetRefine(RSVLNode):
+    NODE_ID = "ControlNetRefine"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ControlNetRefine",
-            display_name="RSVL ControlNet Refine (SUPIR/SDXL)",
-            category=CATEGORY,
+        return _schema(
+            "ControlNetRefine",
             description="Stage 2: adds detail to the stage-1 image with SDXL steered by SUPIR's control network, "
                         "guided by the caption. Output is exactly the input size.",
             inputs=[
@@ -339,11 +432,16 @@ class ControlNetRefine(io.ComfyNode):
     @classmethod
     def execute(cls, image, refiner, caption, positive_prompt, negative_prompt, steps, cfg_scale, cfg_scale_start,
                 control_scale, color_fix, seed, latent_tile_size, min_size, schedule=None) -> io.NodeOutput:
-        with core.user_errors(cls.__name__):
+        label = cls.label()
+        with core.user_errors(label):
             options = core.refine_options(steps, cfg_scale, cfg_scale_start, control_scale, color_fix, positive_prompt,
                                           negative_prompt, latent_tile_size, min_size, schedule)
             pixels = core.to_bchw(image)
             captions = core.split_captions(caption or "", pixels.shape[0])
+            batch, _, height, width = pixels.shape
+            work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
+            core.size_guard(label, batch, height, width, work_h, work_w,
+                            core.REFINE_BUFFERS, HOST.free_ram(), f"working size for min_size {options.min_size}")
             tile = options.latent_tile_size or 128
             model = refiner.get(HOST, memory_required=2 * tile * tile * 64 * 4 * 64)
             outputs, lines = [], []
@@ -351,8 +449,7 @@ class ControlNetRefine(io.ComfyNode):
                 single = pixels[index:index + 1]
                 progress = core.ProgressReporter(HOST, core.fit_latent_preview(model, single))
                 result, report = refine_image(model, single, captions[index], options, seed=seed, callback=progress)
-                line = f"image {index + 1}: {report.working_size[1]}x{report.working_size[0]} working size, " \
-                       f"{report.unet_calls} UNet calls; cache: {StepSettings.describe(report.cache)}"
+                line = core.describe_refine_run(index, report, options, schedule, steps)
                 log.info("rsvl refine %s", line)
                 outputs.append(result)
                 lines.append(line)
@@ -370,3 +467,4 @@ class RSVLExtension(ComfyExtension):
 
 
 core.register_model_folders(_folder_paths())
+core.provide_sample(_folder_paths().get_input_directory())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -291,15 +292,22 @@ class ProgressReporter:
     called as well, so a run stops within one step either way.
     """
 
-    def __init__(self, host: Host, latent_preview: LatentPreview | None = None, previews: bool = True) -> None:
+    def __init__(self, host: Host, latent_preview: LatentPreview | None = None, previews: bool = True,
+                 slow_warning: Callable[[float, int, int], None] | None = None) -> None:
         self.host = host
         self.bar = None
         self.latent_preview = latent_preview
         self.previews = previews
         self.stages: list[str] = []
+        self.slow_warning = slow_warning  # called once, after the first step, with (seconds left, step, total)
+        self.started = time.monotonic()
 
     def __call__(self, step: int, total: int, stage: str, preview: torch.Tensor | None = None) -> None:
         self.host.check_interrupt()
+        if self.slow_warning is not None and step >= 1:
+            elapsed = time.monotonic() - self.started
+            warn, self.slow_warning = self.slow_warning, None
+            warn(elapsed / step * max(total - step, 0), step, total)
         if not self.stages or self.stages[-1] != stage:
             self.stages.append(stage)
         if self.bar is None:
@@ -324,10 +332,82 @@ def scheduler_from_inputs(cache_preset: str, refine_steps: int, cache_threshold:
 
 
 def stage1_options(sampler: str, steps: int, tile_size: int, tile_overlap: int, schedule: StepSettings | None = None):
-    overlap = min(tile_overlap, tile_size // 2) if tile_size else tile_overlap
-    options = engine_stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size, tile_overlap=overlap)
+    """Stage1FidelitySR inputs (+ an optional schedule) -> checked SR3 options, the user's values unchanged."""
+    options = engine_stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
+                                    tile_overlap=tile_overlap)
     options.check()
     return options
+
+
+def stage1_settings_problem(sampler: str | None, steps: int | None, tile_size: int | None,
+                            tile_overlap: int | None) -> str | None:
+    """What is wrong with these Stage1FidelitySR widget values (None = fine or not known yet: a linked input).
+
+    Run by the node's `validate_inputs`, so ComfyUI rejects the prompt before anything runs."""
+    if None in (sampler, steps, tile_size, tile_overlap):
+        return None
+    try:
+        stage1_options(sampler, steps, tile_size, tile_overlap)
+    except ValueError as exc:
+        return one_line(exc)
+    return None
+
+
+def node_label(display_name: str, unique_id: str | None = None) -> str:
+    """How errors and warnings name a node: its display name and, inside a graph, its id ("... #4")."""
+    return f"{display_name} #{unique_id}" if unique_id not in (None, "") else display_name
+
+
+def describe_stage1_run(options, schedule: StepSettings | None, widget_sampler: str, widget_steps: int) -> str:
+    """One line: what stage 1 ran (sampler, steps, cache, tiles) and whether a schedule replaced the widgets."""
+    steps = options.total_steps
+    line = f"ran: {options.sampler}, {steps} steps, cache {options.cache.mode if options.cache.enabled else 'off'}, " \
+           + (f"tiles {options.tile_size}/{options.tile_overlap} px" if options.tile_size else "no tiling")
+    if schedule is not None:
+        widgets = f"{widget_sampler}/{widget_steps or 'default'}"
+        line += f" (set by DynamicStepScheduler; this node's sampler/steps {widgets} were not used)"
+    return line
+
+
+def describe_refine_run(index: int, report, options, schedule: StepSettings | None, widget_steps: int) -> str:
+    """One line per refined image: working size, steps that ran, UNet calls and the step cache's decisions.
+
+    With the cache off every step is computed, and the line says so (the cache log is empty then)."""
+    steps = options.sampler.steps
+    height, width = report.working_size
+    if report.cache is not None and report.cache.decisions:
+        cache = StepSettings.describe(report.cache)
+    else:
+        cache = f"off: {steps}/{steps} steps computed"
+    line = f"image {index + 1}: {width}x{height} working size, {steps} steps, {report.unet_calls} UNet calls; " \
+           f"cache: {cache}"
+    if schedule is not None:
+        line += f" (steps and cache set by DynamicStepScheduler; this node's steps {widget_steps} were not used)"
+    return line
+
+
+# Output-sized float32 buffers stage 1 holds at its peak (bicubic condition, noise / x_t, the blended
+# result and its weights, the node's (B, H, W, C) copy) plus the copy the next node (SaveImage) makes: 6.
+STAGE1_BUFFERS = 6
+# The refiner's peak at the working size: the working image, its colour-fix reference, the decoded result,
+# the blended tiles and the copies in and out of the node: 8 buffers of the working size.
+REFINE_BUFFERS = 8
+GIB = 1024 ** 3
+
+
+def size_guard(label: str, batch: int, height: int, width: int, out_height: int, out_width: int, buffers: int,
+               free_bytes: int | None, what: str) -> None:
+    """Refuse, in one line and before anything is allocated, an output that cannot fit in memory.
+
+    The estimate is `buffers` float32 RGB copies of the output; `free_bytes` is the host's free RAM."""
+    need = batch * out_height * out_width * 3 * 4 * buffers
+    if free_bytes is None or need <= free_bytes:
+        return
+    raise NodeError(
+        f"{label}: {batch}x {width}x{height} -> {out_width}x{out_height} ({what}) needs about {need / GIB:.1f} GiB "
+        f"of RAM, {free_bytes / GIB:.1f} GiB free: use a smaller scale, crop or split the image (large scenes: "
+        f"`rsvl upscale --window-size` processes them in windows), or keep tiles on (tile_size > 0)"
+    )
 
 
 def refine_options(steps: int, cfg_scale: float, cfg_scale_start: float, control_scale: float, color_fix: str,
@@ -369,15 +449,61 @@ def fit_latent_preview(refiner, image: torch.Tensor) -> LatentPreview | None:
 
 
 @contextmanager
-def user_errors(node: str) -> Iterator[None]:
-    """Engine errors and bad settings -> one-line NodeError naming the node (Cancel and OOM pass untouched)."""
+def user_errors(label: str) -> Iterator[None]:
+    """Engine errors and bad settings -> one-line NodeError naming the node by `node_label` (its display name
+    and id: ComfyUI runs a copy of the node class, so the class name would read "...Clone").
+    Cancel and OOM pass untouched."""
     try:
         yield
     except (RsvlError, ValueError, FileNotFoundError) as exc:
         message = one_line(exc)
-        raise NodeError(message if message.startswith(node) else f"{node}: {message}") from None
+        raise NodeError(message if message.startswith(label) else f"{label}: {message}") from None
 
 
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+# A stage-1 run on the CPU expected to take longer than this gets a one-line warning with the estimate.
+CPU_WARN_SECONDS = 60.0
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as "45 s", "12 min" or "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cpu_time_warning(label: str, seconds_left: float, step: int, total: int, elapsed_per_step: float) -> str | None:
+    """The one-line CPU warning for a long stage-1 run (None when it is expected to finish soon)."""
+    if seconds_left < CPU_WARN_SECONDS:
+        return None
+    return (f"{label}: running on the CPU: {total} steps at ~{elapsed_per_step:.1f} s/step, about "
+            f"{format_duration(seconds_left)} left; for a quick result connect a DynamicStepScheduler with "
+            f"ddim/dpmpp and fewer steps, or use a GPU")
+
+
+# The image the shipped templates' LoadImage names: the bundled sample, copied into ComfyUI's input folder.
+SAMPLE_NAME = "rsvl_sample.png"
+SAMPLE_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rsvl_core", "samples",
+                             "osbs_029_lr100.png")
+
+
+def provide_sample(input_dir: str, source: str = SAMPLE_SOURCE, name: str = SAMPLE_NAME) -> bool:
+    """Copy the bundled sample to `input_dir/name` so a template runs on the first click; a file of that name
+    already there (the user's own, or ours from before) is never touched. True when the copy was made."""
+    target = os.path.join(input_dir, name)
+    try:
+        os.makedirs(input_dir, exist_ok=True)
+        with open(source, "rb") as src, open(target, "xb") as dst:  # "x": fails if the file exists
+            dst.write(src.read())
+    except FileExistsError:
+        return False
+    except OSError as exc:  # a read-only input folder must not stop the pack from loading
+        log.warning("rsvl: could not copy the sample image to %s (%s)", target, exc)
+        return False
+    return True

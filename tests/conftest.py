@@ -20,3 +20,8 @@ def fixtures_dir() -> Path:
 def _private_hash_cache(tmp_path_factory, monkeypatch):
     """Model-file hashes are cached under $XDG_CACHE_HOME; keep the tests' cache out of the user's."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--browser-artifacts DIR: where the browser tests keep their screenshots (default: pytest's tmp dir)."""
+    parser.addoption("--browser-artifacts", default=None, help="folder for the browser tests' screenshots")

@@ -45,8 +45,8 @@ SETTINGS: dict[str, Setting] = {
                             min=0, max=2000, step=1),
     "tile_size": Setting(_SR3.tile_size, "stage-1 tile edge in output pixels (224 = SR3's training size); "
                          "0 = whole image, else at least 32", min=0, max=4096, step=8),
-    "tile_overlap": Setting(_SR3.tile_overlap, "output pixels shared by neighbouring stage-1 tiles (at most half "
-                            "a tile)", min=0, max=1024, step=8),
+    "tile_overlap": Setting(_SR3.tile_overlap, "output pixels shared by neighbouring stage-1 tiles: at most half "
+                            "of tile_size (16 for a 32 tile)", min=0, max=2048, step=8),
     "tile_batch": Setting(_SR3.tile_batch, "stage-1 tiles per model call", min=1, max=64, step=1),
     "stage1_cache": Setting("off", "SR3 step cache: off, or fast (reuses the previous noise prediction)",
                             choices=STAGE1_CACHES),

@@ -71,10 +71,12 @@ class SR3SamplerOptions:
             raise ValueError(f"stage-1 steps must be >= 1, got {self.steps}")
         if self.tile_size < 0 or (0 < self.tile_size < 32):
             raise ValueError(f"stage-1 tile_size must be 0 (no tiling) or >= 32, got {self.tile_size}")
-        if self.tile_size and not 0 <= self.tile_overlap < self.tile_size // 2:
+        if self.tile_overlap < 0:
+            raise ValueError(f"stage-1 tile_overlap must be >= 0, got {self.tile_overlap}")
+        if self.tile_size and self.tile_overlap > self.tile_size // 2:
             raise ValueError(
-                f"stage-1 tile_overlap must be in [0, tile_size/2) = [0, {self.tile_size // 2}), "
-                f"got {self.tile_overlap}"
+                f"stage-1 tile_overlap {self.tile_overlap} is more than half of tile_size {self.tile_size}: "
+                f"use at most {self.tile_size // 2} (or tile_size 0 = no tiling)"
             )
         if self.tile_batch < 1:
             raise ValueError(f"stage-1 tile_batch must be >= 1, got {self.tile_batch}")

@@ -87,12 +87,29 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
         "5": refine(["3", 0], ["2", 2], ["4", 0]),
         "6": save(["5", 0], "rsvl/refined"),
     }
-    full_pos = {"1": (40, 60), "2": (40, 420), "3": (40, 760), "4": (460, 60), "5": (460, 520), "6": (900, 60),
-                "7": (900, 700), "8": (1340, 60)}
-    s1_pos = {"1": (40, 60), "2": (40, 420), "3": (460, 60), "4": (900, 60)}
-    hw_pos = {"1": (40, 60), "2": (40, 420), "3": (460, 60), "4": (460, 520), "5": (900, 60), "6": (1340, 60)}
+    # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
+    # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
+    full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
+                "8": col(2, 1)}  # the final image under the caption: in view, clear of the queue panel
+    s1_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(2)}
+    hw_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(1, 1), "5": col(2), "6": col(3)}
     return {"rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
             "rsvl_refine_handwritten_caption": (handwritten, hw_pos)}
+
+
+TOP = 210          # canvas y of the first row: titles clear the tab bar, the workflow name and the Run bar
+COLUMN = 480       # node width 400 + a gap for the links
+LEFT = 160         # canvas x of the first column: clear of the sidebar at the saved zoom
+ROWS = (0, 700, 1060)  # y offsets in a column: below LoadImage or Stage 1 (with their previews), then below the loader
+# Node sizes as the frontend grows them when a run adds previews and text (the browser test measures them).
+SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepScheduler": (400, 240),
+         "Stage1FidelitySR": (400, 580), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
+         "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200)}
+ZOOM = 0.6
+
+
+def col(index: int, row: int = 0) -> tuple[int, int]:
+    return LEFT + index * COLUMN, TOP + ROWS[row]
 
 
 def api_to_ui(api: dict, positions: dict, info: dict) -> dict:
@@ -138,7 +155,7 @@ def api_to_ui(api: dict, positions: dict, info: dict) -> dict:
                             "slot_index": slot})
         # link entries store the target slot index, not the input name
         nodes.append({"id": int(node_id), "type": kind, "pos": list(positions[node_id]),
-                      "size": [380, 300 if widgets else 120], "flags": {}, "order": order, "mode": 0,
+                      "size": list(SIZES[kind]), "flags": {}, "order": order, "mode": 0,
                       "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": kind},
                       "widgets_values": values})
     by_id = {n["id"]: n for n in nodes}
@@ -147,7 +164,7 @@ def api_to_ui(api: dict, positions: dict, info: dict) -> dict:
         link[4] = next(i for i, slot in enumerate(target["inputs"]) if slot["name"] == link[4])
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(api, sort_keys=True))), "revision": 0,
             "last_node_id": max(by_id), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
-            "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+            "config": {}, "extra": {"ds": {"scale": ZOOM, "offset": [0, 0]}}, "version": 0.4}
 
 
 def thumbnail(ui: dict, path: Path) -> None:

@@ -131,6 +131,7 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
                           ("Image", "IMAGE"), ("Boolean", "BOOLEAN")):
         setattr(io, name, _comfytype(io_type))
     io.Custom = _comfytype
+    io.Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID", prompt="PROMPT", extra_pnginfo="EXTRA_PNGINFO")
     io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
     ui = types.ModuleType("comfy_api.latest.ui")
     ui.PreviewText = PreviewText
@@ -144,6 +145,8 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     mm.get_torch_device = lambda: torch.device("cpu")
     mm.unet_offload_device = lambda: torch.device("cpu")
     mm.intermediate_device = lambda: torch.device("cpu")
+    state.free_ram = 64 * 1024 ** 3  # what get_free_memory(cpu) answers; tests lower it
+    mm.get_free_memory = lambda dev=None, torch_free_too=False: state.free_ram
 
     def throw_exception_if_processing_interrupted():
         if state.interrupt_after is not None and len(state.updates) >= state.interrupt_after:
@@ -217,6 +220,7 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
         return None
 
     fp.add_model_folder_path = add_model_folder_path
+    fp.get_input_directory = lambda: str(models_dir.parent / "input")
     fp.get_folder_paths = lambda name: list(fp.folder_names_and_paths[name][0])
     fp.get_filename_list = get_filename_list
     fp.get_full_path = get_full_path

@@ -21,7 +21,7 @@ from nodes_testing import OUR_NODES, REPO, WORKFLOWS, check_api_workflow, normal
 TOOLS = Path(os.environ.get("RSVL_COMFY_TOOLS", REPO.parent / "shared" / "tools" / "comfy_host"))
 COMFY_DIR = Path(os.environ.get("COMFY_DIR", Path.home() / "comfy-host" / "ComfyUI"))
 COMFY_PY = Path(os.environ.get("COMFY_PY", Path.home() / "comfy-host" / "venv" / "bin" / "python"))
-PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "pyproject.toml")
+PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "web", "pyproject.toml")
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file() and (TOOLS / "start.sh").is_file()),
@@ -159,3 +159,60 @@ def test_upscale_model_from_upscale_models_as_stage1(server, scale):
 
     assert Image.open(images[0]).size == (24 * scale, 16 * scale)
     shutil.rmtree(out)
+
+
+def post_prompt(server: dict, api: dict) -> tuple[int, dict]:
+    """POST /prompt; (HTTP status, answer)."""
+    import urllib.error
+
+    request = urllib.request.Request(f"http://127.0.0.1:{server['port']}/prompt", method="POST",
+                                     data=json.dumps({"prompt": api}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_web_extension_served_and_sample_in_input(server):
+    """The frontend extension is served, and the templates' sample is in input/ without an upload."""
+    assert any(path.endswith("/rsvl_nodes.js") for path in get(server, "/extensions"))
+    inputs = list((Path(server["env"]["COMFY_STATE_DIR"]) / str(server["port"])).glob("base.*/input"))
+    assert len(inputs) == 1 and (inputs[0] / "rsvl_sample.png").is_file()
+
+
+def test_invalid_tiles_rejected_at_validation_naming_node_and_value(server):
+    api = json.loads((WORKFLOWS / "api" / "rsvl_stage1_only.json").read_text(encoding="utf-8"))
+    api["3"]["inputs"].update({"tile_size": 224, "tile_overlap": 200})
+    status, answer = post_prompt(server, api)
+    assert status == 400
+    details = [e["details"] for e in answer["node_errors"]["3"]["errors"]]
+    assert sorted(d.split(" - ")[0] for d in details) == ["tile_overlap", "tile_size"]  # one per checked input
+    assert any("RSVL Upscale: Super-Resolution Stage 1 (SR3) #3: stage-1 tile_overlap 200 is more than half of "
+               "tile_size 224: use at most 112" in d for d in details), details
+    api["3"]["inputs"].update({"tile_size": 64, "tile_overlap": 32})  # the rule's edge is valid
+    api["2"]["inputs"]["sr3_model"] = server["choices"]["sr3_model"]
+    api["3"]["inputs"].update({"scale": "2", "sampler": "ddim", "steps": 2})
+    status, answer = post_prompt(server, api)
+    assert status == 200, answer
+
+
+def test_run_time_errors_name_the_node_not_a_clone_class(server):
+    api = json.loads((WORKFLOWS / "api" / "rsvl_refine_handwritten_caption.json").read_text(encoding="utf-8"))
+    api["2"]["inputs"].update({"sr3_model": server["choices"]["sr3_model"],
+                               "sdxl_checkpoint": server["choices"]["sdxl_checkpoint"], "supir_model": "none"})
+    status, answer = post_prompt(server, api)
+    assert status == 200, answer
+    prompt_id = answer["prompt_id"]
+    for _ in range(120):
+        history = get(server, f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            break
+        import time
+
+        time.sleep(0.5)
+    messages = dict(history[prompt_id]["status"]["messages"])
+    error = messages["execution_error"]
+    assert error["exception_message"].startswith("RSVL Load Models #2: the refiner needs both")
+    assert "Clone" not in error["exception_message"]

@@ -45,7 +45,7 @@ def test_loader_is_lazy_and_none_is_a_clear_error(comfy, demo_models):
     with pytest.raises(comfy.core.NodeError, match="no captioner model chosen"):
         comfy.node("LlavaRSCaption").execute(image=torch.rand(1, 8, 8, 3), captioner=captioner, prompt="x",
                                              max_new_tokens=2, temperature=0.2, seed=0)
-    with pytest.raises(comfy.core.NodeError, match="LoadRSVLModels: .*needs both"):
+    with pytest.raises(comfy.core.NodeError, match="RSVL Load Models: .*needs both"):
         load(comfy, choices, supir_model="none")
     with pytest.raises(comfy.core.NodeError, match="not found"):
         load(comfy, choices, sr3_model="missing.pth")
@@ -56,7 +56,8 @@ def test_bad_settings_are_one_line_errors(comfy, demo_models):
     with pytest.raises(comfy.core.NodeError) as error:
         comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2", sampler="ddim",
                                                steps=2, seed=0, tile_size=16, tile_overlap=0)
-    assert str(error.value).startswith("Stage1FidelitySR: ") and "\n" not in str(error.value)
+    assert str(error.value).startswith("RSVL Upscale: Super-Resolution Stage 1 (SR3): stage-1 tile_size") \
+        and "\n" not in str(error.value)
     assert sr3.model is None  # settings are checked before anything loads
 
 

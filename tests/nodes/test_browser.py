@@ -1,0 +1,273 @@
+"""The pack in the real ComfyUI frontend, driven in headless Chromium (Playwright, Debian's chromium).
+
+Each shipped workflow file is dropped onto the canvas, set to the tiny demo models and tiny settings the way a
+user would change widgets, and run with the Run button; the tests assert the final image appears, the caption
+(and the refine report) is shown on its node, nothing overlaps or hides under the toolbar after the run, an
+invalid tile setting is answered with a message naming the node and the typed value, and the node search finds
+the nodes by "upscale" / "super resolution". Screenshots of each go to --browser-artifacts (default: pytest's
+tmp dir); their paths are printed.
+
+Skips with a one-line reason when the ComfyUI host, Chromium or Playwright is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from nodes_testing import WORKFLOWS
+from test_comfy_host import COMFY_DIR, COMFY_PY, TOOLS, get
+from test_comfy_host import server as server  # noqa: F401  (the module's ComfyUI server fixture)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+try:
+    import playwright.sync_api as playwright_api
+except ImportError:  # pragma: no cover - depends on the machine
+    playwright_api = None
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file()
+                            and (TOOLS / "start.sh").is_file()),
+                       reason=f"no ComfyUI host found (COMFY_DIR={COMFY_DIR}); see ../shared/tools/comfy_host"),
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium: apt-get install -y chromium"),
+    pytest.mark.skipif(playwright_api is None,
+                       reason="no Playwright: pip install playwright (never `playwright install`)"),
+]
+
+STAGE1 = "RSVL Upscale: Super-Resolution Stage 1 (SR3)"
+# widget values a user would set to try a template on the tiny demo models on a CPU
+TINY = {
+    "DynamicStepScheduler": {"stage1_sampler": "ddim", "stage1_steps": 2, "refine_steps": 3, "cache_preset": "fast"},
+    "Stage1FidelitySR": {"scale": "2", "sampler": "ddim", "steps": 2},
+    "LlavaRSCaption": {"max_new_tokens": 6},
+    "ControlNetRefine": {"steps": 3, "min_size": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def artifacts(request, tmp_path_factory) -> Path:
+    folder = request.config.getoption("--browser-artifacts", default=None)
+    path = Path(folder) if folder else tmp_path_factory.mktemp("browser_artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, server):  # noqa: F811
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True}
+    post(server, "/settings", settings)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(f"http://127.0.0.1:{server['port']}/", wait_until="load")
+    tab.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=60_000)
+    tab.wait_for_function("() => (window.app.extensionManager?.extensions ?? window.app.extensions ?? [])"
+                          ".some(e => e.name === 'rsvl.NodeText')", timeout=30_000)
+    tab.page_errors = errors
+    yield tab
+    context.close()
+
+
+def post(host: dict, path: str, body: dict) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{host['port']}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(request, timeout=30).read()
+
+
+def shot(page, artifacts: Path, name: str) -> Path:
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def drop_workflow(page, path: Path) -> None:
+    """Drop the workflow file onto the canvas, as a drag from the file manager does."""
+    page.evaluate(
+        """([name, text]) => {
+            const data = new DataTransfer();
+            data.items.add(new File([text], name, {type: "application/json"}));
+            const canvas = document.querySelector("#graph-canvas") ?? app.canvas.canvas;
+            const box = canvas.getBoundingClientRect();
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                canvas.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true,
+                                                          clientX: box.x + box.width / 2,
+                                                          clientY: box.y + box.height / 2}));
+            }
+        }""", [path.name, path.read_text(encoding="utf-8")])
+    expected = len(json.loads(path.read_text(encoding="utf-8"))["nodes"])
+    page.wait_for_function("n => app.graph.nodes.length === n", arg=expected, timeout=30_000)
+
+
+def set_widgets(page, values: dict[str, dict]) -> None:
+    """Set widget values by node type (what a user does by clicking on the widgets)."""
+    missing = page.evaluate(
+        """values => {
+            const missing = [];
+            for (const node of app.graph.nodes) {
+                for (const [name, value] of Object.entries(values[node.type] ?? {})) {
+                    const widget = node.widgets?.find(w => w.name === name);
+                    if (!widget) { missing.push(node.type + "." + name); continue; }
+                    widget.value = value;
+                    widget.callback?.(value);
+                }
+            }
+            app.graph.setDirtyCanvas(true, true);
+            return missing;
+        }""", values)
+    assert missing == []
+
+
+def run(page, server: dict, timeout: float = 300) -> dict:  # noqa: F811
+    """Press Run; wait until the queue is empty; the newest history entry."""
+    before = set(get(server, "/history"))
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = get(server, "/history")
+        new = [k for k in history if k not in before]
+        if new and history[new[-1]].get("status", {}).get("completed") is not None:
+            entry = history[new[-1]]
+            if entry["status"].get("status_str") in ("success", "error"):
+                return entry
+        time.sleep(1)
+    raise AssertionError("the run did not finish in time")
+
+
+def node_boxes(page) -> list[dict]:
+    """Each node's box on the canvas, title bar included, as the frontend has it now (after previews grew it)."""
+    return page.evaluate(
+        """() => app.graph.nodes.map(n => {
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            return {id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title};
+        })""")
+
+
+def overlaps(boxes: list[dict]) -> list[tuple[str, str]]:
+    found = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and \
+                    b["y"] < a["y"] + a["h"]:
+                found.append((f"{a['type']}#{a['id']}", f"{b['type']}#{b['id']}"))
+    return found
+
+
+def titles_under_toolbar(page) -> list[str]:
+    """Nodes whose title bar is covered by something other than the canvas (the toolbar) at the saved view."""
+    return page.evaluate(
+        """() => {
+            const canvas = app.canvas.canvas, box = canvas.getBoundingClientRect(), covered = [];
+            for (const n of app.graph.nodes) {
+                const [x, y] = app.canvas.ds.convertOffsetToCanvas([n.pos[0] + 10,
+                                                                   n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2]);
+                const dpr = canvas.width / box.width;
+                const cx = box.x + x / dpr, cy = box.y + y / dpr;
+                if (cx > window.innerWidth || cy > window.innerHeight) continue;  // off screen: panned to, not hidden
+                const hit = document.elementFromPoint(cx, cy);
+                if (hit !== canvas) covered.push(n.type + "#" + n.id + " under " + (hit?.className || hit?.tagName));
+            }
+            return covered;
+        }""")
+
+
+def use_demo_models(server: dict, name: str) -> dict:  # noqa: F811
+    """The loader's choices for the tiny models, keeping 'none' where the workflow has none."""
+    workflow = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    loader = next(n for n in workflow.values() if n["class_type"] == "LoadRSVLModels")["inputs"]
+    return {k: (server["choices"][k] if loader[k] != "none" else "none") for k in server["choices"]}
+
+
+def text_on_node(page, node_type: str) -> str | None:
+    """The text of the pack's read-only text box on the first node of this type, if it is visible."""
+    box = page.locator(f"textarea[data-rsvl-text='{node_type}']").first
+    if box.count() == 0 or not box.is_visible():
+        return None
+    return box.input_value()
+
+
+@pytest.mark.parametrize("name", ["rsvl_full_two_stage", "rsvl_stage1_only", "rsvl_refine_handwritten_caption"])
+def test_browser_workflow_runs_and_shows_its_results(page, server, artifacts, name):  # noqa: F811
+    drop_workflow(page, WORKFLOWS / f"{name}.json")
+    shot(page, artifacts, f"{name}_loaded")
+    assert titles_under_toolbar(page) == []
+    set_widgets(page, {**TINY, "LoadRSVLModels": use_demo_models(server, name)})
+    entry = run(page, server)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    # the final image is shown on the last Save Image node
+    last_save = max((n for n in page.evaluate("() => app.graph.nodes.map(n => ({id: n.id, type: n.type}))")
+                     if n["type"] == "SaveImage"), key=lambda n: n["id"])
+    page.wait_for_function("id => (app.graph.getNodeById(id).imgs ?? []).some(i => i.complete && i.naturalWidth > 0)",
+                           arg=last_save["id"], timeout=30_000)
+    saved = entry["outputs"][str(last_save["id"])]["images"][0]
+    shown = page.evaluate("id => app.graph.getNodeById(id).imgs.map(i => [i.src, i.naturalWidth, i.naturalHeight])",
+                          last_save["id"])
+    assert any(saved["filename"] in src and (w, h) == (200, 200) for src, w, h in shown), shown
+    outputs = json.dumps(entry["outputs"])
+    if name == "rsvl_full_two_stage":
+        caption_id = next(k for k, v in entry["outputs"].items() if "text" in v and "UNet calls" not in
+                          v["text"][0] and not v["text"][0].startswith("ran:"))
+        caption = entry["outputs"][caption_id]["text"][0]
+        page.wait_for_function("t => [...document.querySelectorAll(\"textarea[data-rsvl-text='LlavaRSCaption']\")]"
+                               ".some(e => e.value === t)", arg=caption, timeout=10_000)
+        assert caption.strip() and text_on_node(page, "LlavaRSCaption") == caption
+    if name != "rsvl_stage1_only":
+        report = text_on_node(page, "ControlNetRefine")
+        assert report and "UNet calls" in report and "no steps run" not in report and report in outputs
+    stage1_text = text_on_node(page, "Stage1FidelitySR")
+    assert stage1_text and stage1_text.startswith("ran: ddim, 2 steps")
+    page.wait_for_timeout(500)
+    shot(page, artifacts, f"{name}_after_run")
+    boxes = node_boxes(page)
+    assert overlaps(boxes) == [], boxes
+    assert titles_under_toolbar(page) == []
+    assert page.page_errors == []
+
+
+def test_browser_invalid_tile_setting_names_the_node_and_the_typed_value(page, server, artifacts):  # noqa: F811
+    drop_workflow(page, WORKFLOWS / "rsvl_stage1_only.json")
+    set_widgets(page, {"LoadRSVLModels": use_demo_models(server, "rsvl_stage1_only"),
+                       "Stage1FidelitySR": {"tile_size": 224, "tile_overlap": 200}})
+    stage1_id = page.evaluate("() => app.graph.nodes.find(n => n.type === 'Stage1FidelitySR').id")
+    before = set(get(server, "/history"))
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    message = page.get_by_text("tile_overlap 200", exact=False).first
+    message.wait_for(state="visible", timeout=30_000)
+    shot(page, artifacts, "invalid_tile_setting")
+    dialog_text = page.locator("body").inner_text()
+    assert f"{STAGE1} #{stage1_id}" in dialog_text and "tile_overlap 200 is more than half of tile_size 224" \
+        in dialog_text and "at most 112" in dialog_text
+    assert "Clone" not in dialog_text
+    time.sleep(1)
+    assert set(get(server, "/history")) == before  # rejected at validation: nothing ran
+
+
+@pytest.mark.parametrize("query", ["upscale", "super resolution"])
+def test_browser_node_search_finds_the_nodes(page, artifacts, query):
+    page.evaluate("() => { app.graph.clear(); app.graph.setDirtyCanvas(true, true); }")  # an empty canvas
+    canvas = page.locator("#graph-canvas")
+    canvas.dblclick(position={"x": 700, "y": 500})
+    search = page.get_by_role("combobox").or_(page.locator("input[placeholder*='Search']")).first
+    search.wait_for(state="visible", timeout=10_000)
+    search.fill(query)
+    page.get_by_role("option").filter(has_text=STAGE1).first.wait_for(state="visible", timeout=10_000)
+    shot(page, artifacts, f"search_{query.replace(' ', '_')}")
+    found = [o.split("\n")[0].strip() for o in page.get_by_role("option").all_inner_texts()]
+    # in the result list (for "upscale" after ComfyUI's own "Upscale ..." nodes, which the frontend ranks first)
+    assert STAGE1 in found[:12], " | ".join(found)
+    page.keyboard.press("Escape")

@@ -1,0 +1,80 @@
+// rsvl node pack: what the nodes report is shown on the nodes themselves.
+//  - LlavaRSCaption's caption, ControlNetRefine's report and Stage1FidelitySR's "what ran" line arrive as
+//    `ui.text` (ComfyUI's PreviewText) and are shown in a read-only text box on the node after each run;
+//    progress_text messages (e.g. the CPU time warning) are shown in the same box while the node runs.
+//  - With a DynamicStepScheduler connected, the widgets it replaces are relabelled "... (set by schedule)".
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
+
+const TEXT_NODES = new Set(["LlavaRSCaption", "ControlNetRefine", "Stage1FidelitySR"]);
+const TEXT_WIDGET = "rsvl_text";
+// widgets a connected schedule replaces, per node type
+const SCHEDULED = { Stage1FidelitySR: ["sampler", "steps"], ControlNetRefine: ["steps"] };
+
+function textOf(value) {
+  if (Array.isArray(value)) return value.join("\n");
+  return value == null ? "" : String(value);
+}
+
+function showText(node, text) {
+  let widget = node.widgets?.find((w) => w.name === TEXT_WIDGET);
+  if (!widget) {
+    widget = ComfyWidgets.STRING(node, TEXT_WIDGET, ["STRING", { multiline: true }], app).widget;
+    widget.serialize = false; // not saved in the workflow
+    widget.options = { ...(widget.options ?? {}), serialize: false, read_only: true }; // not sent to the server
+    if (widget.element) {
+      widget.element.readOnly = true;
+      widget.element.dataset.rsvlText = node.type;
+      widget.element.dataset.rsvlNode = String(node.id);
+    }
+    const wanted = node.computeSize();
+    node.setSize([Math.max(node.size[0], wanted[0]), Math.max(node.size[1], wanted[1] + 60)]);
+  }
+  widget.value = text;
+  if (widget.element) widget.element.value = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+function markScheduled(node) {
+  const names = SCHEDULED[node.comfyClass ?? node.type];
+  if (!names) return;
+  const slot = node.inputs?.find((input) => input.name === "schedule");
+  const linked = slot != null && slot.link != null;
+  for (const widget of node.widgets ?? []) {
+    if (!names.includes(widget.name)) continue;
+    widget.label = linked ? `${widget.name} (set by schedule)` : undefined;
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "rsvl.NodeText",
+  async setup() {
+    api.addEventListener("progress_text", ({ detail }) => {
+      const node = app.graph?.getNodeById(Number(detail?.nodeId));
+      if (node && TEXT_NODES.has(node.comfyClass ?? node.type)) showText(node, detail.text);
+    });
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (TEXT_NODES.has(nodeData.name)) {
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        if (message?.text != null) showText(this, textOf(message.text));
+      };
+    }
+    if (SCHEDULED[nodeData.name]) {
+      const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+      nodeType.prototype.onConnectionsChange = function () {
+        onConnectionsChange?.apply(this, arguments);
+        markScheduled(this);
+      };
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function () {
+        onConfigure?.apply(this, arguments);
+        markScheduled(this);
+      };
+    }
+  },
+});
