@@ -85,7 +85,8 @@ class Fp8Conv2d(_Fp8Weight):
         if layer.padding_mode != "zeros":
             raise ValueError(f"fp8 storage supports zero-padded convolutions, got padding_mode={layer.padding_mode}")
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
-        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.stride, self.padding = layer.stride, layer.padding
+        self.dilation, self.groups = layer.dilation, layer.groups
         self._store(layer.weight, layer.bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
