@@ -394,7 +394,7 @@ def markdown_table(results: list[dict], header: dict) -> str:
         total_frac = (r["total_tflop"] / r["total_seconds"] / header["ceilings"]["matmul_tflops"]
                       if r["total_tflop"] is not None else None)
         lines.append(
-            f"| {r['mode']} | {sec('stage1')} | {sec('caption')} ({r['caption_tokens']}) | {sec('refine')} | "
+            f"| {r['mode']} | {sec('stage1')} | {sec('caption')} ({r.get('caption_tokens')}) | {sec('refine')} | "
             f"{r['total_seconds']:.2f} | {_num(r['total_tflop'], '.3f')} | {_pct(refine_frac)} | {_pct(total_frac)} | "
             f"{_num(r['peak_bytes'] and r['peak_bytes'] / 2**30, '.1f')} | {_num(r['speedup'], '.2f', 'x')} |")
     return "\n".join(lines)
