@@ -174,8 +174,8 @@ def full_refiner(device: torch.device, dtype: torch.dtype) -> Refiner:
     config = RefinerConfig.sdxl()
     with torch.device(device):
         unet, control = RefinerUNet(config), GLVControl(config)
-        text = SDXLTextEncoder(CLIPTextModel(text_encoder_config(0)), CLIPTextModelWithProjection(text_encoder_config(1)),
-                               *load_shipped_tokenizers())
+        encoders = CLIPTextModel(text_encoder_config(0)), CLIPTextModelWithProjection(text_encoder_config(1))
+        text = SDXLTextEncoder(*encoders, *load_shipped_tokenizers())
         vae = RefinerVAE.from_config(sdxl_vae_config())
     modules = [m.to(dtype).eval().requires_grad_(False) for m in (unet, control, text)]
     return Refiner(*modules[:2], vae.to(device).eval().requires_grad_(False), modules[2], config)

@@ -42,6 +42,15 @@ class Acceleration:
     def all_on(cls, **overrides) -> Acceleration:
         return cls(**{**{name: True for name in SWITCHES}, **overrides})
 
+    @classmethod
+    def from_names(cls, names: str) -> Acceleration:
+        """From a comma-separated list of switch names ("" = none; dashes or underscores): what --accelerate takes."""
+        chosen = [n.strip().replace("-", "_") for n in names.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in SWITCHES]
+        if unknown:
+            raise ValueError(f"unknown acceleration {', '.join(unknown)}; choose from {', '.join(SWITCHES)}")
+        return cls(**{n: True for n in chosen})
+
     def enabled(self) -> list[str]:
         """The switches that are on, by name (for run records and benchmark tables)."""
         return [f.name for f in fields(self) if f.name in SWITCHES and getattr(self, f.name)]
