@@ -14,7 +14,8 @@ Per stage: the median of `--repeats` timed runs after one warm-up (CUDA events o
 compilation and graph capture), the work in TFLOP (counted by torch's FlopCounterMode in an eager run with
 the same settings: compiled or graphed modes do the same work), the fraction of the bf16 matmul rate
 measured first, and the peak memory with only that stage's weights on the device (sequential placement:
-the stage's peak minus the other stages' weights, which stay resident here to save transfer time).
+the stage's own weights plus what it allocates on top of everything resident before it; the other
+models stay resident here to save transfer time).
 Random weights: the work and the time are real; the images mean nothing (and the captioner may stop early
 if a random model emits its end token: the caption column counts the tokens it generated).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import platform
 import statistics
@@ -219,6 +221,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def release(device: torch.device) -> None:
+    """Drop what a finished mode holds (compiled code keeps its modules alive) before the next one."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def measure_ceilings(device: torch.device) -> dict[str, float]:
     """The card's bf16 matmul rate (TFLOP/s, random data) and copy bandwidth (GB/s, bytes read + written)."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
@@ -334,11 +344,11 @@ def run_mode(mode: Mode, base: Models, size: Size, image: torch.Tensor, device: 
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)  # every resident model (and copies of other modes)
             elapsed, state = timed(lambda stage=stage, state=state: calls[stage](dict(state)), device)
             seconds.append(elapsed)
-            if device.type == "cuda":
-                others = sum(w for name, w in weights.items() if name != stage)
-                peaks.append(torch.cuda.max_memory_allocated(device) - others)
+            if device.type == "cuda":  # the stage's own weights + what it allocated on top: a sequential peak
+                peaks.append(torch.cuda.max_memory_allocated(device) - before + weights[stage])
         result["stages"][stage] = {"seconds": statistics.median(seconds), "all_seconds": seconds,
                                    "warmup_seconds": warm, "peak_bytes": max(peaks) if peaks else None,
                                    "tflop": flops.get_total_flops() / 1e12 if count_flops else None}
@@ -430,6 +440,7 @@ def benchmark(size: Size, device: torch.device, repeats: int, budget_s: float, b
             continue
         count = mode.work_like is None
         results.append(run_mode(mode, base, size, image, device, repeats, count))
+        release(device)
         print(f"  {mode.name}: {sum(s['seconds'] for s in results[-1]['stages'].values()):.2f} s measured "
               f"({time.perf_counter() - started:.0f} s so far)", flush=True)
     done = {r["mode"] for r in results}
