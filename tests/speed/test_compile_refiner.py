@@ -31,6 +31,7 @@ def _inputs(config, latent: int = 16):
             torch.randn(2, config.adm_in_channels, generator=g) * 0.5)
 
 
+@pytest.mark.slow
 def test_compile_refiner_entry_points_have_zero_graph_breaks():
     config, unet, control = _parts()
     x, t, context, vector = _inputs(config)
