@@ -144,8 +144,9 @@ def print_table(title: str, results: list[Result], lpips=None) -> None:
               f"{peak} {base.seconds / r.seconds:>7.2f}x {drift:>10.4f} {lp_text}  {reused}")
 
 
-def full_size_step_costs(latent: int = 128) -> None:
-    """FLOPs of one refiner step's parts at full size, counted on the meta device (no weights, no GPU)."""
+def full_size_step_parts(latent: int = 128) -> dict[str, float]:
+    """TFLOP of one refiner step's parts at full size (CFG batch 2), counted on the meta device (no weights, no GPU):
+    control net, UNet encoder, its first block, middle + decoder."""
     from rsvl_core.refine.config import RefinerConfig
     from rsvl_core.refine.control import GLVControl
     from rsvl_core.refine.unet import RefinerUNet
@@ -168,6 +169,13 @@ def full_size_step_costs(latent: int = 128) -> None:
         f_encoder, skips = tflops(lambda: unet.forward_encoder_partial(x, emb, context, 0))
         f_first, _ = tflops(lambda: unet.forward_encoder_partial(x, emb, context, 1))
         f_decoder, _ = tflops(lambda: unet.forward_decoder(skips[-1], skips, emb, context, features, 1.0))
+    return {"control": f_control, "encoder": f_encoder, "first_block": f_first, "decoder": f_decoder}
+
+
+def full_size_step_costs(latent: int = 128) -> None:
+    """Print the full-size step's parts and what a reused / computed step costs under each cache."""
+    parts = full_size_step_parts(latent)
+    f_control, f_encoder, f_first, f_decoder = (parts[k] for k in ("control", "encoder", "first_block", "decoder"))
     total = f_control + f_encoder + f_decoder
     print(f"\nFull-size SDXL + SUPIR, one step (CFG batch 2, latent {latent}x{latent} = {latent * 8} px), "
           f"counted on the meta device: {total:.2f} TFLOP")

@@ -79,6 +79,9 @@ class Captioner:
         self.source = source
         self.device = next(model.parameters()).device  # where caption() runs (offload() moves it away)
         self.quantized = getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None)
+        # Decode with a preallocated (static) KV cache: fixed shapes, so on CUDA transformers compiles the
+        # decode step (its auto-compile for static caches); the same tokens as the default dynamic cache.
+        self.static_cache = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -134,10 +137,15 @@ class Captioner:
                 output = self.model.generate(
                     **inputs, max_new_tokens=options.max_new_tokens, num_beams=options.num_beams,
                     pad_token_id=pad_id, stopping_criteria=StoppingCriteriaList([criteria]), **sampling,
+                    **self.cache_arguments(),
                 )
             report(callback, (index + 1) * options.max_new_tokens, total, STAGE)
             captions.append(tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip())
         return captions
+
+    def cache_arguments(self) -> dict:
+        """generate()'s KV-cache arguments: none (the dynamic cache), or the static cache when asked for."""
+        return {"cache_implementation": "static"} if self.static_cache else {}
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The parts placement may move: the VLM, unless it is 8/4-bit (bitsandbytes weights stay where they are)."""

@@ -10,6 +10,7 @@ from ..devices import DTYPES, resolve_device
 from ..errors import RsvlError
 from ..pipeline import (
     PLACEMENTS,
+    Acceleration,
     JobOptions,
     JobSummary,
     PipelineModels,
@@ -49,6 +50,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "<models-dir>/sr3")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     _flag(parser, "--dtype", "dtype")
+    parser.add_argument("--accelerate", default="", metavar="LIST",
+                        help="comma-separated execution switches, off by default: compile, cuda-graphs, static-cache, "
+                             "fp8 (low memory), channels-last (benchmarks/README.md)")
 
 
 def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
@@ -161,11 +165,13 @@ def job_options_from_args(args: argparse.Namespace) -> JobOptions:
 def run_upscale(args: argparse.Namespace) -> JobSummary:
     try:
         config, options = config_from_args(args), job_options_from_args(args)
+        acceleration = Acceleration.from_names(args.accelerate)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])  # a missing input fails first
     device = resolve_device(args.device)
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
-    models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype)
+    models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype,
+                                       acceleration)
     return run_job(inputs, config, models, options, CliEvents(args.quiet, config.scale))

@@ -1,6 +1,7 @@
 """The pipeline: run configuration (options.py), models on one device (models.py), one image through the
 three stages (run.py), and the job API that turns input files into outputs and run records (jobs.py)."""
 
+from .acceleration import Acceleration
 from .jobs import (
     JobEvents,
     JobOptions,
@@ -17,6 +18,7 @@ from .options import SETTINGS, RunConfig, Setting, StepSettings, refine_options,
 from .run import PipelineResult, run_pipeline
 
 __all__ = [
+    "Acceleration",
     "PLACEMENTS",
     "SETTINGS",
     "JobEvents",

@@ -19,6 +19,7 @@ import torch
 
 from ..devices import torch_dtype
 from ..stages import CaptionStage, RefineStage, Stage1
+from .acceleration import Acceleration, accelerate_stage
 
 PLACEMENTS = ("auto", "resident", "sequential")
 HEADROOM = 1.25  # activations and the VAE need room beside the weights
@@ -58,18 +59,20 @@ class PipelineModels:
     """The stages' models, loaded lazily and placed on one device by a plan."""
 
     def __init__(self, device: torch.device, placement: str = "auto", stage1: StageSpec | None = None,
-                 captioner: StageSpec | None = None, refiner: StageSpec | None = None) -> None:
+                 captioner: StageSpec | None = None, refiner: StageSpec | None = None,
+                 acceleration: Acceleration | None = None) -> None:
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         self.device, self.requested = torch.device(device), placement
         self.specs = {"stage1": stage1, "caption": captioner, "refine": refiner}
         self.loaded: dict[str, Stage1 | CaptionStage | RefineStage] = {}
+        self.acceleration = acceleration or Acceleration()  # how models execute (all off by default)
         # on a CPU every plan is "resident"; on CUDA "auto" is settled as models load
         self.plan = "resident" if self.device.type != "cuda" else placement
 
     @classmethod
     def from_files(cls, files: ModelFiles, device: torch.device, dtype: str = "fp32", placement: str = "auto",
-                   vae_dtype: str | None = None) -> PipelineModels:
+                   vae_dtype: str | None = None, acceleration: Acceleration | None = None) -> PipelineModels:
         """Describe how to load each stage from its files (nothing is read until a stage is first used)."""
         from ..caption import load_captioner
         from ..refine.refiner import load_refiner
@@ -87,7 +90,7 @@ class PipelineModels:
             refiner = StageSpec("refine", lambda dev: load_refiner(files.sdxl, files.supir, dtype=weights,
                                                                    vae_dtype=vae, device=dev),
                                 [files.sdxl, files.supir])
-        return cls(device, placement, stage1, captioner, refiner)
+        return cls(device, placement, stage1, captioner, refiner, acceleration)
 
     def files(self) -> dict[str, list[Path]]:
         return {name: spec.files for name, spec in self.specs.items() if spec is not None}
@@ -102,6 +105,7 @@ class PipelineModels:
             raise ValueError(f"no model configured for stage {stage!r}")
         if stage not in self.loaded:
             self.loaded[stage] = spec.loader(self.device)
+            accelerate_stage(stage, self.loaded[stage], self.acceleration)
             if self.requested == "auto" and self.device.type == "cuda":
                 self._decide(stage)
         model = self.loaded[stage]

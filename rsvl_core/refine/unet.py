@@ -103,11 +103,16 @@ class RefinerUNet(SDXLEncoderModule):
     def forward_encoder_partial(self, sample: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
                                 depth: int = 0) -> list[torch.Tensor]:
         """The first `depth` encoder outputs after conv_in (0 = all): the skips so far, for a step cache."""
-        return self.resume_encoder([self.conv_in(sample)], emb, context, depth)
+        return self._resume(skips=[self.conv_in(sample)], emb=emb, context=context, depth=depth)
 
     def resume_encoder(self, skips: list[torch.Tensor], emb: torch.Tensor, context: torch.Tensor,
                        depth: int = 0) -> list[torch.Tensor]:
         """Continue a partial encoder pass (from `forward_encoder_partial`) up to `depth` outputs (0 = all)."""
+        return self._resume(skips, emb, context, depth)
+
+    def _resume(self, skips: list[torch.Tensor], emb: torch.Tensor, context: torch.Tensor,
+                depth: int) -> list[torch.Tensor]:
+        # one body for both entry points, so compiling them separately (refine/acceleration.py) never nests
         layers = self.encoder_layers()
         stop = len(layers) if depth <= 0 else min(depth, len(layers))
         skips = list(skips)

@@ -49,6 +49,7 @@ class SR3Stage1(_LoadedModel):
 
     model: SR3Model
     kind: str = "sr3"
+    static_loop: bool = False  # the faithful loop without host syncs (a CUDA graph on CUDA): see graphs.py
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.model.unet}
@@ -57,7 +58,7 @@ class SR3Stage1(_LoadedModel):
                 callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
         options = options or SR3SamplerOptions()
         report = CacheReport()
-        out = upscale_stage1(self.model, image, scale, options, seed, callback, report, origin)
+        out = upscale_stage1(self.model, image, scale, options, seed, callback, report, origin, self.static_loop)
         record = {"model": "sr3", "sampler": options.sampler, "steps": options.total_steps}
         return Stage1Result(out, record, report if report.decisions else None)
 

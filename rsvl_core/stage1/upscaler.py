@@ -9,6 +9,7 @@ from ..cache.policy import CacheReport
 from ..image import bicubic_resize
 from ..noise import NoiseField, coordinate_noise_source
 from ..progress import ProgressCallback
+from .graphs import graph_eligible, sample_faithful_static
 from .loader import SR3Model
 from .sampler import SR3SamplerOptions, gaussian_noise_source, make_eps_model, sample_sr3
 
@@ -39,6 +40,7 @@ def upscale_stage1(
     callback: ProgressCallback | None = None,
     cache_report: CacheReport | None = None,
     origin: tuple[int, int] | None = None,
+    static_loop: bool = False,
 ) -> torch.Tensor:
     """Super-resolve with SR3: no text, no guidance, only the low-resolution image.
 
@@ -52,6 +54,8 @@ def upscale_stage1(
         cache_report: filled with the step cache's decisions when `options.cache` is on.
         origin: the image's top-left (y, x) in a scene's input pixels: noise is then keyed by output-pixel
             position in the scene (`noise.NoiseField`), not drawn from one generator.
+        static_loop: run the faithful loop on static buffers without host syncs, as a CUDA graph on CUDA
+            (`graphs.py`; same result), where it applies; otherwise the plain loop.
     Returns:
         (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
     """
@@ -70,7 +74,11 @@ def upscale_stage1(
         noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)
     else:
         noise = coordinate_noise_source(NoiseField(seed), "stage1", (origin[0] * scale, origin[1] * scale), device)
-    sample = sample_sr3(eps_model, (image.shape[0], 3, height, width), schedule, options, noise, callback)
+    shape = (image.shape[0], 3, height, width)
+    if static_loop and graph_eligible(model.unet, shape, options):
+        sample = sample_faithful_static(model.unet, condition, shape, schedule, options, noise, callback)
+    else:
+        sample = sample_sr3(eps_model, shape, schedule, options, noise, callback)
     if cache is not None and cache_report is not None:
         cache_report.decisions.extend(cache.report.decisions)
     return ((sample + 1) / 2).clamp(0, 1)

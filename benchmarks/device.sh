@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole GPU run of issue 15 in one command: install the carried wheels, run pipeline_speed, keep the table.
+#   benchmarks/device.sh OUTDIR [--full|--smoke]     (default --full; --smoke runs on a CPU in ~2 minutes)
+# Wheels: every .whl in the repository's .whl/ folder (diffusers is missing on the GPU machine; see
+# benchmarks/README.md for the one command that prepares them). Writes OUTDIR/pipeline_speed_<size>.{json,md}
+# and OUTDIR/pipeline_speed_<size>.log; prints the table last.
+set -euo pipefail
+out=${1:?usage: benchmarks/device.sh OUTDIR [--full|--smoke]}
+size=${2:---full}
+case "$size" in --full|--smoke) ;; *) echo "device.sh: size must be --full or --smoke, got $size" >&2; exit 2;; esac
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+shopt -s nullglob
+wheels=("$root"/.whl/*.whl)
+if ((${#wheels[@]})); then
+  site=${RSVL_WHEEL_SITE:-/tmp/rsvl-site}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${wheels[@]}"
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python3 - <<'PY' || { echo "device.sh: a package is missing; carry its wheel in .whl/ (benchmarks/README.md)" >&2; exit 3; }
+import diffusers, torch, transformers, rsvl_core.pipeline  # noqa: F401
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}, "
+      f"cuda {torch.cuda.is_available() and torch.cuda.get_device_name(0)}")
+PY
+name=pipeline_speed_${size#--}
+python3 "$root/benchmarks/pipeline_speed.py" "$size" --out "$out" 2>&1 | tee "$out/$name.log"
