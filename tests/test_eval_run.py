@@ -16,6 +16,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from rsvl_core.cli import main
 from rsvl_core.evaluation import PerceptualScorer, PerceptualWeights, collect_dataset
+from rsvl_core.evaluation.perceptual import find_perceptual_weights
 from rsvl_core.refine.tiny import write_tiny_refiner_files
 from rsvl_core.stage1 import SR3UNet, save_sr3
 
@@ -235,3 +236,43 @@ def test_eval_perceptual_weights_load_from_local_files(tmp_path):
 
     with pytest.raises(RsvlError, match=r"wrong.safetensors.*AlexNet"):
         PerceptualScorer(PerceptualWeights(lpips=tmp_path / "wrong.safetensors")).score(hr, hr)
+
+
+def tiny_clip_folder(folder: Path) -> Path:
+    """A Hugging Face CLIP folder as users give it (config, safetensors weights, tokenizer, image processor), with
+    random tiny weights and the CLIP tokenizer files the refiner ships."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from rsvl_core.refine.text import TOKENIZER_DIR as CLIP_TOKENIZER_DIR
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                     "num_attention_heads": 2, "vocab_size": 49408, "max_position_embeddings": 77},
+                        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer = CLIPTokenizer(str(CLIP_TOKENIZER_DIR / "vocab.json"), str(CLIP_TOKENIZER_DIR / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_eval_clip_iqa_loads_a_local_clip_folder(tmp_path):
+    """CLIP-IQA through its real loading path: a local folder, nothing downloaded; a score in [0, 1] that depends
+    on the image, the same on a second call; a folder that is not CLIP is refused naming it."""
+    clip = tiny_clip_folder(tmp_path / "eval" / "clip")
+    weights = find_perceptual_weights(tmp_path)
+    assert weights.clip == clip and weights.lpips is None
+    scorer = PerceptualScorer(weights, tmp_path)
+    assert scorer.names == ("clip_iqa",) and len(scorer.skipped) == 2
+    a = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    b = torch.zeros(1, 3, 48, 48)
+    first, again, other = scorer.score(a, a)["clip_iqa"], scorer.score(a, a)["clip_iqa"], scorer.score(b, a)["clip_iqa"]
+    assert 0.0 <= first <= 1.0 and first == again and abs(first - other) > 1e-6
+    (tmp_path / "notclip").mkdir()
+    (tmp_path / "notclip" / "config.json").write_text('{"model_type": "bert"}')
+    from rsvl_core.errors import RsvlError
+
+    with pytest.raises(RsvlError, match="notclip"):
+        PerceptualScorer(PerceptualWeights(clip=tmp_path / "notclip")).score(a, a)

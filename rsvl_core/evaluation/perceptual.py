@@ -5,9 +5,11 @@
   (`alexnet-owt-7be5be79.pth`, or any file with its `features.*` tensors). Lower is closer to HR.
 - `dists`: DISTS (Ding et al. 2020), torchmetrics' implementation: its alpha/beta ship inside torchmetrics;
   the backbone is torchvision's ImageNet VGG16 (`vgg16-397923af.pth`). Lower is closer to HR.
-- `clip_iqa`: CLIP-IQA (Wang et al. 2023), torchmetrics' `clip_image_quality_assessment` over a local
-  Hugging Face CLIP folder (e.g. a copy of `openai/clip-vit-base-patch16`) with the "Good photo." /
-  "Bad photo." prompt pair; no HR needed, higher is better. The paper's CLIP-IQA figures may come from
+- `clip_iqa`: CLIP-IQA (Wang et al. 2023) as torchmetrics defines it for Hugging Face CLIP models (the "Good
+  photo." / "Bad photo." pair, logit scale 100, softmax), computed here over a local CLIP folder (e.g. a copy
+  of `openai/clip-vit-base-patch16`): torchmetrics' own helpers break on transformers 5 (its feature calls
+  return an output object) and hand [0, 1] images to a processor that divides by 255 again; we pass
+  `do_rescale=False`. No HR needed, higher is better. The paper's CLIP-IQA figures may come from
   another variant (IQA-PyTorch's `clipiqa`, a ResNet-50 CLIP with learned prompts), so numbers are
   comparable between methods of one run, not necessarily with the paper's.
 Files are found by flag (`--lpips-weights`, `--dists-weights`, `--clip-model`) or in `<models-dir>/eval/`;
@@ -27,6 +29,7 @@ from ..checkpoint import read_state_dict
 from ..errors import RsvlError
 
 PERCEPTUAL_METRICS = ("lpips", "dists", "clip_iqa")
+CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")  # CLIP-IQA's "quality" pair
 EVAL_SUBDIR = "eval"
 LPIPS_FILE, DISTS_FILE, CLIP_DIR = "alexnet-owt-7be5be79.pth", "vgg16-397923af.pth", "clip"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -172,26 +175,33 @@ class PerceptualScorer:
         return out
 
     def _clip_iqa(self, image: torch.Tensor) -> float:
-        from torchmetrics.functional.multimodal.clip_iqa import (
-            _clip_iqa_compute,
-            _clip_iqa_format_prompts,
-            _clip_iqa_get_anchor_vectors,
-            _clip_iqa_update,
-        )
+        """P("Good photo." | image) against "Bad photo.": cosine similarities of CLIP's projected features,
+        times CLIP's logit scale of 100, softmax over the pair (the CLIP-IQA definition torchmetrics uses)."""
+        if self._clip is None:
+            self._clip = self._load_clip()
+        model, processor, anchors = self._clip
+        pixels = processor(images=[i.cpu() for i in image.clamp(0, 1)], return_tensors="pt", do_rescale=False)
+        features = _projected(model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
+        features = features / features.norm(p=2, dim=-1, keepdim=True)
+        probs = (100 * features @ anchors.t()).softmax(-1)
+        return float(probs[0, 0])
+
+    def _load_clip(self) -> tuple:
+        from transformers import CLIPModel, CLIPProcessor
 
         path = str(self.weights.clip)
-        if self._clip is None:
-            from transformers import CLIPModel, CLIPProcessor
+        try:
+            model = CLIPModel.from_pretrained(path, local_files_only=True).eval().to(self.device)
+            processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RsvlError(f"--clip-model {path}: not a loadable CLIP model folder "
+                            f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+        text = processor(text=list(CLIP_IQA_PROMPTS), return_tensors="pt", padding=True)
+        anchors = _projected(model.get_text_features(input_ids=text["input_ids"].to(self.device),
+                                                     attention_mask=text["attention_mask"].to(self.device)))
+        return model, processor, anchors / anchors.norm(p=2, dim=-1, keepdim=True)
 
-            try:
-                model = CLIPModel.from_pretrained(path, local_files_only=True).eval().to(self.device)
-                processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise RsvlError(f"--clip-model {path}: not a loadable CLIP model folder "
-                                f"({str(exc).splitlines()[0][:160]})") from None
-            prompts, names = _clip_iqa_format_prompts(("quality",))
-            anchors = _clip_iqa_get_anchor_vectors(path, model, processor, prompts, self.device)
-            self._clip = (model, processor, anchors, names)
-        model, processor, anchors, names = self._clip
-        features = _clip_iqa_update(path, image, model, processor, 1.0, self.device)
-        return float(_clip_iqa_compute(features, anchors, names))
+
+def _projected(output) -> torch.Tensor:
+    """CLIP's projected features: transformers 4 returns them as a tensor, 5 as the output's pooler_output."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
