@@ -111,9 +111,11 @@ def test_ray_batch_equals_upscale_on_mixed_inputs(ray_cluster, models, mixed_inp
 @pytest.mark.slow
 def test_ray_windows_of_one_scene_across_actors_equal_single_process(ray_cluster, models, tmp_path):
     """A 56x40 GeoTIFF in 16-pixel windows (one caption from the scene overview), spread over 2 actors, written
-    as a COG: the same image and record as the single-process windowed run."""
+    as a COG, with an execution switch the actors must apply: the same image and record as the single-process
+    windowed run."""
     scene = georeferenced(tmp_path / "scene.tif", (0, 0, 56, 40))
-    common = [str(scene), "--models-dir", str(models), *RUN, "--window-size", "16", "--window-overlap", "4", "--cog"]
+    common = [str(scene), "--models-dir", str(models), *RUN, "--window-size", "16", "--window-overlap", "4", "--cog",
+              "--accelerate", "channels-last"]
     assert main(["batch", *common, "-o", str(tmp_path / "batch"), "--ray", "auto", "--actors", "2"]) == 0
     assert main(["upscale", *common, "-o", str(tmp_path / "upscale")]) == 0
     same_outputs(tmp_path / "batch", tmp_path / "upscale", ["scene_x2.tif"])
@@ -121,6 +123,7 @@ def test_ray_windows_of_one_scene_across_actors_equal_single_process(ray_cluster
     windows = record["windows"]
     assert windows["count"] == 15 and windows["caption_per"] == "scene"  # starts 0,12,24,36,40 x 0,12,24
     assert set(windows["captions"]) == {record["caption"]} and record["caption_source"] == "scene overview"
+    assert record["accelerate"] == ["channels_last"]  # applied on the actors, not only parsed
     from rio_cogeo.cogeo import cog_validate
 
     valid, errors, _ = cog_validate(str(tmp_path / "batch" / "scene_x2.tif"))

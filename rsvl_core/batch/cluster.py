@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import RsvlError
+from ..pipeline.acceleration import Acceleration
 
 RAY_HINT = ("rsvl batch runs on Ray: pass --ray auto (start Ray on this machine: its GPUs, or CPU actors) or "
             "--ray HOST:PORT (join a cluster started with `ray start --head`); for one process without Ray use "
@@ -30,6 +31,7 @@ class ClusterOptions:
     dtype: str = "fp32"
     placement: str = "auto"
     vae_dtype: str | None = None
+    acceleration: Acceleration = field(default_factory=Acceleration)  # compile, fp8, ... (as --accelerate)
 
     def check(self) -> None:
         if self.actors is not None and self.actors < 1:

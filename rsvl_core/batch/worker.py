@@ -37,7 +37,7 @@ class SceneWorker:
             torch.set_num_threads(threads)
         self.config, self.options, self.model_files = config, options, model_files
         self.models = PipelineModels.from_files(files, resolve_device(cluster.device), cluster.dtype,
-                                                cluster.placement, cluster.vae_dtype)
+                                                cluster.placement, cluster.vae_dtype, cluster.acceleration)
         self.models.preload()  # a wrong weights file fails here, before any item
         self.scenes: OrderedDict[Path, SceneSource] = OrderedDict()
 

@@ -12,7 +12,7 @@ from ..errors import RsvlError
 from ..pipeline import collect_inputs, locate_model_files
 from .commands import COMMANDS
 from .progress import say
-from .upscale import add_job_arguments, config_from_args, job_options_from_args
+from .upscale import acceleration_from_args, add_job_arguments, config_from_args, job_options_from_args
 
 
 def add_batch_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,10 +42,11 @@ def run_batch_command(args: argparse.Namespace):
         raise RsvlError(RAY_HINT)
     try:
         config, options = config_from_args(args), job_options_from_args(args)
+        acceleration = acceleration_from_args(args)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     cluster = ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.retries, args.device, args.dtype,
-                             args.placement, args.vae_dtype)
+                             args.placement, args.vae_dtype, acceleration)
     cluster.check()
     inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,

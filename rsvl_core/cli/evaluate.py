@@ -26,7 +26,7 @@ from ..pipeline import PLACEMENTS, PipelineModels, RunConfig, locate_model_files
 from ..refine.refiner import PRESETS
 from .commands import COMMANDS
 from .progress import StageBars, say
-from .upscale import _flag, add_model_options, add_refine_options, config_from_args
+from .upscale import acceleration_from_args, add_model_options, add_refine_options, config_from_args, setting_flag
 
 DEFAULT_METHODS = "bicubic,stage1,full"
 
@@ -37,7 +37,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                                     "on the LR image, score it against HR; tables, maps and pictures in --output.")
     ev.add_argument("hr_dir", type=Path, metavar="HR_DIR", help="a folder of HR images, or of class folders of them")
     ev.add_argument("-o", "--output", type=Path, required=True, help="folder for tables, maps and pictures")
-    _flag(ev, "--scale", "scale", type=int)
+    setting_flag(ev, "--scale", "scale", type=int)
     ev.add_argument("--methods", default=DEFAULT_METHODS,
                     help=f"comma-separated: {', '.join(BASELINES)}, stage1, full, or a refiner preset "
                          f"({', '.join(sorted(PRESETS))}) (default {DEFAULT_METHODS})")
@@ -51,14 +51,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                     "(default 0: none)")
     add_model_options(ev)
     ev.add_argument("--caption", default=None, help="use this text as the caption instead of running the captioner")
-    _flag(ev, "--caption-max-tokens", "caption_max_tokens", type=int)
-    _flag(ev, "--sampler", "stage1_sampler")
+    setting_flag(ev, "--caption-max-tokens", "caption_max_tokens", type=int)
+    setting_flag(ev, "--sampler", "stage1_sampler")
     ev.add_argument("--steps", type=int, default=None,
                     help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
-    _flag(ev, "--seed", "seed", type=int)
-    _flag(ev, "--tile-size", "tile_size", type=int)
-    _flag(ev, "--tile-overlap", "tile_overlap", type=int)
-    _flag(ev, "--tile-batch", "tile_batch", type=int)
+    setting_flag(ev, "--seed", "seed", type=int)
+    setting_flag(ev, "--tile-size", "tile_size", type=int)
+    setting_flag(ev, "--tile-overlap", "tile_overlap", type=int)
+    setting_flag(ev, "--tile-batch", "tile_batch", type=int)
     ev.add_argument("--placement", choices=PLACEMENTS, default="auto", help="model placement on one GPU "
                     "(as in rsvl upscale)")
     add_refine_options(ev)
@@ -143,6 +143,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
                               command=shlex.join(["rsvl", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else
                               "rsvl eval (library call)", hash_models=not args.no_hash)
         options.check()
+        acceleration = acceleration_from_args(args)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     device = resolve_device(args.device)
@@ -152,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
         widest = next((c for c in pipeline if c.refine is not None), pipeline[0])  # find every file it needs
         files = locate_model_files(widest, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                    captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
-        models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype)
+        models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype, acceleration)
     weights = find_perceptual_weights(args.models_dir, args.lpips_weights, args.dists_weights, args.clip_model)
     events = EvalBars(args.quiet)
     try:

@@ -30,7 +30,7 @@ from .commands import COMMANDS
 from .progress import CliEvents, say
 
 
-def _flag(parser, names: str | tuple[str, ...], setting: str, **kwargs) -> None:
+def setting_flag(parser, names: str | tuple[str, ...], setting: str, **kwargs) -> None:
     """A flag whose default, choices and help come from the shared SETTINGS table."""
     spec = SETTINGS[setting]
     kwargs.setdefault("default", spec.default)
@@ -49,7 +49,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ...); overrides "
                              "<models-dir>/sr3")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    _flag(parser, "--dtype", "dtype")
+    setting_flag(parser, "--dtype", "dtype")
     parser.add_argument("--accelerate", default="", metavar="LIST",
                         help="comma-separated execution switches, off by default: compile, cuda-graphs, static-cache, "
                              "fp8 (low memory), channels-last (benchmarks/README.md)")
@@ -68,18 +68,18 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
                     help="a folder of input images (seed-compatible alias; may repeat)")
     up.add_argument("-o", "--output", "--save_dir", dest="output", type=Path, required=True,
                     help="folder for the results (created if missing)")
-    _flag(up, ("--scale", "--upscale"), "scale", dest="scale", type=int)
+    setting_flag(up, ("--scale", "--upscale"), "scale", dest="scale", type=int)
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true", help="run stage 1 alone: no caption, no refiner")
     up.add_argument("--caption", default=None, help="use this text as the caption instead of running the captioner")
-    _flag(up, "--caption-max-tokens", "caption_max_tokens", type=int)
-    _flag(up, "--sampler", "stage1_sampler")
+    setting_flag(up, "--caption-max-tokens", "caption_max_tokens", type=int)
+    setting_flag(up, "--sampler", "stage1_sampler")
     up.add_argument("--steps", type=int, default=None,
                     help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
-    _flag(up, "--seed", "seed", type=int)
-    _flag(up, "--tile-size", "tile_size", type=int)
-    _flag(up, "--tile-overlap", "tile_overlap", type=int)
-    _flag(up, "--tile-batch", "tile_batch", type=int)
+    setting_flag(up, "--seed", "seed", type=int)
+    setting_flag(up, "--tile-size", "tile_size", type=int)
+    setting_flag(up, "--tile-overlap", "tile_overlap", type=int)
+    setting_flag(up, "--tile-batch", "tile_batch", type=int)
     up.add_argument("--placement", choices=PLACEMENTS, default="auto",
                     help="one GPU: keep every model on it (resident), or each only while its stage runs "
                          "(sequential); auto decides from free memory (default)")
@@ -117,16 +117,16 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                        help="the captioner's LoRA adapter folder (overrides <models-dir>/llava_adapter)")
     group.add_argument("--ckpt-pth", type=Path, default=None,
                        help="the seed's unzipped CKPT_PTH folder, searched after the models folder")
-    _flag(group, "--preset", "preset")
+    setting_flag(group, "--preset", "preset")
     for flag, name, kind in (("--refine-steps", "refine_steps", int), ("--cfg-scale", "cfg_scale", float),
                              ("--cfg-scale-start", "cfg_scale_start", float),
                              ("--control-scale", "control_scale", float),
                              ("--restoration-scale", "restoration_scale", float), ("--s-churn", "s_churn", float),
                              ("--refine-min-size", "min_size", int), ("--latent-tile-size", "latent_tile_size", int)):
-        _flag(group, flag, name, type=kind, default=None)
-    _flag(group, "--color-fix", "color_fix", default=None)
-    _flag(group, "--cache", "cache")
-    _flag(group, "--cache-threshold", "cache_threshold", type=float)
+        setting_flag(group, flag, name, type=kind, default=None)
+    setting_flag(group, "--color-fix", "color_fix", default=None)
+    setting_flag(group, "--cache", "cache")
+    setting_flag(group, "--cache-threshold", "cache_threshold", type=float)
     group.add_argument("--vae-dtype", choices=sorted(DTYPES), default=None,
                        help="VAE precision (default: --dtype; fp16 runs in fp32 since SDXL's VAE overflows)")
 
@@ -162,10 +162,15 @@ def job_options_from_args(args: argparse.Namespace) -> JobOptions:
     return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash, scene=scene, cog=args.cog)
 
 
+def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
+    """--accelerate LIST (ValueError naming the unknown switch)."""
+    return Acceleration.from_names(args.accelerate)
+
+
 def run_upscale(args: argparse.Namespace) -> JobSummary:
     try:
         config, options = config_from_args(args), job_options_from_args(args)
-        acceleration = Acceleration.from_names(args.accelerate)
+        acceleration = acceleration_from_args(args)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])  # a missing input fails first

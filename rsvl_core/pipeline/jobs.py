@@ -352,7 +352,7 @@ def run_record(result: PipelineResult, config: RunConfig) -> dict:
         "caption": result.caption, "caption_source": result.caption_source,
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_kind": result.peak_memory_kind,
-        "placement": result.placement}
+        "placement": result.placement, "accelerate": result.acceleration or []}
     if result.stage1_record is not None:
         record["stage1"] = result.stage1_record
     if result.stage1_cache is not None:
