@@ -53,7 +53,7 @@ class SceneSource:
         """The whole scene shrunk (area average) to at most `max_side` pixels a side, without reading it whole."""
         factor = max(self.height, self.width) / max_side
         if factor <= 1:
-            return self.whole() if self.image is None else self.image
+            return self.whole()
         size = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
         if self.image is not None:
             return torch.nn.functional.interpolate(self.image, size=size, mode="area")

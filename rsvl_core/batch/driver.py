@@ -24,21 +24,21 @@ from ..pipeline.jobs import (
     JobOptions,
     JobSummary,
     SilentEvents,
-    collect_inputs,
     input_record,
     is_complete,
     is_windowed,
+    model_files_record,
     open_input,
-    plan_outputs,
-    prepare_output_folder,
+    os_error_message,
+    plan_job,
     printable,
     windowed_record,
-    write_run_record,
+    write_record_or_remove,
 )
 from ..pipeline.models import ModelFiles, PipelineModels
 from ..pipeline.options import RunConfig
 from ..scene import WindowBlender, plan_windows
-from ..scene_io import SceneSource, is_geotiff_input, row_sink
+from ..scene_io import SceneSource, row_sink
 from .cluster import ClusterOptions, connect, plan_actors
 from .worker import SceneWorker
 
@@ -127,16 +127,11 @@ def run_batch(inputs: list[Path], config: RunConfig, files: ModelFiles, options:
     """Every input into `options.output_dir` on Ray actors: outputs + run records, resume, retries, failures."""
     cluster.check()
     events = events or _SilentBatchEvents()
-    sources = collect_inputs(inputs)
-    for stale in prepare_output_folder(options.output_dir):
-        events.note(stale, "removed a temporary file left by an interrupted run")
-    scene_options = options.scene
-    geotiffs = [_is_geotiff(source, scene_options) for source in sources]
-    targets = plan_outputs(sources, options.output_dir, config.scale, geotiffs)
+    planned = plan_job(inputs, config.scale, options, events)
     summary = BatchSummary()
-    events.begin(sources)
+    events.begin([source for source, _, _ in planned])
     scenes: list[_Scene] = []
-    for source, target, geotiff in zip(sources, targets, geotiffs, strict=True):
+    for source, target, geotiff in planned:
         claim = Claim(target)
         if claim.acquire() is not None or (is_complete(target) and not options.overwrite):
             claim.release()
@@ -154,13 +149,6 @@ def run_batch(inputs: list[Path], config: RunConfig, files: ModelFiles, options:
         for stale in remove_stale_temporaries(options.output_dir):  # left by actors that were killed
             events.note(stale, "removed a temporary file left by a killed actor")
     return summary
-
-
-def _is_geotiff(source: Path, scene_options) -> bool:
-    try:
-        return is_geotiff_input(source, scene_options.bands, scene_options.stretch)
-    except OSError:
-        return False
 
 
 def _plan_items(scenes: list[_Scene], config: RunConfig, options: JobOptions, summary: BatchSummary,
@@ -201,8 +189,6 @@ def _run(scenes: list[_Scene], config: RunConfig, files: ModelFiles, options: Jo
         return
     events.planned(len(items), sum(i.pixels for i in items))
     # the run record's model files: hashed once, here, not once per actor
-    from ..pipeline.jobs import model_files_record
-
     model_files = model_files_record(PipelineModels.from_files(files, "cpu"), options.hash_models)
     plan = plan_actors(cluster, ray.cluster_resources())
     remote = ray.remote(SceneWorker)
@@ -366,11 +352,7 @@ def _finish_item(item: _Item, value, config: RunConfig, options: JobOptions, eve
     stack.close()  # the image is in place (renamed from its temp file)
     record = windowed_record(scene.records, options.scene.windows, scene.caption)
     record["input"] = input_record(scene.source, scene.scene)
-    try:
-        write_run_record(scene.target, record, config, summary.actors[0].where["device"], model_files)
-    except BaseException:
-        scene.target.unlink(missing_ok=True)  # an image without its record is not an output
-        raise
+    write_record_or_remove(scene.target, record, config, summary.actors[0].where["device"], model_files)
     scene.claim.release()
     summary.written.append(scene.target)
     events.finished(scene.source, scene.target, record, scene.seconds)
@@ -385,9 +367,7 @@ def _task_failed(item: _Item, cause: BaseException, summary: BatchSummary, event
 
 
 def _message(scene: _Scene, exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return f"{printable(str(exc.filename or scene.target))}: {exc.strerror or exc}"
-    return str(exc)
+    return os_error_message(exc, scene.target) if isinstance(exc, OSError) else str(exc)
 
 
 def _fail(scene: _Scene, message: str, summary: BatchSummary, events: BatchEvents) -> None:

@@ -22,11 +22,18 @@ from ..evaluation import (
     find_perceptual_weights,
     run_evaluation,
 )
-from ..pipeline import PLACEMENTS, PipelineModels, RunConfig, locate_model_files
+from ..pipeline import PipelineModels, RunConfig, locate_model_files
 from ..refine.refiner import PRESETS
 from .commands import COMMANDS
 from .progress import StageBars, say
-from .upscale import acceleration_from_args, add_model_options, add_refine_options, config_from_args, setting_flag
+from .upscale import (
+    acceleration_from_args,
+    add_model_options,
+    add_refine_options,
+    add_run_settings,
+    config_from_args,
+    setting_flag,
+)
 
 DEFAULT_METHODS = "bicubic,stage1,full"
 
@@ -50,17 +57,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--degrade-jpeg", type=int, default=0, help="JPEG quality 1..95 applied to the LR image "
                     "(default 0: none)")
     add_model_options(ev)
-    ev.add_argument("--caption", default=None, help="use this text as the caption instead of running the captioner")
-    setting_flag(ev, "--caption-max-tokens", "caption_max_tokens", type=int)
-    setting_flag(ev, "--sampler", "stage1_sampler")
-    ev.add_argument("--steps", type=int, default=None,
-                    help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
-    setting_flag(ev, "--seed", "seed", type=int)
-    setting_flag(ev, "--tile-size", "tile_size", type=int)
-    setting_flag(ev, "--tile-overlap", "tile_overlap", type=int)
-    setting_flag(ev, "--tile-batch", "tile_batch", type=int)
-    ev.add_argument("--placement", choices=PLACEMENTS, default="auto", help="model placement on one GPU "
-                    "(as in rsvl upscale)")
+    add_run_settings(ev)
     add_refine_options(ev)
     perceptual = ev.add_argument_group("perceptual metrics (local weights only; skipped when absent)")
     perceptual.add_argument("--lpips-weights", type=Path, default=None,

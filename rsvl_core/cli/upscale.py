@@ -71,18 +71,7 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
     setting_flag(up, ("--scale", "--upscale"), "scale", dest="scale", type=int)
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true", help="run stage 1 alone: no caption, no refiner")
-    up.add_argument("--caption", default=None, help="use this text as the caption instead of running the captioner")
-    setting_flag(up, "--caption-max-tokens", "caption_max_tokens", type=int)
-    setting_flag(up, "--sampler", "stage1_sampler")
-    up.add_argument("--steps", type=int, default=None,
-                    help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
-    setting_flag(up, "--seed", "seed", type=int)
-    setting_flag(up, "--tile-size", "tile_size", type=int)
-    setting_flag(up, "--tile-overlap", "tile_overlap", type=int)
-    setting_flag(up, "--tile-batch", "tile_batch", type=int)
-    up.add_argument("--placement", choices=PLACEMENTS, default="auto",
-                    help="one GPU: keep every model on it (resident), or each only while its stage runs "
-                         "(sequential); auto decides from free memory (default)")
+    add_run_settings(up)
     up.add_argument("--window-size", type=int, default=0,
                     help="process large scenes in windows of this many input pixels (0 = whole image, default)")
     up.add_argument("--window-overlap", type=int, default=16, help="input pixels shared by windows (default 16)")
@@ -103,6 +92,23 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
                     help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_run_settings(parser: argparse.ArgumentParser) -> None:
+    """Caption text and length, stage-1 sampler, steps, seed and tiling, placement: every pipeline run's flags."""
+    parser.add_argument("--caption", default=None,
+                        help="use this text as the caption instead of running the captioner")
+    setting_flag(parser, "--caption-max-tokens", "caption_max_tokens", type=int)
+    setting_flag(parser, "--sampler", "stage1_sampler")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
+    setting_flag(parser, "--seed", "seed", type=int)
+    setting_flag(parser, "--tile-size", "tile_size", type=int)
+    setting_flag(parser, "--tile-overlap", "tile_overlap", type=int)
+    setting_flag(parser, "--tile-batch", "tile_batch", type=int)
+    parser.add_argument("--placement", choices=PLACEMENTS, default="auto",
+                        help="one GPU: keep every model on it (resident), or each only while its stage runs "
+                             "(sequential); auto decides from free memory (default)")
 
 
 def add_refine_options(parser: argparse.ArgumentParser) -> None:

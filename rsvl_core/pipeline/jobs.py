@@ -183,18 +183,25 @@ def prepare_output_folder(folder: Path) -> list[Path]:
     return remove_stale_temporaries(folder)
 
 
-def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, options: JobOptions,
-            events: JobEvents | None = None) -> JobSummary:
-    """Upscale every input into `options.output_dir`: outputs + run records, resume, failures (see module doc)."""
-    events = events or SilentEvents()
+def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
+             events: JobEvents) -> list[tuple[Path, Path, bool]]:
+    """(input, output, is GeoTIFF) for every input, after the output folder is checked and our stale temps
+    are removed: the start every face of the job API shares."""
     sources = collect_inputs(inputs)
     for stale in prepare_output_folder(options.output_dir):
         events.note(stale, "removed a temporary file left by an interrupted run")
     geotiffs = [_is_geotiff(source, options.scene) for source in sources]
-    targets = plan_outputs(sources, options.output_dir, config.scale, geotiffs)
+    return list(zip(sources, plan_outputs(sources, options.output_dir, scale, geotiffs), geotiffs, strict=True))
+
+
+def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, options: JobOptions,
+            events: JobEvents | None = None) -> JobSummary:
+    """Upscale every input into `options.output_dir`: outputs + run records, resume, failures (see module doc)."""
+    events = events or SilentEvents()
+    planned = plan_job(inputs, config.scale, options, events)
     summary, model_files = JobSummary(), None
-    events.begin(sources)
-    for source, target, geotiff in zip(sources, targets, geotiffs, strict=True):
+    events.begin([source for source, _, _ in planned])
+    for source, target, geotiff in planned:
         with Claim(target) as claim:
             # another run computes it right now, or it is complete (checked after claiming: a concurrent run
             # may have just finished it)
@@ -222,8 +229,7 @@ def _run_one(source: Path, target: Path, geotiff: bool, config: RunConfig, model
         summary.failed.append((source, str(exc)))
         events.failed(source, str(exc))
     except OSError as exc:
-        where = printable(str(exc.filename or target))
-        message = f"{where}: {exc.strerror or exc}"
+        message = os_error_message(exc, target)
         summary.failed.append((source, message))
         events.failed(source, message)
         if exc.errno in STORAGE_ERRORS:
@@ -236,12 +242,24 @@ def upscale_to(source: Path, target: Path, geotiff: bool, config: RunConfig, mod
                options: JobOptions, model_files: dict, events: JobEvents) -> dict:
     """One input -> its output image and run record beside it (both, or neither); returns the record."""
     record = upscale_file(source, target, geotiff, config, models, options.scene, events, options.cog)
-    try:
-        write_run_record(target, record, config, models.device, model_files)
-    except BaseException:
-        target.unlink(missing_ok=True)  # an image without its record is not an output
-        raise
+    write_record_or_remove(target, record, config, models.device, model_files)
     return record
+
+
+def write_record_or_remove(target: Path, record: dict, config: RunConfig, device: torch.device | str,
+                           model_files: dict) -> None:
+    """The run record beside a written output; if it cannot be written, the output goes too (an image without
+    its record is not an output, and a rerun redoes it)."""
+    try:
+        write_run_record(target, record, config, device, model_files)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def os_error_message(exc: OSError, target: Path) -> str:
+    """`<file>: <reason>` for a failed read or write (the file the error names, else the output)."""
+    return f"{printable(str(exc.filename or target))}: {exc.strerror or exc}"
 
 
 def printable(text: str) -> str:
