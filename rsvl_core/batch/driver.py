@@ -245,8 +245,10 @@ def _dispatch(ray, actors, items: list[_Item], deaths, config: RunConfig, option
         if stats.deaths <= cluster.retries:
             probes[actors[slot].describe.remote()] = slot
 
+    failures_seen = len(summary.failed)
     while queue or pending or (probes and queue):
-        queue = [i for i in queue if not i.scene.failed]
+        if len(summary.failed) != failures_seen:  # a scene failed: drop its remaining items (once per failure)
+            queue, failures_seen = [i for i in queue if not i.scene.failed], len(summary.failed)
         while idle and queue and not summary.stopped:
             item = next((i for i in queue if dispatchable(i)), None)
             if item is None:
