@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import torchvision_guard
+
+torchvision_guard.install()  # a CUDA-built torchvision beside a CPU torch would otherwise fail to import
+
 __version__ = "0.1.0"
 
 _LAZY = {

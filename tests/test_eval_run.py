@@ -137,7 +137,8 @@ def test_eval_run_writes_tables_maps_and_pictures(first_run, dataset):
     assert float(overall["stage1"]["psnr_y"]) == pytest.approx(sum(psnrs) / 2) and overall["stage1"]["n"] == "2"
     summary = json.loads((output / "summary.json").read_text())
     assert summary["command"].startswith("rsvl eval") or summary["command"] == "rsvl eval (library call)"
-    assert summary["versions"]["torch"] == torch.__version__ and "scikit-image" in summary["versions"]
+    assert summary["versions"]["torch"] == str(torch.__version__) and "scikit-image" in summary["versions"]
+    assert summary["versions"]["torch_cuda"] == torch.version.cuda
     assert {"stage1", "refine"} <= set(summary["model_files"])
     assert summary["model_files"]["stage1"][0]["path"].endswith("tiny_gen.pth")
     assert summary["protocol"]["hr_cropped_images"] == {"forest/soap": [0, 1]}

@@ -403,13 +403,19 @@ def _default_correctness() -> str:
 
 
 def package_versions() -> dict[str, str | None]:
-    """The installed versions of the packages that shape the numbers (None = not installed)."""
-    out = {}
+    """The installed versions of the packages that shape the numbers (None = not installed).
+
+    torch is recorded as the running build reports itself (`torch.__version__`, local tag included: `+cpu`,
+    `+cu130`), with its CUDA version: the numbers depend on the build, and package metadata may omit the tag.
+    """
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
+    out["torch"] = str(torch.__version__)
+    out["torch_cuda"] = torch.version.cuda
     return out
 
 
