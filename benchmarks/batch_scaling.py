@@ -43,7 +43,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
     from rsvl_core.batch import ClusterOptions, run_batch
     from rsvl_core.demo import demo_config, write_demo_models
-    from rsvl_core.pipeline import JobOptions, locate_model_files, stage1_options
+    from rsvl_core.pipeline import JobOptions, locate_model_files, stage1_options_from
 
     counts = [int(c) for c in args.actors.split(",")]
     rows = []
@@ -52,8 +52,9 @@ def run(argv: list[str] | None = None) -> list[dict]:
         write_demo_models(scratch / "models")
         inputs = make_inputs(scratch / "in", args.images, args.size)
         config = demo_config()
-        config = type(config)(scale=config.scale, seed=0, stage1=stage1_options(sampler="ddim", steps=args.steps),
-                              caption=config.caption, refine=config.refine if args.full else None)
+        fast = stage1_options_from({"stage1_sampler": "ddim", "stage1_steps": args.steps})
+        config = type(config)(scale=config.scale, seed=0, stage1=fast, caption=config.caption,
+                              refine=config.refine if args.full else None)
         files = locate_model_files(config, scratch / "models")
         ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:

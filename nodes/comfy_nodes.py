@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 from comfy_api.latest import ComfyExtension, io, ui
 
-from ..rsvl_core.caption.config import CaptionOptions
 from ..rsvl_core.errors import RsvlError
-from ..rsvl_core.pipeline.options import SETTINGS
-from ..rsvl_core.refine.refiner import refine_image, working_size
+from ..rsvl_core.pipeline import SETTINGS
+from ..rsvl_core.pipeline.components import refine_image, working_size
 from . import core
 from .core import NONE, NodeError
 
@@ -23,24 +23,23 @@ CATEGORY = "RSVL"
 FOLDER = core.FOLDERS  # the engine's stage table: weights kind -> ComfyUI model folder
 
 
-def _int(name: str, setting: str, tooltip: str | None = None, **overrides) -> io.Int.Input:
-    """An INT input whose default, range and tooltip come from the engine's SETTINGS table."""
-    spec = SETTINGS[setting]
-    values = dict(default=spec.default, min=int(spec.min), max=int(spec.max), step=int(spec.step), **overrides)
-    return io.Int.Input(name, tooltip=tooltip or spec.help[0].upper() + spec.help[1:] + ".", **values)
+def setting_input(name: str, node_id: str, tooltip: str | None = None, **overrides: Any) -> io.Input:
+    """The node input `name` of `node_id`, generated from the engine setting it carries (core.NODE_SETTINGS):
+    COMBO for choices, INT / FLOAT with the setting's range, STRING (multi-line) for text."""
+    spec = SETTINGS[core.NODE_SETTINGS[node_id][name]]
+    tip = tooltip or spec.help[0].upper() + spec.help[1:] + "."
+    if spec.choices is not None:
+        options = overrides.pop("options", [str(c) for c in spec.choices])
+        return io.Combo.Input(name, options=options, default=overrides.pop("default", str(spec.default)),
+                              tooltip=tip, **overrides)
+    if spec.kind is int:
+        return io.Int.Input(name, default=spec.default, min=int(spec.min), max=int(spec.max), step=int(spec.step),
+                            tooltip=tip, **overrides)
+    if spec.kind is float:
+        return io.Float.Input(name, default=spec.default, min=spec.min, max=spec.max, step=spec.step, tooltip=tip,
+                              **overrides)
+    return io.String.Input(name, default=spec.default, multiline=True, tooltip=tip, **overrides)
 
-
-def _float(name: str, setting: str, tooltip: str | None = None) -> io.Float.Input:
-    spec = SETTINGS[setting]
-    return io.Float.Input(name, default=spec.default, min=spec.min, max=spec.max, step=spec.step,
-                          tooltip=tooltip or spec.help[0].upper() + spec.help[1:] + ".")
-
-
-def _combo(name: str, setting: str, tooltip: str | None = None, options: list | None = None) -> io.Combo.Input:
-    spec = SETTINGS[setting]
-    choices = options if options is not None else [str(c) for c in spec.choices]
-    return io.Combo.Input(name, options=choices, default=str(spec.default),
-                          tooltip=tooltip or spec.help[0].upper() + spec.help[1:] + ".")
 
 # The model handles travel between nodes as custom socket types, declared once.
 SR3Handle = io.Custom("RSVL_SR3")
@@ -124,8 +123,8 @@ def _folder_paths():
     return folder_paths
 
 
-def _seed(tooltip: str | None = None):
-    return _int("seed", "seed", tooltip, control_after_generate=True)
+def _seed(node_id: str, tooltip: str | None = None):
+    return setting_input("seed", node_id, tooltip, control_after_generate=True)
 
 
 # Display names, one style ("RSVL ..."), and the words a user may search the node library with. ComfyUI 0.8's
@@ -196,9 +195,9 @@ class LoadRSVLModels(RSVLNode):
                                tooltip="SDXL base single file from models/checkpoints (the refiner's base model)."),
                 io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list(FOLDER["supir"])], default=NONE,
                                tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir; needs sdxl_checkpoint."),
-                io.Combo.Input("dtype", options=list(core.DTYPES), default="auto",
-                               tooltip="Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on the CPU. "
-                                       "The refiner's VAE never runs in fp16."),
+                setting_input("dtype", "LoadRSVLModels", "Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on "
+                                                         "the CPU. The refiner's VAE never runs in fp16.",
+                              options=list(core.DTYPES), default="auto"),
                 io.Combo.Input("device", options=list(core.DEVICES), default="auto",
                                tooltip="auto: ComfyUI's device, offloaded by its memory manager; cpu: always CPU."),
                 io.Combo.Input("llava_quantization", options=["none", "8bit", "4bit"], default="none",
@@ -261,30 +260,29 @@ class DynamicStepScheduler(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
         return _schema(
-            "DynamicStepScheduler",
+            node,
             description="Steps and step cache for both stages. Connect it to Stage1FidelitySR and/or "
                         "ControlNetRefine; the refine node reports which steps were computed and which reused.",
             inputs=[
-                _combo("cache_preset", "cache", "Refiner step cache. off: every step computed; seed: the seed's "
-                                                "adaptive cache; fast: ours (first block signal, fixed threshold, "
-                                                "guarded)."),
-                _int("refine_steps", "refine_steps", "Refiner sampling steps (replaces ControlNetRefine's steps)."),
-                _float("cache_threshold", "cache_threshold", "Reuse a step when the relative change is below this. "
-                                                             "0 = the preset's own (seed 0.3, fast 0.2)."),
-                _combo("stage1_sampler", "stage1_sampler"),
-                _int("stage1_steps", "stage1_steps"),
-                _combo("stage1_cache", "stage1_cache"),
+                setting_input("cache_preset", node, "Refiner step cache. off: every step computed; seed: the seed's "
+                                                  "adaptive cache; fast: ours (first block signal, fixed threshold, "
+                                                  "guarded)."),
+                setting_input("refine_steps", node, "Refiner sampling steps (replaces ControlNetRefine's steps)."),
+                setting_input("cache_threshold", node, "Reuse a step when the relative change is below this. "
+                                                     "0 = the preset's own (seed 0.3, fast 0.2)."),
+                setting_input("stage1_sampler", node),
+                setting_input("stage1_steps", node),
+                setting_input("stage1_cache", node),
             ],
             outputs=[ScheduleHandle.Output(display_name="schedule")],
         )
 
     @classmethod
-    def execute(cls, cache_preset, refine_steps, cache_threshold, stage1_sampler, stage1_steps,
-                stage1_cache) -> io.NodeOutput:
+    def execute(cls, **inputs) -> io.NodeOutput:
         with core.user_errors(cls.label()):
-            return io.NodeOutput(core.scheduler_from_inputs(cache_preset, refine_steps, cache_threshold, stage1_sampler,
-                                                            stage1_steps, stage1_cache))
+            return io.NodeOutput(core.scheduler_from_inputs(**inputs))
 
 
 class Stage1FidelitySR(RSVLNode):
@@ -292,26 +290,28 @@ class Stage1FidelitySR(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
         return _schema(
-            "Stage1FidelitySR",
+            node,
             description="Super-resolves 2x/4x/8x from the low-resolution image alone: with SR3 (the paper's stage 1), "
                         "or with any upscale model (one pass, resampled to the scale). Output is exactly input x "
                         "scale.",
             inputs=[
                 io.Image.Input("image", tooltip="Low-resolution image(s), any size."),
                 SR3Handle.Input("sr3", tooltip="sr3 output of LoadRSVLModels (SR3 or an upscale model)."),
-                io.Combo.Input("scale", options=[str(s) for s in SETTINGS["scale"].choices], default="4",
-                               tooltip="Upscale factor."),
-                _combo("sampler", "stage1_sampler", "SR3 only: faithful = the seed's 500-step ancestral DDPM; "
-                                                    "ddim / dpmpp: fast solvers."),
-                _int("steps", "stage1_steps", "SR3 only: sampling steps; 0 = the sampler's default (500 faithful, "
-                                              "50 ddim/dpmpp)."),
-                _seed(),
-                _int("tile_size", "tile_size", "Stage-1 tile edge in output pixels (224 = SR3's training size); "
-                                               "0 = whole image at once, else at least 32. Tiles bound memory."),
-                _int("tile_overlap", "tile_overlap", "Output pixels shared by neighbouring tiles, blended: at most "
-                                                     "half of tile_size (e.g. 16 for tile_size 32); unused when "
-                                                     "tile_size is 0."),
+                setting_input("scale", node, "Upscale factor.", default="4"),
+                setting_input("sampler", node, "SR3 only: faithful = the seed's 500-step ancestral DDPM; "
+                                               "ddim / dpmpp: fast solvers."),
+                setting_input("steps", node, "SR3 only: sampling steps; 0 = the sampler's default (500 faithful, "
+                                             "50 ddim/dpmpp)."),
+                _seed(node),
+                setting_input("tile_size", node, "Stage-1 tile edge in output pixels (224 = SR3's training size); "
+                                                 "0 = whole image at once, else at least 32. Tiles bound memory."),
+                setting_input("tile_overlap", node, "Output pixels shared by neighbouring tiles, blended: at most "
+                                                    "half of tile_size (e.g. 16 for tile_size 32); unused when "
+                                                    "tile_size is 0."),
+                setting_input("tile_batch", node, "Tiles per model call: more is faster on a GPU, needs more "
+                                                  "memory."),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces sampler, steps and cache."),
             ],
@@ -322,14 +322,16 @@ class Stage1FidelitySR(RSVLNode):
     def validate_inputs(cls, tile_size=None, tile_overlap=None) -> bool | str:
         """Reject bad tile settings when the prompt is queued (before anything runs), with the typed values.
         (ComfyUI lists the message once per argument named here: only the two tile inputs.)"""
-        problem = core.stage1_settings_problem("faithful", 0, tile_size, tile_overlap)
+        problem = core.stage1_settings_problem(tile_size, tile_overlap)
         return True if problem is None else f"{cls.label()}: {problem}"
 
     @classmethod
-    def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, schedule=None) -> io.NodeOutput:
+    def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, tile_batch=None,
+                schedule=None) -> io.NodeOutput:
         label = cls.label()
         with core.user_errors(label):
-            options = core.stage1_options(sampler, steps, tile_size, tile_overlap, schedule)
+            options = core.stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
+                                          tile_overlap=tile_overlap, tile_batch=tile_batch)
             pixels = core.to_bchw(image)
             batch, _, height, width = pixels.shape
             factor = int(scale)
@@ -362,20 +364,20 @@ class LlavaRSCaption(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
         return _schema(
-            "LlavaRSCaption",
+            node,
             description="Describes the image with the remote-sensing captioner. The caption is a STRING: edit it, "
                         "or feed ControlNetRefine any text node instead.",
             is_output_node=True,
             inputs=[
                 io.Image.Input("image", tooltip="Image to describe (usually the stage-1 output)."),
                 CaptionerHandle.Input("captioner", tooltip="captioner output of LoadRSVLModels."),
-                io.String.Input("prompt", default=SETTINGS["caption_prompt"].default, multiline=True,
-                                tooltip="The instruction; <image> marks where the image goes (the start if absent). "
-                                        "Default: the seed's analyst prompt."),
-                _int("max_new_tokens", "caption_max_tokens"),
-                _float("temperature", "caption_temperature"),
-                _seed("Makes the sampled caption reproducible."),
+                setting_input("prompt", node, "The instruction; <image> marks where the image goes (the start if "
+                                              "absent). Default: the seed's analyst prompt."),
+                setting_input("max_new_tokens", node),
+                setting_input("temperature", node),
+                _seed(node, "Makes the sampled caption reproducible."),
             ],
             outputs=[io.String.Output(display_name="caption")],
         )
@@ -383,10 +385,8 @@ class LlavaRSCaption(RSVLNode):
     @classmethod
     def execute(cls, image, captioner, prompt, max_new_tokens, temperature, seed) -> io.NodeOutput:
         with core.user_errors(cls.label()):
-            options = CaptionOptions(prompt=prompt, max_new_tokens=max_new_tokens,
-                                     temperature=temperature or SETTINGS["caption_temperature"].default,
-                                     do_sample=temperature > 0, seed=seed)
-            options.check()
+            options = core.caption_options(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                           seed=seed)
             model = captioner.get(HOST)
             if captioner.patcher is not None:
                 model.device = captioner.patcher.load_device
@@ -400,8 +400,9 @@ class ControlNetRefine(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
         return _schema(
-            "ControlNetRefine",
+            node,
             description="Stage 2: adds detail to the stage-1 image with SDXL steered by SUPIR's control network, "
                         "guided by the caption. Output is exactly the input size.",
             inputs=[
@@ -410,18 +411,20 @@ class ControlNetRefine(RSVLNode):
                 io.String.Input("caption", default="", multiline=True,
                                 tooltip="What the image shows: link LlavaRSCaption or any text node, or type it. "
                                         "Joined with the positive prompt."),
-                io.String.Input("positive_prompt", default=SETTINGS["positive_prompt"].default, multiline=True,
-                                tooltip="Appended to the caption (default: the seed's)."),
-                io.String.Input("negative_prompt", default=SETTINGS["negative_prompt"].default, multiline=True,
-                                tooltip="Negative prompt (default: the seed's)."),
-                _int("steps", "refine_steps", "Sampling steps (seed: 50). A connected schedule replaces this."),
-                _float("cfg_scale", "cfg_scale"),
-                _float("cfg_scale_start", "cfg_scale_start"),
-                _float("control_scale", "control_scale"),
-                _combo("color_fix", "color_fix"),
-                _seed(),
-                _int("latent_tile_size", "latent_tile_size"),
-                _int("min_size", "min_size"),
+                setting_input("positive_prompt", node, "Appended to the caption (default: the seed's)."),
+                setting_input("negative_prompt", node, "Negative prompt (default: the seed's)."),
+                setting_input("steps", node, "Sampling steps (seed: 50). A connected schedule replaces this."),
+                setting_input("cfg_scale", node),
+                setting_input("cfg_scale_start", node),
+                setting_input("control_scale", node),
+                setting_input("color_fix", node),
+                _seed(node),
+                setting_input("latent_tile_size", node),
+                setting_input("min_size", node),
+                setting_input("restoration_scale", node),
+                setting_input("s_churn", node),
+                setting_input("preset", node, "Refiner preset: the values of the settings without an input here "
+                                              "(paper: the seed's infer.py settings)."),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
             ],
@@ -430,12 +433,10 @@ class ControlNetRefine(RSVLNode):
         )
 
     @classmethod
-    def execute(cls, image, refiner, caption, positive_prompt, negative_prompt, steps, cfg_scale, cfg_scale_start,
-                control_scale, color_fix, seed, latent_tile_size, min_size, schedule=None) -> io.NodeOutput:
+    def execute(cls, image, refiner, caption, steps, seed, schedule=None, **settings) -> io.NodeOutput:
         label = cls.label()
         with core.user_errors(label):
-            options = core.refine_options(steps, cfg_scale, cfg_scale_start, control_scale, color_fix, positive_prompt,
-                                          negative_prompt, latent_tile_size, min_size, schedule)
+            options = core.refine_options(schedule, steps=steps, seed=seed, **settings)
             pixels = core.to_bchw(image)
             captions = core.split_captions(caption or "", pixels.shape[0])
             batch, _, height, width = pixels.shape

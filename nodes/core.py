@@ -17,11 +17,18 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from ..rsvl_core.checkpoint import first_line
 from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, torch_dtype
 from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
-from ..rsvl_core.pipeline.options import StepSettings
-from ..rsvl_core.pipeline.options import refine_options as engine_refine_options
-from ..rsvl_core.pipeline.options import stage1_options as engine_stage1_options
+from ..rsvl_core.pipeline import (
+    SETTINGS,
+    StepSettings,
+    caption_options_from,
+    refine_options_from,
+    schedule_from,
+    stage1_options_from,
+)
+from ..rsvl_core.pipeline.components import load_captioner, load_refiner, load_stage1
 from ..rsvl_core.weights import STAGE_TABLE
 
 log = logging.getLogger("rsvl")
@@ -205,15 +212,11 @@ class ModelHandle:
 
 def load_stage1_model(handle: ModelHandle, device: torch.device, dtype: str):
     """SR3 or any spandrel SR model (told apart by the file's keys), with its declared parts for the host."""
-    from ..rsvl_core.stage1 import load_stage1
-
     model = load_stage1(handle.sources["stage1"], device=device, dtype=torch_dtype(dtype))
     return model, _Bundle(**model.modules())
 
 
 def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
-    from ..rsvl_core.caption import load_captioner
-
     quantization = handle.options.get("quantization", "none")
     if quantization != "none":  # bitsandbytes weights cannot be moved: load them where they run, unmanaged
         device = handle.options["load_device"]
@@ -224,8 +227,6 @@ def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
 
 
 def load_refiner_model(handle: ModelHandle, device: torch.device, dtype: str):
-    from ..rsvl_core.refine.refiner import load_refiner
-
     refiner = load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=torch_dtype(dtype), device=device)
     return refiner, _Bundle(**refiner.modules())
 
@@ -324,32 +325,68 @@ class ProgressReporter:
 # options from node inputs
 
 
-def scheduler_from_inputs(cache_preset: str, refine_steps: int, cache_threshold: float, stage1_sampler: str,
-                          stage1_steps: int, stage1_cache: str) -> StepSettings:
-    """DynamicStepScheduler inputs -> checked step settings (threshold 0 = the preset's own)."""
-    return StepSettings.from_choices(cache_preset, refine_steps, cache_threshold, stage1_sampler, stage1_steps,
-                                     stage1_cache)
+# Which engine setting (pipeline SETTINGS) each node input carries: node input name -> setting name. The nodes'
+# inputs are generated from these entries, and every setting is reachable from some node (a test checks).
+NODE_SETTINGS: dict[str, dict[str, str]] = {
+    "LoadRSVLModels": {"dtype": "dtype"},
+    "DynamicStepScheduler": {"cache_preset": "cache", "refine_steps": "refine_steps",
+                             "cache_threshold": "cache_threshold", "stage1_sampler": "stage1_sampler",
+                             "stage1_steps": "stage1_steps", "stage1_cache": "stage1_cache"},
+    "Stage1FidelitySR": {"scale": "scale", "sampler": "stage1_sampler", "steps": "stage1_steps", "seed": "seed",
+                         "tile_size": "tile_size", "tile_overlap": "tile_overlap", "tile_batch": "tile_batch"},
+    "LlavaRSCaption": {"prompt": "caption_prompt", "max_new_tokens": "caption_max_tokens",
+                       "temperature": "caption_temperature", "seed": "seed"},
+    "ControlNetRefine": {"positive_prompt": "positive_prompt", "negative_prompt": "negative_prompt",
+                         "steps": "refine_steps", "cfg_scale": "cfg_scale", "cfg_scale_start": "cfg_scale_start",
+                         "control_scale": "control_scale", "color_fix": "color_fix", "seed": "seed",
+                         "latent_tile_size": "latent_tile_size", "min_size": "min_size",
+                         "restoration_scale": "restoration_scale", "s_churn": "s_churn", "preset": "preset"},
+}
 
 
-def stage1_options(sampler: str, steps: int, tile_size: int, tile_overlap: int, schedule: StepSettings | None = None):
-    """Stage1FidelitySR inputs (+ an optional schedule) -> checked SR3 options, the user's values unchanged."""
-    options = engine_stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
-                                    tile_overlap=tile_overlap)
-    options.check()
-    return options
+def setting_values(node_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A node's widget values -> the engine's plain setting values (combo text of a number back to a number)."""
+    values = {}
+    for name, setting in NODE_SETTINGS[node_id].items():
+        if name not in inputs:
+            continue
+        value = inputs[name]
+        if isinstance(value, str) and SETTINGS[setting].kind in (int, float):
+            value = SETTINGS[setting].kind(value)
+        values[setting] = value
+    return values
 
 
-def stage1_settings_problem(sampler: str | None, steps: int | None, tile_size: int | None,
-                            tile_overlap: int | None) -> str | None:
-    """What is wrong with these Stage1FidelitySR widget values (None = fine or not known yet: a linked input).
+def scheduler_from_inputs(**inputs: Any) -> StepSettings:
+    """DynamicStepScheduler inputs -> step settings (threshold 0 = the preset's own)."""
+    return schedule_from(setting_values("DynamicStepScheduler", inputs))
+
+
+def stage1_options(schedule: StepSettings | None = None, **inputs: Any):
+    """Stage1FidelitySR inputs (+ an optional schedule, which sets sampler, steps and cache) -> SR3 options."""
+    return stage1_options_from(setting_values("Stage1FidelitySR", inputs), schedule)
+
+
+def caption_options(**inputs: Any):
+    """LlavaRSCaption inputs -> caption options (temperature 0 = greedy decoding)."""
+    return caption_options_from(setting_values("LlavaRSCaption", inputs))
+
+
+def refine_options(schedule: StepSettings | None = None, **inputs: Any):
+    """ControlNetRefine inputs (+ an optional schedule, which sets steps and cache) -> refiner options."""
+    return refine_options_from(setting_values("ControlNetRefine", inputs), schedule)
+
+
+def stage1_settings_problem(tile_size: int | None, tile_overlap: int | None) -> str | None:
+    """What is wrong with these Stage1FidelitySR tile values (None = fine or not known yet: a linked input).
 
     Run by the node's `validate_inputs`, so ComfyUI rejects the prompt before anything runs."""
-    if None in (sampler, steps, tile_size, tile_overlap):
+    if None in (tile_size, tile_overlap):
         return None
     try:
-        stage1_options(sampler, steps, tile_size, tile_overlap)
+        stage1_options(tile_size=tile_size, tile_overlap=tile_overlap)
     except ValueError as exc:
-        return one_line(exc)
+        return first_line(exc)
     return None
 
 
@@ -410,17 +447,6 @@ def size_guard(label: str, batch: int, height: int, width: int, out_height: int,
     )
 
 
-def refine_options(steps: int, cfg_scale: float, cfg_scale_start: float, control_scale: float, color_fix: str,
-                   positive_prompt: str, negative_prompt: str, latent_tile_size: int, min_size: int,
-                   schedule: StepSettings | None = None):
-    options = engine_refine_options("paper", schedule, steps=steps, cfg_scale=cfg_scale,
-                                    cfg_scale_start=cfg_scale_start, control_scale=control_scale, color_fix=color_fix,
-                                    positive_prompt=positive_prompt, negative_prompt=negative_prompt,
-                                    latent_tile_size=latent_tile_size, min_size=min_size)
-    options.check()
-    return options
-
-
 def split_captions(caption: str, batch: int) -> list[str]:
     """One caption per image: a batch caption from LlavaRSCaption is split on BATCH_SEPARATOR, else repeated."""
     parts = caption.split(BATCH_SEPARATOR)
@@ -456,13 +482,10 @@ def user_errors(label: str) -> Iterator[None]:
     try:
         yield
     except (RsvlError, ValueError, FileNotFoundError) as exc:
-        message = one_line(exc)
+        message = first_line(exc)
         raise NodeError(message if message.startswith(label) else f"{label}: {message}") from None
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # A stage-1 run on the CPU expected to take longer than this gets a one-line warning with the estimate.

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from .caption.config import CaptionOptions
 from .pipeline import (
     JobEvents,
     JobOptions,
@@ -23,20 +22,12 @@ from .pipeline import (
     PipelineModels,
     RunConfig,
     locate_model_files,
-    refine_options,
     run_job,
-    stage1_options,
 )
-from .stage1 import SR3Config, SR3UNet, save_sr3
-from .weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SDXL_SUBDIR, SR3_SUBDIR, SUPIR_SUBDIR
+from .pipeline.tiny import write_tiny_models
 
 SAMPLE_IMAGE = Path(__file__).parent / "samples" / "osbs_029_lr100.png"
 DEMO_SCALE = 4
-# Small enough for a CPU, shaped like the real one: widths divisible by 32 (so no config file is
-# needed, as with the released gen.pth) and attention at 1/8 resolution.
-DEMO_SR3_CONFIG = SR3Config(
-    inner_channel=32, channel_mults=(1, 1, 2, 2), attention_levels=(3,), res_blocks=1, norm_groups=32, dropout=0.0
-)
 DEMO_NOTICE = (
     "rsvl demo: the models written here have RANDOM weights. They do not super-resolve; the output\n"
     "image is expected to look like noise. This only proves that the install works end to end\n"
@@ -46,28 +37,15 @@ DEMO_NOTICE = (
 
 
 def write_demo_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Write tiny random models into `models_dir` in the layout `rsvl upscale --models-dir` reads."""
-    torch.manual_seed(seed)
-    unet = SR3UNet(DEMO_SR3_CONFIG)
-    sr3_path = save_sr3(unet, Path(models_dir) / SR3_SUBDIR / "rsvl_demo_sr3_gen.pth")
-    # The captioner as real weights come: a Hugging Face LLaVA-NeXT folder + the seed-style LoRA folder.
-    from .caption.tiny import write_tiny_llava_next, write_tiny_seed_adapter
-
-    llava = write_tiny_llava_next(Path(models_dir) / CAPTIONER_SUBDIR, seed=seed)
-    adapter = write_tiny_seed_adapter(Path(models_dir) / ADAPTER_SUBDIR, seed=seed + 1)
-    # The refiner as the releases come: an SDXL single file and a SUPIR checkpoint, in the original layouts.
-    from .refine.tiny import write_tiny_refiner_files
-
-    sdxl, supir = write_tiny_refiner_files(Path(models_dir) / SDXL_SUBDIR, Path(models_dir) / SUPIR_SUBDIR, seed)
-    return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter, "SDXL": sdxl, "SUPIR": supir}
+    """Write the demo's tiny random models into `models_dir`, laid out as `rsvl upscale --models-dir` reads."""
+    return write_tiny_models(models_dir, seed)
 
 
 def demo_config() -> RunConfig:
     """The demo's run: the real pipeline at a CPU-friendly size (fast SR3 solver, short caption, 8 refiner
     steps at the stage-1 size)."""
-    return RunConfig(scale=DEMO_SCALE, seed=0, stage1=stage1_options(sampler="dpmpp", steps=20),
-                     caption=CaptionOptions(seed=0, max_new_tokens=24),
-                     refine=refine_options("paper", steps=8, min_size=0))
+    return RunConfig.from_values(scale=DEMO_SCALE, seed=0, stage1_sampler="dpmpp", stage1_steps=20,
+                                 caption_max_tokens=24, refine_steps=8, min_size=0)
 
 
 def run_demo(models_dir: Path | None = None, output: Path | None = None, image: Path | None = None,

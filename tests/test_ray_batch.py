@@ -239,17 +239,17 @@ def test_ray_window_size_does_not_change_the_image(models, tmp_path):
     import torch
 
     from rsvl_core.demo import demo_config
-    from rsvl_core.pipeline import PipelineModels, locate_model_files, refine_options, stage1_options
+    from rsvl_core.pipeline import PipelineModels, locate_model_files, refine_options_from, stage1_options_from
     from rsvl_core.pipeline.jobs import upscale_scene
     from rsvl_core.scene import WindowOptions
     from rsvl_core.scene_io import open_scene
 
     source = tmp_path / "scene.png"
     Image.open(SAMPLE_IMAGE).convert("RGB").crop((0, 0, 88, 64)).save(source)
-    fast = stage1_options(sampler="ddim", steps=4)
+    fast = stage1_options_from({"stage1_sampler": "ddim", "stage1_steps": 4})
     cases = {"stage1": (replace(demo_config(), refine=None, stage1=fast), 0.10),
              "full": (replace(demo_config(), stage1=fast, caption_text="a road",
-                              refine=refine_options("paper", steps=3, min_size=0)), 0.25)}
+                              refine=refine_options_from({"refine_steps": 3, "min_size": 0})), 0.25)}
     for name, (config, tolerance) in cases.items():
         loaded = PipelineModels.from_files(locate_model_files(config, models), torch.device("cpu"))
         out = {}

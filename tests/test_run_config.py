@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from rsvl_core.cli import build_parser
-from rsvl_core.pipeline import SETTINGS, RunConfig, StepSettings, refine_options, stage1_options
+from rsvl_core.pipeline import SETTINGS, RunConfig, StepSettings, refine_options_from, stage1_options_from
 from rsvl_core.refine.refiner import RefineOptions
 from rsvl_core.stage1 import SR3SamplerOptions
 
@@ -38,19 +38,17 @@ def test_settings_defaults_are_the_stages_own_defaults():
 
 def test_cli_defaults_come_from_the_settings_table():
     args = build_parser().parse_args(["upscale", "x.png", "-o", "out"])
-    for flag, name in (("scale", "scale"), ("seed", "seed"), ("sampler", "stage1_sampler"), ("tile_size", "tile_size"),
-                       ("tile_overlap", "tile_overlap"), ("tile_batch", "tile_batch"), ("preset", "preset"),
-                       ("cache", "cache"), ("caption_max_tokens", "caption_max_tokens"), ("dtype", "dtype")):
-        assert getattr(args, flag) == SETTINGS[name].default, flag
+    for name, spec in SETTINGS.items():
+        assert getattr(args, name) == (None if spec.preset_default else spec.default), name
     assert args.refine_steps is None and args.cfg_scale is None  # None = the preset's value
 
 
 def test_builders_apply_values_then_step_settings():
     steps = StepSettings.from_choices(cache="fast", refine_steps=12, stage1_sampler="ddim", stage1_steps=0)
-    refine = refine_options("paper", steps, steps=40, cfg_scale=5.0, latent_tile_size=16)
+    refine = refine_options_from({"refine_steps": 40, "cfg_scale": 5.0, "latent_tile_size": 16}, steps)
     assert (refine.sampler.steps, refine.sampler.cfg_scale, refine.cache.mode) == (12, 5.0, "fast")
     assert refine.latent_tile_overlap == 8  # at most half a tile
-    stage1 = stage1_options(steps, tile_size=64, steps=0)
+    stage1 = stage1_options_from({"tile_size": 64, "stage1_steps": 0}, steps)
     assert (stage1.sampler, stage1.steps, stage1.tile_size) == ("ddim", None, 64)
     with pytest.raises(ValueError, match="stage1_cache"):
         StepSettings.from_choices(stage1_cache="seed")  # the seed has no stage-1 cache

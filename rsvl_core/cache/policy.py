@@ -50,6 +50,9 @@ class CachePolicy:
     skip_last: int = 0
     max_consecutive: int = 0
 
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction: a bad option fails where it is made
+
     def check(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"cache mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -113,7 +116,6 @@ class StepCache:
     """One run's cache state: the last computed signal and result, the threshold, the decision log."""
 
     def __init__(self, policy: CachePolicy, total_steps: int) -> None:
-        policy.check()
         self.policy, self.total_steps = policy, total_steps
         self.reset()
 

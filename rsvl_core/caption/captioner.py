@@ -63,7 +63,7 @@ def prompt_messages(prompt: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def one_line(caption: str) -> str:
+def collapse_whitespace(caption: str) -> str:
     """A caption with its whitespace (newlines, runs of spaces) collapsed to single spaces."""
     return " ".join(caption.split())
 
@@ -112,7 +112,6 @@ class Captioner:
         from transformers import StoppingCriteriaList
 
         options = options or CaptionOptions()
-        options.check()
         self._require_loaded()
         images = to_pil_images(image)
         if next(self.model.parameters()).device != self.device:

@@ -34,6 +34,9 @@ class CaptionOptions:
     num_beams: int = 1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction: a bad option fails where it is made
+
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():

@@ -9,18 +9,18 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
-from ..caption.config import ATTENTIONS, QUANTIZATIONS, CaptionOptions
-from ..devices import DTYPES, resolve_device
+from ..devices import resolve_device
 from ..errors import RsvlError
 from ..image import read_image
-from ..pipeline import collect_inputs
+from ..pipeline import caption_options_from, collect_inputs
+from ..pipeline.components import ATTENTIONS, QUANTIZATIONS, CaptionOptions, collapse_whitespace, load_captioner
 from ..weights import MODELS_DIR_ENV, default_models_dir, locate_caption_adapter, locate_captioner
 from .commands import COMMANDS
 from .progress import StageBars, say
+from .settings import add_setting_flags, setting_flag, setting_values
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
-    defaults = CaptionOptions()
     cap = sub.add_parser("caption", help=COMMANDS["caption"])
     cap.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     cap.add_argument("--models-dir", type=Path, default=None,
@@ -33,16 +33,12 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("--merge-adapter", action="store_true", help="merge the LoRA into the weights (faster)")
     cap.add_argument("-o", "--output", type=Path, default=None,
                      help="write `name: caption` lines to this file instead of printing them")
-    cap.add_argument("--prompt", default=defaults.prompt, help="the instruction (default: the seed's analyst prompt)")
-    cap.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                     help=f"longest caption in tokens (default {defaults.max_new_tokens})")
-    cap.add_argument("--temperature", type=float, default=defaults.temperature,
-                     help=f"sampling temperature (default {defaults.temperature})")
-    cap.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    cap.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    add_setting_flags(cap, ("caption_prompt", "caption_temperature", "caption_max_tokens", "seed"),
+                      aliases={"caption_prompt": ("--prompt",), "caption_max_tokens": ("--max-new-tokens",),
+                               "caption_temperature": ("--temperature",)})
+    cap.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (temperature 0)")
     cap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    cap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                     help="model precision (default fp32; bf16/fp16 on a GPU)")
+    setting_flag(cap, "dtype")
     cap.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
                      help="8bit/4bit need the optional bitsandbytes package and CUDA")
     cap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
@@ -51,8 +47,6 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_captioner_from_args(args: argparse.Namespace):
-    from ..caption import load_captioner
-
     models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
     folder = locate_captioner(models_dir, args.llava)
     adapter = None if args.no_adapter else locate_caption_adapter(models_dir, args.adapter)
@@ -66,11 +60,9 @@ def load_captioner_from_args(args: argparse.Namespace):
 
 def caption_with_progress(captioner, image: torch.Tensor, options: CaptionOptions, name: str, quiet: bool) -> str:
     """One image's caption with a token progress bar, whitespace collapsed to single spaces."""
-    from ..caption import one_line
-
     bars = StageBars(name, quiet)
     try:
-        return one_line(captioner.caption(image, options, bars)[0])
+        return collapse_whitespace(captioner.caption(image, options, bars)[0])
     finally:
         bars.close()
 
@@ -78,9 +70,7 @@ def caption_with_progress(captioner, image: torch.Tensor, options: CaptionOption
 def run_caption(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """Caption every input; print `name: caption` lines or write them (atomically) to --output."""
     try:
-        options = CaptionOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                 temperature=args.temperature, do_sample=not args.greedy, seed=args.seed)
-        options.check()
+        options = caption_options_from(setting_values(args, **({"caption_temperature": 0} if args.greedy else {})))
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     inputs = collect_inputs(args.inputs)

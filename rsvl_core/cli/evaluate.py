@@ -22,20 +22,14 @@ from ..evaluation import (
     find_perceptual_weights,
     run_evaluation,
 )
-from ..pipeline import PipelineModels, RunConfig, locate_model_files
-from ..refine.refiner import PRESETS
+from ..pipeline import SETTINGS, PipelineModels, RunConfig, locate_model_files
 from .commands import COMMANDS
 from .progress import StageBars, say
-from .upscale import (
-    acceleration_from_args,
-    add_model_options,
-    add_refine_options,
-    add_run_settings,
-    config_from_args,
-    setting_flag,
-)
+from .settings import config_from_args, setting_flag
+from .upscale import acceleration_from_args, add_model_options, add_refine_options, add_run_settings
 
 DEFAULT_METHODS = "bicubic,stage1,full"
+PRESETS = SETTINGS["preset"].choices
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +38,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                                     "on the LR image, score it against HR; tables, maps and pictures in --output.")
     ev.add_argument("hr_dir", type=Path, metavar="HR_DIR", help="a folder of HR images, or of class folders of them")
     ev.add_argument("-o", "--output", type=Path, required=True, help="folder for tables, maps and pictures")
-    setting_flag(ev, "--scale", "scale", type=int)
+    setting_flag(ev, "scale")
     ev.add_argument("--methods", default=DEFAULT_METHODS,
                     help=f"comma-separated: {', '.join(BASELINES)}, stage1, full, or a refiner preset "
                          f"({', '.join(sorted(PRESETS))}) (default {DEFAULT_METHODS})")
@@ -90,7 +84,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
         elif name == "full":
             configs[name] = full
         else:
-            configs[name] = config_from_args(argparse.Namespace(**{**vars(args), "preset": name}))
+            configs[name] = config_from_args(args, preset=name)
     return configs
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..caption.config import CaptionOptions
 from ..devices import DTYPES, resolve_device
 from ..errors import RsvlError
 from ..pipeline import (
@@ -14,31 +13,16 @@ from ..pipeline import (
     JobOptions,
     JobSummary,
     PipelineModels,
-    RunConfig,
     SceneOptions,
-    StepSettings,
     collect_inputs,
     locate_model_files,
-    refine_options,
     run_job,
-    stage1_options,
 )
-from ..pipeline.options import SETTINGS
 from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
 from .progress import CliEvents, say
-
-
-def setting_flag(parser, names: str | tuple[str, ...], setting: str, **kwargs) -> None:
-    """A flag whose default, choices and help come from the shared SETTINGS table."""
-    spec = SETTINGS[setting]
-    kwargs.setdefault("default", spec.default)
-    if spec.choices is not None:
-        kwargs.setdefault("choices", spec.choices)
-    shown = kwargs["default"] if kwargs["default"] is not None else f"preset: {spec.default}"
-    names = (names,) if isinstance(names, str) else names
-    parser.add_argument(*names, help=f"{spec.help} (default {shown})", **kwargs)
+from .settings import REFINE_SETTINGS, RUN_SETTINGS, add_setting_flags, config_from_args, setting_flag
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +33,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ...); overrides "
                              "<models-dir>/sr3")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    setting_flag(parser, "--dtype", "dtype")
+    setting_flag(parser, "dtype")
     parser.add_argument("--accelerate", default="", metavar="LIST",
                         help="comma-separated execution switches, off by default: compile, cuda-graphs, static-cache, "
                              "fp8 (low memory), channels-last (benchmarks/README.md)")
@@ -68,7 +52,7 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
                     help="a folder of input images (seed-compatible alias; may repeat)")
     up.add_argument("-o", "--output", "--save_dir", dest="output", type=Path, required=True,
                     help="folder for the results (created if missing)")
-    setting_flag(up, ("--scale", "--upscale"), "scale", dest="scale", type=int)
+    setting_flag(up, "scale")
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true", help="run stage 1 alone: no caption, no refiner")
     add_run_settings(up)
@@ -95,17 +79,10 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
 
 
 def add_run_settings(parser: argparse.ArgumentParser) -> None:
-    """Caption text and length, stage-1 sampler, steps, seed and tiling, placement: every pipeline run's flags."""
+    """Caption text, seed, stage-1 sampler, steps and tiling, caption settings, placement: every run's flags."""
     parser.add_argument("--caption", default=None,
                         help="use this text as the caption instead of running the captioner")
-    setting_flag(parser, "--caption-max-tokens", "caption_max_tokens", type=int)
-    setting_flag(parser, "--sampler", "stage1_sampler")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="stage-1 steps: faithful: schedule length (default 500); ddim/dpmpp: solver steps (50)")
-    setting_flag(parser, "--seed", "seed", type=int)
-    setting_flag(parser, "--tile-size", "tile_size", type=int)
-    setting_flag(parser, "--tile-overlap", "tile_overlap", type=int)
-    setting_flag(parser, "--tile-batch", "tile_batch", type=int)
+    add_setting_flags(parser, RUN_SETTINGS)
     parser.add_argument("--placement", choices=PLACEMENTS, default="auto",
                         help="one GPU: keep every model on it (resident), or each only while its stage runs "
                              "(sequential); auto decides from free memory (default)")
@@ -123,43 +100,9 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                        help="the captioner's LoRA adapter folder (overrides <models-dir>/llava_adapter)")
     group.add_argument("--ckpt-pth", type=Path, default=None,
                        help="the seed's unzipped CKPT_PTH folder, searched after the models folder")
-    setting_flag(group, "--preset", "preset")
-    for flag, name, kind in (("--refine-steps", "refine_steps", int), ("--cfg-scale", "cfg_scale", float),
-                             ("--cfg-scale-start", "cfg_scale_start", float),
-                             ("--control-scale", "control_scale", float),
-                             ("--restoration-scale", "restoration_scale", float), ("--s-churn", "s_churn", float),
-                             ("--refine-min-size", "min_size", int), ("--latent-tile-size", "latent_tile_size", int)):
-        setting_flag(group, flag, name, type=kind, default=None)
-    setting_flag(group, "--color-fix", "color_fix", default=None)
-    setting_flag(group, "--cache", "cache")
-    setting_flag(group, "--cache-threshold", "cache_threshold", type=float)
+    add_setting_flags(group, REFINE_SETTINGS)
     group.add_argument("--vae-dtype", choices=sorted(DTYPES), default=None,
                        help="VAE precision (default: --dtype; fp16 runs in fp32 since SDXL's VAE overflows)")
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run configuration the flags describe (validated once, here)."""
-    if args.stage1_only and args.caption is not None:
-        raise ValueError("--caption has no effect with --stage1-only (the caption only guides the refiner)")
-    stage1 = stage1_options(sampler=args.sampler, steps=args.steps, tile_size=args.tile_size,
-                            tile_overlap=args.tile_overlap, tile_batch=args.tile_batch)
-    refine = None
-    if not args.stage1_only:
-        refine = refine_options(args.preset, steps=args.refine_steps, cfg_scale=args.cfg_scale,
-                                cfg_scale_start=args.cfg_scale_start, control_scale=args.control_scale,
-                                restoration_scale=args.restoration_scale, s_churn=args.s_churn,
-                                color_fix=args.color_fix, min_size=args.refine_min_size,
-                                latent_tile_size=args.latent_tile_size)
-        steps = StepSettings.from_choices(cache=args.cache, refine_steps=refine.sampler.steps,
-                                          cache_threshold=args.cache_threshold)
-        refine = steps.apply_to_refine(refine)
-    caption = caption_options_from_args(args)
-    return RunConfig(scale=args.scale, seed=args.seed, stage1=stage1, caption=caption, caption_text=args.caption,
-                     refine=refine, preset=args.preset, dtype=args.dtype)
-
-
-def caption_options_from_args(args: argparse.Namespace) -> CaptionOptions:
-    return CaptionOptions(seed=args.seed, max_new_tokens=args.caption_max_tokens)
 
 
 def job_options_from_args(args: argparse.Namespace) -> JobOptions:

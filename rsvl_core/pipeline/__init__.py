@@ -14,7 +14,16 @@ from .jobs import (
     run_job,
 )
 from .models import PLACEMENTS, ModelFiles, PipelineModels, StageSpec, module_bytes
-from .options import SETTINGS, RunConfig, Setting, StepSettings, refine_options, stage1_options
+from .options import (
+    SETTINGS,
+    RunConfig,
+    Setting,
+    StepSettings,
+    caption_options_from,
+    refine_options_from,
+    schedule_from,
+    stage1_options_from,
+)
 from .run import PipelineResult, run_pipeline
 
 __all__ = [
@@ -37,8 +46,10 @@ __all__ = [
     "locate_model_files",
     "module_bytes",
     "output_path",
-    "refine_options",
+    "caption_options_from",
+    "refine_options_from",
+    "schedule_from",
     "run_job",
     "run_pipeline",
-    "stage1_options",
+    "stage1_options_from",
 ]

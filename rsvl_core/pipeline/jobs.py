@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from ..atomic import Claim, atomic_path, check_output_folder, remove_stale_temporaries
-from ..caption import one_line
+from ..caption import collapse_whitespace
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
@@ -338,7 +338,7 @@ def scene_caption(scene: SceneSource, config: RunConfig, models: PipelineModels,
     the low-resolution scene. None when windows caption themselves, the caption is given, or nothing refines."""
     if config.refine is None or config.caption_text is not None or windows.caption != "scene":
         return None
-    caption = one_line(models.get("caption").caption(scene.overview(), config.caption)[0])
+    caption = collapse_whitespace(models.get("caption").caption(scene.overview(), config.caption)[0])
     models.release("caption")
     return caption
 

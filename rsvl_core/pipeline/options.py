@@ -1,12 +1,15 @@
-"""Run configuration in one place: every user-facing setting's default, range and help; step settings; presets.
+"""Run configuration in one place: every user-facing setting (where it goes, default, range, help), the one
+builder from plain values to typed options, step settings, presets.
 
-The command line and the ComfyUI nodes read their defaults and ranges from `SETTINGS` (no repeated
-literals), and build a `RunConfig` with `run_config(...)`, which validates everything once, when it is
-made. Defaults come from the stages' own option classes (the seed's values), so there is one source.
+The command line's flags and the ComfyUI nodes' inputs are generated from `SETTINGS`; both hand plain values to
+`RunConfig.from_values` (or, for one node's part of a run, `stage1_options_from` / `caption_options_from` /
+`refine_options_from` / `schedule_from`). The option objects validate themselves when made, so stages trust
+what they get. Defaults come from the stages' own option classes (the seed's values), so there is one source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,62 +27,94 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 @dataclass(frozen=True)
 class Setting:
-    """One user-facing setting: default, range (or choices) and a one-line help, shared by CLI and nodes."""
+    """One user-facing setting: where its value goes, default, range (or choices), help and its CLI flags.
+
+    `target` names the field the value lands in: `run.<field>` (RunConfig), `stage1.<field>` (SR3 sampler and
+    tiling), `caption.<field>`, `refine.<field>` / `refine.sampler.<field>`, or `schedule.<field>` (the step
+    settings both stages share). The CLI flags and the node inputs are generated from this table, and
+    `RunConfig.from_values` is the one place that turns its plain values into typed options.
+    """
 
     default: Any
     help: str
+    target: str
     min: float | None = None
     max: float | None = None
     step: float | None = None
     choices: tuple | None = None
+    flags: tuple[str, ...] = ()   # extra CLI spellings beside --<name-with-dashes>
+    preset_default: bool = False  # the CLI's default is None: the refiner preset's value
+
+    @property
+    def section(self) -> str:
+        return self.target.split(".", 1)[0]
+
+    @property
+    def kind(self) -> type:
+        """The value's Python type (int, float or str), from the default."""
+        return type(self.default)
 
 
 _SR3, _REFINE, _CAPTION = SR3SamplerOptions(), RefineOptions(), CaptionOptions()
 SETTINGS: dict[str, Setting] = {
-    "scale": Setting(8, "upscale factor (the released SR3 model is 8x)", choices=SCALES),
+    "scale": Setting(8, "upscale factor (the released SR3 model is 8x)", "run.scale", choices=SCALES,
+                     flags=("--upscale",)),
     "seed": Setting(0, "seeds every random draw: the same seed gives the same result on the same device",
-                    min=0, max=SEED_MAX, step=1),
+                    "run.seed", min=0, max=SEED_MAX, step=1),
+    "dtype": Setting("fp32", "model precision (bf16/fp16 on a GPU)", "run.dtype", choices=tuple(DTYPES)),
     "stage1_sampler": Setting(_SR3.sampler, "SR3 sampler: faithful = the seed's 500-step ancestral DDPM; "
-                              "ddim / dpmpp are fast solvers", choices=SAMPLERS),
+                              "ddim / dpmpp are fast solvers", "schedule.stage1_sampler", choices=SAMPLERS,
+                              flags=("--sampler",)),
     "stage1_steps": Setting(0, "SR3 steps; 0 = the sampler's default (500 faithful, 50 ddim/dpmpp)",
-                            min=0, max=2000, step=1),
+                            "schedule.stage1_steps", min=0, max=2000, step=1, flags=("--steps",)),
     "tile_size": Setting(_SR3.tile_size, "stage-1 tile edge in output pixels (224 = SR3's training size); "
-                         "0 = whole image, else at least 32", min=0, max=4096, step=8),
+                         "0 = whole image, else at least 32", "stage1.tile_size", min=0, max=4096, step=8),
     "tile_overlap": Setting(_SR3.tile_overlap, "output pixels shared by neighbouring stage-1 tiles: at most half "
-                            "of tile_size (16 for a 32 tile)", min=0, max=2048, step=8),
-    "tile_batch": Setting(_SR3.tile_batch, "stage-1 tiles per model call", min=1, max=64, step=1),
+                            "of tile_size (16 for a 32 tile)", "stage1.tile_overlap", min=0, max=2048, step=8),
+    "tile_batch": Setting(_SR3.tile_batch, "stage-1 tiles per model call", "stage1.tile_batch", min=1, max=64,
+                          step=1),
     "stage1_cache": Setting("off", "SR3 step cache: off, or fast (reuses the previous noise prediction)",
-                            choices=STAGE1_CACHES),
+                            "schedule.stage1_cache", choices=STAGE1_CACHES),
     "caption_max_tokens": Setting(_CAPTION.max_new_tokens, "most tokens generated per caption (seed: 256)",
-                                  min=1, max=4096, step=1),
+                                  "caption.max_new_tokens", min=1, max=4096, step=1),
     "caption_temperature": Setting(_CAPTION.temperature, "caption sampling temperature (seed: 0.2); "
-                                   "0 = greedy decoding", min=0.0, max=2.0, step=0.01),
-    "caption_prompt": Setting(SEED_PROMPT, "the captioner's instruction (default: the seed's analyst prompt)"),
-    "preset": Setting("paper", "refiner settings preset (paper: the seed's infer.py settings)",
+                                   "0 = greedy decoding", "caption.temperature", min=0.0, max=2.0, step=0.01),
+    "caption_prompt": Setting(SEED_PROMPT, "the captioner's instruction; <image> marks where the image goes "
+                              "(default: the seed's analyst prompt)", "caption.prompt"),
+    "preset": Setting("paper", "refiner settings preset (paper: the seed's infer.py settings)", "refine.preset",
                       choices=tuple(sorted(PRESETS))),
-    "refine_steps": Setting(_REFINE.sampler.steps, "refiner sampling steps (seed: 50)", min=1, max=1000, step=1),
+    "refine_steps": Setting(_REFINE.sampler.steps, "refiner sampling steps (seed: 50)", "schedule.refine_steps",
+                            min=1, max=1000, step=1, preset_default=True),
     "cfg_scale": Setting(_REFINE.sampler.cfg_scale, "CFG scale at the end of sampling (seed: 7.5)",
-                         min=0.0, max=30.0, step=0.1),
+                         "refine.sampler.cfg_scale", min=0.0, max=30.0, step=0.1, preset_default=True),
     "cfg_scale_start": Setting(_REFINE.sampler.cfg_scale_start, "CFG scale at the start, linear in sigma "
-                               "(seed: 4.0)", min=0.0, max=30.0, step=0.1),
+                               "(seed: 4.0)", "refine.sampler.cfg_scale_start", min=0.0, max=30.0, step=0.1,
+                               preset_default=True),
     "control_scale": Setting(_REFINE.sampler.control_scale, "strength of the stage-1 control (0 = plain SDXL)",
-                             min=0.0, max=2.0, step=0.05),
+                             "refine.sampler.control_scale", min=0.0, max=2.0, step=0.05, preset_default=True),
     "restoration_scale": Setting(_REFINE.sampler.restoration_scale, "pull toward the stage-1 latent; <= 0 is "
-                                 "off (the seed ships it off)", min=-1.0, max=10.0, step=0.1),
-    "s_churn": Setting(_REFINE.sampler.s_churn, "EDM churn (seed: 5)", min=0.0, max=100.0, step=0.5),
-    "color_fix": Setting(_REFINE.color_fix, "colour correction against the stage-1 image", choices=COLOR_FIXES),
+                                 "off (the seed ships it off)", "refine.sampler.restoration_scale", min=-1.0,
+                                 max=10.0, step=0.1, preset_default=True),
+    "s_churn": Setting(_REFINE.sampler.s_churn, "EDM churn (seed: 5)", "refine.sampler.s_churn", min=0.0,
+                       max=100.0, step=0.5, preset_default=True),
+    "color_fix": Setting(_REFINE.color_fix, "colour correction against the stage-1 image", "refine.color_fix",
+                         choices=COLOR_FIXES, preset_default=True),
     "min_size": Setting(_REFINE.min_size, "refiner working size: the short side is brought up to at least this "
-                        "(seed: 1024), the result resized back to the input size", min=0, max=8192, step=64),
+                        "(seed: 1024), the result resized back to the input size", "refine.min_size", min=0,
+                        max=8192, step=64, flags=("--refine-min-size",), preset_default=True),
     "latent_tile_size": Setting(_REFINE.latent_tile_size, "refiner latent tile edge (128 = 1024 px) denoised "
-                                "and blended every step; 0 = one pass", min=0, max=1024, step=8),
-    "positive_prompt": Setting(SEED_POSITIVE_PROMPT, "appended to the caption (default: the seed's)"),
-    "negative_prompt": Setting(SEED_NEGATIVE_PROMPT, "the negative prompt (default: the seed's)"),
+                                "and blended every step; 0 = one pass", "refine.latent_tile_size", min=0, max=1024,
+                                step=8, preset_default=True),
+    "positive_prompt": Setting(SEED_POSITIVE_PROMPT, "appended to the caption (default: the seed's)",
+                               "refine.positive_prompt", preset_default=True),
+    "negative_prompt": Setting(SEED_NEGATIVE_PROMPT, "the negative prompt (default: the seed's)",
+                               "refine.negative_prompt", preset_default=True),
     "cache": Setting("off", "refiner step cache: seed = the seed's (adaptive threshold 0.3), fast = ours "
-                     "(first-block signal, guarded reuse)", choices=tuple(CACHE_PRESETS)),
+                     "(first-block signal, guarded reuse)", "schedule.cache", choices=tuple(CACHE_PRESETS)),
     "cache_threshold": Setting(0.0, "the cache's relative-difference threshold; 0 = the preset's own "
-                               "(seed 0.3, fast 0.2)", min=0.0, max=2.0, step=0.01),
-    "dtype": Setting("fp32", "model precision (bf16/fp16 on a GPU)", choices=tuple(DTYPES)),
+                               "(seed 0.3, fast 0.2)", "schedule.cache_threshold", min=0.0, max=2.0, step=0.01),
 }
+SECTIONS = ("run", "stage1", "caption", "refine", "schedule")
 
 
 def default(name: str) -> Any:
@@ -122,14 +157,15 @@ class StepSettings:
         if cache_threshold > 0:
             settings = replace(settings, refine_cache=_with_threshold(settings.refine_cache, cache_threshold),
                                stage1_cache=_with_threshold(settings.stage1_cache, cache_threshold))
-        settings.check()
         return settings
+
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction
 
     def check(self) -> None:
         if not 1 <= self.refine_steps <= 1000:
             raise ValueError(f"refine_steps must be in 1..1000, got {self.refine_steps}")
-        self.refine_cache.check()
-        self.apply_to_stage1(SR3SamplerOptions()).check()
+        self.apply_to_stage1(SR3SamplerOptions())  # SR3's options refuse a bad sampler, step count or cache
 
     def apply_to_refine(self, base: RefineOptions | None = None) -> RefineOptions:
         """`base` (default: the paper preset) with these steps and this cache."""
@@ -155,7 +191,10 @@ def _with_threshold(policy: CachePolicy, threshold: float) -> CachePolicy:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run of the pipeline, validated when it is made (a bad setting never reaches a model).
+    """One run of the pipeline, valid by construction (a bad setting never reaches a model).
+
+    Build it from plain values with `RunConfig.from_values(...)` (what every face does). The stage option
+    objects inside validate themselves when they are made, so nothing downstream checks them again.
 
     Attributes:
         scale: 2, 4 or 8.
@@ -178,38 +217,93 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        self.stage1.check()
-        self.caption.check()
-        if self.refine is not None:
-            self.refine.check()
+        if self.refine is None and self.caption_text is not None:
+            raise ValueError("caption text has no effect when stage 1 runs alone (the caption only guides the "
+                             "refiner)")
 
     @property
     def stage1_only(self) -> bool:
         return self.refine is None
 
+    @classmethod
+    def from_values(cls, *, stage1_only: bool = False, caption_text: str | None = None, **values: Any) -> RunConfig:
+        """The run's options from plain values named as in `SETTINGS` (None or absent = the default)."""
+        given = given_values(values)
+        schedule = schedule_from(given)
+        preset = given.get("preset", default("preset"))
+        return cls(scale=int(given.get("scale", default("scale"))), seed=given.get("seed", default("seed")),
+                   stage1=stage1_options_from(given, schedule), caption=caption_options_from(given),
+                   caption_text=caption_text, refine=None if stage1_only else refine_options_from(given, schedule),
+                   preset=preset, dtype=given.get("dtype", default("dtype")))
 
-def refine_options(preset: str = "paper", step_settings: StepSettings | None = None, **values: Any) -> RefineOptions:
-    """A refiner preset with user values applied (None = the preset's); sampler and top-level fields by name."""
-    sampler_fields = ("steps", "cfg_scale", "cfg_scale_start", "control_scale", "restoration_scale", "s_churn")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown refiner preset {preset!r}; choose from {', '.join(PRESETS)}")
-    base = PRESETS[preset]
-    sampler = {k: v for k, v in values.items() if k in sampler_fields and v is not None}
-    top = {k: v for k, v in values.items() if k not in sampler_fields and v is not None}
+
+def given_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that were given (None = not given), refusing any name `SETTINGS` does not know."""
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def fields_of(section: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """{field: value} of the given settings whose target is directly in `section` (e.g. "refine.sampler")."""
+    out = {}
+    for name, value in given.items():
+        owner, _, leaf = SETTINGS[name].target.rpartition(".")
+        if owner == section:
+            out[leaf] = value
+    return out
+
+
+def schedule_from(values: Mapping[str, Any]) -> StepSettings:
+    """Steps and step caches of both stages (the DynamicStepScheduler's output) from plain values."""
+    given = given_values(values)
+    steps = fields_of("schedule", given)
+    preset = refine_preset(given.get("preset", default("preset")))
+    return StepSettings.from_choices(cache=steps.get("cache", "off"),
+                                     refine_steps=steps.get("refine_steps", preset.sampler.steps),
+                                     cache_threshold=steps.get("cache_threshold", 0.0),
+                                     stage1_sampler=steps.get("stage1_sampler", _SR3.sampler),
+                                     stage1_steps=steps.get("stage1_steps", 0),
+                                     stage1_cache=steps.get("stage1_cache", "off"))
+
+
+def stage1_options_from(values: Mapping[str, Any], schedule: StepSettings | None = None) -> SR3SamplerOptions:
+    """SR3's sampler and tiling; a schedule (given or built from the same values) sets sampler, steps, cache."""
+    given = given_values(values)
+    schedule = schedule if schedule is not None else schedule_from(given)
+    return schedule.apply_to_stage1(replace(SR3SamplerOptions(), **fields_of("stage1", given)))
+
+
+def caption_options_from(values: Mapping[str, Any]) -> CaptionOptions:
+    """The captioner's options; temperature 0 means greedy decoding."""
+    given = given_values(values)
+    fields = fields_of("caption", given)
+    temperature = fields.pop("temperature", _CAPTION.temperature)
+    sampled = temperature > 0
+    return CaptionOptions(**fields, temperature=temperature if sampled else _CAPTION.temperature, do_sample=sampled,
+                          seed=given.get("seed", default("seed")))
+
+
+def refine_options_from(values: Mapping[str, Any], schedule: StepSettings | None = None) -> RefineOptions:
+    """A refiner preset with the given values applied; a schedule (given or built) sets steps and cache."""
+    given = given_values(values)
+    base = refine_preset(given.get("preset", default("preset")))
+    top = fields_of("refine", given)
+    top.pop("preset", None)
     if "latent_tile_size" in top and "latent_tile_overlap" not in top:
         top["latent_tile_overlap"] = min(base.latent_tile_overlap, top["latent_tile_size"] // 2)
-    options = replace(base, sampler=replace(base.sampler, **sampler), **top)
-    return step_settings.apply_to_refine(options) if step_settings is not None else options
+    options = replace(base, sampler=replace(base.sampler, **fields_of("refine.sampler", given)), **top)
+    schedule = schedule if schedule is not None else schedule_from(given)
+    return schedule.apply_to_refine(options)
 
 
-def stage1_options(step_settings: StepSettings | None = None, **values: Any) -> SR3SamplerOptions:
-    """SR3's options from user values (None = the default; steps 0 = the sampler's default)."""
-    values = {k: v for k, v in values.items() if v is not None}
-    if values.get("steps") == 0:
-        values["steps"] = None
-    options = replace(SR3SamplerOptions(), **values)
-    return step_settings.apply_to_stage1(options) if step_settings is not None else options
+def refine_preset(name: str) -> RefineOptions:
+    """A named refiner preset (ValueError naming the choices)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown refiner preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

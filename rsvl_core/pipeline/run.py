@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..cache.policy import CacheReport
-from ..caption import one_line
+from ..caption import collapse_whitespace
 from ..progress import ProgressCallback
 from ..refine.refiner import RefineReport, refine_image
 from .models import PipelineModels
@@ -75,7 +75,7 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
         elif scene_caption is not None:
             caption, source = scene_caption, "scene overview"
         else:
-            caption = one_line(models.get("caption").caption(stage1.image, config.caption, callback)[0])
+            caption = collapse_whitespace(models.get("caption").caption(stage1.image, config.caption, callback)[0])
             source = "captioner"
             models.release("caption")
         seconds["caption"] = time.perf_counter() - start

@@ -68,10 +68,11 @@ class RefineOptions:
     original_size: tuple[int, int] = (1024, 1024)  # SDXL micro-conditioning, fixed as in the seed
     target_size: tuple[int, int] = (1024, 1024)
 
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction: a bad option fails where it is made
+
     def check(self) -> None:
         """Raise ValueError naming the bad setting, before any heavy work."""
-        self.sampler.check()
-        self.cache.check()
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.size_unit < 8 or self.size_unit % 8:
@@ -244,7 +245,6 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
     """
     # 1. check inputs
     options = options or RefineOptions()
-    options.check()
     if image.ndim != 4 or image.shape[:2] != (1, 3):
         raise ValueError(f"image must be (1, 3, H, W), got {tuple(image.shape)}")
     height, width = image.shape[-2:]

@@ -49,6 +49,9 @@ class RestoreSamplerOptions:
     recentre_each_step: bool = True      # the seed: x_center <- current latent after every step
     extras: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction: a bad option fails where it is made
+
     def check(self) -> None:
         """Raise ValueError naming the bad setting before any work starts."""
         if not 1 <= self.steps <= NUM_TRAIN_TIMESTEPS:
@@ -209,7 +212,6 @@ def sample_restore_edm(
     Returns:
         the final latent (B, 4, h, w) float32.
     """
-    options.check()
     sigmas = sampling_sigmas(options.steps).tolist()
     x = noise.float() * math.sqrt(1.0 + sigmas[0] ** 2)
     x_center = x_center.float()

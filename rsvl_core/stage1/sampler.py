@@ -60,9 +60,11 @@ class SR3SamplerOptions:
             return self.steps or 500
         return self.steps or DEFAULT_FAST_STEPS
 
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction: a bad option fails where it is made
+
     def check(self) -> None:
         """Raise ValueError naming the bad option, before any heavy work starts."""
-        self.cache.check()
         if self.cache.mode == "seed" or (self.cache.enabled and self.cache.reuse != "eps"):
             raise ValueError("stage-1 cache: use mode 'fast' with reuse 'eps' (the seed has no stage-1 cache)")
         if self.sampler not in SAMPLERS:
@@ -211,7 +213,6 @@ def sample_sr3(
     `callback` gets (step, total, "stage1", x0 preview in [0, 1]) after every step and may raise
     to cancel.
     """
-    options.check()
     x = noise_source(shape)
     if options.sampler == "faithful":
         ddpm = FaithfulDDPM(schedule)

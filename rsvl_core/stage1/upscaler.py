@@ -60,7 +60,6 @@ def upscale_stage1(
         (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
     """
     options = options or SR3SamplerOptions()
-    options.check()
     check_stage1_inputs(image, scale)
     height, width = image.shape[-2] * scale, image.shape[-1] * scale
     device = model.device

@@ -36,7 +36,8 @@ def loader(**choices):
 def stage1(image, sr3, **extra):
     return {"class_type": "Stage1FidelitySR", "inputs": {"image": image, "sr3": sr3, "scale": "4",
                                                          "sampler": "faithful", "steps": 0, "seed": 0,
-                                                         "tile_size": 224, "tile_overlap": 32, **extra}}
+                                                         "tile_size": 224, "tile_overlap": 32, "tile_batch": 4,
+                                                         **extra}}
 
 
 def refine(image, refiner, caption, **extra):
@@ -45,7 +46,8 @@ def refine(image, refiner, caption, **extra):
     return {"class_type": "ControlNetRefine", "inputs": {
         "image": image, "refiner": refiner, "caption": caption, "positive_prompt": SEED_POSITIVE_PROMPT,
         "negative_prompt": SEED_NEGATIVE_PROMPT, "steps": 50, "cfg_scale": 7.5, "cfg_scale_start": 4.0,
-        "control_scale": 1.0, "color_fix": "wavelet", "seed": 0, "latent_tile_size": 128, "min_size": 1024, **extra}}
+        "control_scale": 1.0, "color_fix": "wavelet", "seed": 0, "latent_tile_size": 128, "min_size": 1024,
+        "restoration_scale": -1.0, "s_churn": 5.0, "preset": "paper", **extra}}
 
 
 def load_image():

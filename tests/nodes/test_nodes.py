@@ -157,3 +157,22 @@ def test_node_defaults_and_ranges_come_from_the_engine_settings(comfy):
         _, options = info[node_id]["input"]["required"][name]
         spec = SETTINGS[setting]
         assert (options["default"], options["min"], options["max"]) == (spec.default, spec.min, spec.max), name
+
+
+def test_engine_every_setting_is_reachable_from_the_nodes(comfy):
+    from test_engine_settings import EXPECTED, NEEDS, PROBES
+
+    from rsvl_core.pipeline import SETTINGS, RunConfig
+
+    carried = {setting: (node, name) for node, inputs in comfy.core.NODE_SETTINGS.items()
+               for name, setting in inputs.items()}
+    assert set(carried) == set(SETTINGS)  # every setting has a node input
+    info = comfy.object_info()
+    for setting, (node, name) in carried.items():
+        inputs = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
+        assert name in inputs, f"{node} has no input {name} for {setting}"
+        value, read = PROBES[setting]
+        widget = str(value) if isinstance(inputs[name][0], list) else value  # a COMBO gives text
+        values = comfy.core.setting_values(node, {name: widget})
+        config = RunConfig.from_values(**values, **NEEDS.get(setting, {}))
+        assert read(config) == EXPECTED.get(setting, value), setting
