@@ -1,7 +1,7 @@
 """ComfyUI nodes: thin adapters from ComfyUI types to `rsvl_core` (one registration form: V3).
 
 `comfy_nodes` imports ComfyUI's modules, so it is imported only when ComfyUI asks for the extension;
-`core` holds the node logic and is tested without ComfyUI.
+`logic` holds the node logic and is tested without ComfyUI.
 """
 
 from __future__ import annotations

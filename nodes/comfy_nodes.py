@@ -1,6 +1,6 @@
 """The rsvl nodes for ComfyUI (V3 schema). Thin adapters: ComfyUI types in, `rsvl_core` calls, ComfyUI types out.
 
-Imported only by `comfy_entrypoint` (inside ComfyUI). The node logic lives in `core.py`.
+Imported only by `comfy_entrypoint` (inside ComfyUI). The node logic lives in `logic.py`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from comfy_api.latest import ComfyExtension, io, ui
 from ..rsvl_core.errors import RsvlError
 from ..rsvl_core.pipeline import SETTINGS
 from ..rsvl_core.pipeline.components import refine_image, working_size
-from . import core
-from .core import NONE, NodeError
+from . import logic
+from .logic import NONE, NodeError
 
 log = logging.getLogger("rsvl")
 CATEGORY = "RSVL"
-FOLDER = core.FOLDERS  # the engine's stage table: weights kind -> ComfyUI model folder
+FOLDER = logic.FOLDERS  # the engine's stage table: weights kind -> ComfyUI model folder
 
 
 def setting_input(name: str, node_id: str, tooltip: str | None = None, **overrides: Any) -> io.Input:
-    """The node input `name` of `node_id`, generated from the engine setting it carries (core.NODE_SETTINGS):
+    """The node input `name` of `node_id`, generated from the engine setting it carries (logic.NODE_SETTINGS):
     COMBO for choices, INT / FLOAT with the setting's range, STRING (multi-line) for text."""
-    spec = SETTINGS[core.NODE_SETTINGS[node_id][name]]
+    spec = SETTINGS[logic.NODE_SETTINGS[node_id][name]]
     tip = tooltip or spec.help[0].upper() + spec.help[1:] + "."
     if spec.choices is not None:
         options = overrides.pop("options", [str(c) for c in spec.choices])
@@ -49,7 +49,7 @@ ScheduleHandle = io.Custom("RSVL_SCHEDULE")
 
 
 class ComfyHost:
-    """core.Host backed by ComfyUI: its memory manager, progress bar, interrupt flag and devices."""
+    """logic.Host backed by ComfyUI: its memory manager, progress bar, interrupt flag and devices."""
 
     @property
     def preview_size(self) -> int:
@@ -162,7 +162,7 @@ class RSVLNode(io.ComfyNode):
     @classmethod
     def label(cls) -> str:
         hidden = getattr(cls, "hidden", None)
-        return core.node_label(DISPLAY_NAMES[cls.NODE_ID], getattr(hidden, "unique_id", None))
+        return logic.node_label(DISPLAY_NAMES[cls.NODE_ID], getattr(hidden, "unique_id", None))
 
     @classmethod
     def unique_id(cls) -> str | None:
@@ -180,15 +180,15 @@ class LoadRSVLModels(RSVLNode):
             description="Choose the SR3, captioner and refiner weights. Nothing is loaded here: each model loads on "
                         "first use by the node that needs it, and ComfyUI's memory manager moves and frees it.",
             inputs=[
-                io.Combo.Input("sr3_model", options=[NONE, *core.stage1_choices(fp)], default=NONE,
+                io.Combo.Input("sr3_model", options=[NONE, *logic.stage1_choices(fp)], default=NONE,
                                tooltip="Stage-1 model: an SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3, or "
                                        "any single-image SR model from models/upscale_models (ESRGAN, SwinIR, HAT, "
                                        "DAT, ...; resampled to the chosen scale). 'none' = no stage 1."),
-                io.Combo.Input("llava_model", options=[NONE, *core.list_model_folders(fp, FOLDER["captioner"])],
+                io.Combo.Input("llava_model", options=[NONE, *logic.list_model_folders(fp, FOLDER["captioner"])],
                                default=NONE, tooltip="LLaVA-NeXT model folder (Hugging Face layout) in "
                                                      "models/rsvl/llava/<name>/. 'none' = no captioner."),
                 io.Combo.Input("llava_adapter",
-                               options=[NONE, *core.list_model_folders(fp, FOLDER["caption-adapter"])],
+                               options=[NONE, *logic.list_model_folders(fp, FOLDER["caption-adapter"])],
                                default=NONE, tooltip="Optional remote-sensing LoRA adapter folder in "
                                                      "models/rsvl/llava_adapter/<name>/."),
                 io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list(FOLDER["sdxl"])], default=NONE,
@@ -197,8 +197,8 @@ class LoadRSVLModels(RSVLNode):
                                tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir; needs sdxl_checkpoint."),
                 setting_input("dtype", "LoadRSVLModels", "Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on "
                                                          "the CPU. The refiner's VAE never runs in fp16.",
-                              options=list(core.DTYPES), default="auto"),
-                io.Combo.Input("device", options=list(core.DEVICES), default="auto",
+                              options=list(logic.DTYPES), default="auto"),
+                io.Combo.Input("device", options=list(logic.DEVICES), default="auto",
                                tooltip="auto: ComfyUI's device, offloaded by its memory manager; cpu: always CPU."),
                 io.Combo.Input("llava_quantization", options=["none", "8bit", "4bit"], default="none",
                                tooltip="8/4-bit captioner (needs bitsandbytes and CUDA; not moved by ComfyUI)."),
@@ -219,12 +219,12 @@ class LoadRSVLModels(RSVLNode):
         if llava_adapter != NONE and llava_model == NONE:
             raise NodeError("llava_adapter needs a llava_model")
         return {
-            "stage1": None if sr3_model == NONE else core.find_stage1_file(fp, sr3_model),
-            "llava": None if llava_model == NONE else core.find_model_folder(fp, FOLDER["captioner"], llava_model),
-            "adapter": None if llava_adapter == NONE else core.find_model_folder(fp, FOLDER["caption-adapter"],
+            "stage1": None if sr3_model == NONE else logic.find_stage1_file(fp, sr3_model),
+            "llava": None if llava_model == NONE else logic.find_model_folder(fp, FOLDER["captioner"], llava_model),
+            "adapter": None if llava_adapter == NONE else logic.find_model_folder(fp, FOLDER["caption-adapter"],
                                                                                  llava_adapter),
-            "sdxl": None if sdxl_checkpoint == NONE else core.find_model_file(fp, FOLDER["sdxl"], sdxl_checkpoint),
-            "supir": None if supir_model == NONE else core.find_model_file(fp, FOLDER["supir"], supir_model),
+            "sdxl": None if sdxl_checkpoint == NONE else logic.find_model_file(fp, FOLDER["sdxl"], sdxl_checkpoint),
+            "supir": None if supir_model == NONE else logic.find_model_file(fp, FOLDER["supir"], supir_model),
         }
 
     @classmethod
@@ -239,19 +239,19 @@ class LoadRSVLModels(RSVLNode):
     @classmethod
     def execute(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model, dtype, device,
                 llava_quantization) -> io.NodeOutput:
-        with core.user_errors(cls.label()):
+        with logic.user_errors(cls.label()):
             paths = cls._paths(sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model)
 
             def handle(kind, keys, loader, **options):
                 sources = {k: paths[k] for k in keys if paths[k]} if paths[keys[0]] else {}
-                return core.ModelHandle(kind, sources, dtype, device, options, loader)
+                return logic.ModelHandle(kind, sources, dtype, device, options, loader)
 
             load_device = HOST.torch_device(device)
             return io.NodeOutput(
-                handle("stage-1", ["stage1"], core.load_stage1_model),
-                handle("captioner", ["llava", "adapter"], core.load_captioner_model, quantization=llava_quantization,
+                handle("stage-1", ["stage1"], logic.load_stage1_model),
+                handle("captioner", ["llava", "adapter"], logic.load_captioner_model, quantization=llava_quantization,
                        load_device=load_device),
-                handle("refiner", ["sdxl", "supir"], core.load_refiner_model),
+                handle("refiner", ["sdxl", "supir"], logic.load_refiner_model),
             )
 
 
@@ -281,8 +281,8 @@ class DynamicStepScheduler(RSVLNode):
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
-        with core.user_errors(cls.label()):
-            return io.NodeOutput(core.scheduler_from_inputs(**inputs))
+        with logic.user_errors(cls.label()):
+            return io.NodeOutput(logic.scheduler_from_inputs(**inputs))
 
 
 class Stage1FidelitySR(RSVLNode):
@@ -322,22 +322,22 @@ class Stage1FidelitySR(RSVLNode):
     def validate_inputs(cls, tile_size=None, tile_overlap=None) -> bool | str:
         """Reject bad tile settings when the prompt is queued (before anything runs), with the typed values.
         (ComfyUI lists the message once per argument named here: only the two tile inputs.)"""
-        problem = core.stage1_settings_problem(tile_size, tile_overlap)
+        problem = logic.stage1_settings_problem(tile_size, tile_overlap)
         return True if problem is None else f"{cls.label()}: {problem}"
 
     @classmethod
     def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, tile_batch=None,
                 schedule=None) -> io.NodeOutput:
         label = cls.label()
-        with core.user_errors(label):
-            options = core.stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
+        with logic.user_errors(label):
+            options = logic.stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
                                           tile_overlap=tile_overlap, tile_batch=tile_batch)
-            pixels = core.to_bchw(image)
+            pixels = logic.to_bchw(image)
             batch, _, height, width = pixels.shape
             factor = int(scale)
-            core.size_guard(label, batch, height, width, height * factor, width * factor, core.STAGE1_BUFFERS,
+            logic.size_guard(label, batch, height, width, height * factor, width * factor, logic.STAGE1_BUFFERS,
                             HOST.free_ram(), f"x{factor}")
-            ran = core.describe_stage1_run(options, schedule, sampler, steps)
+            ran = logic.describe_stage1_run(options, schedule, sampler, steps)
             memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
             model = sr3.get(HOST, memory_required=memory)
             notes: list[str] = []
@@ -347,16 +347,16 @@ class Stage1FidelitySR(RSVLNode):
                 if HOST.torch_device(sr3.device).type != "cpu":
                     return
                 per_step = (seconds_left / max(total - step, 1)) if total > step else 0.0
-                line = core.cpu_time_warning(label, seconds_left, step, total, per_step)
+                line = logic.cpu_time_warning(label, seconds_left, step, total, per_step)
                 if line:
                     log.warning("%s", line)
                     notes.append(line)
                     HOST.send_text(node_id, line)
 
-            progress = core.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
+            progress = logic.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
             result = model.upscale(pixels, factor, options, seed, progress)
             text = "\n".join([ran, *notes])
-            return io.NodeOutput(core.to_bhwc(result.image, HOST.intermediate_device()), ui=ui.PreviewText(text))
+            return io.NodeOutput(logic.to_bhwc(result.image, HOST.intermediate_device()), ui=ui.PreviewText(text))
 
 
 class LlavaRSCaption(RSVLNode):
@@ -384,14 +384,12 @@ class LlavaRSCaption(RSVLNode):
 
     @classmethod
     def execute(cls, image, captioner, prompt, max_new_tokens, temperature, seed) -> io.NodeOutput:
-        with core.user_errors(cls.label()):
-            options = core.caption_options(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+        with logic.user_errors(cls.label()):
+            options = logic.caption_options(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                            seed=seed)
             model = captioner.get(HOST)
-            if captioner.patcher is not None:
-                model.device = captioner.patcher.load_device
-            captions = model.caption(core.to_bchw(image), options, callback=core.ProgressReporter(HOST))
-            text = core.BATCH_SEPARATOR.join(captions)
+            captions = model.caption(logic.to_bchw(image), options, callback=logic.ProgressReporter(HOST))
+            text = logic.BATCH_SEPARATOR.join(captions)
             return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
@@ -435,27 +433,27 @@ class ControlNetRefine(RSVLNode):
     @classmethod
     def execute(cls, image, refiner, caption, steps, seed, schedule=None, **settings) -> io.NodeOutput:
         label = cls.label()
-        with core.user_errors(label):
-            options = core.refine_options(schedule, steps=steps, seed=seed, **settings)
-            pixels = core.to_bchw(image)
-            captions = core.split_captions(caption or "", pixels.shape[0])
+        with logic.user_errors(label):
+            options = logic.refine_options(schedule, steps=steps, seed=seed, **settings)
+            pixels = logic.to_bchw(image)
+            captions = logic.split_captions(caption or "", pixels.shape[0])
             batch, _, height, width = pixels.shape
             work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
-            core.size_guard(label, batch, height, width, work_h, work_w,
-                            core.REFINE_BUFFERS, HOST.free_ram(), f"working size for min_size {options.min_size}")
+            logic.size_guard(label, batch, height, width, work_h, work_w,
+                            logic.REFINE_BUFFERS, HOST.free_ram(), f"working size for min_size {options.min_size}")
             tile = options.latent_tile_size or 128
             model = refiner.get(HOST, memory_required=2 * tile * tile * 64 * 4 * 64)
             outputs, lines = [], []
             for index in range(pixels.shape[0]):
                 single = pixels[index:index + 1]
-                progress = core.ProgressReporter(HOST, core.fit_latent_preview(model, single))
+                progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
                 result, report = refine_image(model, single, captions[index], options, seed=seed, callback=progress)
-                line = core.describe_refine_run(index, report, options, schedule, steps)
+                line = logic.describe_refine_run(index, report, options, schedule, steps)
                 log.info("rsvl refine %s", line)
                 outputs.append(result)
                 lines.append(line)
             text = "\n".join(lines)
-            out = core.to_bhwc(torch.cat(outputs), HOST.intermediate_device())
+            out = logic.to_bhwc(torch.cat(outputs), HOST.intermediate_device())
             return io.NodeOutput(out, text, ui=ui.PreviewText(text))
 
 
@@ -467,5 +465,5 @@ class RSVLExtension(ComfyExtension):
         return list(NODE_CLASSES)
 
 
-core.register_model_folders(_folder_paths())
-core.provide_sample(_folder_paths().get_input_directory())
+logic.register_model_folders(_folder_paths())
+logic.provide_sample(_folder_paths().get_input_directory())

@@ -21,11 +21,6 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """The table's name of a torch dtype (for run records and messages)."""
-    return next(name for name, value in DTYPES.items() if value == dtype)
-
-
 def auto_dtype(device: torch.device) -> str:
     """'auto' resolved: bf16 on a bf16-capable CUDA device, fp16 on other accelerators, fp32 on the CPU."""
     if device.type == "cuda":

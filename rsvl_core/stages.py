@@ -45,13 +45,11 @@ class Stage1(Protocol):
 
 @runtime_checkable
 class CaptionStage(Protocol):
-    """Image -> one caption per image. May keep parts off the device it runs on (`offload`)."""
+    """Image -> one caption per image, computed where its declared modules are."""
 
     def modules(self) -> dict[str, torch.nn.Module]: ...
 
     def caption(self, image: torch.Tensor, options: Any, callback: ProgressCallback | None = None) -> list[str]: ...
-
-    def offload(self) -> None: ...
 
 
 @runtime_checkable

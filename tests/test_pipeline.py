@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rsvl_core import pipeline as P
+from rsvl_core.pipeline import placement
 
 
 def _model(params: int) -> torch.nn.Module:
@@ -15,7 +16,7 @@ def _model(params: int) -> torch.nn.Module:
 @pytest.fixture
 def fake_cuda(monkeypatch):
     moves = []
-    monkeypatch.setattr(P.PipelineModels, "_to", staticmethod(lambda model, device: moves.append((model, device.type))))
+    monkeypatch.setattr(placement, "move", lambda model, device: moves.append((model, device.type)))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     return moves
 

@@ -69,7 +69,8 @@ def collapse_whitespace(caption: str) -> str:
 
 
 class Captioner:
-    """A loaded VLM + its processor. `caption()` describes images; `offload()` / `unload()` free the GPU."""
+    """A loaded VLM + its processor. `caption()` describes images where the weights are (a placement moves
+    them, never the captioner); `unload()` drops them."""
 
     def __init__(self, model, processor, adapter_report: AdapterReport | None = None, source: Path | None = None
                  ) -> None:
@@ -77,11 +78,16 @@ class Captioner:
         self.processor = processor
         self.adapter_report = adapter_report
         self.source = source
-        self.device = next(model.parameters()).device  # where caption() runs (offload() moves it away)
         self.quantized = getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None)
         # Decode with a preallocated (static) KV cache: fixed shapes, so on CUDA transformers compiles the
         # decode step (its auto-compile for static caches); the same tokens as the default dynamic cache.
         self.static_cache = False
+
+    @property
+    def device(self) -> torch.device:
+        """Where caption() runs: where the placement put the weights."""
+        self._require_loaded()
+        return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,8 +120,6 @@ class Captioner:
         options = options or CaptionOptions()
         self._require_loaded()
         images = to_pil_images(image)
-        if next(self.model.parameters()).device != self.device:
-            self.model.to(self.device)
         text = self.prompt_text(options.prompt)
         tokenizer = self.processor.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -149,14 +153,6 @@ class Captioner:
     def modules(self) -> dict[str, torch.nn.Module]:
         """The parts placement may move: the VLM, unless it is 8/4-bit (bitsandbytes weights stay where they are)."""
         return {} if self.model is None or self.quantized else {"vlm": self.model}
-
-    def offload(self) -> None:
-        """Move the model to the CPU (caption() moves it back); frees the GPU for the refiner."""
-        self._require_loaded()
-        if self.quantized:
-            raise RsvlError("an 8bit/4bit captioner cannot be moved to the CPU; use unload() instead")
-        self.model.to("cpu")
-        _empty_cache()
 
     def unload(self) -> None:
         """Drop the model and processor and release their memory; the captioner cannot be used afterwards."""

@@ -3,7 +3,7 @@ fp8 weights, channels-last. All off by default; `PipelineModels` applies them as
 
 Each switch keeps results within the tolerance its test states (tests/speed/): compile and channels-last
 within float32 rounding, the static SR3 loop and the static KV cache exactly, fp8 weights within
-`refine.acceleration.FP8_RELATIVE_ERROR` of bf16 weights (the low-memory mode, bf16 compute).
+`refine.fast_paths.FP8_RELATIVE_ERROR` of bf16 weights (the low-memory mode, bf16 compute).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..refine.acceleration import compile_refiner_networks, store_fp8_weights, to_channels_last
+from ..refine.fast_paths import compile_refiner_networks, store_fp8_weights, to_channels_last
 
 SWITCHES = ("compile", "cuda_graphs", "static_cache", "fp8", "channels_last")
 

@@ -1,13 +1,5 @@
-"""The stages' models on one device: loaded lazily, placed by a plan, each known by its declared parts.
-
-- `resident`:   every model stays on the device once loaded (fastest when memory allows);
-- `sequential`: a model is on the device only while its stage runs, then goes back to the CPU
-                (the seed needs two GPUs; this fits one);
-- `auto`:       resident while the models fit in the device's free memory with headroom, else
-                sequential (always resident on the CPU).
-
-A stage's parts are what its `modules()` declares (`rsvl_core.stages`); nothing is found by probing.
-"""
+"""The stages' models for one run: loaded lazily, placed by a `Placement` (placement.py), known by their
+declared parts (`rsvl_core.stages`)."""
 
 from __future__ import annotations
 
@@ -20,19 +12,10 @@ import torch
 from ..devices import torch_dtype
 from ..stages import CaptionStage, RefineStage, Stage1
 from .acceleration import Acceleration, accelerate_stage
+from .placement import PLACEMENTS, LocalPlacement, Placement, module_bytes, parts
 
-PLACEMENTS = ("auto", "resident", "sequential")
-HEADROOM = 1.25  # activations and the VAE need room beside the weights
 STAGES = ("stage1", "caption", "refine")
-
-
-def module_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the parameters and buffers of `modules` (what placing them on a device costs)."""
-    total = 0
-    for module in modules:
-        total += sum(t.numel() * t.element_size() for t in module.parameters())
-        total += sum(t.numel() * t.element_size() for t in module.buffers())
-    return total
+__all__ = ["PLACEMENTS", "STAGES", "ModelFiles", "PipelineModels", "StageSpec", "module_bytes", "parts"]
 
 
 @dataclass
@@ -56,19 +39,20 @@ class ModelFiles:
 
 
 class PipelineModels:
-    """The stages' models, loaded lazily and placed on one device by a plan."""
+    """The stages' models, loaded lazily; a placement decides where their weights live."""
 
-    def __init__(self, device: torch.device, placement: str = "auto", stage1: StageSpec | None = None,
+    def __init__(self, device: torch.device, placement: str | Placement = "auto", stage1: StageSpec | None = None,
                  captioner: StageSpec | None = None, refiner: StageSpec | None = None,
                  acceleration: Acceleration | None = None) -> None:
-        if placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-        self.device, self.requested = torch.device(device), placement
+        self.placement = LocalPlacement(device, placement) if isinstance(placement, str) else placement
+        self.device = self.placement.device
         self.specs = {"stage1": stage1, "caption": captioner, "refine": refiner}
         self.loaded: dict[str, Stage1 | CaptionStage | RefineStage] = {}
         self.acceleration = acceleration or Acceleration()  # how models execute (all off by default)
-        # on a CPU every plan is "resident"; on CUDA "auto" is settled as models load
-        self.plan = "resident" if self.device.type != "cuda" else placement
+
+    @property
+    def plan(self) -> str:
+        return self.placement.plan
 
     @classmethod
     def from_files(cls, files: ModelFiles, device: torch.device, dtype: str = "fp32", placement: str = "auto",
@@ -99,17 +83,15 @@ class PipelineModels:
         return self.specs.get(stage) is not None
 
     def get(self, stage: str):
-        """The stage's model, loaded if needed and on the device."""
+        """The stage's model, loaded if needed and placed where it runs."""
         spec = self.specs.get(stage)
         if spec is None:
             raise ValueError(f"no model configured for stage {stage!r}")
         if stage not in self.loaded:
             self.loaded[stage] = spec.loader(self.device)
             accelerate_stage(stage, self.loaded[stage], self.acceleration)
-            if self.requested == "auto" and self.device.type == "cuda":
-                self._decide(stage)
         model = self.loaded[stage]
-        self._to(model, self.device)
+        self.placement.acquire(stage, model)
         return model
 
     def preload(self) -> None:
@@ -120,36 +102,6 @@ class PipelineModels:
                 self.release(stage)
 
     def release(self, stage: str) -> None:
-        """After a stage: in the sequential plan, its model goes back to the CPU."""
-        if self.plan == "sequential" and stage in self.loaded:
-            self._to(self.loaded[stage], torch.device("cpu"))
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-    def _decide(self, current: str) -> None:
-        """auto: stay resident while every loaded model fits with headroom; otherwise go sequential."""
-        free, _ = torch.cuda.mem_get_info(self.device)
-        on_device = sum(self._bytes(m) for m in self.loaded.values())  # all loaded models are on the device now
-        if self.plan in ("auto", "resident"):
-            self.plan = "resident" if on_device * HEADROOM < free + on_device else "sequential"
-        if self.plan == "sequential":
-            for name, model in self.loaded.items():
-                if name != current:
-                    self._to(model, torch.device("cpu"))
-            torch.cuda.empty_cache()
-
-    @staticmethod
-    def _bytes(model) -> int:
-        return module_bytes(*parts(model))
-
-    @staticmethod
-    def _to(model, device: torch.device) -> None:
-        for module in parts(model):
-            module.to(device)
-
-
-def parts(model) -> list[torch.nn.Module]:
-    """A stage's declared modules (a bare nn.Module counts as one part, for tests and simple models)."""
-    if isinstance(model, torch.nn.Module):
-        return [model]
-    return list(model.modules().values())
+        """After a stage: the placement may move its model away (the sequential plan sends it to the CPU)."""
+        if stage in self.loaded:
+            self.placement.release(stage, self.loaded[stage])

@@ -94,16 +94,6 @@ class RefineOptions:
 PRESETS: dict[str, RefineOptions] = {"paper": RefineOptions()}
 
 
-def preset(name: str, **sampler_overrides) -> RefineOptions:
-    """A named preset, optionally with sampler settings replaced (e.g. steps=20)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown refiner preset {name!r}; choose from {', '.join(PRESETS)}")
-    options = PRESETS[name]
-    if sampler_overrides:
-        options = replace(options, sampler=replace(options.sampler, **sampler_overrides))
-    return options
-
-
 @dataclass
 class Refiner:
     """The loaded stage-2 models."""

@@ -112,7 +112,7 @@ class RefinerUNet(SDXLEncoderModule):
 
     def _resume(self, skips: list[torch.Tensor], emb: torch.Tensor, context: torch.Tensor,
                 depth: int) -> list[torch.Tensor]:
-        # one body for both entry points, so compiling them separately (refine/acceleration.py) never nests
+        # one body for both entry points, so compiling them separately (refine/fast_paths.py) never nests
         layers = self.encoder_layers()
         stop = len(layers) if depth <= 0 else min(depth, len(layers))
         skips = list(skips)

@@ -86,11 +86,15 @@ def test_progress_reports_every_token_and_a_raise_cancels(captioner, image):
     assert calls[-1] == 3
 
 
-def test_offload_and_unload(tmp_path, image):
+def test_caption_runs_where_the_placement_put_it_and_unload(tmp_path, image):
+    from rsvl_core.pipeline.placement import LocalPlacement
+
     captioner = load_captioner(tiny_llava_next_folder(tmp_path))
     before = captioner.caption(image[:1], FAST)
-    captioner.offload()
-    assert next(captioner.model.parameters()).device.type == "cpu"
+    placement = LocalPlacement("cpu", "sequential")
+    placement.acquire("caption", captioner)
+    placement.release("caption", captioner)
+    assert captioner.device.type == "cpu" and next(captioner.model.parameters()).device.type == "cpu"
     assert captioner.caption(image[:1], FAST) == before
     captioner.unload()
     assert captioner.model is None

@@ -249,7 +249,7 @@ class FakeComfy:
         self.pack_name = pack_name
         self.pack = load_pack(pack_name)
         self.nodes = importlib.import_module(f"{pack_name}.nodes.comfy_nodes")
-        self.core = importlib.import_module(f"{pack_name}.nodes.core")
+        self.logic = importlib.import_module(f"{pack_name}.nodes.logic")
         self.state = self.modules["folder_paths"].state
         self.folder_paths = self.modules["folder_paths"]
 

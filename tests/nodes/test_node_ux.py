@@ -32,12 +32,12 @@ def stage1(comfy, sr3, image, node=None, **overrides):
 def test_errors_name_the_node_by_display_name_and_id_not_the_clone_class(comfy, demo_models):
     sr3 = load(comfy, demo_models[1])[0]
     node = as_comfy_runs_it(comfy.node("Stage1FidelitySR"), "4")
-    with pytest.raises(comfy.core.NodeError) as error:
+    with pytest.raises(comfy.logic.NodeError) as error:
         stage1(comfy, sr3, torch.rand(1, 8, 8, 3), node=node, tile_size=16)
     message = str(error.value)
     assert message.startswith(f"{STAGE1} #4: ") and "Clone" not in message and "got 16" in message
     loader = as_comfy_runs_it(comfy.node("LoadRSVLModels"), "2")
-    with pytest.raises(comfy.core.NodeError, match=r"^RSVL Load Models #2: the refiner needs both"):
+    with pytest.raises(comfy.logic.NodeError, match=r"^RSVL Load Models #2: the refiner needs both"):
         loader.execute(**{**demo_models[1], "supir_model": "none", "dtype": "auto", "device": "auto",
                           "llava_quantization": "none"})
 
@@ -116,13 +116,13 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
         # 8192x8192 at 8x: 6 float32 copies of a 65536x65536 RGB image = 288 GiB; no array is made here:
         # the guard reads only the shape, so an expanded (zero-stride) tensor stands in for the image
         big = torch.zeros(1, 1, 1, 3).expand(1, 8192, 8192, 3)
-        with pytest.raises(comfy.core.NodeError) as error:
+        with pytest.raises(comfy.logic.NodeError) as error:
             stage1(comfy, sr3, big, scale="8")
         message = str(error.value)
         assert message.startswith(f"{STAGE1}: 1x 8192x8192 -> 65536x65536 (x8) needs about 288.0 GiB of RAM, "
                                   "2.0 GiB free: ") and "smaller scale" in message and "\n" not in message
         assert sr3.model is None  # refused before the model loaded
-        with pytest.raises(comfy.core.NodeError, match=r"RSVL Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
+        with pytest.raises(comfy.logic.NodeError, match=r"RSVL Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
             refine(comfy, refiner, torch.zeros(1, 1, 1, 3).expand(1, 4096, 4096, 3), min_size=8192)
         assert refiner.model is None
     finally:
@@ -131,13 +131,13 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
 
 
 def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, caplog):
-    core = comfy.core
-    assert core.cpu_time_warning("N", 30.0, 1, 500, 0.06) is None
-    line = core.cpu_time_warning("RSVL Stage 1 #4", 2700.0, 1, 500, 5.4)
+    logic = comfy.logic
+    assert logic.cpu_time_warning("N", 30.0, 1, 500, 0.06) is None
+    line = logic.cpu_time_warning("RSVL Stage 1 #4", 2700.0, 1, 500, 5.4)
     assert line == ("RSVL Stage 1 #4: running on the CPU: 500 steps at ~5.4 s/step, about 45 min left; for a quick "
                     "result connect a DynamicStepScheduler with ddim/dpmpp and fewer steps, or use a GPU")
     sr3 = load(comfy, demo_models[1])[0]
-    monkeypatch.setattr(core, "CPU_WARN_SECONDS", 0.0)  # the tiny model is fast: any estimate is "long" now
+    monkeypatch.setattr(logic, "CPU_WARN_SECONDS", 0.0)  # the tiny model is fast: any estimate is "long" now
     with caplog.at_level("WARNING", logger="rsvl"):
         out = stage1(comfy, sr3, torch.rand(1, 8, 8, 3), steps=5)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -148,17 +148,17 @@ def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, capl
 def test_sample_image_reaches_the_input_folder_without_overwriting(comfy, tmp_path):
     from PIL import Image
 
-    core = comfy.core
-    target = tmp_path / "input" / core.SAMPLE_NAME
-    assert core.provide_sample(str(tmp_path / "input")) is True
-    assert Image.open(target).size == Image.open(core.SAMPLE_SOURCE).size
+    logic = comfy.logic
+    target = tmp_path / "input" / logic.SAMPLE_NAME
+    assert logic.provide_sample(str(tmp_path / "input")) is True
+    assert Image.open(target).size == Image.open(logic.SAMPLE_SOURCE).size
     target.write_bytes(b"the user's own file")
-    assert core.provide_sample(str(tmp_path / "input")) is False
+    assert logic.provide_sample(str(tmp_path / "input")) is False
     assert target.read_bytes() == b"the user's own file"
     # importing the pack (what ComfyUI does at start) put the sample into ComfyUI's input folder
     assert (REPO / "workflows").is_dir()
     loaded = comfy.folder_paths.get_input_directory()
-    assert Image.open(f"{loaded}/{core.SAMPLE_NAME}").size == Image.open(core.SAMPLE_SOURCE).size
+    assert Image.open(f"{loaded}/{logic.SAMPLE_NAME}").size == Image.open(logic.SAMPLE_SOURCE).size
 
 
 def test_display_names_and_search_words(comfy):

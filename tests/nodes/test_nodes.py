@@ -33,7 +33,7 @@ def test_model_folders_registered_after_user_entries(comfy):
     for name in ("rsvl_sr3", "rsvl_llava", "rsvl_llava_adapter", "rsvl_supir"):
         assert fp.get_folder_paths(name)[-1].startswith(fp.models_dir)
     fp.add_model_folder_path("rsvl_sr3", "/elsewhere/sr3")  # an extra_model_paths.yaml entry survives a re-register
-    comfy.core.register_model_folders(fp)
+    comfy.logic.register_model_folders(fp)
     assert "/elsewhere/sr3" in fp.get_folder_paths("rsvl_sr3")
     assert ".pth" in fp.folder_names_and_paths["rsvl_sr3"][1]
 
@@ -42,18 +42,18 @@ def test_loader_is_lazy_and_none_is_a_clear_error(comfy, demo_models):
     _, choices = demo_models
     sr3, captioner, refiner = load(comfy, choices, llava_model="none", llava_adapter="none")
     assert sr3.model is None and refiner.model is None and not captioner.chosen
-    with pytest.raises(comfy.core.NodeError, match="no captioner model chosen"):
+    with pytest.raises(comfy.logic.NodeError, match="no captioner model chosen"):
         comfy.node("LlavaRSCaption").execute(image=torch.rand(1, 8, 8, 3), captioner=captioner, prompt="x",
                                              max_new_tokens=2, temperature=0.2, seed=0)
-    with pytest.raises(comfy.core.NodeError, match="RSVL Load Models: .*needs both"):
+    with pytest.raises(comfy.logic.NodeError, match="RSVL Load Models: .*needs both"):
         load(comfy, choices, supir_model="none")
-    with pytest.raises(comfy.core.NodeError, match="not found"):
+    with pytest.raises(comfy.logic.NodeError, match="not found"):
         load(comfy, choices, sr3_model="missing.pth")
 
 
 def test_bad_settings_are_one_line_errors(comfy, demo_models):
     sr3 = load(comfy, demo_models[1])[0]
-    with pytest.raises(comfy.core.NodeError) as error:
+    with pytest.raises(comfy.logic.NodeError) as error:
         comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2", sampler="ddim",
                                                steps=2, seed=0, tile_size=16, tile_overlap=0)
     assert str(error.value).startswith("RSVL Upscale: Super-Resolution Stage 1 (SR3): stage-1 tile_size") \
@@ -80,7 +80,7 @@ def test_two_stage_graph_progress_previews_and_host_memory(comfy, demo_models):
     caption = comfy.node("LlavaRSCaption").execute(image=up, captioner=captioner, prompt="<image> describe",
                                                    max_new_tokens=4, temperature=0.2, seed=0)
     text = caption.args[0]
-    assert text.count(comfy.core.BATCH_SEPARATOR) == 1 and caption.ui.as_dict() == {"text": (text,)}
+    assert text.count(comfy.logic.BATCH_SEPARATOR) == 1 and caption.ui.as_dict() == {"text": (text,)}
 
     state.updates.clear()
     refined = comfy.node("ControlNetRefine").execute(
@@ -110,17 +110,17 @@ def test_cancel_stops_within_one_step(comfy, demo_models):
 
 
 def test_image_layout_and_latent_preview(comfy):
-    core = comfy.core
+    logic = comfy.logic
     image = torch.rand(2, 5, 7, 4)
-    bchw = core.to_bchw(image)
-    assert bchw.shape == (2, 3, 5, 7) and torch.equal(core.to_bhwc(bchw, torch.device("cpu")), image[..., :3])
-    assert core.to_bchw(torch.rand(1, 5, 7, 1)).shape == (1, 3, 5, 7)
+    bchw = logic.to_bchw(image)
+    assert bchw.shape == (2, 3, 5, 7) and torch.equal(logic.to_bhwc(bchw, torch.device("cpu")), image[..., :3])
+    assert logic.to_bchw(torch.rand(1, 5, 7, 1)).shape == (1, 3, 5, 7)
     latent = torch.randn(1, 4, 6, 6)
     rgb = torch.einsum("bchw,cd->bdhw", latent, torch.randn(4, 3)).sigmoid()
-    fitted = core.LatentPreview.fit(latent, rgb)(latent)
+    fitted = logic.LatentPreview.fit(latent, rgb)(latent)
     assert fitted.shape == (1, 3, 6, 6) and (fitted - rgb).abs().mean() < 0.1
-    assert core.split_captions(f"a{core.BATCH_SEPARATOR}b", 2) == ["a", "b"]
-    assert core.split_captions("one", 3) == ["one"] * 3
+    assert logic.split_captions(f"a{logic.BATCH_SEPARATOR}b", 2) == ["a", "b"]
+    assert logic.split_captions("one", 3) == ["one"] * 3
 
 
 def test_spandrel_upscale_model_as_stage1_in_the_node_pack(comfy, demo_models):
@@ -164,7 +164,7 @@ def test_engine_every_setting_is_reachable_from_the_nodes(comfy):
 
     from rsvl_core.pipeline import SETTINGS, RunConfig
 
-    carried = {setting: (node, name) for node, inputs in comfy.core.NODE_SETTINGS.items()
+    carried = {setting: (node, name) for node, inputs in comfy.logic.NODE_SETTINGS.items()
                for name, setting in inputs.items()}
     assert set(carried) == set(SETTINGS)  # every setting has a node input
     info = comfy.object_info()
@@ -173,6 +173,6 @@ def test_engine_every_setting_is_reachable_from_the_nodes(comfy):
         assert name in inputs, f"{node} has no input {name} for {setting}"
         value, read = PROBES[setting]
         widget = str(value) if isinstance(inputs[name][0], list) else value  # a COMBO gives text
-        values = comfy.core.setting_values(node, {name: widget})
+        values = comfy.logic.setting_values(node, {name: widget})
         config = RunConfig.from_values(**values, **NEEDS.get(setting, {}))
         assert read(config) == EXPECTED.get(setting, value), setting

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from rsvl_core.errors import Cancelled, CheckpointError
 from rsvl_core.image import read_image
-from rsvl_core.refine.refiner import RefineOptions, load_refiner, preset, refine_image, working_size
+from rsvl_core.pipeline.options import refine_options_from, refine_preset
+from rsvl_core.refine.refiner import RefineOptions, load_refiner, refine_image, working_size
 from rsvl_core.refine.tiny import TINY_SDXL_NAME, tiny_refiner, write_tiny_refiner_files
 
 
@@ -35,7 +36,7 @@ def image():
     return torch.nn.functional.interpolate(img, (72, 120), mode="bilinear", align_corners=False)
 
 
-FAST = replace(preset("paper", steps=4), min_size=0)
+FAST = refine_options_from({"refine_steps": 4, "min_size": 0})
 
 
 def test_single_files_load_into_the_same_model(files, refiner):
@@ -142,7 +143,7 @@ def test_bad_options_are_refused_before_work(refiner, image):
     with pytest.raises(ValueError, match="latent_tile_size"):
         RefineOptions(latent_tile_size=12).check()
     with pytest.raises(ValueError, match="unknown refiner preset"):
-        preset("fastest")
+        refine_preset("fastest")
 
 
 def test_swapped_or_wrong_files_are_named(files, tmp_path):

@@ -1,4 +1,4 @@
-"""torch.compile of the refiner's networks (refine/acceleration.py): one graph per entry point, eager's numbers."""
+"""torch.compile of the refiner's networks (refine/fast_paths.py): one graph per entry point, eager's numbers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rsvl_core.cache import PRESETS
-from rsvl_core.refine.acceleration import UNET_ENTRY_POINTS, compile_refiner_networks, is_compiled
 from rsvl_core.refine.control import GLVControl
 from rsvl_core.refine.denoise import GuidedDenoiser
+from rsvl_core.refine.fast_paths import UNET_ENTRY_POINTS, compile_refiner_networks, is_compiled
 from rsvl_core.refine.networks import ConditionedNetworks, Conditioning
 from rsvl_core.refine.sampler import RestoreSamplerOptions, sample_restore_edm
 from rsvl_core.refine.tiny import tiny_refiner_config

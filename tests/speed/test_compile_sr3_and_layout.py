@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from rsvl_core.demo import DEMO_SR3_CONFIG
 from rsvl_core.pipeline import Acceleration
 from rsvl_core.pipeline.acceleration import accelerate_stage
-from rsvl_core.refine.acceleration import to_channels_last
+from rsvl_core.refine.fast_paths import to_channels_last
 from rsvl_core.refine.tiny import tiny_refiner
 from rsvl_core.stage1 import SR3UNet
 
@@ -101,7 +101,7 @@ def test_compile_channels_last_keeps_the_outputs():
 def test_compile_switches_reach_the_loaded_stages():
     from rsvl_core.caption.captioner import Captioner
     from rsvl_core.caption.tiny import tiny_llava_next, tiny_llava_next_processor
-    from rsvl_core.refine.acceleration import Fp8Linear, is_compiled
+    from rsvl_core.refine.fast_paths import Fp8Linear, is_compiled
     from rsvl_core.stage1.stage import SR3Stage1
 
     accel = Acceleration.all_on(compile_backend="eager")

@@ -163,8 +163,8 @@ def resolve_dtype(choice: str, device: torch.device) -> str:
     return auto_dtype(device) if choice == "auto" else choice
 
 
-class _Bundle(torch.nn.Module):
-    """One nn.Module over a model's parts, so the host's memory manager moves them as one."""
+class ModuleBundle(torch.nn.Module):
+    """One nn.Module over a model's declared parts, so the host's memory manager moves them as one."""
 
     def __init__(self, **parts: torch.nn.Module) -> None:
         super().__init__()
@@ -172,63 +172,89 @@ class _Bundle(torch.nn.Module):
             self.add_module(name, part)
 
 
+class HostPlacement:
+    """rsvl_core's `Placement`, backed by the host's memory manager (ComfyUI: ModelPatcher + load_models_gpu).
+
+    Each stage's declared modules become one registered patcher the first time the stage is acquired; every
+    acquire asks the host to load it (with room for the stage's activations), and the host alone decides when
+    to offload. A stage that declares no movable modules (an 8/4-bit captioner) stays where it was loaded."""
+
+    plan = "host memory manager"
+
+    def __init__(self, host: Host, choice: str) -> None:
+        self.host = host
+        self.device = host.torch_device(choice)
+        self.offload_device = host.offload_device(choice)
+        self.patchers: dict[str, Any] = {}
+
+    def acquire(self, stage: str, model: Any, memory_required: int = 0) -> None:
+        if stage not in self.patchers:
+            modules = model.modules()
+            self.patchers[stage] = self.host.register(ModuleBundle(**modules), self.device, self.offload_device) \
+                if modules else None
+        if self.patchers[stage] is not None:
+            self.host.load([self.patchers[stage]], memory_required)
+
+    def release(self, stage: str, model: Any) -> None:
+        """Nothing: ComfyUI's memory manager offloads when it needs the room."""
+
+
 @dataclass(eq=False)
 class ModelHandle:
-    """A model chosen in LoadRSVLModels. `get(host)` loads it once (lazily) and puts it on its device."""
+    """A model chosen in LoadRSVLModels. `get(host)` loads it once (lazily) and has the host place it."""
 
     kind: str                           # "stage-1", "captioner", "refiner"
     sources: dict[str, str | None]      # file / folder paths; empty = nothing chosen
     dtype: str = "auto"
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
-    loader: Callable[[ModelHandle, torch.device, str], tuple[Any, torch.nn.Module | None]] | None = None
+    loader: Callable[[ModelHandle, torch.device, str], Any] | None = None
     model: Any = None
-    patcher: Any = None
+    placement: HostPlacement | None = None
     load_count: int = 0
 
     @property
     def chosen(self) -> bool:
         return bool(self.sources)
 
+    @property
+    def patcher(self) -> Any:
+        """The host's handle of this model's weights (None before the first use, or when not movable)."""
+        return None if self.placement is None else self.placement.patchers.get(self.kind)
+
     def describe(self) -> str:
         return f"{self.kind}: " + (", ".join(os.path.basename(str(p)) for p in self.sources.values() if p) or NONE)
 
     def get(self, host: Host, memory_required: int = 0) -> Any:
-        """The loaded model on its device (loading it on first use; the host may have offloaded it since)."""
+        """The loaded model, placed by the host (loading it on first use; the host may have offloaded it since)."""
         if not self.chosen:
             raise NodeError(f"no {self.kind} model chosen: pick one in LoadRSVLModels")
+        if self.placement is None:
+            self.placement = HostPlacement(host, self.device)
         if self.model is None:
-            load_device = host.torch_device(self.device)
-            dtype = resolve_dtype(self.dtype, load_device)
+            dtype = resolve_dtype(self.dtype, self.placement.device)
             log.info("rsvl: loading %s (%s)", self.describe(), dtype)
-            self.model, module = self.loader(self, host.offload_device(self.device), dtype)
+            self.model = self.loader(self, self.placement.offload_device, dtype)
             self.load_count += 1
-            if module is not None:
-                self.patcher = host.register(module, load_device, host.offload_device(self.device))
-        if self.patcher is not None:
-            host.load([self.patcher], memory_required)
+        self.placement.acquire(self.kind, self.model, memory_required)
         return self.model
 
 
 def load_stage1_model(handle: ModelHandle, device: torch.device, dtype: str):
-    """SR3 or any spandrel SR model (told apart by the file's keys), with its declared parts for the host."""
-    model = load_stage1(handle.sources["stage1"], device=device, dtype=torch_dtype(dtype))
-    return model, _Bundle(**model.modules())
+    """SR3 or any spandrel SR model (told apart by the file's keys)."""
+    return load_stage1(handle.sources["stage1"], device=device, dtype=torch_dtype(dtype))
 
 
 def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
     quantization = handle.options.get("quantization", "none")
     if quantization != "none":  # bitsandbytes weights cannot be moved: load them where they run, unmanaged
         device = handle.options["load_device"]
-    captioner = load_captioner(handle.sources["llava"], handle.sources.get("adapter"), device=device, dtype=dtype,
-                               quantization=quantization, merge_adapter=handle.options.get("merge_adapter", False))
-    parts = captioner.modules()
-    return captioner, (_Bundle(**parts) if parts else None)
+    return load_captioner(handle.sources["llava"], handle.sources.get("adapter"), device=device, dtype=dtype,
+                          quantization=quantization, merge_adapter=handle.options.get("merge_adapter", False))
 
 
 def load_refiner_model(handle: ModelHandle, device: torch.device, dtype: str):
-    refiner = load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=torch_dtype(dtype), device=device)
-    return refiner, _Bundle(**refiner.modules())
+    return load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=torch_dtype(dtype), device=device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
