@@ -3,11 +3,13 @@ three stages (run.py), and the job API that turns input files into outputs and r
 
 from .acceleration import Acceleration
 from .jobs import (
+    CaptionSummary,
     JobEvents,
     JobOptions,
     JobSummary,
     SceneOptions,
     SilentEvents,
+    caption_job,
     collect_inputs,
     locate_model_files,
     output_path,
@@ -27,6 +29,8 @@ from .options import (
 from .run import PipelineResult, run_pipeline
 
 __all__ = [
+    "CaptionSummary",
+    "caption_job",
     "Acceleration",
     "PLACEMENTS",
     "SETTINGS",

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from ..atomic import Claim, atomic_path, check_output_folder, remove_stale_temporaries
-from ..caption import collapse_whitespace
+from ..caption import CaptionOptions, collapse_whitespace
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
@@ -192,6 +192,42 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
         events.note(stale, "removed a temporary file left by an interrupted run")
     geotiffs = [_is_geotiff(source, options.scene) for source in sources]
     return list(zip(sources, plan_outputs(sources, options.output_dir, scale, geotiffs), geotiffs, strict=True))
+
+
+@dataclass
+class CaptionSummary:
+    """What `caption_job` produced: one caption per readable input, and the failures."""
+
+    captions: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def caption_job(inputs: Iterable[Path], options: CaptionOptions, models: PipelineModels,
+                scene: SceneOptions | None = None, events: JobEvents | None = None) -> CaptionSummary:
+    """`rsvl caption`: a job whose items stop after the caption. Each input is read as `rsvl upscale` reads it
+    (GeoTIFF bands and stretch, any band count and data type; a large scene as an overview of at most 1024 px a
+    side, read decimated) and captioned; a bad file is reported and the rest go on."""
+    events = events or SilentEvents()
+    scene = scene or SceneOptions()
+    sources = collect_inputs(inputs)
+    events.begin(sources)
+    captioner = models.get("caption")
+    summary = CaptionSummary()
+    for source in sources:
+        try:
+            opened = open_scene(source, scene.bands, scene.stretch, scene.percentiles, windowed=True,
+                                geotiff=_is_geotiff(source, scene))
+            for note in opened.notes:
+                events.note(source, note)
+            text = captioner.caption(opened.overview(), options, events.progress(source))[0]
+        except (RsvlError, ValueError, OSError) as exc:
+            message = os_error_message(exc, source) if isinstance(exc, OSError) else str(exc)
+            summary.failed.append((source, message))
+            events.failed(source, message)
+            continue
+        summary.captions.append((source, collapse_whitespace(text)))
+    models.release("caption")
+    return summary
 
 
 def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, options: JobOptions,
