@@ -28,7 +28,7 @@ from .pipeline import (
     stage1_options,
 )
 from .stage1 import SR3Config, SR3UNet, save_sr3
-from .weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SDXL_SUBDIR, SR3_SUBDIR, SUPIR_SUBDIR
+from .weights import WEIGHTS
 
 SAMPLE_IMAGE = Path(__file__).parent / "samples" / "osbs_029_lr100.png"
 DEMO_SCALE = 4
@@ -46,19 +46,21 @@ DEMO_NOTICE = (
 
 
 def write_demo_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Write tiny random models into `models_dir` in the layout `rsvl upscale --models-dir` reads."""
+    """Write tiny random models into `models_dir` in the layout `rsvl upscale --models-dir` reads (the weights table's
+    sub-folders)."""
+    folder = {item: Path(models_dir) / entry.subdir for item, entry in WEIGHTS.items()}
     torch.manual_seed(seed)
     unet = SR3UNet(DEMO_SR3_CONFIG)
-    sr3_path = save_sr3(unet, Path(models_dir) / SR3_SUBDIR / "rsvl_demo_sr3_gen.pth")
+    sr3_path = save_sr3(unet, folder["sr3"] / "rsvl_demo_sr3_gen.pth")
     # The captioner as real weights come: a Hugging Face LLaVA-NeXT folder + the seed-style LoRA folder.
     from .caption.tiny import write_tiny_llava_next, write_tiny_seed_adapter
 
-    llava = write_tiny_llava_next(Path(models_dir) / CAPTIONER_SUBDIR, seed=seed)
-    adapter = write_tiny_seed_adapter(Path(models_dir) / ADAPTER_SUBDIR, seed=seed + 1)
+    llava = write_tiny_llava_next(folder["captioner"], seed=seed)
+    adapter = write_tiny_seed_adapter(folder["caption-adapter"], seed=seed + 1)
     # The refiner as the releases come: an SDXL single file and a SUPIR checkpoint, in the original layouts.
     from .refine.tiny import write_tiny_refiner_files
 
-    sdxl, supir = write_tiny_refiner_files(Path(models_dir) / SDXL_SUBDIR, Path(models_dir) / SUPIR_SUBDIR, seed)
+    sdxl, supir = write_tiny_refiner_files(folder["sdxl"], folder["supir"], seed)
     return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter, "SDXL": sdxl, "SUPIR": supir}
 
 

@@ -246,7 +246,8 @@ def _fmt(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-def _open(path: str | Path):
+def open_raster(path: str | Path):
+    """The raster opened with rasterio; a one-line InputImageError for a missing, empty or unreadable file."""
     rasterio = _rasterio()
     path = Path(path)
     if not path.is_file():
@@ -352,7 +353,7 @@ def scene_stretch(path: str | Path, plan: BandPlan | None = None,
     For a scene processed in windows: compute this once, then pass it to every `read_window`.
     """
     plan = plan or BandPlan()
-    with _open(path) as ds:
+    with open_raster(path) as ds:
         bands, method = plan.resolve(ds.count, ds.dtypes[0], path)
         dtype = _check_dtype(ds, bands, path)
         info = _info(ds, bands)
@@ -374,7 +375,7 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
 
     plan = plan or BandPlan()
     limit = MAX_INPUT_PIXELS if max_pixels is None else max_pixels
-    with _open(path) as ds:
+    with open_raster(path) as ds:
         if ds.width * ds.height > limit:
             raise InputImageError(f"{path}: raster is {ds.width}x{ds.height} ({ds.width * ds.height:,} pixels), "
                                   f"over the {limit:,}-pixel limit for reading a scene whole; process it in windows")
@@ -420,7 +421,7 @@ def read_window(path: str | Path, window, stretch: Stretch, nodata: float | None
     ((1, 3, h, w) in [0, 1], valid mask or None). `nodata` defaults to the file's. `out_size` (h, w): read
     it decimated to that size (averaging; GDAL uses the file's overviews when it has them).
     """
-    with _open(path) as ds:
+    with open_raster(path) as ds:
         if out_size is None:
             data = ds.read(list(stretch.bands), window=_window(window))
         else:

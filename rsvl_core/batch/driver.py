@@ -110,9 +110,9 @@ def _output_pixels(source: Path, geotiff: bool, scale: int) -> int:
     """Output pixels of an input, from its header (0 when unreadable: the actor reports why)."""
     try:
         if geotiff or source.suffix.lower() in (".tif", ".tiff"):
-            from ..geo import _open
+            from ..geo import open_raster
 
-            with _open(source) as ds:
+            with open_raster(source) as ds:
                 return ds.width * ds.height * scale * scale
         from PIL import Image
 

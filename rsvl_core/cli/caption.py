@@ -13,8 +13,8 @@ from ..caption.config import ATTENTIONS, QUANTIZATIONS, CaptionOptions
 from ..devices import DTYPES, resolve_device
 from ..errors import RsvlError
 from ..image import read_image
-from ..pipeline import collect_inputs
-from ..weights import MODELS_DIR_ENV, default_models_dir, locate_caption_adapter, locate_captioner
+from ..pipeline import collect_inputs, locate_caption_files
+from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
 from .progress import StageBars, say
 
@@ -24,11 +24,14 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap = sub.add_parser("caption", help=COMMANDS["caption"])
     cap.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     cap.add_argument("--models-dir", type=Path, default=None,
-                     help=f"folder with llava/ (and optionally llava_adapter/) (default: ${MODELS_DIR_ENV}, "
-                          f"else ./models)")
+                     help=f"folder with llava/ (and optionally llava_adapter/), searched first; then "
+                          f"${MODELS_DIR_ENV}, ./models, $COMFYUI_DIR and the seed's CKPT_PTH, as `rsvl upscale` does")
     cap.add_argument("--llava", type=Path, default=None, help="the model folder (overrides <models-dir>/llava)")
     cap.add_argument("--adapter", type=Path, default=None,
                      help="the LoRA adapter folder (overrides <models-dir>/llava_adapter)")
+    cap.add_argument("--ckpt-pth", type=Path, default=None,
+                     help="the seed's unzipped CKPT_PTH folder (its Llava-next/ adapter), searched after the models "
+                          "folder")
     cap.add_argument("--no-adapter", action="store_true", help="caption with the base model only")
     cap.add_argument("--merge-adapter", action="store_true", help="merge the LoRA into the weights (faster)")
     cap.add_argument("-o", "--output", type=Path, default=None,
@@ -53,9 +56,8 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
 def load_captioner_from_args(args: argparse.Namespace):
     from ..caption import load_captioner
 
-    models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
-    folder = locate_captioner(models_dir, args.llava)
-    adapter = None if args.no_adapter else locate_caption_adapter(models_dir, args.adapter)
+    folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
+                                           with_adapter=not args.no_adapter)
     try:
         return load_captioner(folder, adapter, device=resolve_device(args.device), dtype=args.dtype,
                               quantization=args.quantization, attention=args.attention,
