@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -29,7 +30,7 @@ from ..rsvl_core.pipeline import (
     stage1_options_from,
 )
 from ..rsvl_core.pipeline.components import load_captioner, load_refiner, load_stage1
-from ..rsvl_core.weights import STAGE_TABLE
+from ..rsvl_core.weights import WEIGHTS
 
 log = logging.getLogger("rsvl")
 
@@ -39,14 +40,14 @@ DEVICES = ("auto", "cpu")
 BATCH_SEPARATOR = "\n---\n"  # joins the captions of a batch; ControlNetRefine splits on it
 UPSCALE_MODELS = "upscale_models"  # ComfyUI's own folder of single-image SR models (spandrel loads them)
 
-# From the engine's stage table: our ComfyUI model folders -> (sub-folder of models/rsvl, file extensions;
-# None = model folders, not files), and the file a folder model must hold. SDXL lives in ComfyUI's checkpoints/.
+# From the engine's one weights table: our ComfyUI model folders -> (sub-folder of models/rsvl, file extensions;
+# None = model folders, not files), and each folder's table entry. SDXL lives in ComfyUI's checkpoints/.
 MODEL_FOLDERS: dict[str, tuple[str, set[str] | None]] = {
-    kind.comfy_folder: (kind.subdir, None if kind.marker else set(kind.extensions))
-    for kind in STAGE_TABLE.values() if kind.comfy_folder.startswith("rsvl_")
+    entry.comfy_folder: (entry.subdir, None if entry.marker else set(entry.extensions))
+    for entry in WEIGHTS.values() if entry.comfy_folder.startswith("rsvl_")
 }
-FOLDER_MARKERS = {kind.comfy_folder: kind.marker for kind in STAGE_TABLE.values() if kind.marker}
-FOLDERS = {kind.id: kind.comfy_folder for kind in STAGE_TABLE.values()}  # e.g. "sdxl" -> "checkpoints"
+FOLDER_ENTRIES = {entry.comfy_folder: entry for entry in WEIGHTS.values() if entry.marker}
+FOLDERS = {entry.id: entry.comfy_folder for entry in WEIGHTS.values()}  # e.g. "sdxl" -> "checkpoints"
 
 
 class NodeError(RsvlError):
@@ -108,26 +109,25 @@ def register_model_folders(folder_paths) -> None:
 
 
 def list_model_folders(folder_paths, name: str) -> list[str]:
-    """Sub-folders (of every registered path) holding the model's marker file: the choices of a folder model."""
-    marker = FOLDER_MARKERS[name]
+    """Sub-folders (of every registered path) that the table entry accepts: the choices of a folder model."""
+    entry = FOLDER_ENTRIES[name]
     found: set[str] = set()
     for root in folder_paths.get_folder_paths(name):
         if not os.path.isdir(root):
             continue
-        for entry in sorted(os.listdir(root)):
-            if os.path.isfile(os.path.join(root, entry, marker)):
-                found.add(entry)
+        found.update(sub for sub in os.listdir(root) if entry.holds(Path(root, sub)))
     return sorted(found)
 
 
 def find_model_folder(folder_paths, name: str, choice: str) -> str:
+    entry = FOLDER_ENTRIES[name]
     for root in folder_paths.get_folder_paths(name):
         candidate = os.path.join(root, choice)
-        if os.path.isfile(os.path.join(candidate, FOLDER_MARKERS[name])):
+        if entry.holds(Path(candidate)):
             return candidate
     raise WeightsNotFoundError(
         f"{choice!r} is not a model folder in {', '.join(folder_paths.get_folder_paths(name))} "
-        f"(each choice is a sub-folder holding {FOLDER_MARKERS[name]})"
+        f"(each choice is a sub-folder holding {entry.marker})"
     )
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from rsvl_testing import FIXTURES
 
+import rsvl_core  # noqa: F401  (installs the torchvision import guard before any test module imports spandrel)
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

@@ -15,18 +15,8 @@ import pytest
 from rsvl_core.cli.weights import add_weights_parser, run_weights
 from rsvl_core.demo import write_demo_models
 from rsvl_core.errors import RsvlError
-from rsvl_core.weights import (
-    find_weights,
-    locate_caption_adapter,
-    locate_captioner,
-    locate_sdxl,
-    locate_sr3,
-    locate_supir,
-    search_roots,
-)
+from rsvl_core.weights import WEIGHTS, KnownFile, find_weights, search_roots
 from rsvl_core.weights_manager import (
-    CATALOGUE,
-    KnownFile,
     check_weights,
     download_weights,
     header_problem,
@@ -39,10 +29,14 @@ ALL = ("sr3", "captioner", "caption-adapter", "sdxl", "supir")
 
 
 @pytest.fixture(scope="module")
-def demo_models(tmp_path_factory) -> Path:
+def demo_written(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     folder = tmp_path_factory.mktemp("demo") / "models"
-    write_demo_models(folder)
-    return folder
+    return folder, write_demo_models(folder)
+
+
+@pytest.fixture(scope="module")
+def demo_models(demo_written) -> Path:
+    return demo_written[0]
 
 
 @pytest.fixture
@@ -67,14 +61,14 @@ def copy_models(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_models_dir_search_agrees_with_the_locate_functions(demo_models, clean):
-    rows = {row.stage: row for row in list_weights(models_dir=demo_models)}
+def test_models_dir_search_finds_the_files_the_demo_wrote(demo_written, clean):
+    demo_models, written = demo_written
+    rows = {row.id: row for row in list_weights(models_dir=demo_models)}
     assert all(rows[s].status == "found" and rows[s].result.label == "--models-dir" for s in ALL)
-    assert rows["sr3"].path == locate_sr3(demo_models)
-    assert rows["captioner"].path == locate_captioner(demo_models)
-    assert rows["caption-adapter"].path == locate_caption_adapter(demo_models)
-    assert rows["sdxl"].path == locate_sdxl(demo_models)
-    assert rows["supir"].path == locate_supir(demo_models)
+    assert rows["sr3"].path == written["sr3"] == demo_models / "sr3" / "rsvl_demo_sr3_gen.pth"
+    assert rows["captioner"].path == written["captioner"] == demo_models / "llava"
+    assert rows["caption-adapter"].path == written["caption adapter"] == demo_models / "llava_adapter"
+    assert (rows["sdxl"].path, rows["supir"].path) == (written["SDXL"], written["SUPIR"])
     assert all(row.fix is None for row in rows.values())
 
 
@@ -107,7 +101,7 @@ def test_comfyui_layout_is_found(demo_models, clean, monkeypatch, tmp_path):
     shutil.copy(demo_models / "supir" / "rsvl_demo_supir.safetensors", checkpoints / "SUPIR-v0Q.safetensors")
     (checkpoints / "sd_xl_base_1.0.safetensors").write_bytes(b"other model")  # not ours: ignored by name
     monkeypatch.setenv("COMFYUI_DIR", str(comfy))
-    rows = {row.stage: row for row in list_weights()}
+    rows = {row.id: row for row in list_weights()}
     assert all(rows[s].status == "found" and rows[s].result.label.startswith("ComfyUI") for s in ALL)
     assert rows["sr3"].path.parent == rsvl / "sr3"
     assert rows["sdxl"].path == checkpoints / JUGGERNAUT
@@ -126,7 +120,7 @@ def test_seed_ckpt_pth_layout_is_found(demo_models, clean, tmp_path, capsys):
     shutil.copy(demo_models / "supir" / "rsvl_demo_supir.safetensors", ckpt / "v0Q.ckpt")
     shutil.copy(demo_models / "supir" / "rsvl_demo_supir.safetensors", ckpt / "v0F.ckpt")
     shutil.copy(demo_models / "sdxl" / "rsvl_demo_sdxl.safetensors", ckpt / "juggernautXL_v8Rundiffusion.safetensors")
-    rows = {row.stage: row for row in list_weights(ckpt_dir=release)}  # the folder holding CKPT_PTH also works
+    rows = {row.id: row for row in list_weights(ckpt_dir=release)}  # the folder holding CKPT_PTH also works
     assert rows["caption-adapter"].path == ckpt / "Llava-next"
     assert rows["sr3"].path == ckpt / "sr3" / "weights" / "I640000_E37_gen.pth"
     assert rows["supir"].path == ckpt / "v0Q.ckpt" and "v0F.ckpt" in rows["supir"].result.notes[0]
@@ -138,7 +132,8 @@ def test_seed_ckpt_pth_layout_is_found(demo_models, clean, tmp_path, capsys):
     assert rsvl_weights("list", "--ckpt-pth", str(ckpt)) == 0
     out = capsys.readouterr().out
     assert "rsvl weights download captioner --models-dir models" in out
-    assert "pass --sr3" in out and "ln -s" in out  # how `rsvl upscale` gets to a file found elsewhere
+    # how `rsvl upscale` / `rsvl caption` get to a file found through a search flag: the same flag
+    assert f"find it when given the same --ckpt-pth {ckpt}" in out
 
 
 def test_missing_items_print_the_exact_fix(clean, tmp_path, capsys):
@@ -155,14 +150,14 @@ def test_ambiguous_and_invalid_places_are_reported(demo_models, clean, tmp_path)
     models = copy_models(demo_models, tmp_path / "models")
     shutil.copy(models / "sr3" / "rsvl_demo_sr3_gen.pth", models / "sr3" / "second_gen.pth")
     (models / "llava_adapter" / "adapter_config.json").unlink()
-    rows = {row.stage: row for row in list_weights(models_dir=models)}
+    rows = {row.id: row for row in list_weights(models_dir=models)}
     assert rows["sr3"].status == "ambiguous" and "--sr3 PATH" in rows["sr3"].fix
     assert rows["caption-adapter"].status == "invalid" and "adapter_config.json" in rows["caption-adapter"].fix
 
 
 def test_check_passes_on_sound_files_and_hashes_match_hashlib(demo_models, clean, capsys):
     calls = []
-    results = {r.stage: r for r in check_weights(models_dir=demo_models, sha256=True,
+    results = {r.id: r for r in check_weights(models_dir=demo_models, sha256=True,
                                                  progress=lambda *a, **k: calls.append(a))}
     assert all(results[s].ok for s in ALL), {s: (r.problems, [f.problem for f in r.files]) for s, r in results.items()}
     sdxl = results["sdxl"].files[0]
@@ -182,7 +177,7 @@ def test_check_detects_corrupt_files(demo_models, clean, tmp_path, capsys):
     sr3 = models / "sr3" / "rsvl_demo_sr3_gen.pth"
     sr3.write_bytes(sr3.read_bytes()[: sr3.stat().st_size // 2])  # the zip's directory is at the end
     (models / "llava" / "config.json").write_text("{not json")
-    results = {r.stage: r for r in check_weights(models_dir=models)}
+    results = {r.id: r for r in check_weights(models_dir=models)}
     assert "truncated" in results["sdxl"].files[0].problem
     assert "not a PyTorch checkpoint" in results["sr3"].files[0].problem
     assert any("config.json is not valid JSON" in p for p in results["captioner"].problems)
@@ -206,7 +201,7 @@ def test_published_hash_mismatch_is_a_problem_for_strict_entries(clean, tmp_path
     torch.save({"x": torch.zeros(2)}, supir / "SUPIR-v0Q.ckpt")
     result = check_weights(models_dir=tmp_path / "models", sha256=True)[-1]
     assert not result.ok and "published SUPIR-v0Q.ckpt has 5329810432" in result.files[0].problem
-    assert CATALOGUE["supir"].known[0].sha256 == "d7f418398bb024d0d3c779c4ee4e9f171eb072306093f5bcfb2bf096aa2738f8"
+    assert WEIGHTS["supir"].known[0].sha256 == "d7f418398bb024d0d3c779c4ee4e9f171eb072306093f5bcfb2bf096aa2738f8"
 
 
 class FakeHub:
@@ -260,7 +255,7 @@ def test_download_file_lands_atomically_in_the_models_folder(clean, tmp_path, mo
     # SUPIR: the variant picks the file, and a published size + sha256 is verified before the rename
     digest = hashlib.sha256(b"sdxl bytes").hexdigest()
     known = KnownFile("SUPIR-v0F.ckpt", len(b"sdxl bytes"), digest, "test")
-    monkeypatch.setitem(CATALOGUE, "supir", dataclasses.replace(CATALOGUE["supir"], known=(known,)))
+    monkeypatch.setitem(WEIGHTS, "supir", dataclasses.replace(WEIGHTS["supir"], known=(known,)))
     result = download_weights("supir", models, variant="v0F", hub=fake.module())
     assert result.path == models / "supir" / "SUPIR-v0F.ckpt" and fake.calls[-1][2] == "SUPIR-v0F.ckpt"
     assert result.path.read_bytes() == b"sdxl bytes"

@@ -45,8 +45,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print_summary(summary)
         return 2 if summary.stopped else 1 if summary.failed else 0
     if args.command == "caption":
-        caption.run_caption(args)
-        return 0
+        return 1 if caption.run_caption(args).failed else 0
     if args.command == "weights":
         return weights.run_weights(args)
     if args.command == "demo":

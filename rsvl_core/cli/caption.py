@@ -1,4 +1,8 @@
-"""`rsvl caption IMAGE... --models-dir DIR`: describe images with the captioner (LLaVA-NeXT + LoRA)."""
+"""`rsvl caption IMAGE... --models-dir DIR`: describe images with the captioner (LLaVA-NeXT + LoRA).
+
+The captioner is found where `rsvl upscale` finds it (the one weights lookup), and the images are read as
+`rsvl upscale` reads them (`pipeline.caption_job`: GeoTIFF bands and stretch, large scenes as an overview).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,22 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from ..atomic import atomic_path
 from ..devices import resolve_device
 from ..errors import RsvlError
-from ..image import read_image
-from ..pipeline import caption_options_from, collect_inputs
-from ..pipeline.components import ATTENTIONS, QUANTIZATIONS, CaptionOptions, collapse_whitespace, load_captioner
-from ..weights import MODELS_DIR_ENV, default_models_dir, locate_caption_adapter, locate_captioner
+from ..pipeline import (
+    CaptionSummary,
+    JobEvents,
+    PipelineModels,
+    SceneOptions,
+    StageSpec,
+    caption_job,
+    caption_options_from,
+    locate_caption_files,
+)
+from ..pipeline.components import ATTENTIONS, QUANTIZATIONS, load_captioner
+from ..progress import ProgressCallback
+from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
 from .progress import StageBars, say
 from .settings import add_setting_flags, setting_flag, setting_values
@@ -24,11 +35,14 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap = sub.add_parser("caption", help=COMMANDS["caption"])
     cap.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     cap.add_argument("--models-dir", type=Path, default=None,
-                     help=f"folder with llava/ (and optionally llava_adapter/) (default: ${MODELS_DIR_ENV}, "
-                          f"else ./models)")
+                     help=f"folder with llava/ (and optionally llava_adapter/), searched first; then "
+                          f"${MODELS_DIR_ENV}, ./models, $COMFYUI_DIR and the seed's CKPT_PTH, as `rsvl upscale` does")
     cap.add_argument("--llava", type=Path, default=None, help="the model folder (overrides <models-dir>/llava)")
     cap.add_argument("--adapter", type=Path, default=None,
                      help="the LoRA adapter folder (overrides <models-dir>/llava_adapter)")
+    cap.add_argument("--ckpt-pth", type=Path, default=None,
+                     help="the seed's unzipped CKPT_PTH folder (its Llava-next/ adapter), searched after the models "
+                          "folder")
     cap.add_argument("--no-adapter", action="store_true", help="caption with the base model only")
     cap.add_argument("--merge-adapter", action="store_true", help="merge the LoRA into the weights (faster)")
     cap.add_argument("-o", "--output", type=Path, default=None,
@@ -37,6 +51,10 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
                       aliases={"caption_prompt": ("--prompt",), "caption_max_tokens": ("--max-new-tokens",),
                                "caption_temperature": ("--temperature",)})
     cap.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (temperature 0)")
+    cap.add_argument("--bands", default=None, help="GeoTIFF bands to use as R,G,B, 1-based (as `rsvl upscale`)")
+    cap.add_argument("--stretch", choices=("percentile", "none"), default=None,
+                     help="GeoTIFF value scaling (as `rsvl upscale`)")
+    cap.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
     cap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     setting_flag(cap, "dtype")
     cap.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
@@ -46,47 +64,68 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def load_captioner_from_args(args: argparse.Namespace):
-    models_dir = args.models_dir if args.models_dir is not None else default_models_dir()
-    folder = locate_captioner(models_dir, args.llava)
-    adapter = None if args.no_adapter else locate_caption_adapter(models_dir, args.adapter)
-    try:
-        return load_captioner(folder, adapter, device=resolve_device(args.device), dtype=args.dtype,
-                              quantization=args.quantization, attention=args.attention,
-                              merge_adapter=args.merge_adapter)
-    except ValueError as exc:
-        raise RsvlError(str(exc)) from None
+def captioner_models(args: argparse.Namespace) -> PipelineModels:
+    """The captioner, found where `rsvl upscale` finds it, as the only stage of a PipelineModels (loaded lazily)."""
+    folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
+                                           with_adapter=not args.no_adapter)
+    device = resolve_device(args.device)
+
+    def load(where):
+        try:
+            return load_captioner(folder, adapter, device=where, dtype=args.dtype, quantization=args.quantization,
+                                  attention=args.attention, merge_adapter=args.merge_adapter)
+        except ValueError as exc:
+            raise RsvlError(str(exc)) from None
+
+    spec = StageSpec("caption", load, [folder] + ([adapter] if adapter else []))
+    return PipelineModels(device, "resident", captioner=spec)
 
 
-def caption_with_progress(captioner, image: torch.Tensor, options: CaptionOptions, name: str, quiet: bool) -> str:
-    """One image's caption with a token progress bar, whitespace collapsed to single spaces."""
-    bars = StageBars(name, quiet)
-    try:
-        return collapse_whitespace(captioner.caption(image, options, bars)[0])
-    finally:
-        bars.close()
+class CaptionBars:
+    """JobEvents for `rsvl caption`: a token bar per image, notes and failures on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bars = quiet, None
+
+    def begin(self, sources: list[Path]) -> None:
+        pass
+
+    def note(self, source: Path, text: str) -> None:
+        say(f"{source.name}: {text}")
+
+    def progress(self, source: Path) -> ProgressCallback | None:
+        self.close()
+        self.bars = StageBars(source.name, self.quiet)
+        return self.bars
+
+    def failed(self, source: Path, message: str) -> None:
+        self.close()
+        say(f"error: {message}")
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.close()
+            self.bars = None
 
 
-def run_caption(args: argparse.Namespace) -> list[tuple[Path, str]]:
+def run_caption(args: argparse.Namespace) -> CaptionSummary:
     """Caption every input; print `name: caption` lines or write them (atomically) to --output."""
     try:
         options = caption_options_from(setting_values(args, **({"caption_temperature": 0} if args.greedy else {})))
+        scene = SceneOptions(args.bands, args.stretch, args.percentiles)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
-    inputs = collect_inputs(args.inputs)
-    captioner = load_captioner_from_args(args)
-    results: list[tuple[Path, str]] = []
-    for source in inputs:
-        image, notes = read_image(source)
-        for note in notes:
-            say(f"{source.name}: {note}")
-        results.append((source, caption_with_progress(captioner, image, options, source.name, args.quiet)))
-    lines = "".join(f"{source.name}: {caption}\n" for source, caption in results)
+    events: JobEvents = CaptionBars(args.quiet)
+    try:
+        summary = caption_job(args.inputs, options, captioner_models(args), scene, events)
+    finally:
+        events.close()
+    lines = "".join(f"{source.name}: {caption}\n" for source, caption in summary.captions)
     if args.output is None:
         sys.stdout.write(lines)
-        return results
+        return summary
     with atomic_path(args.output) as tmp:
         tmp.write_text(lines, encoding="utf-8")
     if not args.quiet:
-        print(f"wrote {len(results)} caption(s) to {args.output}", file=sys.stderr)
-    return results
+        print(f"wrote {len(summary.captions)} caption(s) to {args.output}", file=sys.stderr)
+    return summary

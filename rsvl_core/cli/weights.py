@@ -11,19 +11,9 @@ import sys
 from pathlib import Path
 
 from ..errors import RsvlError
-from ..weights import COMFYUI_DIR_ENV, MODELS_DIR_ENV, SEED_CKPT_DIR, STAGES, default_models_dir
-from ..weights_manager import (
-    CATALOGUE,
-    CheckResult,
-    WeightsRow,
-    check_weights,
-    download_weights,
-    fix_command,
-    list_weights,
-)
+from ..weights import COMFYUI_DIR_ENV, MODELS_DIR_ENV, SEED_CKPT_DIR, WEIGHTS, fix_command
+from ..weights_manager import CheckResult, WeightsRow, check_weights, download_weights, list_weights
 from .commands import COMMANDS
-
-EXPLICIT_OPTIONS = {"sr3": "sr3", "captioner": "llava", "caption-adapter": "adapter", "sdxl": "sdxl", "supir": "supir"}
 
 
 def add_weights_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,8 +27,8 @@ def add_weights_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     group.add_argument("--ckpt-pth", type=Path, default=None,
                        help=f"the seed's unzipped {SEED_CKPT_DIR} folder (also looked for in ./{SEED_CKPT_DIR})")
     explicit = search.add_argument_group("explicit paths (override the search)")
-    for stage, dest in EXPLICIT_OPTIONS.items():
-        explicit.add_argument(f"--{dest}", type=Path, default=None, help=f"the {stage} {CATALOGUE[stage].kind}")
+    for entry in WEIGHTS.values():
+        explicit.add_argument(entry.flag, type=Path, default=None, help=f"the {entry.id} {entry.kind}")
 
     weights = sub.add_parser("weights", help=COMMANDS["weights"],
                              description="The weights each stage needs: where they are found, whether they are "
@@ -52,18 +42,20 @@ def add_weights_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                        help="also compute every file's sha256 (reads all of it) and compare with published hashes")
     check.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     down = wsub.add_parser("download", help="download a stage's weights from the Hugging Face Hub into --models-dir")
-    down.add_argument("stage", choices=(*STAGES, "all"), help="which weights ('all': every downloadable one)")
+    down.add_argument("stage", choices=(*WEIGHTS, "all"), help="which weights ('all': every downloadable one)")
     down.add_argument("--models-dir", type=Path, default=None,
                       help=f"download into this models folder (default: ${MODELS_DIR_ENV}, else ./models)")
-    down.add_argument("--variant", choices=sorted(CATALOGUE["supir"].variants), default=None,
-                      help="SUPIR variant (default v0Q, the seed's)")
+    down.add_argument("--variant", choices=sorted({v for entry in WEIGHTS.values() for v in entry.variants}),
+                      default=None, help="SUPIR variant (default v0Q, the seed's)")
     down.add_argument("--force", action="store_true", help="download again even if the file is there")
     down.add_argument("-q", "--quiet", action="store_true", help="no hashing progress bar")
     return weights
 
 
 def _search_kwargs(args: argparse.Namespace) -> dict:
-    explicit = {stage: getattr(args, dest, None) for stage, dest in EXPLICIT_OPTIONS.items()}
+    """The lookup's arguments; the explicit paths come from each table entry's flag (`--sr3` -> args.sr3)."""
+    explicit = {entry.id: getattr(args, entry.flag.removeprefix("--").replace("-", "_"), None)
+                for entry in WEIGHTS.values()}
     return {"models_dir": args.models_dir, "comfyui_dir": args.comfyui_dir, "ckpt_dir": args.ckpt_pth,
             "explicit": explicit}
 
@@ -85,43 +77,35 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _usage_hint(row: WeightsRow, models_dir: Path | None) -> str | None:
-    """How `rsvl upscale` / `rsvl caption` get to an item found outside the one folder they read."""
-    if row.path is None or row.result.label in EXPLICIT_FLAGS:
+def _usage_hint(row: WeightsRow) -> str | None:
+    """How the other commands reach an item found through a search flag of this one (they search the same places)."""
+    root = row.result.root
+    if row.path is None or root is None or root.flag in (None, "--models-dir"):
         return None
-    folder = (Path(models_dir) if models_dir is not None else default_models_dir()) / row.spec.subdir
-    if Path(row.path).resolve() == folder.resolve() or Path(row.path).resolve().parent == folder.resolve():
-        return None
-    flag = {"sr3": "--sr3", "sdxl": "--sdxl", "supir": "--supir"}.get(row.stage)
-    link = (f"ln -s {Path(row.path).resolve()} {folder}" if row.spec.kind == "folder" or row.path.is_dir()
-            else f"mkdir -p {folder} && ln -s {Path(row.path).resolve()} {folder}/")
-    via = f"pass {flag} {row.path} to `rsvl upscale`, or " if flag else ""
-    if row.stage in ("captioner", "caption-adapter"):
-        via = f"pass {'--llava' if row.stage == 'captioner' else '--adapter'} {row.path} to `rsvl caption`, or "
-    return f"`rsvl upscale` reads {folder}: {via}link it there: {link}"
-
-
-EXPLICIT_FLAGS = {f"--{dest}" for dest in EXPLICIT_OPTIONS.values()}
+    if root.flag == "--comfyui-dir":
+        return (f"`rsvl upscale` / `rsvl caption` find it with ${COMFYUI_DIR_ENV} set: "
+                f"export {COMFYUI_DIR_ENV}={root.path}")
+    return f"`rsvl upscale` / `rsvl caption` find it when given the same {root.flag} {root.path}"
 
 
 def print_list(rows: list[WeightsRow], models_dir: Path | None, out=None) -> None:
     out = sys.stdout if out is None else out
-    width = max(len(r.stage) for r in rows) + 2
-    need = max(len(r.spec.needed_for) for r in rows) + 2
+    width = max(len(r.id) for r in rows) + 2
+    need = max(len(r.entry.needed_for) for r in rows) + 2
     print(f"{'STAGE':<{width}}{'NEEDED FOR':<{need}}{'STATUS':<11}WHERE", file=out)
     for row in rows:
         status = {"found": "found", "missing": "MISSING" if row.required else "absent"}.get(row.status,
                                                                                           row.status.upper())
         where = f"{_shown(row.path)}  [{row.result.label}]" if row.path is not None else "-"
-        print(f"{row.stage:<{width}}{row.spec.needed_for:<{need}}{status:<11}{where}", file=out)
+        print(f"{row.id:<{width}}{row.entry.needed_for:<{need}}{status:<11}{where}", file=out)
     for row in rows:
         notes = list(row.result.notes)
-        hint = _usage_hint(row, models_dir)
+        hint = _usage_hint(row)
         if hint:
             notes.append(hint)
         if row.status == "found" and not notes:
             continue
-        print(f"\n{row.stage}: {row.spec.title}", file=out)
+        print(f"\n{row.id}: {row.entry.title}", file=out)
         for note in notes:
             print(f"  note: {note}", file=out)
         if row.status == "found":
@@ -138,14 +122,14 @@ def print_list(rows: list[WeightsRow], models_dir: Path | None, out=None) -> Non
 
 def print_check(results: list[CheckResult], models_dir: Path | None, out=None) -> None:
     out = sys.stdout if out is None else out
-    width = max(len(r.stage) for r in results) + 2
+    width = max(len(r.id) for r in results) + 2
     for result in results:
-        verdict = "ok" if result.ok else ("absent" if result.row.status == "missing" and not result.spec.required
+        verdict = "ok" if result.ok else ("absent" if result.row.status == "missing" and not result.entry.required
                                           else "PROBLEM")
         where = _shown(result.row.path)
         total = sum(f.size for f in result.files)
         size = f"  {_size(total)}" if result.files else ""
-        print(f"{result.stage:<{width}}{verdict:<9}{where}{size}", file=out)
+        print(f"{result.id:<{width}}{verdict:<9}{where}{size}", file=out)
         pad = " " * (width + 9)
         for problem in result.problems:
             print(f"{pad}problem: {problem}", file=out)
@@ -160,8 +144,8 @@ def print_check(results: list[CheckResult], models_dir: Path | None, out=None) -
             print(f"{pad}{note}", file=out)
         if result.ok or result.row.status in ("ambiguous", "invalid") or verdict == "absent":
             continue  # an ambiguous / unusable place: the problem line says what to do
-        fix = fix_command(result.spec, models_dir)
-        if result.row.status == "found" and result.spec.downloadable:
+        fix = fix_command(result.entry, models_dir)
+        if result.row.status == "found" and result.entry.downloadable:
             fix += " --force"
         print(f"{pad}fix: {fix}", file=out)
 
@@ -202,7 +186,7 @@ def run_weights(args: argparse.Namespace) -> int:
             finally:
                 bar.close()
             print_check(results, args.models_dir)
-            return 0 if all(r.ok or (r.row.status == "missing" and not r.spec.required) for r in results) else 1
+            return 0 if all(r.ok or (r.row.status == "missing" and not r.entry.required) for r in results) else 1
         if args.weights_command == "download":
             return _run_download(args)
     except RsvlError as exc:
@@ -212,12 +196,12 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    stages = [s for s in STAGES if CATALOGUE[s].downloadable] if args.stage == "all" else [args.stage]
+    stages = [s for s, entry in WEIGHTS.items() if entry.downloadable] if args.stage == "all" else [args.stage]
     failed = 0
     for stage in stages:
         bar = _HashBar(args.quiet)
         try:
-            variant = args.variant if stage == "supir" else None
+            variant = args.variant if WEIGHTS[stage].variants else None
             result = download_weights(stage, args.models_dir, variant=variant, force=args.force, progress=bar)
         except RsvlError as exc:
             print(f"error: {stage}: {exc}", file=sys.stderr)
@@ -231,12 +215,11 @@ def _run_download(args: argparse.Namespace) -> int:
         else:
             print(f"{stage}: {result.message}", file=sys.stderr)
     if args.stage == "all":
-        for stage in STAGES:
-            spec = CATALOGUE[stage]
-            if spec.downloadable:
+        for stage, entry in WEIGHTS.items():
+            if entry.downloadable:
                 continue
-            rows = list_weights(models_dir=args.models_dir, stages=(stage,), env={**os.environ})
+            rows = list_weights(models_dir=args.models_dir, items=(stage,), env={**os.environ})
             if rows[0].status != "found":
-                extra = "" if spec.required else " (optional)"
-                print(f"{stage}{extra}: by hand: {fix_command(spec, args.models_dir)}", file=sys.stderr)
+                extra = "" if entry.required else " (optional)"
+                print(f"{stage}{extra}: by hand: {fix_command(entry, args.models_dir)}", file=sys.stderr)
     return 1 if failed else 0

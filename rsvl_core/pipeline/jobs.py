@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from ..progress import ProgressCallback
 from ..scene import WindowOptions, blend_windows, plan_windows
 from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
 from ..tiling import Tile
-from ..weights import default_models_dir, locate, locate_caption_adapter
+from ..weights import find_weights
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
 from .run import PipelineResult, peak_memory, run_pipeline
@@ -120,28 +120,42 @@ def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png"
     return output_dir / f"{source.stem}_x{scale}{suffix}"
 
 
+def locate_caption_files(models_dir: Path | None = None, captioner: Path | None = None, adapter: Path | None = None,
+                         ckpt_dir: Path | None = None, notify: Callable[[str], None] | None = None,
+                         with_adapter: bool = True) -> tuple[Path, Path | None]:
+    """The captioner's folder and its LoRA adapter (None when absent or not wanted), found by the one weights lookup:
+    `rsvl caption` and a run's caption step find them in exactly the same places."""
+    folder = find_weights("captioner", explicit=captioner, models_dir=models_dir, ckpt_dir=ckpt_dir).require(notify)
+    if not with_adapter:
+        return folder, None
+    lora = find_weights("caption-adapter", explicit=adapter, models_dir=models_dir, ckpt_dir=ckpt_dir)
+    return folder, lora.optional(notify)
+
+
 def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1: Path | None = None,
-                       sdxl: Path | None = None, supir: Path | None = None, notify=None,
-                       captioner: Path | None = None, adapter: Path | None = None,
-                       ckpt_dir: Path | None = None) -> ModelFiles:
-    """Every file the run needs, found before any heavy work (only the stages `config` uses). A `models_dir`
-    the caller names must exist (a typo must not fall back to ./models)."""
+                       sdxl: Path | None = None, supir: Path | None = None,
+                       notify: Callable[[str], None] | None = None, captioner: Path | None = None,
+                       adapter: Path | None = None, ckpt_dir: Path | None = None) -> ModelFiles:
+    """Every file the run needs, found by the one weights lookup (`rsvl_core.weights.find_weights`) before any
+    heavy work; only the stages `config` uses. `notify` hears where a file found outside the first place came from.
+    A `models_dir` the caller names must exist (a typo must not fall back to $RSVL_MODELS_DIR or ./models)."""
     if models_dir is not None and not Path(models_dir).is_dir():
         raise RsvlError(f"--models-dir {models_dir}: no such folder")
-    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    stage1_path = locate("sr3", models_dir, stage1, notify, ckpt_dir)
+
+    def find(item: str, explicit: Path | None) -> Path:
+        return find_weights(item, explicit=explicit, models_dir=models_dir, ckpt_dir=ckpt_dir).require(notify)
+
+    stage1_path = find("sr3", stage1)
     if config.refine is None:
         return ModelFiles(stage1_path)
     if config.caption_text is None:
         try:
-            captioner = locate("captioner", models_dir, captioner, notify, ckpt_dir)
-            adapter = locate_caption_adapter(models_dir, adapter)
+            captioner, adapter = locate_caption_files(models_dir, captioner, adapter, ckpt_dir, notify)
         except RsvlError as exc:
             raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
     else:
         captioner = adapter = None
-    return ModelFiles(stage1_path, captioner, adapter, locate("sdxl", models_dir, sdxl, notify, ckpt_dir),
-                      locate("supir", models_dir, supir, notify, ckpt_dir))
+    return ModelFiles(stage1_path, captioner, adapter, find("sdxl", sdxl), find("supir", supir))
 
 
 # Errors of the output storage that no later input can escape: stop the run instead of failing every image.

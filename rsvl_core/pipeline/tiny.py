@@ -13,7 +13,7 @@ import torch
 from ..caption.tiny import write_tiny_llava_next, write_tiny_seed_adapter
 from ..refine.tiny import write_tiny_refiner_files
 from ..stage1 import SR3Config, SR3UNet, save_sr3
-from ..weights import ADAPTER_SUBDIR, CAPTIONER_SUBDIR, SDXL_SUBDIR, SR3_SUBDIR, SUPIR_SUBDIR
+from ..weights import WEIGHTS
 
 # Small enough for a CPU, shaped like the real one: widths divisible by 32 (so no config file is
 # needed, as with the released gen.pth) and attention at 1/8 resolution.
@@ -24,10 +24,10 @@ TINY_SR3_CONFIG = SR3Config(
 
 def write_tiny_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
     """Write tiny random models into `models_dir` in the layout `rsvl upscale --models-dir` reads."""
-    models_dir = Path(models_dir)
+    folder = {item: Path(models_dir) / entry.subdir for item, entry in WEIGHTS.items()}  # the weights table's
     torch.manual_seed(seed)
-    sr3_path = save_sr3(SR3UNet(TINY_SR3_CONFIG), models_dir / SR3_SUBDIR / "rsvl_demo_sr3_gen.pth")
-    llava = write_tiny_llava_next(models_dir / CAPTIONER_SUBDIR, seed=seed)
-    adapter = write_tiny_seed_adapter(models_dir / ADAPTER_SUBDIR, seed=seed + 1)
-    sdxl, supir = write_tiny_refiner_files(models_dir / SDXL_SUBDIR, models_dir / SUPIR_SUBDIR, seed)
+    sr3_path = save_sr3(SR3UNet(TINY_SR3_CONFIG), folder["sr3"] / "rsvl_demo_sr3_gen.pth")
+    llava = write_tiny_llava_next(folder["captioner"], seed=seed)
+    adapter = write_tiny_seed_adapter(folder["caption-adapter"], seed=seed + 1)
+    sdxl, supir = write_tiny_refiner_files(folder["sdxl"], folder["supir"], seed)
     return {"sr3": sr3_path, "captioner": llava, "caption adapter": adapter, "SDXL": sdxl, "SUPIR": supir}

@@ -15,18 +15,20 @@ import torch
 
 from ..checkpoint import check_state, read_state_dict, strip_prefix
 from ..errors import CheckpointError
+from ..families import FAMILY
 from .config import RefinerConfig
 from .control import GLVControl
 from .ldm_keys import ldm_to_ours, ours_to_ldm
 from .unet import RefinerUNet
 
-UNET_PREFIX = "model.diffusion_model."
-CONTROL_PREFIX = "model.control_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "conditioner.embedders."
+# The single-file layout's parts and the keys that identify each file: from the one table of model families.
+UNET_PREFIX = FAMILY["ldm-unet"].prefix
+CONTROL_PREFIX = FAMILY["supir-control"].prefix
+VAE_PREFIX = FAMILY["ldm-vae"].prefix
+TEXT_PREFIX = FAMILY["sdxl-text"].prefix
 
-SDXL_SIGNATURE = UNET_PREFIX + "input_blocks.0.0.weight"
-SUPIR_SIGNATURE = CONTROL_PREFIX + "input_hint_block.0.weight"
+SDXL_SIGNATURE = FAMILY["ldm-unet"].signature
+SUPIR_SIGNATURE = FAMILY["supir-control"].signature
 EXPECTED_SDXL = "an SDXL single-file checkpoint (model.diffusion_model.*, first_stage_model.*, conditioner.*)"
 EXPECTED_SUPIR = "a SUPIR checkpoint (SUPIR-v0Q/v0F: model.control_model.*, project_modules, denoise_encoder)"
 

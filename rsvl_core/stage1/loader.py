@@ -18,6 +18,7 @@ import torch
 from ..atomic import atomic_path
 from ..checkpoint import check_state, read_json_config, read_state_dict, strip_prefix
 from ..errors import CheckpointError
+from ..families import refuse_family
 from .config import SCHEDULE_BUFFER_NAMES, SR3Config
 from .model import SR3UNet
 from .schedule import SEED_INFERENCE_SCHEDULE, SR3NoiseSchedule
@@ -26,17 +27,8 @@ UNET_PREFIX = "denoise_fn."
 EXPECTED = "an SR3 generator checkpoint (*_gen.pth layout: denoise_fn.* UNet weights)"
 # The seed's training schedule: what a released gen.pth carries in its buffers.
 SEED_TRAINING_SCHEDULE = {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 1e-2}
-
-# Key prefixes of other model families, to name what a wrong file actually is.
-_OTHER_FAMILIES = (
-    ("model.diffusion_model.", "an SDXL/SUPIR (LDM single-file) checkpoint"),
-    ("model.control_model.", "a SUPIR control-model checkpoint"),
-    ("first_stage_model.", "a Stable Diffusion VAE / single-file checkpoint"),
-    ("conditioner.embedders.", "an SDXL text-encoder checkpoint"),
-    ("language_model.", "a vision-language (LLaVA) checkpoint"),
-    ("model.layers.", "a language-model checkpoint"),
-    ("base_model.model.", "a PEFT LoRA adapter"),
-)
+# A bare SR3 UNet (no GaussianDiffusion wrapper) is told by its first and last convolutions.
+BARE_UNET_KEYS = ("downs.0.weight", "final_conv.block.3.weight")
 
 
 @dataclass
@@ -81,9 +73,12 @@ class SR3Model:
         return self
 
 
-def other_family(state: dict[str, torch.Tensor]) -> str | None:
-    """What a file that is not a stage-1 model looks like (SDXL, SUPIR, VAE, LLaVA, LoRA), by its key prefixes."""
-    return next((family for prefix, family in _OTHER_FAMILIES if any(k.startswith(prefix) for k in state)), None)
+def is_sr3_state(state: dict[str, Any]) -> bool:
+    """SR3's keys: the GaussianDiffusion wrapper's `denoise_fn.*`, or a bare SR3 UNet (possibly DataParallel)."""
+    if any(k.startswith(UNET_PREFIX) for k in state):
+        return True
+    bare = {k.removeprefix("module.") for k in state}
+    return all(k in bare for k in BARE_UNET_KEYS)
 
 
 def split_sr3_state_dict(
@@ -92,15 +87,13 @@ def split_sr3_state_dict(
     """Return (UNet weights without prefix, stored schedule buffers). Refuses other model families."""
     unet_state = strip_prefix(state, UNET_PREFIX)
     if not unet_state:
-        # A bare UNet state dict (no GaussianDiffusion wrapper), possibly from DataParallel.
-        bare = {k.removeprefix("module."): v for k, v in state.items()}
-        if "downs.0.weight" in bare and "final_conv.block.3.weight" in bare:
-            unet_state = {k: v for k, v in bare.items() if k not in SCHEDULE_BUFFER_NAMES}
-        else:
-            if (family := other_family(state)) is not None:
-                raise CheckpointError(path, f"this looks like {family}, not SR3", EXPECTED)
+        if not is_sr3_state(state):
+            refuse_family(state, path, "SR3", EXPECTED)
             sample = ", ".join(sorted(state)[:3])
             raise CheckpointError(path, f"no SR3 UNet keys found (first keys: {sample})", EXPECTED)
+        # A bare UNet state dict (no GaussianDiffusion wrapper), possibly from DataParallel.
+        bare = {k.removeprefix("module."): v for k, v in state.items()}
+        unet_state = {k: v for k, v in bare.items() if k not in SCHEDULE_BUFFER_NAMES}
     buffers = {k: v for k, v in state.items() if k in SCHEDULE_BUFFER_NAMES}
     return unet_state, buffers
 

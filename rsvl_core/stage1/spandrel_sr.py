@@ -19,6 +19,7 @@ from ..devices import torch_dtype
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import Tile, plan_tiles
+from .registry import load_architecture
 from .upscaler import check_image_batch
 
 SPANDREL_EXPECTED = (
@@ -76,7 +77,7 @@ def load_spandrel_stage1(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     state: dict[str, torch.Tensor] | None = None,
 ) -> SpandrelModel:
-    """Load a single-image SR checkpoint through spandrel's architecture detection.
+    """Load a single-image SR checkpoint through the stage-1 registry (`registry.load_architecture`).
 
     Args:
         path: `.safetensors` or `.pth`/`.pt`/`.ckpt` (read with `weights_only=True`; no pickled code runs).
@@ -88,9 +89,18 @@ def load_spandrel_stage1(
         ValueError: a dtype the architecture does not support.
     """
     path = Path(path)
-    dtype = torch_dtype(dtype)
     state = read_state_dict(path, SPANDREL_EXPECTED) if state is None else state
-    descriptor = _detect(state, path)
+    descriptor = load_architecture(state, path)
+    if not isinstance(descriptor, spandrel.ModelBase):
+        raise CheckpointError(path, "is an SR3 generator, not a spandrel model (load it with load_stage1)",
+                              SPANDREL_EXPECTED)
+    return spandrel_model(descriptor, path, device, dtype)
+
+
+def spandrel_model(descriptor: spandrel.ModelDescriptor, path: Path, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> SpandrelModel:
+    """A loaded spandrel descriptor as stage 1: refused unless RGB -> larger RGB, in a dtype it supports, placed."""
+    dtype = torch_dtype(dtype)
     _check_is_rgb_sr(descriptor, path)
     name = descriptor.architecture.name
     if dtype == torch.float16 and not descriptor.supports_half:
@@ -102,25 +112,6 @@ def load_spandrel_stage1(
     descriptor.eval()
     descriptor.model.requires_grad_(False)
     return SpandrelModel(descriptor=descriptor, path=path)
-
-
-def _detect(state: dict[str, torch.Tensor], path: Path) -> spandrel.ModelDescriptor:
-    """spandrel's detection and build, with its errors turned into one-line CheckpointErrors."""
-    try:
-        return spandrel.ModelLoader().load_from_state_dict(state)
-    except spandrel.UnsupportedModelError:
-        keys = ", ".join(sorted(state)[:4])
-        raise CheckpointError(
-            path, f"spandrel {spandrel.__version__} recognises no architecture in it "
-            f"({len(state)} tensors; first keys: {keys})", SPANDREL_EXPECTED,
-        ) from None
-    except (KeyError, RuntimeError, ValueError, AssertionError, IndexError, TypeError, AttributeError) as exc:
-        # detection matched but the tensors do not build that architecture: strict load_state_dict
-        # reports missing/unexpected keys and shape mismatches over several lines; keep them on one.
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        if len(detail) > 400:
-            detail = detail[:400] + " ..."
-        raise CheckpointError(path, f"spandrel could not build a model from it: {detail}", SPANDREL_EXPECTED) from None
 
 
 def _check_is_rgb_sr(descriptor: spandrel.ModelDescriptor, path: Path) -> None:

@@ -1,8 +1,9 @@
 """Stage-1 models behind one interface (`rsvl_core.stages.Stage1`): SR3, or any SR model spandrel knows.
 
-`load_stage1` reads a weights file once and tells the families apart by their keys: SR3's UNet keys
-(`denoise_fn.*`, or a bare SR3 UNet) make an SR3 model; anything else is handed to spandrel's detection.
-Add a stage-1 family here: a class with `kind`, `device`, `modules()` and `upscale()`, and a branch below.
+`load_stage1` reads a weights file once and loads it with one registry load (`registry.load_architecture`:
+SR3 registered beside spandrel's architectures; SDXL / SUPIR / LLaVA files refused by the one family rule).
+Add a stage-1 architecture in registry.py; a new kind of stage-1 model (not a spandrel descriptor, not SR3)
+also needs a class here with `kind`, `device`, `modules()` and `upscale()`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,14 @@ import torch
 
 from ..cache.policy import CacheReport
 from ..checkpoint import read_state_dict
-from ..errors import CheckpointError
 from ..progress import ProgressCallback
 from ..stages import Stage1Result
-from .loader import UNET_PREFIX, SR3Model, load_sr3, other_family
+from .loader import SR3Model
 from .sampler import SR3SamplerOptions
 from .upscaler import upscale_stage1
 
 if TYPE_CHECKING:
     from .spandrel_sr import SpandrelModel
-
-EXPECTED_STAGE1 = ("a stage-1 checkpoint: an SR3 generator (*_gen.pth) or a single-image SR model spandrel "
-                   "recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, OmniSR, SPAN, ...)")
 
 
 class _LoadedModel:
@@ -98,23 +95,14 @@ class SpandrelStage1(_LoadedModel):
         return SpandrelOptions(tile_size=tile, tile_overlap=overlap, tile_batch=options.tile_batch)
 
 
-def is_sr3_state(state: dict[str, torch.Tensor]) -> bool:
-    """SR3's keys: the GaussianDiffusion wrapper's `denoise_fn.*`, or a bare SR3 UNet (possibly DataParallel)."""
-    if any(k.startswith(UNET_PREFIX) for k in state):
-        return True
-    bare = {k.removeprefix("module.") for k in state}
-    return "downs.0.weight" in bare and "final_conv.block.3.weight" in bare
-
-
 def load_stage1(path: str | Path, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> SR3Stage1 | SpandrelStage1:
-    """Load any stage-1 checkpoint: SR3 by its keys, otherwise through spandrel's architecture detection."""
-    path = Path(path)
-    state = read_state_dict(path, EXPECTED_STAGE1)
-    if is_sr3_state(state):
-        return SR3Stage1(load_sr3(path, device=device, dtype=dtype, state=state))
-    if (family := other_family(state)) is not None:
-        raise CheckpointError(path, f"this looks like {family}, not a stage-1 model", EXPECTED_STAGE1)
-    from .spandrel_sr import load_spandrel_stage1  # imported on use: spandrel's import takes seconds
+    """Load any stage-1 checkpoint with one registry load: SR3, or any architecture spandrel knows."""
+    from .registry import EXPECTED_STAGE1, load_architecture  # imported on use: spandrel's import takes a second
+    from .spandrel_sr import spandrel_model
 
-    return SpandrelStage1(load_spandrel_stage1(path, device=device, dtype=dtype, state=state))
+    path = Path(path)
+    model = load_architecture(read_state_dict(path, EXPECTED_STAGE1), path)
+    if isinstance(model, SR3Model):
+        return SR3Stage1(model.to(device=device, dtype=dtype))
+    return SpandrelStage1(spandrel_model(model, path, device=device, dtype=dtype))

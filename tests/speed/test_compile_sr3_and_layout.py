@@ -7,9 +7,9 @@ import torch
 from rsvl_testing import tiny_sr3_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rsvl_core.demo import DEMO_SR3_CONFIG
 from rsvl_core.pipeline import Acceleration
 from rsvl_core.pipeline.acceleration import accelerate_stage
+from rsvl_core.pipeline.tiny import TINY_SR3_CONFIG
 from rsvl_core.refine.fast_paths import to_channels_last
 from rsvl_core.refine.tiny import tiny_refiner
 from rsvl_core.stage1 import SR3UNet
@@ -36,7 +36,7 @@ def _sr3_inputs(size: int = 32):
 
 def test_compile_sr3_unet_has_zero_graph_breaks():
     torch.manual_seed(0)
-    unet = SR3UNet(DEMO_SR3_CONFIG).eval()
+    unet = SR3UNet(TINY_SR3_CONFIG).eval()
     with torch.inference_mode():
         explanation = torch._dynamo.explain(unet)(*_sr3_inputs())
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -68,7 +68,7 @@ def test_compile_attention_runs_through_sdpa_everywhere():
     x, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 10])
     context = torch.randn(2, 77, refiner.config.context_dim, generator=g)
     vector = torch.randn(2, refiner.config.adm_in_channels, generator=g)
-    sr3 = SR3UNet(DEMO_SR3_CONFIG).eval()
+    sr3 = SR3UNet(TINY_SR3_CONFIG).eval()
     runs = {
         "refiner UNet + connectors": lambda: unet(x, t, context, vector, control(x, x, t, context, vector)),
         "VAE": lambda: vae.decode(x[:1], tile_size=0),
