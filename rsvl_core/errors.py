@@ -32,3 +32,7 @@ class InputImageError(RsvlError):
 
 class Cancelled(RsvlError):
     """Raised by a progress callback to stop a run between steps."""
+
+
+class TileMemoryError(RsvlError):
+    """A tiled stage ran out of memory even at its smallest tile size (names the stage and the sizes tried)."""

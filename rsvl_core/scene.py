@@ -1,8 +1,9 @@
 """Large scenes in windows: read a window -> super-resolve it -> blend -> write, never holding the scene.
 
 The low-resolution scene is cut into overlapping windows (`plan_tiles` in input pixels). Each window
-goes through the whole pipeline; its output is blended into a strip buffer with a raised-cosine
-window over the overlap, and output rows are written as soon as no later window touches them. So
+goes through the whole pipeline; its output is blended by the one tile blender (`tiling.TileBlender`,
+a raised cosine over the overlap) holding only a strip of output rows, and output rows are written as
+soon as no later window touches them. So
 memory is bounded by (scene width x window height) at the output scale, plus one window's models
 and activations; the scene itself is read window by window.
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .progress import ProgressCallback, report
-from .tiling import Tile, feather_window, plan_tiles
+from .tiling import Feather, Tile, TileBlender, plan_tiles
 
 CAPTION_POLICIES = ("scene", "window")
 
@@ -131,18 +132,16 @@ def blend_windows(
 
 class WindowBlender:
     """Takes window outputs one by one in `plan_windows` order (computed anywhere: another process, another GPU)
-    and writes finished output rows to `sink`. Only a strip of output rows is held: rows are written as soon as
-    no later window touches them."""
+    and writes finished output rows to `sink`. The blending is `tiling.TileBlender`'s, on a strip of output rows
+    (on the CPU): rows are written as soon as no later window touches them."""
 
     def __init__(self, height: int, width: int, scale: int, windows: WindowOptions, sink: RowSink,
                  callback: ProgressCallback | None = None) -> None:
         self.height, self.scale, self.sink, self.callback = height, scale, sink, callback
         self.tiles = plan_windows(height, width, windows, scale)
-        self.ramp = windows.overlap * scale
         self.rows = sorted({t.y0 for t in self.tiles})
-        self.base = 0                                                   # output row of acc[0]
-        self.acc = np.zeros((0, width * scale, 3), dtype=np.float32)
-        self.weight = np.zeros((0, width * scale), dtype=np.float32)
+        self.blender = TileBlender(height * scale, width * scale, Feather(windows.overlap * scale), device="cpu",
+                                   strip=True)
         self.next_index = 0
 
     @property
@@ -158,21 +157,13 @@ class WindowBlender:
         expected = (1, 3, (tile.y1 - tile.y0) * scale, (tile.x1 - tile.x0) * scale)
         if tuple(out.shape) != expected:
             raise RuntimeError(f"window {index}: the pipeline returned {tuple(out.shape)}, expected {expected}")
-        y0, y1, x0, x1 = tile.y0 * scale, tile.y1 * scale, tile.x0 * scale, tile.x1 * scale
-        if y1 - self.base > self.acc.shape[0]:                          # grow the strip to cover this window
-            grow = y1 - self.base - self.acc.shape[0]
-            self.acc = np.concatenate([self.acc, np.zeros((grow, *self.acc.shape[1:]), np.float32)])
-            self.weight = np.concatenate([self.weight, np.zeros((grow, self.weight.shape[1]), np.float32)])
-        w = feather_window(y1 - y0, x1 - x0, self.ramp).numpy() if len(tiles) > 1 else np.ones((y1 - y0, x1 - x0),
-                                                                                               np.float32)
-        self.acc[y0 - self.base:y1 - self.base, x0:x1] += out[0].permute(1, 2, 0).float().cpu().numpy() * w[..., None]
-        self.weight[y0 - self.base:y1 - self.base, x0:x1] += w
+        self.blender.add(Tile(tile.y0 * scale, tile.y1 * scale, tile.x0 * scale, tile.x1 * scale), out)
         self.next_index += 1
         report(self.callback, index + 1, len(tiles), "scene windows")
         row_done = index + 1 == len(tiles) or tiles[index + 1].y0 != tile.y0
         if row_done:                                                    # rows above the next window row are final
             later = [r for r in self.rows if r > tile.y0]
             final = later[0] * scale if later else self.height * scale
-            count = final - self.base
-            self.sink.write(self.base, _to_uint8(self.acc[:count] / self.weight[:count, :, None]))
-            self.acc, self.weight, self.base = self.acc[count:], self.weight[count:], final
+            base = self.blender.top
+            rows = self.blender.take(final)[0].permute(1, 2, 0).numpy()
+            self.sink.write(base, _to_uint8(rows))

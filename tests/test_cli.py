@@ -246,6 +246,11 @@ def test_upscale_runs_the_refiner_after_stage1(tmp_path):
     assert np.abs(refined - stage1).mean() > 1.0  # the refiner ran (random weights change the image)
     record = json.loads((tmp_path / "s2" / "osbs_029_lr100_x2.json").read_text())
     assert record["refine"]["working_size"] == [192, 192] and record["refine"]["unet_calls"] == 3
+    # the tile sizes used (TileFit: smaller than asked only after running out of memory)
+    assert record["stage1"]["tiling"] == {"tile_size": 224, "tile_overlap": 32, "requested_tile_size": 224,
+                                          "out_of_memory_at": []}
+    assert set(record["refine"]["tiling"]) == {"latent", "vae_encode", "vae_decode"}
+    assert record["refine"]["tiling"]["latent"]["tile_size"] == 128
 
 
 def test_upscale_refiner_cache_is_reported_in_the_sidecar(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsvl_core.tiling import feather_window, pad_to_multiple, plan_tiles, run_tiled, tile_starts
+from rsvl_core.tiling import Feather, Tile, pad_to_multiple, plan_tiles, run_tiled, tile_starts, tile_weights
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(1000, 224, 32), (225, 224, 32), (96, 64, 16), (500, 100, 0)])
@@ -21,11 +21,11 @@ def test_small_image_is_one_tile():
     assert len(plan_tiles(400, 1000, 224, 32)) == 2 * 6
 
 
-def test_feather_window_is_positive_and_smooth():
-    w = feather_window(64, 96, 16)
+def test_feather_weights_are_positive_and_smooth():
+    w = tile_weights(Tile(10, 74, 10, 106), 100, 200, Feather(16))  # a tile with neighbours on every side
     assert w.min() > 0 and w.max() == 1
     assert torch.all(w[32, :16].diff() > 0) and torch.all(w[32, -16:].diff() < 0)
-    assert torch.equal(feather_window(8, 8, 0), torch.ones(8, 8))
+    assert torch.equal(tile_weights(Tile(10, 18, 10, 18), 100, 100, Feather(0)), torch.ones(8, 8))
 
 
 def test_run_tiled_reassembles_a_pointwise_function_exactly():
@@ -36,7 +36,7 @@ def test_run_tiled_reassembles_a_pointwise_function_exactly():
         calls.append(tiles.shape)
         return tiles * 2 + 1
 
-    out = run_tiled(fn, x, 3, tile_size=32, overlap=8, tile_batch=3)
+    out = run_tiled(fn, x, tile_size=32, overlap=8, tile_batch=3)
     torch.testing.assert_close(out, x * 2 + 1)
     n_tiles = len(plan_tiles(70, 130, 32, 8))
     assert sum(shape[0] for shape in calls) == 2 * n_tiles

@@ -31,6 +31,7 @@ class CachedEvaluator(Generic[State, Result]):
     def __init__(self, policy: CachePolicy, total_steps: int) -> None:
         self._cache = StepCache(policy, total_steps)
         self._steps = 0
+        self._layout: object = None
 
     @property
     def policy(self) -> CachePolicy:
@@ -49,17 +50,30 @@ class CachedEvaluator(Generic[State, Result]):
         remember: Callable[[Result], Mapping[str, torch.Tensor]],
         replay: Callable[[Mapping[str, torch.Tensor]], Result],
         step: int | None = None,
+        layout: object = None,
     ) -> Result:
         """One step: `states` from `begin` on every tile batch; `finish` completes them all into the result;
-        `remember` names what a later reused step needs; `replay` builds a reused step's result from that."""
+        `remember` names what a later reused step needs; `replay` builds a reused step's result from that.
+
+        `layout` names how the signal was cut (the tile size and overlap): when it changes (tiles halved after
+        running out of memory) the step is computed, since signals of different tiles cannot be compared. A step
+        that raises is not recorded, so that the caller may run it again.
+        """
         index = self._steps if step is None else step
+        if layout != self._layout:
+            self._layout = layout
+            self._cache.forget_signal("new tiles")
         joined = torch.cat([signal(state).flatten() for state in states])
         reuse = self._cache.decide(index, joined)
-        if reuse:
-            result = replay(self._cache.cached)
-        else:
-            result = finish(states)
-            self._cache.store(**remember(result))
+        try:
+            if reuse:
+                result = replay(self._cache.cached)
+            else:
+                result = finish(states)
+                self._cache.store(**remember(result))
+        except BaseException:
+            self._cache.undo_decision()
+            raise
         self._cache.after_step(reuse)
         self._steps += 1
         return result

@@ -125,6 +125,17 @@ class StepCache:
         self.threshold = self.policy.threshold
         self.consecutive = 0
         self.report = CacheReport(mode=self.policy.mode if self.policy.enabled else "off")
+        self._fresh = "first"  # why a step without a previous signal is computed
+
+    def forget_signal(self, reason: str) -> None:
+        """Compute the next step and compare later ones with its signal (the old one is not comparable)."""
+        if self.previous_signal is not None:
+            self.previous_signal, self._fresh = None, reason
+
+    def undo_decision(self) -> None:
+        """Forget the last decision: its step raised before finishing and may be run again."""
+        if self.report.decisions:
+            self.report.decisions.pop()
 
     def decide(self, step: int, signal: torch.Tensor | None) -> bool:
         """True: reuse the cached result at this step. Call `store` after every computed step."""
@@ -133,7 +144,8 @@ class StepCache:
             self._log(step, None, False, "off")
             return False
         if self.previous_signal is None or not self.cached:
-            self._log(step, None, False, "first")
+            self._log(step, None, False, self._fresh)
+            self._fresh = "first"
             self._pending = (signal, None)
             return False
         diff = relative_difference(self.previous_signal, signal)

@@ -430,6 +430,7 @@ def run_record(result: PipelineResult, config: RunConfig) -> dict:
     if report is not None:
         record["refine"] = {"working_size": list(report.working_size), "latent_tiles": report.latent_tiles,
                             "unet_calls": report.unet_calls, "control_calls": report.control_calls,
+                            "tiling": report.tiling,
                             "cache": {"mode": report.cache.mode, "computed_steps": report.cache.computed_steps,
                                       "reused_steps": report.cache.reused_steps,
                                       "summary": report.cache.summary()}}

@@ -13,9 +13,12 @@ import torch
 
 from ..cache.evaluator import CachedEvaluator
 from ..cache.policy import CachePolicy
-from ..tiling import blend_batches, plan_tiles, run_tiled, tile_batches
+from ..tiling import TileFit, TileGrid, plan_tiles
 from .networks import ConditionedNetworks, EncoderState
 from .sampler import EpsDenoiser
+
+MIN_LATENT_TILE = 16  # latent pixels (128 image pixels): where halving the tile after running out of memory stops
+LATENT_TILE_MULTIPLE = 8  # the UNet's strides: latent tiles stay whole multiples
 
 
 class GuidedDenoiser:
@@ -23,7 +26,8 @@ class GuidedDenoiser:
 
     Args:
         networks: control net + UNet bound to the image's conditioning and LQ latent.
-        tile_size / overlap / tile_batch: latent tiling (tile_size 0 = one pass).
+        tile_size / overlap / tile_batch: latent tiling (tile_size 0 = one pass). Out of memory, a step is
+            evaluated again with the tile halved, and later steps keep it (`fit`, a `TileFit`, says what was used).
         cache: the step-cache policy; `steps` the run's length (for protected first/last steps).
     """
 
@@ -31,33 +35,46 @@ class GuidedDenoiser:
                  tile_batch: int = 1, cache: CachePolicy | None = None) -> None:
         self.networks = networks
         self.denoiser = EpsDenoiser()
-        self.tile_size, self.overlap, self.tile_batch = tile_size, overlap, max(1, tile_batch)
-        lat_h, lat_w = networks.lq_latent.shape[-2:]
-        self.tiled = tile_size > 0 and (lat_h > tile_size or lat_w > tile_size)
-        self.tiles = plan_tiles(lat_h, lat_w, tile_size, overlap) if self.tiled else []
+        self.tile_batch = max(1, tile_batch)
+        self.latent_size = tuple(networks.lq_latent.shape[-2:])
+        self.fit = TileFit(tile_size, overlap, max(self.latent_size), MIN_LATENT_TILE, LATENT_TILE_MULTIPLE,
+                           stage="refiner latent")
         self.cache = CachedEvaluator(cache or CachePolicy(), steps)
 
     @property
     def tile_count(self) -> int:
-        return max(1, len(self.tiles))
+        """Latent tiles per step at the tile size in use."""
+        return len(plan_tiles(*self.latent_size, self.fit.tile_size, self.fit.overlap)) if self._tiled() else 1
+
+    def _tiled(self, tile_size: int | None = None) -> bool:
+        tile_size = self.fit.tile_size if tile_size is None else tile_size
+        return tile_size > 0 and max(self.latent_size) > tile_size
 
     def __call__(self, x: torch.Tensor, sigma_hat: float, cfg_scale: float, control_scale: float,
                  step: int) -> torch.Tensor:
+        return self.fit.run(lambda tile_size, overlap: self._step(x, sigma_hat, cfg_scale, control_scale, step,
+                                                                  tile_size, overlap))
+
+    def _step(self, x: torch.Tensor, sigma_hat: float, cfg_scale: float, control_scale: float, step: int,
+              tile_size: int, overlap: int) -> torch.Tensor:
+        grid = TileGrid.plan(*self.latent_size, tile_size, overlap, self.tile_batch) if self._tiled(tile_size) else None
         if not self.cache.policy.enabled:
-            return self._plain(x, sigma_hat, cfg_scale, control_scale)
+            return self._plain(x, sigma_hat, cfg_scale, control_scale, grid)
         _, sigma_q = self.denoiser.quantize(sigma_hat)
         return self.cache.step(
-            self._signals(x, sigma_hat),
+            self._signals(x, sigma_hat, grid),
             signal=lambda state: state.signal,
-            finish=lambda states: self._finish(x, states, sigma_q, cfg_scale, control_scale),
+            finish=lambda states: self._finish(x, states, sigma_q, cfg_scale, control_scale, grid),
             remember=lambda denoised: {"denoised": denoised, "eps": (x - denoised) / sigma_q},
             replay=lambda kept: self._reuse(kept, x, sigma_q),
             step=step,
+            layout=(tile_size, overlap),
         )
 
     # no cache: one call (per tile group) ----------------------------------------------------------
-    def _plain(self, x: torch.Tensor, sigma_hat: float, cfg_scale: float, control_scale: float) -> torch.Tensor:
-        if not self.tiled:
+    def _plain(self, x: torch.Tensor, sigma_hat: float, cfg_scale: float, control_scale: float,
+               grid: TileGrid | None) -> torch.Tensor:
+        if grid is None:
             return self.denoiser.guided(self.networks, x, sigma_hat, cfg_scale, control_scale)
 
         def one_group(stack: torch.Tensor) -> torch.Tensor:
@@ -68,34 +85,34 @@ class GuidedDenoiser:
 
             return self.denoiser.guided(eps, x_tiles, sigma_hat, cfg_scale, control_scale)
 
-        return run_tiled(one_group, self._stack(x), 4, self.tile_size, self.overlap, self.tile_batch)
+        stack = self._stack(x)
+        return grid.blend(one_group(batch) for batch in grid.batches(stack))
 
     def _stack(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.networks.lq_latent.to(x.dtype)], dim=1)
 
     # cache: signal first, then reuse or finish ------------------------------------------------------
-    def _groups(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(x tiles, LQ tiles) per tile batch, in `tile_batches` order."""
-        if not self.tiled:
+    def _groups(self, x: torch.Tensor, grid: TileGrid | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(x tiles, LQ tiles) per tile batch, in the grid's order."""
+        if grid is None:
             return [(x, None)]
-        return [(batch[:, :4], batch[:, 4:])
-                for batch in tile_batches(self._stack(x), self.tile_size, self.overlap, self.tile_batch)]
+        return [(batch[:, :4], batch[:, 4:]) for batch in grid.batches(self._stack(x))]
 
-    def _signals(self, x: torch.Tensor, sigma_hat: float) -> list[EncoderState]:
+    def _signals(self, x: torch.Tensor, sigma_hat: float, grid: TileGrid | None) -> list[EncoderState]:
         states = []
-        for x_part, lq_part in self._groups(x):
+        for x_part, lq_part in self._groups(x, grid):
             batch, timesteps, _ = self.denoiser.network_inputs(x_part, sigma_hat)
             states.append(self.networks.signal(batch, timesteps, self.cache.policy.signal_depth, lq_part))
         return states
 
     def _finish(self, x: torch.Tensor, states: list[EncoderState], sigma_q: float, cfg_scale: float,
-                control_scale: float) -> torch.Tensor:
-        if not self.tiled:
+                control_scale: float, grid: TileGrid | None) -> torch.Tensor:
+        if grid is None:
             eps = self.networks.finish(states[0], control_scale)
             return self.denoiser.denoised(x, eps, sigma_q, cfg_scale)
         outputs = [self.denoiser.denoised(x_part, self.networks.finish(state, control_scale), sigma_q, cfg_scale)
-                   for (x_part, _), state in zip(self._groups(x), states, strict=True)]
-        return blend_batches(outputs, self._stack(x), 4, self.tile_size, self.overlap, self.tile_batch)
+                   for (x_part, _), state in zip(self._groups(x, grid), states, strict=True)]
+        return grid.blend(outputs)
 
     def _reuse(self, kept, x: torch.Tensor, sigma_q: float) -> torch.Tensor:
         if self.cache.policy.reuse == "denoised":

@@ -33,10 +33,6 @@ EXPECTED_SDXL = "an SDXL single-file checkpoint (model.diffusion_model.*, first_
 EXPECTED_SUPIR = "a SUPIR checkpoint (SUPIR-v0Q/v0F: model.control_model.*, project_modules, denoise_encoder)"
 
 
-def _example(keys: list[str]) -> str:
-    return f"{len(keys)} (e.g. {keys[0]})"
-
-
 def infer_refiner_config(unet_state: dict[str, torch.Tensor], num_head_channels: int = 64) -> RefinerConfig:
     """Architecture from the shapes of an SGM-layout UNet state (prefix stripped).
 

@@ -215,6 +215,7 @@ class RefineReport:
     unet_calls: int
     control_calls: int
     cache: CacheReport | None = None
+    tiling: dict[str, dict] = field(default_factory=dict)  # per tiled part, `TileFit.record()`: the tile used
 
 
 def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: RefineOptions | None = None,
@@ -246,14 +247,18 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
     work = work.float().to(device)
 
     # 3. LQ latent through the denoise encoder; its decode is the colour reference (as the seed does)
-    lq_latent = refiner.vae.encode_lq(work, tile_size=options.vae_encode_tile)
+    # (each VAE direction keeps one tile for the run: halved once on out-of-memory, not at every call)
+    encode_tiles = refiner.vae.encode_tiles(options.vae_encode_tile, extent=max(work_h, work_w))
+    decode_tiles = refiner.vae.decode_tiles(options.vae_decode_tile,
+                                            extent=max(work_h, work_w) // refiner.vae.downscale_factor)
+    lq_latent = refiner.vae.encode_lq(work, tiles=encode_tiles)
     reference = None
     if options.color_fix != "none":
-        reference = refiner.vae.decode(lq_latent, tile_size=options.vae_decode_tile)
+        reference = refiner.vae.decode(lq_latent, tiles=decode_tiles)
     x_center = lq_latent
     if options.sampler.restoration_scale > 0:
-        colour_ref = reference if reference is not None else refiner.vae.decode(lq_latent, options.vae_decode_tile)
-        x_center = refiner.vae.encode(colour_ref, tile_size=options.vae_encode_tile)
+        colour_ref = reference if reference is not None else refiner.vae.decode(lq_latent, tiles=decode_tiles)
+        x_center = refiner.vae.encode(colour_ref, tiles=encode_tiles)
 
     # 4. text: "<caption> <positive prompt>" vs the negative prompt, same length for one CFG batch
     positive = " ".join(part for part in (caption.strip(), options.positive_prompt.strip()) if part)
@@ -284,15 +289,17 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
 
     # 7. decode, colour fix against the stage-1 reference, back to exactly the input size
     report(callback, options.sampler.steps, options.sampler.steps, "vae decode")
-    result = refiner.vae.decode(latent, tile_size=options.vae_decode_tile)
+    result = refiner.vae.decode(latent, tiles=decode_tiles)
     if reference is not None:
         result = apply_color_fix(result, reference, options.color_fix)
     result = result.float().cpu()
     if (work_h, work_w) != (height, width):
         result = bicubic_resize(result, (height, width))
     result = result.clamp(0, 1)
+    tiling = {"latent": denoise.fit.record(), "vae_encode": encode_tiles.record(),
+              "vae_decode": decode_tiles.record()}
     return result, RefineReport(caption, (work_h, work_w), denoise.tile_count, records, networks.unet_calls,
-                                networks.control_calls, denoise.cache.report)
+                                networks.control_calls, denoise.cache.report, tiling)
 
 
 def refiner_single_files(refiner: Refiner) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

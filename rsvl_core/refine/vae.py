@@ -29,7 +29,7 @@ from torch import nn
 from ..checkpoint import check_state, own_module_memory
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
-from ..tiling import run_tiled
+from ..tiling import TileFit, run_tiled
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ ENCODE_TILE_SIZE = 1024
 ENCODE_TILE_OVERLAP = 64
 DECODE_TILE_SIZE = 128
 DECODE_TILE_OVERLAP = 16
+MIN_LATENT_TILE = 16  # latent pixels: where halving a tile after running out of memory stops (x 8 when encoding)
 
 # Parts of the first stage: name in the file -> name in RefinerVAE's state (`vae.` holds the AutoencoderKL).
 _CODERS = ("encoder", "decoder", "denoise_encoder")
@@ -273,6 +274,7 @@ class RefinerVAE(nn.Module):
         tile_size: int = ENCODE_TILE_SIZE,
         overlap: int = ENCODE_TILE_OVERLAP,
         callback: ProgressCallback | None = None,
+        tiles: TileFit | None = None,
     ) -> torch.Tensor:
         """Latent of a low-quality image through the denoise encoder (posterior mode x scaling factor).
 
@@ -281,10 +283,11 @@ class RefinerVAE(nn.Module):
         Args:
             image: (B, 3, H, W) in [0, 1]; H and W multiples of 8.
             tile_size, overlap: tile edge and overlap in image pixels (0 = one pass).
+            tiles: the tile to use instead (`encode_tiles`), kept smaller across calls after out-of-memory.
         Returns:
             (B, 4, H/8, W/8) float32.
         """
-        moments = self._moments(self.denoise_encoder, image, tile_size, overlap, callback)
+        moments = self._moments(self.denoise_encoder, image, tile_size, overlap, callback, tiles)
         return DiagonalGaussianDistribution(moments).mode() * self.scaling_factor
 
     @torch.no_grad()
@@ -296,6 +299,7 @@ class RefinerVAE(nn.Module):
         tile_size: int = ENCODE_TILE_SIZE,
         overlap: int = ENCODE_TILE_OVERLAP,
         callback: ProgressCallback | None = None,
+        tiles: TileFit | None = None,
     ) -> torch.Tensor:
         """Latent of an image through the normal SDXL encoder, x scaling factor.
 
@@ -304,13 +308,27 @@ class RefinerVAE(nn.Module):
 
         Args:
             image: (B, 3, H, W) in [0, 1]; H and W multiples of 8.
+            tile_size, overlap, tiles: as in `encode_lq`.
         Returns:
             (B, 4, H/8, W/8) float32.
         """
-        moments = self._moments(self.vae.encoder, image, tile_size, overlap, callback)
+        moments = self._moments(self.vae.encoder, image, tile_size, overlap, callback, tiles)
         posterior = DiagonalGaussianDistribution(moments)
         latent = posterior.sample(generator=generator) if sample else posterior.mode()
         return latent * self.scaling_factor
+
+    def encode_tiles(self, tile_size: int = ENCODE_TILE_SIZE, overlap: int = ENCODE_TILE_OVERLAP,
+                     extent: int = ENCODE_TILE_SIZE) -> TileFit:
+        """The encoder's tiles (image pixels) for images whose larger side is `extent`; halved on out-of-memory."""
+        factor = self.downscale_factor
+        tile_size, overlap = _tile_options(tile_size, overlap, "tile_size (pixels)", multiple=factor)
+        return TileFit(tile_size, overlap, extent, MIN_LATENT_TILE * factor, factor, stage="vae encode")
+
+    def decode_tiles(self, tile_size: int = DECODE_TILE_SIZE, overlap: int = DECODE_TILE_OVERLAP,
+                     extent: int = DECODE_TILE_SIZE) -> TileFit:
+        """The decoder's tiles (latent pixels) for latents whose larger side is `extent`; halved on out-of-memory."""
+        tile_size, overlap = _tile_options(tile_size, overlap, "tile_size (latent pixels)", multiple=1)
+        return TileFit(tile_size, overlap, extent, MIN_LATENT_TILE, stage="vae decode")
 
     def _moments(
         self,
@@ -319,20 +337,21 @@ class RefinerVAE(nn.Module):
         tile_size: int,
         overlap: int,
         callback: ProgressCallback | None,
+        tiles: TileFit | None,
     ) -> torch.Tensor:
         """Posterior parameters (mean, logvar) of `image` through `encoder` + the shared quant_conv, tiled."""
         self._check_image(image)
         factor = self.downscale_factor
+        tiles = tiles or self.encode_tiles(tile_size, overlap, max(image.shape[-2:]))
 
         def encode_tile(tile: torch.Tensor) -> torch.Tensor:
             moments = encoder(tile.to(self.dtype) * 2 - 1)
             return self.vae.quant_conv(moments) if self.vae.quant_conv is not None else moments
 
-        tile_size, overlap = _tile_options(tile_size, overlap, "tile_size (pixels)", multiple=factor)
-        return run_tiled(
-            encode_tile, image.to(self.device), 2 * self.latent_channels, tile_size, overlap,
-            scale=1 / factor, on_tile=lambda done, total: report(callback, done, total, "vae encode"),
-        )
+        return tiles.run(lambda tile_size, overlap: run_tiled(
+            encode_tile, image.to(self.device), tile_size, overlap, scale=1 / factor,
+            on_tile=lambda done, total: report(callback, done, total, "vae encode"),
+        ))
 
     def _check_image(self, image: torch.Tensor) -> None:
         channels = self.vae.config.in_channels
@@ -355,12 +374,14 @@ class RefinerVAE(nn.Module):
         tile_size: int = DECODE_TILE_SIZE,
         overlap: int = DECODE_TILE_OVERLAP,
         callback: ProgressCallback | None = None,
+        tiles: TileFit | None = None,
     ) -> torch.Tensor:
         """Image of a (scaled) latent: latent / scaling factor -> post_quant_conv -> decoder, clamped to [0, 1].
 
         Args:
             latent: (B, 4, h, w).
             tile_size, overlap: tile edge and overlap in latent pixels (0 = one pass).
+            tiles: the tile to use instead (`decode_tiles`), kept smaller across calls after out-of-memory.
         Returns:
             (B, 3, 8h, 8w) float32 in [0, 1].
         """
@@ -374,22 +395,23 @@ class RefinerVAE(nn.Module):
                 z = self.vae.post_quant_conv(z)
             return self.vae.decoder(z)
 
-        tile_size, overlap = _tile_options(tile_size, overlap, "tile_size (latent pixels)", multiple=1)
-        image = run_tiled(
-            decode_tile, latent.to(self.device), self.vae.config.out_channels, tile_size, overlap,
-            scale=self.downscale_factor, on_tile=lambda done, total: report(callback, done, total, "vae decode"),
-        )
+        tiles = tiles or self.decode_tiles(tile_size, overlap, max(latent.shape[-2:]))
+        image = tiles.run(lambda tile_size, overlap: run_tiled(
+            decode_tile, latent.to(self.device), tile_size, overlap, scale=self.downscale_factor,
+            on_tile=lambda done, total: report(callback, done, total, "vae decode"),
+        ))
         return ((image + 1) / 2).clamp(0, 1)
 
 
 def _tile_options(tile_size: int, overlap: int, name: str, multiple: int) -> tuple[int, int]:
-    """Validate tile size/overlap; sizes are rounded down to whole latent pixels."""
+    """Validate tile size/overlap; sizes are rounded down to whole latent pixels (tile 0 keeps its overlap, used
+    if the whole image runs out of memory and gets tiled)."""
     if tile_size < 0 or overlap < 0:
         raise ValueError(f"VAE {name} and overlap must be >= 0, got {tile_size} and {overlap}")
-    if tile_size == 0:
-        return 0, 0
-    tile_size -= tile_size % multiple
     overlap -= overlap % multiple
+    if tile_size == 0:
+        return 0, overlap
+    tile_size -= tile_size % multiple
     if tile_size < 2 * multiple or overlap >= tile_size:
         raise ValueError(
             f"VAE {name} must be at least {2 * multiple} and larger than the overlap, got {tile_size} and {overlap}"

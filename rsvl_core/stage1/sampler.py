@@ -15,12 +15,13 @@ import torch
 from ..cache.evaluator import CachedEvaluator
 from ..cache.policy import CachePolicy
 from ..progress import ProgressCallback, report
-from ..tiling import blend_batches, pad_to_multiple, run_tiled, tile_batches
+from ..tiling import TileFit, TileGrid, pad_to_multiple, run_tiled
 from .model import SR3UNet
 from .schedule import SR3NoiseSchedule
 
 SAMPLERS: tuple[str, ...] = ("faithful", "ddim", "dpmpp")
 DEFAULT_FAST_STEPS = 50
+MIN_TILE = 32  # the smallest stage-1 tile (output pixels): what `check` accepts, and where out-of-memory halving stops
 
 # (x_t, noise_level) -> predicted noise, both (B, 3, H, W) float32; noise_level is sqrt(alpha_bar).
 EpsModel = Callable[[torch.Tensor, float], torch.Tensor]
@@ -71,8 +72,8 @@ class SR3SamplerOptions:
             raise ValueError(f"stage-1 sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"stage-1 steps must be >= 1, got {self.steps}")
-        if self.tile_size < 0 or (0 < self.tile_size < 32):
-            raise ValueError(f"stage-1 tile_size must be 0 (no tiling) or >= 32, got {self.tile_size}")
+        if self.tile_size < 0 or (0 < self.tile_size < MIN_TILE):
+            raise ValueError(f"stage-1 tile_size must be 0 (no tiling) or >= {MIN_TILE}, got {self.tile_size}")
         if self.tile_overlap < 0:
             raise ValueError(f"stage-1 tile_overlap must be >= 0, got {self.tile_overlap}")
         if self.tile_size and self.tile_overlap > self.tile_size // 2:
@@ -93,17 +94,25 @@ def gaussian_noise_source(generator: torch.Generator | None, device: torch.devic
     return draw
 
 
+def stage1_tile_fit(options: SR3SamplerOptions, height: int, width: int) -> TileFit:
+    """The stage-1 tile of an (height, width) output: `options`' tile, halved on out-of-memory down to MIN_TILE."""
+    return TileFit(options.tile_size, options.tile_overlap, max(height, width), MIN_TILE, stage="stage 1 (SR3)")
+
+
 def make_eps_model(
-    unet: SR3UNet, condition: torch.Tensor, tile_size: int = 0, tile_overlap: int = 0, tile_batch: int = 1,
+    unet: SR3UNet, condition: torch.Tensor, fit: TileFit | None = None, tile_batch: int = 1,
     cache: CachedEvaluator | None = None,
 ) -> EpsModel:
     """Bind the condition (B, 3, H, W in [-1, 1]) to the UNet, with tiling, padding and an optional step cache.
 
-    With a cache, each call (one sampler step) first runs the start of the down path on every tile,
-    then either returns the previous step's noise prediction or finishes the same evaluation.
+    `fit` sets the tile edge and overlap (output pixels; None = one pass) and halves the tile when the UNet
+    runs out of memory: the step is then evaluated again, and later steps keep the smaller tile. With a cache,
+    each call (one sampler step) first runs the start of the down path on every tile, then either returns
+    the previous step's noise prediction or finishes the same evaluation.
     """
     multiple = unet.config.size_multiple
     param = next(unet.parameters())
+    run = fit.run if fit is not None else (lambda call: call(0, 0))
 
     def prepare(tiles: torch.Tensor, noise_level: float):
         """Tiles padded to the UNet's size multiple, on its device and dtype, with their noise level."""
@@ -125,22 +134,25 @@ def make_eps_model(
         skips = unet.resume_down(sample, skips, emb)
         return unet.forward_up(skips[-1], skips, emb)[..., :h, :w].float()
 
-    def eps_model(x_t: torch.Tensor, noise_level: float) -> torch.Tensor:
+    def tiled_eps(x_t: torch.Tensor, noise_level: float, tile_size: int, overlap: int) -> torch.Tensor:
         inputs = torch.cat([condition, x_t], dim=1)  # condition first, as the model was trained
+        if cache is None or not cache.policy.enabled:
+            return run_tiled(lambda t: run_unet(t, noise_level), inputs, tile_size, overlap,
+                             tile_batch).to(x_t.device)
+        grid = TileGrid.plan(inputs.shape[-2], inputs.shape[-1], tile_size, overlap, tile_batch)
+        states = [begin(t, noise_level, cache.policy.signal_depth) for t in grid.batches(inputs)]
+        return cache.step(
+            states,
+            signal=lambda state: state[3][-1],
+            finish=lambda done: grid.blend([finish(s) for s in done]).to(x_t.device),
+            remember=lambda eps: {"eps": eps},
+            replay=lambda kept: kept["eps"],  # a reused step: the previous noise prediction
+            layout=(tile_size, overlap),
+        )
+
+    def eps_model(x_t: torch.Tensor, noise_level: float) -> torch.Tensor:
         with torch.inference_mode():
-            if cache is None or not cache.policy.enabled:
-                return run_tiled(lambda t: run_unet(t, noise_level), inputs, unet.config.out_channel,
-                                 tile_size, tile_overlap, tile_batch).to(x_t.device)
-            states = [begin(t, noise_level, cache.policy.signal_depth)
-                      for t in tile_batches(inputs, tile_size, tile_overlap, tile_batch)]
-            return cache.step(
-                states,
-                signal=lambda state: state[3][-1],
-                finish=lambda done: blend_batches([finish(s) for s in done], inputs, unet.config.out_channel,
-                                                  tile_size, tile_overlap, tile_batch).to(x_t.device),
-                remember=lambda eps: {"eps": eps},
-                replay=lambda kept: kept["eps"],  # a reused step: the previous noise prediction
-            )
+            return run(lambda tile_size, overlap: tiled_eps(x_t, noise_level, tile_size, overlap))
 
     return eps_model
 

@@ -18,7 +18,7 @@ from ..checkpoint import read_state_dict
 from ..devices import torch_dtype
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
-from ..tiling import Tile, plan_tiles
+from ..tiling import Feather, TileFit, TileGrid
 from .registry import load_architecture
 from .upscaler import check_image_batch
 
@@ -27,6 +27,7 @@ SPANDREL_EXPECTED = (
     "(ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, OmniSR, SPAN, ...)"
 )
 RESAMPLE_FILTER = "bicubic (antialiased), torch.nn.functional.interpolate"
+MIN_TILE = 16  # input pixels: where halving the tile after running out of memory stops (or the model's minimum)
 
 _PURPOSE_WORDS = {
     "Restoration": "an image-restoration model (output the same size as the input)",
@@ -135,8 +136,11 @@ class SpandrelOptions:
     """How a spandrel model is run over an image."""
 
     tile_size: int = 256  # tile edge in input pixels; 0 runs the whole image at once
-    tile_overlap: int = 16  # input pixels shared by neighbouring tiles (context + cross-fade)
+    tile_overlap: int = 16  # input pixels shared by neighbouring tiles (context + cross-fade); used once tiled
     tile_batch: int = 1  # tiles per forward pass
+
+    def __post_init__(self) -> None:
+        self.check()  # valid by construction
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -167,11 +171,11 @@ def upscale_spandrel(
         callback: progress as (tiles done, tiles, "stage1", None) after each batch of tiles.
     Returns:
         (B, 3, H * scale, W * scale) float32 in [0, 1] on the model's device, and the run-record entry:
-        architecture, native_scale, applied_scale (native), resampled, resample_filter, tiles.
+        architecture, native_scale, applied_scale (native), resampled, resample_filter, tiles, tiling (the
+        tile size used: halved from the one asked while the model ran out of memory, see `TileFit`).
     """
     # 1. check inputs
     options = options or SpandrelOptions()
-    options.check()
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
     check_image_batch(image)
@@ -181,7 +185,7 @@ def upscale_spandrel(
     # 2. the network at its native scale, tile by tile
     with torch.inference_mode():
         lowres = image.to(device=model.device, dtype=model.dtype)
-        native_out, tiles = _run_native(model.descriptor, lowres, native, options, callback)
+        native_out, tiles, fit = _run_native(model.descriptor, lowres, native, options, callback)
 
     # 3. to the requested scale; outside inference mode, so the caller gets an ordinary tensor that
     # later in-place operations may modify (an inference tensor would refuse them)
@@ -201,6 +205,7 @@ def upscale_spandrel(
         "resampled": resampled,
         "resample_filter": RESAMPLE_FILTER if resampled else None,
         "tiles": tiles,
+        "tiling": fit.record(),
     }
     return out, info
 
@@ -211,33 +216,31 @@ def _run_native(
     native: int,
     options: SpandrelOptions,
     callback: ProgressCallback | None,
-) -> tuple[torch.Tensor, int]:
-    """(B, 3, H * native, W * native) float32 from overlapping tiles, and the number of tiles.
+) -> tuple[torch.Tensor, int, TileFit]:
+    """(B, 3, H * native, W * native) float32 from overlapping tiles, the number of tiles, and the tile used.
 
     The descriptor's call pads each tile to the architecture's size requirements (reflect, then
     replicate) and crops the output back; tiles are planned at a multiple of the size requirement so
     that only tiles touching the image border are ever padded, exactly as the whole image would be.
+    Tiles blend with the guarded feather (`Feather.guarded`: the outer quarter of the overlap, which saw
+    padding, does not count). Out of memory, the tile is halved and the image run again (`TileFit`).
     """
-    batch, _, height, width = lowres.shape
-    tile_size = _tile_size_for(descriptor.size_requirements, options.tile_size)
-    tiles = plan_tiles(height, width, tile_size, options.tile_overlap)
-    if len(tiles) == 1:
-        out = descriptor(lowres).float()
-        report(callback, 1, 1, "stage1")
-        return out, 1
+    height, width = lowres.shape[-2:]
+    requirements = descriptor.size_requirements
+    multiple = max(1, requirements.multiple_of) if requirements is not None else 1
+    minimum = _tile_size_for(requirements, MIN_TILE)
+    fit = TileFit(options.tile_size, options.tile_overlap, max(height, width), minimum, multiple,
+                  stage="stage 1 (spandrel)")
 
-    out = torch.zeros(batch, 3, height * native, width * native, dtype=torch.float32, device=lowres.device)
-    weight_sum = torch.zeros(1, 1, height * native, width * native, dtype=torch.float32, device=lowres.device)
-    for start in range(0, len(tiles), options.tile_batch):
-        group = tiles[start:start + options.tile_batch]
-        result = descriptor(torch.cat([lowres[..., t.y0:t.y1, t.x0:t.x1] for t in group], dim=0)).float()
-        for i, t in enumerate(group):
-            w = tile_window(t, height, width, options.tile_overlap, native, out.device)
-            y0, y1, x0, x1 = t.y0 * native, t.y1 * native, t.x0 * native, t.x1 * native
-            out[..., y0:y1, x0:x1] += result[i * batch:(i + 1) * batch] * w
-            weight_sum[..., y0:y1, x0:x1] += w
-        report(callback, start + len(group), len(tiles), "stage1")
-    return out / weight_sum, len(tiles)
+    def tiled(tile_size: int, overlap: int) -> tuple[torch.Tensor, int]:
+        grid = TileGrid.plan(height, width, _tile_size_for(requirements, tile_size), overlap, options.tile_batch,
+                             scale=native, feather=Feather.guarded(overlap, native))
+        out = grid.blend((descriptor(batch) for batch in grid.batches(lowres)),
+                         on_tile=lambda done, total: report(callback, done, total, "stage1"))
+        return out, len(grid.tiles)
+
+    out, tiles = fit.run(tiled)
+    return out, tiles, fit
 
 
 def _tile_size_for(requirements: spandrel.SizeRequirements | None, tile_size: int) -> int:
@@ -247,31 +250,3 @@ def _tile_size_for(requirements: spandrel.SizeRequirements | None, tile_size: in
     multiple = max(1, requirements.multiple_of)
     size = max(tile_size, requirements.minimum)
     return -(-size // multiple) * multiple
-
-
-def tile_window(tile: Tile, height: int, width: int, overlap: int, scale: int,
-                device: torch.device | None = None) -> torch.Tensor:
-    """Output-space blend weights of one tile: (tile h * scale, tile w * scale) float32.
-
-    On an edge shared with a neighbour, the outer quarter of the overlap gets weight 0 (those output
-    pixels saw zero padding instead of the neighbour's content) and the middle half rises as a raised
-    cosine; edges on the image border keep weight 1. Neighbouring tiles overlap by at least `overlap`
-    input pixels, so every output pixel has positive total weight.
-    """
-
-    def axis(lo: int, hi: int, length: int) -> torch.Tensor:
-        n = (hi - lo) * scale
-        margin, ramp = (overlap // 4) * scale, (overlap - 2 * (overlap // 4)) * scale
-        w = torch.ones(n, dtype=torch.float32, device=device)
-        if ramp <= 0:
-            return w
-        pos = torch.arange(n, dtype=torch.float32, device=device)
-        rise = ((pos - margin + 0.5) / ramp).clamp(0.0, 1.0)
-        rise = 0.5 - 0.5 * torch.cos(torch.pi * rise)
-        if lo > 0:
-            w = w * rise
-        if hi < length:
-            w = w * rise.flip(0)
-        return w
-
-    return axis(tile.y0, tile.y1, height)[:, None] * axis(tile.x0, tile.x1, width)[None, :]

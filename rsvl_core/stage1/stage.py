@@ -54,9 +54,10 @@ class SR3Stage1(_LoadedModel):
     def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
                 callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
         options = options or SR3SamplerOptions()
-        report = CacheReport()
-        out = upscale_stage1(self.model, image, scale, options, seed, callback, report, origin, self.static_loop)
-        record = {"model": "sr3", "sampler": options.sampler, "steps": options.total_steps}
+        report, tiling = CacheReport(), {}
+        out = upscale_stage1(self.model, image, scale, options, seed, callback, report, origin, self.static_loop,
+                             tiling)
+        record = {"model": "sr3", "sampler": options.sampler, "steps": options.total_steps, "tiling": tiling}
         return Stage1Result(out, record, report if report.decisions else None)
 
 
@@ -87,9 +88,10 @@ class SpandrelStage1(_LoadedModel):
 
         if options is None:
             return SpandrelOptions()
-        if options.tile_size == 0:
-            return SpandrelOptions(tile_size=0, tile_overlap=0, tile_batch=options.tile_batch)
         native = self.model.native_scale
+        if options.tile_size == 0:  # the overlap is used if the whole image runs out of memory and gets tiled
+            return SpandrelOptions(tile_size=0, tile_overlap=max(8, options.tile_overlap // native),
+                                   tile_batch=options.tile_batch)
         tile = max(32, options.tile_size // native)
         overlap = min(max(8, options.tile_overlap // native), tile // 2 - 1)
         return SpandrelOptions(tile_size=tile, tile_overlap=overlap, tile_batch=options.tile_batch)

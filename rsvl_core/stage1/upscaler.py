@@ -11,7 +11,7 @@ from ..noise import NoiseField, coordinate_noise_source
 from ..progress import ProgressCallback
 from .graphs import graph_eligible, sample_faithful_static
 from .loader import SR3Model
-from .sampler import SR3SamplerOptions, gaussian_noise_source, make_eps_model, sample_sr3
+from .sampler import SR3SamplerOptions, gaussian_noise_source, make_eps_model, sample_sr3, stage1_tile_fit
 
 SCALES: tuple[int, ...] = (2, 4, 8)
 
@@ -41,6 +41,7 @@ def upscale_stage1(
     cache_report: CacheReport | None = None,
     origin: tuple[int, int] | None = None,
     static_loop: bool = False,
+    tiling: dict | None = None,
 ) -> torch.Tensor:
     """Super-resolve with SR3: no text, no guidance, only the low-resolution image.
 
@@ -56,6 +57,7 @@ def upscale_stage1(
             position in the scene (`noise.NoiseField`), not drawn from one generator.
         static_loop: run the faithful loop on static buffers without host syncs, as a CUDA graph on CUDA
             (`graphs.py`; same result), where it applies; otherwise the plain loop.
+        tiling: filled with the tile size used (`TileFit.record`: smaller than asked after out-of-memory).
     Returns:
         (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
     """
@@ -67,8 +69,8 @@ def upscale_stage1(
     steps = options.steps if options.sampler == "faithful" else None
     schedule = model.inference_schedule(steps)
     cache = CachedEvaluator(options.cache, options.total_steps) if options.cache.enabled else None
-    eps_model = make_eps_model(model.unet, condition, options.tile_size, options.tile_overlap, options.tile_batch,
-                               cache)
+    fit = stage1_tile_fit(options, height, width)
+    eps_model = make_eps_model(model.unet, condition, fit, options.tile_batch, cache)
     if origin is None:
         noise = gaussian_noise_source(torch.Generator().manual_seed(seed), device)
     else:
@@ -80,4 +82,6 @@ def upscale_stage1(
         sample = sample_sr3(eps_model, shape, schedule, options, noise, callback)
     if cache is not None and cache_report is not None:
         cache_report.decisions.extend(cache.report.decisions)
+    if tiling is not None:
+        tiling.update(fit.record())
     return ((sample + 1) / 2).clamp(0, 1)
