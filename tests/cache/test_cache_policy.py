@@ -83,6 +83,6 @@ def test_cache_report_and_policy_checks():
     assert cache.report.computed_steps == [0] and cache.report.reused_steps == [1, 2]
     assert cache.report.summary() == "1/3 steps computed, 2 reused (1, 2)"
     with pytest.raises(ValueError, match="cache mode"):
-        CachePolicy(mode="sometimes").check()
+        CachePolicy(mode="sometimes")
     with pytest.raises(ValueError, match="reuse"):
-        CachePolicy(reuse="x0").check()
+        CachePolicy(reuse="x0")

@@ -27,7 +27,7 @@ def test_scheduler_carries_both_stages_settings():
     with pytest.raises(ValueError, match="unknown cache preset"):
         StepSettings.preset("turbo")
     with pytest.raises(ValueError, match="refine_steps"):
-        StepSettings(refine_steps=0).check()
+        StepSettings(refine_steps=0)
     assert StepSettings.describe(None) == "no steps run"
 
 

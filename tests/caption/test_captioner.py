@@ -35,7 +35,7 @@ def test_seed_defaults():
 ])
 def test_bad_options_are_named(change, name):
     with pytest.raises(ValueError, match=name):
-        CaptionOptions(**change).check()
+        CaptionOptions(**change)
 
 
 def test_prompt_goes_through_the_chat_template(captioner):

@@ -134,6 +134,6 @@ def test_sampler_restoration_pulls_toward_centre_only_when_on():
 
 def test_sampler_options_are_checked():
     with pytest.raises(ValueError, match="steps"):
-        S.RestoreSamplerOptions(steps=0).check()
+        S.RestoreSamplerOptions(steps=0)
     with pytest.raises(ValueError, match="control scales"):
-        S.RestoreSamplerOptions(control_scale=3).check()
+        S.RestoreSamplerOptions(control_scale=3)

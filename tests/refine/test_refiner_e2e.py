@@ -141,7 +141,7 @@ def test_bad_options_are_refused_before_work(refiner, image):
     with pytest.raises(ValueError, match="color_fix"):
         refine_image(refiner, image, "x", replace(FAST, color_fix="sepia"))
     with pytest.raises(ValueError, match="latent_tile_size"):
-        RefineOptions(latent_tile_size=12).check()
+        RefineOptions(latent_tile_size=12)
     with pytest.raises(ValueError, match="unknown refiner preset"):
         refine_preset("fastest")
 

@@ -82,4 +82,4 @@ def test_faithful_is_the_default_and_fast_solvers_are_options():
 )
 def test_bad_sampler_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SR3SamplerOptions(**kwargs).check()
+        SR3SamplerOptions(**kwargs)

@@ -61,4 +61,4 @@ def test_stage1_cache_reuses_steps_and_skips_the_up_path(model):
 
 def test_stage1_cache_refuses_the_seed_rule():
     with pytest.raises(ValueError, match="stage-1 cache"):
-        SR3SamplerOptions(cache=CachePolicy.seed()).check()
+        SR3SamplerOptions(cache=CachePolicy.seed())
