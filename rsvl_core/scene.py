@@ -16,7 +16,7 @@ only hides what little their different context changes. Windows may be computed 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,28 +86,6 @@ def plan_windows(height: int, width: int, windows: WindowOptions, scale: int) ->
     windows.check()
     align = LATENT_FACTOR // math.gcd(LATENT_FACTOR, scale)
     return plan_tiles(height, width, windows.size, windows.overlap, align)
-
-
-def super_resolve_scene(
-    height: int,
-    width: int,
-    scale: int,
-    windows: WindowOptions,
-    read: Callable[[Tile], torch.Tensor],
-    process: Callable[[torch.Tensor, int], torch.Tensor],
-    sink: RowSink,
-    callback: ProgressCallback | None = None,
-) -> int:
-    """Super-resolve a (height, width) scene window by window into `sink`; returns the number of windows.
-
-    Args:
-        read: the input window (1, 3, h, w) in [0, 1] for a Tile in input pixels.
-        process: (window image, window index) -> (1, 3, h * scale, w * scale) in [0, 1].
-        sink: receives every output row exactly once, in order.
-    """
-    tiles = plan_windows(height, width, windows, scale)
-    outputs = (process(read(tile), index) for index, tile in enumerate(tiles))
-    return blend_windows(height, width, scale, windows, outputs, sink, callback)
 
 
 def blend_windows(

@@ -10,10 +10,16 @@ import torch
 from rsvl_testing import OracleDenoiser, zero_padded_blur
 
 from rsvl_core.image import read_image
-from rsvl_core.scene import ArraySink, WindowOptions, super_resolve_scene
+from rsvl_core.scene import ArraySink, WindowOptions, blend_windows, plan_windows
 from rsvl_core.stage1 import SR3SamplerOptions, upscale_stage1
 
 YELL = Path(__file__).parents[1].parent / "shared" / "data" / "YELL_541000_4977000_crop.png"
+
+
+def super_resolve_scene(height, width, scale, windows, read, process, sink):
+    """Window by window into `sink` (the job API's windowed loop, with stand-in read and process steps)."""
+    tiles = plan_windows(height, width, windows, scale)
+    return blend_windows(height, width, scale, windows, (process(read(t), i) for i, t in enumerate(tiles)), sink)
 
 
 def _nearest(image: torch.Tensor, scale: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ buffer `rsvl upscale` uses and writes the result atomically. Ray does the schedu
 restarts; this package only says what the work items are and what to do with their results.
 
 - `cluster.py`: join or start Ray, and decide how many actors with which resources.
-- `worker.py`: the actor (`SceneWorker`): whole images, scene captions and windows through the job API.
+- `worker.py`: the actor (`SceneWorker`): executes the job API's work items (whole images, scene captions, windows).
 - `driver.py`: `run_batch`: plan items, dispatch them to actors, retry on actor death, assemble, record.
 """
 

@@ -26,7 +26,14 @@ from ..pipeline import SETTINGS, PipelineModels, RunConfig, locate_model_files
 from .commands import COMMANDS
 from .progress import StageBars, say
 from .settings import config_from_args, setting_flag
-from .upscale import acceleration_from_args, add_model_options, add_refine_options, add_run_settings
+from .upscale import (
+    acceleration_from_args,
+    add_model_options,
+    add_refine_options,
+    add_run_settings,
+    add_scene_flags,
+    scene_options_from_args,
+)
 
 DEFAULT_METHODS = "bicubic,stage1,full"
 PRESETS = SETTINGS["preset"].choices
@@ -52,6 +59,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                     "(default 0: none)")
     add_model_options(ev)
     add_run_settings(ev)
+    add_scene_flags(ev)
     add_refine_options(ev)
     perceptual = ev.add_argument_group("perceptual metrics (local weights only; skipped when absent)")
     perceptual.add_argument("--lpips-weights", type=Path, default=None,
@@ -132,7 +140,8 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
                               DegradeOptions(args.degrade_blur, args.degrade_noise, args.degrade_jpeg),
                               seed=args.seed, samples=args.samples, overwrite=args.overwrite,
                               command=shlex.join(["rsvl", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else
-                              "rsvl eval (library call)", hash_models=not args.no_hash)
+                              "rsvl eval (library call)", hash_models=not args.no_hash,
+                              scene=scene_options_from_args(args))
         options.check()
         acceleration = acceleration_from_args(args)
     except ValueError as exc:

@@ -56,26 +56,39 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true", help="run stage 1 alone: no caption, no refiner")
     add_run_settings(up)
-    up.add_argument("--window-size", type=int, default=0,
-                    help="process large scenes in windows of this many input pixels (0 = whole image, default)")
-    up.add_argument("--window-overlap", type=int, default=16, help="input pixels shared by windows (default 16)")
-    up.add_argument("--caption-per", choices=CAPTION_POLICIES, default="scene",
-                    help="windowed scenes: scene = caption one downsampled overview and guide every window with it "
-                         "(one captioner run per scene, default); window = caption each window (one run per window)")
     up.add_argument("--cog", action="store_true",
                     help="write GeoTIFF outputs as Cloud-Optimised GeoTIFFs (internal tiles, overviews, deflate; "
                          "needs rio-cogeo, in the [geo] extra)")
-    up.add_argument("--bands", default=None,
-                    help="GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; default 1,2,3, or 1 for one band)")
-    up.add_argument("--stretch", choices=("percentile", "none"), default=None,
-                    help="GeoTIFF value scaling: percentile (default for non-8-bit data) or none (divide by the "
-                         "type's maximum); recorded in the run record")
-    up.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
+    add_scene_flags(up)
     add_refine_options(up)
     up.add_argument("--no-hash", action="store_true",
                     help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_scene_flags(parser: argparse.ArgumentParser) -> None:
+    """How inputs are read (GeoTIFF bands, stretch) and windows for large scenes: upscale, batch and eval."""
+    parser.add_argument("--bands", default=None,
+                        help="GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; default 1,2,3, or 1 for one band)")
+    parser.add_argument("--stretch", choices=("percentile", "none"), default=None,
+                        help="GeoTIFF value scaling: percentile (default for non-8-bit data) or none (divide by the "
+                             "type's maximum); recorded in the run record")
+    parser.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
+    parser.add_argument("--window-size", type=int, default=0,
+                        help="process large scenes in windows of this many input pixels (0 = whole image, default)")
+    parser.add_argument("--window-overlap", type=int, default=16,
+                        help="input pixels shared by windows (default 16)")
+    parser.add_argument("--caption-per", choices=CAPTION_POLICIES, default="scene",
+                        help="windowed scenes: scene = caption one downsampled overview and guide every window with "
+                             "it (one captioner run per scene, default); window = caption each window (one run per "
+                             "window)")
+
+
+def scene_options_from_args(args: argparse.Namespace) -> SceneOptions:
+    """--bands/--stretch/--percentiles and the window flags -> SceneOptions (validated when made)."""
+    windows = WindowOptions(args.window_size, args.window_overlap, args.caption_per)
+    return SceneOptions(args.bands, args.stretch, args.percentiles, windows)
 
 
 def add_run_settings(parser: argparse.ArgumentParser) -> None:
@@ -106,9 +119,8 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def job_options_from_args(args: argparse.Namespace) -> JobOptions:
-    windows = WindowOptions(args.window_size, args.window_overlap, args.caption_per)
-    scene = SceneOptions(args.bands, args.stretch, args.percentiles, windows)
-    return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash, scene=scene, cog=args.cog)
+    return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash,
+                      scene=scene_options_from_args(args), cog=args.cog)
 
 
 def acceleration_from_args(args: argparse.Namespace) -> Acceleration:

@@ -24,10 +24,16 @@ import torch
 
 from ..errors import RsvlError
 from ..image import list_images, write_image_atomic
-from ..pipeline import PipelineModels, RunConfig, run_pipeline
-from ..pipeline.jobs import model_files_record, prepare_output_folder, printable
+from ..pipeline import PipelineModels, RunConfig
+from ..pipeline.jobs import (
+    SceneOptions,
+    model_files_record,
+    prepare_output_folder,
+    printable,
+    read_input,
+    upscale_image,
+)
 from ..progress import ProgressCallback
-from ..scene_io import open_scene
 from .degrade import DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
 from .hallucination import CORRECTNESS_METRICS, correctness, opensr_test_version
 from .maps import hallucination_map, std_map, write_map_geotiff, write_map_png
@@ -71,6 +77,7 @@ class EvalOptions:
     overwrite: bool = False        # recompute finished pairs
     command: str = ""              # the command line, recorded in summary.json
     hash_models: bool = True
+    scene: SceneOptions = field(default_factory=SceneOptions)  # how HR files are read, and windows for the methods
 
     def check(self) -> None:
         """Refuse an inconsistent evaluation before any image is read, naming the setting."""
@@ -156,7 +163,7 @@ def fingerprint(options: EvalOptions, name: str, perceptual: Sequence[str]) -> s
     config = options.methods[name]
     content = {"scale": options.scale, "degrade": asdict(options.degrade), "seed": options.seed, "method": name,
                "config": repr(config), "samples": options.samples if config is not None else 1,
-               "perceptual": sorted(perceptual)}
+               "perceptual": sorted(perceptual), "scene": repr(options.scene)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -200,6 +207,7 @@ class Evaluation:
         self.summary = EvalSummary()
         self.models_ready = False
         self.crops: dict[str, list[int]] = {}
+        self.reads: dict[str, dict] = {}  # how each HR file was read (GeoTIFF bands, stretch), for the pair records
         self.correctness_implementation: str | None = None
 
     # 1. the run
@@ -263,7 +271,8 @@ class Evaluation:
 
     def _read_hr(self, image: EvalImage) -> tuple[torch.Tensor, object]:
         """The HR image cropped to a multiple of the scale (said, never silent), and its GeoTIFF grid or None."""
-        scene = open_scene(image.path)
+        scene = read_input(image.path, self.options.scene)
+        self.reads[image.image_id] = scene.record
         hr, removed = crop_to_multiple(scene.whole(), self.options.scale)
         if removed is not None:
             self.crops[image.image_id] = [*removed]
@@ -285,7 +294,7 @@ class Evaluation:
         config = options.methods[method]
         record: dict = {"image": printable(image.image_id), "class": printable(image.image_class), "method": method,
                         "source": printable(str(image.path)), "hr_size": [hr.shape[-1], hr.shape[-2]],
-                        "hr_crop_rows_cols": self.crops.get(image.image_id)}
+                        "hr_crop_rows_cols": self.crops.get(image.image_id), "hr_read": self.reads.get(image.image_id)}
         if config is None:
             samples = [upsample_baseline(lr, options.scale, BASELINES[method])]
         else:
@@ -308,9 +317,10 @@ class Evaluation:
 
     def _run_method(self, image: EvalImage, method: str, config: RunConfig, lr: torch.Tensor,
                     shared: dict) -> tuple[list[torch.Tensor], dict]:
-        """N seeds of a pipeline method through `run_pipeline`; a stage-1 result that a full run of this image
+        """N seeds of a pipeline method through the job API's `upscale_image` (whole, or by windows as `rsvl
+        upscale` runs a scene); a stage-1 result that a full run of this image
         already made with the same stage-1 settings and seed is taken from it instead of recomputed."""
-        samples, captions, reused = [], [], 0
+        samples, captions, reused, windows = [], [], 0, None
         for k in range(self.options.samples):
             seed = self.options.seed + k
             key = (repr(config.stage1), seed)
@@ -319,14 +329,18 @@ class Evaluation:
                 reused += 1
                 continue
             callback = self.events.progress(image.image_id, method if k == 0 else f"{method} sample {k + 1}")
-            result = run_pipeline(lr, replace(config, seed=seed), self.models, callback)
-            shared.setdefault(key, result.stage1_image)
-            samples.append(result.image)
-            captions.append(result.caption)
+            run = upscale_image(lr, replace(config, seed=seed), self.models, self.options.scene.windows, callback)
+            if run.stage1_image is not None:
+                shared.setdefault(key, run.stage1_image)
+            samples.append(run.image)
+            captions.append(run.caption)
+            windows = run.record.get("windows")
         extra = {"seeds": [self.options.seed + k for k in range(self.options.samples)],
                  "kind": method_kind(method, config)}
         if reused:
             extra["stage1_taken_from_full_run"] = reused
+        if windows is not None:
+            extra["windows"] = {k: windows[k] for k in ("count", "size", "overlap", "caption_per")}
         if any(c is not None for c in captions):
             extra["captions"] = captions
         return samples, extra

@@ -14,7 +14,6 @@ from .jobs import (
     locate_caption_files,
     locate_model_files,
     output_path,
-    run_job,
 )
 from .models import PLACEMENTS, ModelFiles, PipelineModels, StageSpec, module_bytes
 from .options import (
@@ -28,6 +27,7 @@ from .options import (
     stage1_options_from,
 )
 from .run import PipelineResult, run_pipeline
+from .work import run_job
 
 __all__ = [
     "CaptionSummary",

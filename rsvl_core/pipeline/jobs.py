@@ -1,16 +1,15 @@
-"""The job API: input files and folders + a run configuration + models -> output files and run records.
+"""The job API's parts: input files and folders + a run configuration + models -> output files and run records.
 
-`run_job` is what `rsvl upscale` does, as a library call the command line, the demo, and the batch and
-evaluation commands share: it collects inputs, names outputs, skips finished ones (resume), runs each
-scene whole or window by window, writes every output atomically with a JSON run record beside it, and
-returns a summary with the failures. Faces only show progress (`JobEvents`) and print the summary.
+Options (`JobOptions`, `SceneOptions`), the events protocol faces implement (`JobEvents`), input collection and
+output naming (`plan_job`), completeness (resume), one scene through the pipeline whole or by windows, run
+records, and `caption_job` (`rsvl caption`: items that stop after the caption). The work-item flow that
+`rsvl upscale` and `rsvl batch` share (plan -> execute -> assemble) is in `work.py`.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -18,12 +17,12 @@ from typing import Any, Protocol
 
 import torch
 
-from ..atomic import Claim, atomic_path, check_output_folder, remove_stale_temporaries
+from ..atomic import atomic_path, check_output_folder, remove_stale_temporaries
 from ..caption import CaptionOptions, collapse_whitespace
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
-from ..scene import WindowOptions, blend_windows, plan_windows
+from ..scene import ArraySink, WindowOptions, blend_windows, plan_windows
 from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
 from ..tiling import Tile
 from ..weights import find_weights
@@ -244,50 +243,6 @@ def caption_job(inputs: Iterable[Path], options: CaptionOptions, models: Pipelin
     return summary
 
 
-def run_job(inputs: Iterable[Path], config: RunConfig, models: PipelineModels, options: JobOptions,
-            events: JobEvents | None = None) -> JobSummary:
-    """Upscale every input into `options.output_dir`: outputs + run records, resume, failures (see module doc)."""
-    events = events or SilentEvents()
-    planned = plan_job(inputs, config.scale, options, events)
-    summary, model_files = JobSummary(), None
-    events.begin([source for source, _, _ in planned])
-    for source, target, geotiff in planned:
-        with Claim(target) as claim:
-            # another run computes it right now, or it is complete (checked after claiming: a concurrent run
-            # may have just finished it)
-            if claim.acquire() is not None or (is_complete(target) and not options.overwrite):
-                summary.skipped.append(target)
-                events.skipped(source, target)
-                continue
-            if model_files is None:
-                models.preload()  # once, before the first image: a wrong weights file stops the run here
-                model_files = model_files_record(models, options.hash_models)
-            if not _run_one(source, target, geotiff, config, models, options, model_files, summary, events):
-                break
-    return summary
-
-
-def _run_one(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
-             options: JobOptions, model_files: dict, summary: JobSummary, events: JobEvents) -> bool:
-    """One input -> its output and record (both, or neither). False: the storage failed, stop the run."""
-    try:
-        start = time.perf_counter()
-        record = upscale_to(source, target, geotiff, config, models, options, model_files, events)
-        summary.written.append(target)
-        events.finished(source, target, record, time.perf_counter() - start)
-    except (RsvlError, ValueError) as exc:
-        summary.failed.append((source, str(exc)))
-        events.failed(source, str(exc))
-    except OSError as exc:
-        message = os_error_message(exc, target)
-        summary.failed.append((source, message))
-        events.failed(source, message)
-        if exc.errno in STORAGE_ERRORS:
-            summary.stopped = f"{message}; stopped with {len(summary.written)} output(s) complete"
-            return False
-    return True
-
-
 def upscale_to(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
                options: JobOptions, model_files: dict, events: JobEvents) -> dict:
     """One input -> its output image and run record beside it (both, or neither); returns the record."""
@@ -380,6 +335,46 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
     # the peak over the whole scene, the final write included (not just one window's pipeline)
     record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
     return record
+
+
+def read_input(source: Path, scene_options: SceneOptions) -> SceneSource:
+    """An input read whole, as `rsvl upscale` reads it (GeoTIFF bands, stretch and nodata by the same rules)."""
+    return open_scene(source, scene_options.bands, scene_options.stretch, scene_options.percentiles,
+                      geotiff=_is_geotiff(source, scene_options))
+
+
+@dataclass
+class ImageRun:
+    """One in-memory image through the pipeline: the output, what the caption was, and its run record."""
+
+    image: torch.Tensor                  # (1, 3, H * scale, W * scale) in [0, 1] (8-bit levels when windowed)
+    caption: str | None
+    stage1_image: torch.Tensor | None    # whole images only: stage 1's output, for reuse by a stage-1 method
+    record: dict
+
+
+def upscale_image(image: torch.Tensor, config: RunConfig, models: PipelineModels, windows: WindowOptions,
+                  callback: ProgressCallback | None = None) -> ImageRun:
+    """An image in memory through the pipeline as `rsvl upscale` runs a file: whole, or window by window
+    (scene-keyed noise, the scene's shared caption) blended by the one blender (what `rsvl eval` runs)."""
+    scene = SceneSource(Path("<memory>"), image.shape[-2], image.shape[-1], [], image=image)
+    if not is_windowed(scene, windows):
+        result = run_pipeline(image, config, models, callback)
+        return ImageRun(result.image, result.caption, result.stage1_image, run_record(result, config))
+    caption = scene_caption(scene, config, models, windows)
+    sink = ArraySink(scene.height * config.scale, scene.width * config.scale)
+    records: list[dict] = []
+
+    def outputs():
+        for tile in plan_windows(scene.height, scene.width, windows, config.scale):
+            out, record = run_window(scene, tile, config, models, callback, caption)
+            records.append(record)
+            yield out
+
+    blend_windows(scene.height, scene.width, config.scale, windows, outputs(), sink)
+    record = windowed_record(records, windows, caption)
+    out = torch.from_numpy(sink.array).permute(2, 0, 1)[None].float().div(255)
+    return ImageRun(out, record.get("caption"), None, record)
 
 
 def scene_caption(scene: SceneSource, config: RunConfig, models: PipelineModels,

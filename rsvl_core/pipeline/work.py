@@ -1,0 +1,318 @@
+"""Work items: the one flow every upscaling face runs (`rsvl upscale`'s local loop here, `rsvl batch`'s Ray loop).
+
+    plan      inputs -> claimed scenes (resume: finished outputs, and outputs another run is computing, are
+              skipped) -> work items: a whole image | a scene caption | a window of a scene
+    execute   one item on loaded models -> plain data (a record; a window's image): `ItemExecutor.execute`,
+              the same call in this process and in a Ray actor
+    assemble  one `Assembler` takes results in any order: it blends windows in plan order through the one
+              blender into the output's row sink, writes run records, releases claims, reports events, and
+              stops the job when the output storage fails
+
+`run_job` is the local loop over these; `rsvl_core.batch` the Ray loop over the same items.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import Claim
+from ..errors import RsvlError
+from ..progress import ProgressCallback
+from ..scene import WindowBlender, plan_windows
+from ..scene_io import SceneSource, row_sink
+from .jobs import (
+    STORAGE_ERRORS,
+    JobEvents,
+    JobOptions,
+    JobSummary,
+    SilentEvents,
+    input_record,
+    is_complete,
+    is_windowed,
+    model_files_record,
+    open_input,
+    os_error_message,
+    plan_job,
+    run_window,
+    scene_caption,
+    upscale_to,
+    windowed_record,
+    write_record_or_remove,
+)
+from .models import PipelineModels
+from .options import RunConfig
+from .run import peak_memory
+
+ITEM_KINDS = ("whole", "caption", "window")
+OPEN_SCENES = 2  # scenes an executor keeps open (their stretch computed once): windows of one scene arrive together
+FAILURES = (RsvlError, ValueError, OSError)  # what fails one input (reported; the rest go on)
+
+
+@dataclass
+class ClaimedScene:
+    """One input this run computes: its claim and, for a windowed scene, the blending state of its output."""
+
+    source: Path
+    target: Path
+    geotiff: bool
+    claim: Claim
+    scene: SceneSource | None = None     # opened at planning time when windows are asked for
+    caption: str | None = None
+    caption_ready: bool = True
+    blender: WindowBlender | None = None
+    stack: ExitStack | None = None       # the row sink's temp file, until the last window is in
+    ready: dict[int, dict] = field(default_factory=dict)  # window results waiting for their turn
+    records: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    failed: bool = False
+    done: bool = False
+
+
+@dataclass
+class WorkItem:
+    """One unit of work: a whole image, a scene's shared caption, or window `index` of a scene."""
+
+    kind: str
+    scene: ClaimedScene
+    index: int = 0
+    pixels: int = 0      # output pixels (for progress and throughput)
+    attempts: int = 0    # runs of this item that died with their actor (rsvl batch)
+
+    def call(self) -> tuple:
+        """The plain arguments of `ItemExecutor.execute` for this item (what crosses to a Ray actor)."""
+        scene = self.scene
+        return self.kind, scene.source, scene.target, scene.geotiff, self.index, scene.caption
+
+
+def claim_scene(source: Path, target: Path, geotiff: bool, options: JobOptions, summary: JobSummary,
+                events: JobEvents) -> ClaimedScene | None:
+    """Claim an output for this run, or skip it (complete already, or being computed by another run)."""
+    claim = Claim(target)
+    # checked after claiming: a concurrent run may have just finished it
+    if claim.acquire() is not None or (is_complete(target) and not options.overwrite):
+        claim.release()
+        summary.skipped.append(target)
+        events.skipped(source, target)
+        return None
+    return ClaimedScene(source, target, geotiff, claim)
+
+
+def output_pixels(source: Path, geotiff: bool, scale: int) -> int:
+    """Output pixels of an input, from its header (0 when unreadable: executing it reports why)."""
+    try:
+        if geotiff or source.suffix.lower() in (".tif", ".tiff"):
+            from ..geo import open_raster
+
+            with open_raster(source) as ds:
+                return ds.width * ds.height * scale * scale
+        from PIL import Image
+
+        with Image.open(source) as image:
+            return image.width * image.height * scale * scale
+    except Exception:  # noqa: BLE001 - any unreadable header: the item's own error names the problem
+        return 0
+
+
+def plan_items(scene: ClaimedScene, config: RunConfig, options: JobOptions, assembler: Assembler) -> list[WorkItem]:
+    """A claimed scene's items: one whole image, or (a shared caption +) its windows in `plan_windows` order."""
+    windows = options.scene.windows
+    if not windows.size:
+        return [WorkItem("whole", scene, pixels=output_pixels(scene.source, scene.geotiff, config.scale))]
+    try:
+        scene.scene = open_input(scene.source, scene.geotiff, options.scene)
+    except FAILURES as exc:
+        assembler.fail(scene, assembler.message(scene, exc))
+        return []
+    pixels = scene.scene.height * scene.scene.width * config.scale ** 2
+    if not is_windowed(scene.scene, windows):
+        return [WorkItem("whole", scene, pixels=pixels)]
+    for note in scene.scene.notes:
+        assembler.events.note(scene.source, note)
+    items = []
+    if config.refine is not None and config.caption_text is None and windows.caption == "scene":
+        scene.caption_ready = False
+        items.append(WorkItem("caption", scene))
+    for index, tile in enumerate(plan_windows(scene.scene.height, scene.scene.width, windows, config.scale)):
+        pixels = (tile.y1 - tile.y0) * (tile.x1 - tile.x0) * config.scale ** 2
+        items.append(WorkItem("window", scene, index, pixels=pixels))
+    return items
+
+
+class ItemExecutor:
+    """Runs work items on loaded models (in this process, or inside a Ray actor); returns plain data."""
+
+    def __init__(self, config: RunConfig, options: JobOptions, models: PipelineModels, model_files: dict,
+                 events: JobEvents | None = None) -> None:
+        self.config, self.options, self.models, self.model_files = config, options, models, model_files
+        self.events = events or SilentEvents()  # a whole image's notes and progress (silent in a Ray actor)
+        self.scenes: OrderedDict[Path, SceneSource] = OrderedDict()
+
+    def execute(self, kind: str, source: Path, target: Path, geotiff: bool, index: int = 0,
+                caption: str | None = None, callback: ProgressCallback | None = None) -> Any:
+        """whole: the output and its run record written -> {record, seconds}; caption: the scene's shared
+        caption (or None); window: {image, record, seconds} of window `index`."""
+        start = time.perf_counter()
+        if kind == "whole":
+            record = upscale_to(source, target, geotiff, self.config, self.models, self.options, self.model_files,
+                                self.events)
+            return {"record": record, "seconds": time.perf_counter() - start}
+        scene = self.scene(source, geotiff)
+        if kind == "caption":
+            return scene_caption(scene, self.config, self.models, self.options.scene.windows)
+        tile = plan_windows(scene.height, scene.width, self.options.scene.windows, self.config.scale)[index]
+        image, record = run_window(scene, tile, self.config, self.models, callback, caption)
+        return {"image": image, "record": record, "seconds": time.perf_counter() - start}
+
+    def scene(self, source: Path, geotiff: bool) -> SceneSource:
+        """An input opened for windows, kept open for the next windows of the same scene."""
+        if source not in self.scenes:
+            self.scenes[source] = open_input(source, geotiff, self.options.scene)
+            while len(self.scenes) > OPEN_SCENES:
+                self.scenes.popitem(last=False)
+        self.scenes.move_to_end(source)
+        return self.scenes[source]
+
+
+class Assembler:
+    """Turns item results into outputs: windows blended in plan order into the row sink, run records written,
+    claims released, events reported; a failed item fails its scene, a full or read-only disk stops the job."""
+
+    def __init__(self, config: RunConfig, options: JobOptions, events: JobEvents, summary: JobSummary,
+                 model_files: dict, device: str, peak_device: torch.device | None = None) -> None:
+        self.config, self.options, self.events, self.summary = config, options, events, summary
+        self.model_files, self.device, self.peak_device = model_files, device, peak_device
+
+    def accept(self, item: WorkItem, value: Any) -> None:
+        """An item's result (in any order); the scene's output is finished when its last window is blended."""
+        try:
+            self.take(item, value)
+        except FAILURES as exc:
+            self.failed(item, exc)
+
+    def take(self, item: WorkItem, value: Any) -> None:
+        scene = item.scene
+        if item.kind == "whole":
+            self.finish(scene, value["record"], value["seconds"])
+            return
+        if item.kind == "caption":
+            scene.caption, scene.caption_ready = value, True
+            return
+        if scene.failed:
+            return
+        scene.ready[item.index] = value
+        if scene.blender is None:
+            scene.stack = ExitStack()
+            sink = scene.stack.enter_context(row_sink(scene.scene, scene.target, self.config.scale, self.options.cog))
+            scene.blender = WindowBlender(scene.scene.height, scene.scene.width, self.config.scale,
+                                          self.options.scene.windows, sink)
+        while scene.blender.next_index in scene.ready:
+            result = scene.ready.pop(scene.blender.next_index)
+            scene.blender.add(result["image"])
+            scene.records.append(result["record"])
+            scene.seconds += result["seconds"]
+        if not scene.blender.done:
+            return
+        stack, scene.stack = scene.stack, None
+        stack.close()  # the image is in place (renamed from its temp file)
+        record = windowed_record(scene.records, self.options.scene.windows, scene.caption)
+        record["input"] = input_record(scene.source, scene.scene)
+        if self.peak_device is not None:  # the peak over the whole scene, the final write included
+            record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(self.peak_device)[0])
+        write_record_or_remove(scene.target, record, self.config, self.device, self.model_files)
+        self.finish(scene, record, scene.seconds)
+
+    def finish(self, scene: ClaimedScene, record: dict, seconds: float) -> None:
+        scene.done = True
+        scene.claim.release()
+        self.summary.written.append(scene.target)
+        self.events.finished(scene.source, scene.target, record, seconds)
+
+    def failed(self, item: WorkItem, cause: BaseException) -> None:
+        """An item raised: its scene fails (reported; the rest go on); a full or read-only disk stops the job."""
+        message = self.message(item.scene, cause)
+        self.fail(item.scene, message)
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRORS:
+            self.summary.stopped = f"{message}; stopped with {len(self.summary.written)} output(s) complete"
+
+    @staticmethod
+    def message(scene: ClaimedScene, exc: BaseException) -> str:
+        return os_error_message(exc, scene.target) if isinstance(exc, OSError) else str(exc)
+
+    def fail(self, scene: ClaimedScene, message: str) -> None:
+        if scene.failed:
+            return
+        scene.failed = True
+        self.abort(scene)
+        scene.claim.release()
+        self.summary.failed.append((scene.source, message))
+        self.events.failed(scene.source, message)
+
+    @staticmethod
+    def abort(scene: ClaimedScene) -> None:
+        """Close a scene's unfinished output: its temp file is removed, nothing appears at the target."""
+        stack, scene.stack = scene.stack, None
+        if stack is not None:
+            error = RuntimeError("scene not finished")
+            stack.__exit__(RuntimeError, error, None)
+        scene.ready.clear()
+
+    def close(self, scene: ClaimedScene) -> None:
+        """After a scene's items (finished, failed or interrupted): nothing half-written stays, the claim goes."""
+        if not scene.done:
+            self.abort(scene)
+        scene.claim.release()
+
+
+def run_job(inputs, config: RunConfig, models: PipelineModels, options: JobOptions,
+            events: JobEvents | None = None) -> JobSummary:
+    """Upscale every input into `options.output_dir` (outputs + run records, resume, failures): the local loop
+    over the work items. Each output is claimed just before it is computed, so runs started side by side on
+    the same folder share the work."""
+    events = events or SilentEvents()
+    planned = plan_job(inputs, config.scale, options, events)
+    summary = JobSummary()
+    events.begin([source for source, _, _ in planned])
+    executor = assembler = None
+    for source, target, geotiff in planned:
+        if summary.stopped:
+            break
+        scene = claim_scene(source, target, geotiff, options, summary, events)
+        if scene is None:
+            continue
+        try:
+            if executor is None:
+                models.preload()  # once, before the first image: a wrong weights file stops the run here
+                model_files = model_files_record(models, options.hash_models)
+                executor = ItemExecutor(config, options, models, model_files, events)
+                assembler = Assembler(config, options, events, summary, model_files, str(models.device),
+                                      models.device)
+            run_items(plan_items(scene, config, options, assembler), executor, assembler, events)
+        finally:
+            if assembler is not None:
+                assembler.close(scene)
+            else:
+                scene.claim.release()
+    return summary
+
+
+def run_items(items: list[WorkItem], executor: ItemExecutor, assembler: Assembler, events: JobEvents) -> None:
+    """One scene's items, in order, in this process (one progress display for a windowed scene)."""
+    callback = None
+    for item in items:
+        if item.scene.failed or assembler.summary.stopped:
+            return
+        if item.kind != "whole" and callback is None:
+            callback = events.progress(item.scene.source)
+        try:
+            value = executor.execute(*item.call(), callback=callback)
+        except FAILURES as exc:
+            assembler.failed(item, exc)
+            return
+        assembler.accept(item, value)
