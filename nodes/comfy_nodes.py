@@ -347,7 +347,7 @@ class Stage1FidelitySR(RSVLNode):
                 if HOST.torch_device(sr3.device).type != "cpu":
                     return
                 per_step = (seconds_left / max(total - step, 1)) if total > step else 0.0
-                line = logic.cpu_time_warning(label, seconds_left, step, total, per_step)
+                line = logic.cpu_time_warning(label, seconds_left, total, per_step)
                 if line:
                     log.warning("%s", line)
                     notes.append(line)

@@ -527,7 +527,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def cpu_time_warning(label: str, seconds_left: float, step: int, total: int, elapsed_per_step: float) -> str | None:
+def cpu_time_warning(label: str, seconds_left: float, total: int, elapsed_per_step: float) -> str | None:
     """The one-line CPU warning for a long stage-1 run (None when it is expected to finish soon)."""
     if seconds_left < CPU_WARN_SECONDS:
         return None

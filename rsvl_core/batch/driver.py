@@ -13,11 +13,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..atomic import remove_stale_temporaries
 from ..errors import RsvlError
-from ..pipeline.jobs import JobEvents, JobOptions, JobSummary, SilentEvents, model_files_record, plan_job, printable
+from ..pipeline.jobs import JobEvents, JobOptions, JobSummary, model_files_record, plan_job, printable
 from ..pipeline.models import ModelFiles, PipelineModels
 from ..pipeline.options import RunConfig
 from ..pipeline.work import Assembler, ClaimedScene, WorkItem, claim_scene, plan_items
@@ -28,11 +28,14 @@ RESTART_POLL = 0.5  # seconds between asking a restarting actor whether it is ba
 HELD_PER_ACTOR = 2  # window outputs the driver holds (running or waiting for their turn) per actor
 
 
-class BatchEvents(JobEvents, Protocol):
-    """JobEvents plus the batch's own: the plan (items, output pixels) and each finished item."""
+class BatchEvents(JobEvents):
+    """JobEvents plus the batch's own (optional too): the plan (items, output pixels) and each finished item."""
 
-    def planned(self, items: int, pixels: int) -> None: ...
-    def advanced(self, items: int, pixels: int) -> None: ...
+    def planned(self, items: int, pixels: int) -> None:
+        """How many items the batch runs, and their output pixels."""
+
+    def advanced(self, items: int, pixels: int) -> None:
+        """Items done (computed or failed) since the last call, and their output pixels."""
 
 
 @dataclass
@@ -64,7 +67,7 @@ def run_batch(inputs: list[Path], config: RunConfig, files: ModelFiles, options:
               cluster: ClusterOptions, events: BatchEvents | None = None) -> BatchSummary:
     """Every input into `options.output_dir` on Ray actors: outputs + run records, resume, retries, failures."""
     cluster.check()
-    events = events or _SilentBatchEvents()
+    events = events or BatchEvents()
     planned = plan_job(inputs, config.scale, options, events)
     summary = BatchSummary()
     events.begin([source for source, _, _ in planned])
@@ -216,11 +219,3 @@ def _scenes(items: list[WorkItem]) -> list[ClaimedScene]:
 
 def _alive_slots(summary: BatchSummary, cluster: ClusterOptions) -> bool:
     return any(a.deaths <= cluster.retries for a in summary.actors)
-
-
-class _SilentBatchEvents(SilentEvents):
-    def planned(self, items: int, pixels: int) -> None:
-        pass
-
-    def advanced(self, items: int, pixels: int) -> None:
-        pass

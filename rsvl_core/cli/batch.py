@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import RsvlError
-from ..pipeline import collect_inputs, locate_model_files
+from ..pipeline import JobEvents, collect_inputs, locate_model_files
 from .commands import COMMANDS
 from .progress import say
 from .upscale import acceleration_from_args, add_job_arguments, config_from_args, job_options_from_args
@@ -61,7 +61,7 @@ def run_batch_command(args: argparse.Namespace):
     return summary
 
 
-class BatchBars:
+class BatchBars(JobEvents):
     """Two bars on the driver: items (images, windows, captions) and output megapixels; a line per output."""
 
     def __init__(self, quiet: bool, scale: int) -> None:

@@ -81,14 +81,11 @@ def captioner_models(args: argparse.Namespace) -> PipelineModels:
     return PipelineModels(device, "resident", captioner=spec)
 
 
-class CaptionBars:
+class CaptionBars(JobEvents):
     """JobEvents for `rsvl caption`: a token bar per image, notes and failures on stderr."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet, self.bars = quiet, None
-
-    def begin(self, sources: list[Path]) -> None:
-        pass
 
     def note(self, source: Path, text: str) -> None:
         say(f"{source.name}: {text}")
@@ -115,7 +112,7 @@ def run_caption(args: argparse.Namespace) -> CaptionSummary:
         scene = SceneOptions(args.bands, args.stretch, args.percentiles)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
-    events: JobEvents = CaptionBars(args.quiet)
+    events = CaptionBars(args.quiet)
     try:
         summary = caption_job(args.inputs, options, captioner_models(args), scene, events)
     finally:

@@ -16,6 +16,7 @@ from ..errors import RsvlError
 from ..evaluation import (
     BASELINES,
     DegradeOptions,
+    EvalEvents,
     EvalOptions,
     EvalSummary,
     PerceptualScorer,
@@ -96,7 +97,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
     return configs
 
 
-class EvalBars:
+class EvalBars(EvalEvents):
     """EvalEvents for a terminal: one bar over images x methods, stage bars inside, notes above."""
 
     def __init__(self, quiet: bool) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..pipeline.jobs import JobEvents
+
 
 class StageBars:
     """One progress bar per stage of one image (stage 1, caption, refine, VAE, windows)."""
@@ -36,7 +38,7 @@ def say(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-class CliEvents:
+class CliEvents(JobEvents):
     """JobEvents for a terminal: a bar per stage, notes and one line per finished image."""
 
     def __init__(self, quiet: bool, scale: int) -> None:

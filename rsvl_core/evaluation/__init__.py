@@ -17,7 +17,6 @@ from .runner import (
     EvalImage,
     EvalOptions,
     EvalSummary,
-    QuietEvents,
     collect_dataset,
     run_evaluation,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "EvalSummary",
     "PerceptualScorer",
     "PerceptualWeights",
-    "QuietEvents",
     "bicubic_downsample",
     "collect_dataset",
     "consistency_metrics",

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
@@ -103,33 +102,24 @@ class EvalSummary:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-class EvalEvents(Protocol):
-    """What a face shows while an evaluation runs."""
-
-    def begin(self, pairs: int) -> None: ...
-    def note(self, text: str) -> None: ...
-    def progress(self, image_id: str, method: str) -> ProgressCallback | None: ...
-    def pair_done(self, image_id: str, method: str, skipped: bool) -> None: ...
-    def failed(self, what: str, message: str) -> None: ...
-
-
-class QuietEvents:
-    """No output (library use, tests)."""
+class EvalEvents:
+    """What a face shows while an evaluation runs; every method is optional (the base shows nothing)."""
 
     def begin(self, pairs: int) -> None:
-        pass
+        """How many image x method pairs the evaluation covers."""
 
     def note(self, text: str) -> None:
-        pass
+        """A line worth saying (an HR crop, a skipped metric)."""
 
     def progress(self, image_id: str, method: str) -> ProgressCallback | None:
+        """The progress callback for one pair's stages (None: none shown)."""
         return None
 
     def pair_done(self, image_id: str, method: str, skipped: bool) -> None:
-        pass
+        """A pair is computed, or read back from an earlier run."""
 
     def failed(self, what: str, message: str) -> None:
-        pass
+        """An image or pair failed; the rest go on."""
 
 
 def collect_dataset(hr_dir: Path) -> list[EvalImage]:
@@ -151,7 +141,7 @@ def collect_dataset(hr_dir: Path) -> list[EvalImage]:
     return images
 
 
-def method_kind(name: str, config: RunConfig | None) -> str:
+def method_kind(config: RunConfig | None) -> str:
     """baseline, stage1 (no refiner) or full (stage 1 + caption + refiner)."""
     if config is None:
         return "baseline"
@@ -203,7 +193,7 @@ class Evaluation:
         if models is None and any(c is not None for c in options.methods.values()):
             raise ValueError("methods other than the baselines need the pipeline's models")
         self.hr_dir, self.options, self.models, self.perceptual = Path(hr_dir), options, models, perceptual
-        self.events = events or QuietEvents()
+        self.events = events or EvalEvents()
         self.summary = EvalSummary()
         self.models_ready = False
         self.crops: dict[str, list[int]] = {}
@@ -244,7 +234,7 @@ class Evaluation:
             self.models_ready = True
         shared: dict[tuple[str, int], torch.Tensor] = {}
         order = sorted(pending, key=lambda m: {"full": 0, "stage1": 1, "baseline": 2}[
-            method_kind(m, options.methods[m])])
+            method_kind(options.methods[m])])
         outputs: dict[str, torch.Tensor] = {}
         for method in order:
             started = time.perf_counter()
@@ -336,7 +326,7 @@ class Evaluation:
             captions.append(run.caption)
             windows = run.record.get("windows")
         extra = {"seeds": [self.options.seed + k for k in range(self.options.samples)],
-                 "kind": method_kind(method, config)}
+                 "kind": method_kind(config)}
         if reused:
             extra["stage1_taken_from_full_run"] = reused
         if windows is not None:
@@ -392,7 +382,7 @@ class Evaluation:
                    or m not in PERCEPTUAL_METRICS]
         provenance = {
             "command": options.command, "hr_dir": str(self.hr_dir), "scale": options.scale, "seed": options.seed,
-            "samples": options.samples, "methods": {m: method_kind(m, c) for m, c in options.methods.items()},
+            "samples": options.samples, "methods": {m: method_kind(c) for m, c in options.methods.items()},
             "protocol": {"degradation": options.degrade.describe(), "degrade_options": asdict(options.degrade),
                          "hr_crop": "HR cropped at the bottom/right to a multiple of the scale",
                          "hr_cropped_images": self.crops, "conventions": CONVENTIONS,

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -63,37 +63,28 @@ class JobSummary:
     stopped: str | None = None                          # why the run stopped early (the output storage failed)
 
 
-class JobEvents(Protocol):
-    """What a face shows while a job runs (all optional to act on)."""
-
-    def begin(self, sources: list[Path]) -> None: ...
-    def note(self, source: Path, text: str) -> None: ...
-    def skipped(self, source: Path, target: Path) -> None: ...
-    def progress(self, source: Path) -> ProgressCallback | None: ...
-    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None: ...
-    def failed(self, source: Path, message: str) -> None: ...
-
-
-class SilentEvents:
-    """No output: for library use and tests."""
+class JobEvents:
+    """What a face shows while a job runs. Every method is optional: the base does nothing (library use, tests,
+    Ray actors), and a face overrides what it shows (`rsvl upscale`'s bars, `rsvl caption`'s, the batch table)."""
 
     def begin(self, sources: list[Path]) -> None:
-        pass
+        """The inputs of the job, in order."""
 
     def note(self, source: Path, text: str) -> None:
-        pass
+        """Something worth saying about an input (a conversion, a stale temp file removed)."""
 
     def skipped(self, source: Path, target: Path) -> None:
-        pass
+        """An output that is complete already, or being computed by another run."""
 
     def progress(self, source: Path) -> ProgressCallback | None:
+        """The progress callback for an input's stages (None: no progress shown)."""
         return None
 
     def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
-        pass
+        """An output and its run record are in place."""
 
     def failed(self, source: Path, message: str) -> None:
-        pass
+        """An input failed (one line naming it); the rest go on."""
 
 
 def collect_inputs(items: Iterable[Path]) -> list[Path]:
@@ -220,7 +211,7 @@ def caption_job(inputs: Iterable[Path], options: CaptionOptions, models: Pipelin
     """`rsvl caption`: a job whose items stop after the caption. Each input is read as `rsvl upscale` reads it
     (GeoTIFF bands and stretch, any band count and data type; a large scene as an overview of at most 1024 px a
     side, read decimated) and captioned; a bad file is reported and the rest go on."""
-    events = events or SilentEvents()
+    events = events or JobEvents()
     scene = scene or SceneOptions()
     sources = collect_inputs(inputs)
     events.begin(sources)
@@ -317,7 +308,7 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
     if not is_windowed(scene, windows):
         result = run_pipeline(scene.whole(), config, models, callback)
         write_whole(scene, result.image, target, config.scale, cog)
-        record = run_record(result, config)
+        record = run_record(result)
         record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
         return record
     caption = scene_caption(scene, config, models, windows)
@@ -360,7 +351,7 @@ def upscale_image(image: torch.Tensor, config: RunConfig, models: PipelineModels
     scene = SceneSource(Path("<memory>"), image.shape[-2], image.shape[-1], [], image=image)
     if not is_windowed(scene, windows):
         result = run_pipeline(image, config, models, callback)
-        return ImageRun(result.image, result.caption, result.stage1_image, run_record(result, config))
+        return ImageRun(result.image, result.caption, result.stage1_image, run_record(result))
     caption = scene_caption(scene, config, models, windows)
     sink = ArraySink(scene.height * config.scale, scene.width * config.scale)
     records: list[dict] = []
@@ -393,7 +384,7 @@ def run_window(scene: SceneSource, tile: Tile, config: RunConfig, models: Pipeli
     """One window of a scene through the pipeline: (its output image, its run record)."""
     result = run_pipeline(scene.read(tile), config, models, callback, origin=(tile.y0, tile.x0),
                           scene_caption=caption)
-    return result.image, run_record(result, config)
+    return result.image, run_record(result)
 
 
 def windowed_record(records: list[dict], windows: WindowOptions, caption: str | None) -> dict:
@@ -409,7 +400,7 @@ def windowed_record(records: list[dict], windows: WindowOptions, caption: str | 
     return record
 
 
-def run_record(result: PipelineResult, config: RunConfig) -> dict:
+def run_record(result: PipelineResult) -> dict:
     """What one pipeline run did, for the sidecar."""
     record: dict[str, Any] = {
         "caption": result.caption, "caption_source": result.caption_source,

@@ -32,7 +32,6 @@ from .jobs import (
     JobEvents,
     JobOptions,
     JobSummary,
-    SilentEvents,
     input_record,
     is_complete,
     is_windowed,
@@ -151,7 +150,7 @@ class ItemExecutor:
     def __init__(self, config: RunConfig, options: JobOptions, models: PipelineModels, model_files: dict,
                  events: JobEvents | None = None) -> None:
         self.config, self.options, self.models, self.model_files = config, options, models, model_files
-        self.events = events or SilentEvents()  # a whole image's notes and progress (silent in a Ray actor)
+        self.events = events or JobEvents()  # a whole image's notes and progress (silent in a Ray actor)
         self.scenes: OrderedDict[Path, SceneSource] = OrderedDict()
 
     def execute(self, kind: str, source: Path, target: Path, geotiff: bool, index: int = 0,
@@ -275,7 +274,7 @@ def run_job(inputs, config: RunConfig, models: PipelineModels, options: JobOptio
     """Upscale every input into `options.output_dir` (outputs + run records, resume, failures): the local loop
     over the work items. Each output is claimed just before it is computed, so runs started side by side on
     the same folder share the work."""
-    events = events or SilentEvents()
+    events = events or JobEvents()
     planned = plan_job(inputs, config.scale, options, events)
     summary = JobSummary()
     events.begin([source for source, _, _ in planned])

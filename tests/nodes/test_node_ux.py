@@ -132,8 +132,8 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
 
 def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, caplog):
     logic = comfy.logic
-    assert logic.cpu_time_warning("N", 30.0, 1, 500, 0.06) is None
-    line = logic.cpu_time_warning("RSVL Stage 1 #4", 2700.0, 1, 500, 5.4)
+    assert logic.cpu_time_warning("N", 30.0, 500, 0.06) is None
+    line = logic.cpu_time_warning("RSVL Stage 1 #4", 2700.0, 500, 5.4)
     assert line == ("RSVL Stage 1 #4: running on the CPU: 500 steps at ~5.4 s/step, about 45 min left; for a quick "
                     "result connect a DynamicStepScheduler with ddim/dpmpp and fewer steps, or use a GPU")
     sr3 = load(comfy, demo_models[1])[0]
