@@ -24,6 +24,17 @@ def _private_hash_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
 
 
+@pytest.fixture
+def clean(monkeypatch, tmp_path):
+    """No $RSVL_MODELS_DIR / $COMFYUI_DIR from the machine, and an empty working folder."""
+    monkeypatch.delenv("RSVL_MODELS_DIR", raising=False)
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """--browser-artifacts DIR: where the browser tests keep their screenshots (default: pytest's tmp dir)."""
     parser.addoption("--browser-artifacts", default=None, help="folder for the browser tests' screenshots")

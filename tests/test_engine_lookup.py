@@ -22,17 +22,6 @@ from rsvl_core.weights import WEIGHTS, WeightsEntry, find_weights
 SAMPLE = Path(__file__).parents[1] / "rsvl_core" / "samples" / "osbs_029_lr100.png"
 
 
-@pytest.fixture
-def clean(monkeypatch, tmp_path):
-    """No $RSVL_MODELS_DIR / $COMFYUI_DIR from the machine, and an empty working folder."""
-    monkeypatch.delenv("RSVL_MODELS_DIR", raising=False)
-    monkeypatch.delenv("COMFYUI_DIR", raising=False)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
 def _touch(path, data: bytes = b"weights"):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

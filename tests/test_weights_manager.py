@@ -39,17 +39,6 @@ def demo_models(demo_written) -> Path:
     return demo_written[0]
 
 
-@pytest.fixture
-def clean(monkeypatch, tmp_path):
-    """No $RSVL_MODELS_DIR / $COMFYUI_DIR from the machine, and an empty working folder."""
-    monkeypatch.delenv("RSVL_MODELS_DIR", raising=False)
-    monkeypatch.delenv("COMFYUI_DIR", raising=False)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
 def rsvl_weights(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="rsvl")
     add_weights_parser(parser.add_subparsers(dest="command", required=True))

@@ -22,7 +22,7 @@ from ..caption import CaptionOptions, collapse_whitespace
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
-from ..scene import ArraySink, WindowOptions, blend_windows, plan_windows
+from ..scene import ArraySink, RowSink, WindowOptions, blend_windows, plan_windows
 from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
 from ..tiling import Tile
 from ..weights import find_weights
@@ -311,18 +311,8 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
         record = run_record(result)
         record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
         return record
-    caption = scene_caption(scene, config, models, windows)
-    records: list[dict] = []
-
-    def outputs():
-        for tile in plan_windows(scene.height, scene.width, windows, config.scale):
-            image, record = run_window(scene, tile, config, models, callback, caption)
-            records.append(record)
-            yield image
-
     with row_sink(scene, target, config.scale, cog) as sink:
-        blend_windows(scene.height, scene.width, config.scale, windows, outputs(), sink)
-    record = windowed_record(records, windows, caption)
+        record = run_windows(scene, config, models, windows, callback, sink)
     # the peak over the whole scene, the final write included (not just one window's pipeline)
     record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
     return record
@@ -352,20 +342,27 @@ def upscale_image(image: torch.Tensor, config: RunConfig, models: PipelineModels
     if not is_windowed(scene, windows):
         result = run_pipeline(image, config, models, callback)
         return ImageRun(result.image, result.caption, result.stage1_image, run_record(result))
-    caption = scene_caption(scene, config, models, windows)
     sink = ArraySink(scene.height * config.scale, scene.width * config.scale)
+    record = run_windows(scene, config, models, windows, callback, sink)
+    out = torch.from_numpy(sink.array).permute(2, 0, 1)[None].float().div(255)
+    return ImageRun(out, record.get("caption"), None, record)
+
+
+def run_windows(scene: SceneSource, config: RunConfig, models: PipelineModels, windows: WindowOptions,
+                callback: ProgressCallback | None, sink: RowSink) -> dict:
+    """A scene window by window in this process (scene-keyed noise, the scene's shared caption), blended by the
+    one blender into `sink`; returns the scene's run record."""
+    caption = scene_caption(scene, config, models, windows)
     records: list[dict] = []
 
     def outputs():
         for tile in plan_windows(scene.height, scene.width, windows, config.scale):
-            out, record = run_window(scene, tile, config, models, callback, caption)
+            image, record = run_window(scene, tile, config, models, callback, caption)
             records.append(record)
-            yield out
+            yield image
 
     blend_windows(scene.height, scene.width, config.scale, windows, outputs(), sink)
-    record = windowed_record(records, windows, caption)
-    out = torch.from_numpy(sink.array).permute(2, 0, 1)[None].float().div(255)
-    return ImageRun(out, record.get("caption"), None, record)
+    return windowed_record(records, windows, caption)
 
 
 def scene_caption(scene: SceneSource, config: RunConfig, models: PipelineModels,
