@@ -68,7 +68,15 @@ def browser():
 def page(browser, server):  # noqa: F811
     settings = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True}
     post(server, "/settings", settings)
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, reduced_motion="reduce")
+    # No animations: a busy machine can stall a CSS leave transition, leaving PrimeVue's block mask over the page
+    # (its element waits for an animationend that never comes). With zero durations Vue ends them at once.
+    context.add_init_script("""document.addEventListener("DOMContentLoaded", () => {
+        const style = document.createElement("style");
+        style.textContent = "*, *::before, *::after { animation-duration: 0s !important; "
+            + "animation-delay: 0s !important; transition-duration: 0s !important; transition-delay: 0s !important; }";
+        document.head.appendChild(style);
+    });""")
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -76,6 +84,7 @@ def page(browser, server):  # noqa: F811
     tab.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=60_000)
     tab.wait_for_function("() => (window.app.extensionManager?.extensions ?? window.app.extensions ?? [])"
                           ".some(e => e.name === 'rsvl.NodeText')", timeout=30_000)
+    tab.wait_for_function("() => !document.querySelector('.p-blockui-mask')", timeout=60_000)
     tab.page_errors = errors
     yield tab
     context.close()
@@ -133,10 +142,22 @@ def set_widgets(page, values: dict[str, dict]) -> None:
     assert missing == []
 
 
+def press_run(page) -> None:
+    """Press the Run button. A PrimeVue block mask left over from loading (its leave animation can stall under
+    load in headless Chromium) may cover the page: wait for it to go, then click; if it stays, send the click to
+    the button itself, as the mask has no handler of its own."""
+    button = page.get_by_role("button", name="Run", exact=True).first
+    try:
+        page.wait_for_function("() => !document.querySelector('.p-blockui-mask')", timeout=30_000)
+        button.click(timeout=30_000)
+    except playwright_api.TimeoutError:
+        button.dispatch_event("click")
+
+
 def run(page, server: dict, timeout: float = 300) -> dict:  # noqa: F811
     """Press Run; wait until the queue is empty; the newest history entry."""
     before = set(get(server, "/history"))
-    page.get_by_role("button", name="Run", exact=True).first.click()
+    press_run(page)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         history = get(server, "/history")
@@ -245,7 +266,7 @@ def test_browser_invalid_tile_setting_names_the_node_and_the_typed_value(page, s
                        "Stage1FidelitySR": {"tile_size": 224, "tile_overlap": 200}})
     stage1_id = page.evaluate("() => app.graph.nodes.find(n => n.type === 'Stage1FidelitySR').id")
     before = set(get(server, "/history"))
-    page.get_by_role("button", name="Run", exact=True).first.click()
+    press_run(page)
     message = page.get_by_text("tile_overlap 200", exact=False).first
     message.wait_for(state="visible", timeout=30_000)
     shot(page, artifacts, "invalid_tile_setting")
