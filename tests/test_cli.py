@@ -311,3 +311,21 @@ def test_run_record_has_model_hashes_cached_by_size_and_mtime(models_dir, inputs
     assert main(["upscale", str(inputs / "wide.png"), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),
                  "--overwrite", "--no-hash", *FAST]) == 0
     assert "sha256" not in json.loads((out / "wide_x2.json").read_text())["models"]["stage1"][0]
+
+
+def test_our_outputs_in_the_input_folder_are_never_inputs(models_dir, tmp_path, capsys):
+    """Output folder = input folder: a second run leaves the first run's outputs alone (no `a_x2_x2.png`)."""
+    models = models_dir
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    Image.open(SAMPLE_IMAGE).convert("RGB").crop((0, 0, 24, 16)).save(folder / "a.png")
+    argv = ["upscale", str(folder), "-o", str(folder), "--scale", "2", "--stage1-only", "--models-dir", str(models),
+            "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-hash", "-q"]
+    assert main(argv) == 0 and (folder / "a_x2.png").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "1 input(s) are earlier rsvl outputs" in err and "a_x2.png" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x2.json", "a_x2.png"]
+    assert main([*argv[:1], str(folder / "a_x2.png"), *argv[2:]]) == 2  # only our output named: refused, named
+    assert "every input is an earlier rsvl output (a_x2.png" in capsys.readouterr().err

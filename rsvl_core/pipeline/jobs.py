@@ -190,8 +190,17 @@ def prepare_output_folder(folder: Path) -> list[Path]:
 def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
              events: JobEvents) -> list[tuple[Path, Path, bool]]:
     """(input, output, is GeoTIFF) for every input, after the output folder is checked and our stale temps
-    are removed: the start every face of the job API shares."""
+    are removed: the start every face of the job API shares. Earlier rsvl outputs among the inputs (an output
+    folder that is also the input folder) are never inputs: they are left out, and that is said once."""
     sources = collect_inputs(inputs)
+    ours = [source for source in sources if is_complete(source)]
+    if ours:
+        sources = [source for source in sources if source not in ours]
+        events.note(ours[0], f"{len(ours)} input(s) are earlier rsvl outputs (a run record beside each names it) "
+                             "and are not upscaled again: left out")
+        if not sources:
+            raise RsvlError(f"every input is an earlier rsvl output ({printable(ours[0].name)}, ...; each has its "
+                            "run record beside it): name the original images")
     for stale in prepare_output_folder(options.output_dir):
         events.note(stale, "removed a temporary file left by an interrupted run")
     geotiffs = [_is_geotiff(source, options.scene) for source in sources]
