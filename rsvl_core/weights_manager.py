@@ -288,7 +288,8 @@ def import_hub():
         raise RsvlError(f"downloading needs the huggingface_hub package, which is not installed: {PIP_HINT}") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def _error_summary(exc: BaseException) -> str:
+    """`Type: first line` of an exception, for one-line download errors."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -358,7 +359,7 @@ def download_weights(item: str, models_dir: Path | None = None, *, variant: str 
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # network, auth, missing repo: one line, and how to do it by hand
-        raise RsvlError(f"download of {what} failed ({_one_line(exc)}). Check the internet connection (or HF_TOKEN "
+        raise RsvlError(f"download of {what} failed ({_error_summary(exc)}). Check the internet connection (or HF_TOKEN "
                         f"/ HF_ENDPOINT), then run the command again to resume, or download it by hand from "
                         f"{source.url} into {dest}") from None
     if source.filename:
