@@ -359,8 +359,8 @@ def download_weights(item: str, models_dir: Path | None = None, *, variant: str 
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # network, auth, missing repo: one line, and how to do it by hand
-        raise RsvlError(f"download of {what} failed ({_error_summary(exc)}). Check the internet connection (or HF_TOKEN "
-                        f"/ HF_ENDPOINT), then run the command again to resume, or download it by hand from "
+        raise RsvlError(f"download of {what} failed ({_error_summary(exc)}). Check the internet connection (or "
+                        f"HF_TOKEN / HF_ENDPOINT), then run the command again to resume, or download it by hand from "
                         f"{source.url} into {dest}") from None
     if source.filename:
         _verify_download(entry, got, source.filename, progress)
