@@ -117,12 +117,12 @@ def tiny_models(device: torch.device) -> Models:
     """The demo's tiny random models (what `rsvl demo` writes), built in memory."""
     from rsvl_core.caption.captioner import Captioner
     from rsvl_core.caption.tiny import tiny_llava_next, tiny_llava_next_processor
-    from rsvl_core.demo import DEMO_SR3_CONFIG
+    from rsvl_core.pipeline.tiny import TINY_SR3_CONFIG
     from rsvl_core.refine.tiny import tiny_refiner
     from rsvl_core.stage1 import SR3UNet
 
     torch.manual_seed(0)
-    stage1 = SR3Stage1(SR3Model(SR3UNet(DEMO_SR3_CONFIG).eval().to(device)))
+    stage1 = SR3Stage1(SR3Model(SR3UNet(TINY_SR3_CONFIG).eval().to(device)))
     return Models(stage1, Captioner(tiny_llava_next(0).to(device), tiny_llava_next_processor()),
                   tiny_refiner(0).to(device))
 

@@ -189,12 +189,12 @@ def full_size_step_costs(latent: int = 128) -> None:
 
 
 def run_stage1(full: bool, device: torch.device, dtype: torch.dtype) -> None:
-    from rsvl_core.demo import DEMO_SR3_CONFIG
+    from rsvl_core.pipeline.tiny import TINY_SR3_CONFIG
     from rsvl_core.stage1 import SR3Config, SR3SamplerOptions, SR3UNet, upscale_stage1
     from rsvl_core.stage1.loader import SR3Model
 
     torch.manual_seed(0)
-    config = SR3Config() if full else DEMO_SR3_CONFIG
+    config = SR3Config() if full else TINY_SR3_CONFIG
     model = SR3Model(SR3UNet(config).to(device=device, dtype=dtype).eval())
     size = 28 if full else 16
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
