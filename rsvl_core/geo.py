@@ -269,15 +269,29 @@ def _info(ds, bands: tuple[int, ...]) -> RasterInfo:
                       tags=dict(ds.tags()))
 
 
-def _type_range(dtype: str) -> tuple[float, float]:
+def _type_range(dtype: str, nbits: int | None = None) -> tuple[float, float]:
+    """The value range `--stretch none` maps to [0, 1]: the declared bit depth (NBITS, e.g. 12-bit data stored
+    as uint16: 0..4095) when the file declares one, else the type's full range."""
     if dtype == "bool":
         return 0.0, 1.0
     kind = np.dtype(dtype).kind
     if kind in "ui":
-        return 0.0, float(np.iinfo(dtype).max)
+        top = float(np.iinfo(dtype).max)
+        if nbits is not None and 0 < nbits < np.iinfo(dtype).bits:
+            top = float(2 ** (nbits - (kind == "i")) - 1)
+        return 0.0, top
     if kind == "f":
         return 0.0, 1.0
     raise ValueError(dtype)
+
+
+def declared_bits(ds) -> int | None:
+    """The bit depth a raster declares (GDAL's NBITS, e.g. 12 for 12-bit sensor data in uint16), if any."""
+    try:
+        value = ds.tags(ns="IMAGE_STRUCTURE").get("NBITS") or ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
+        return int(value) if value else None
+    except (ValueError, TypeError):
+        return None
 
 
 def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
@@ -302,21 +316,20 @@ def _check_dtype(ds, bands: tuple[int, ...], path) -> str:
 
 
 def compute_stretch(data: np.ndarray, valid: np.ndarray | None, bands: tuple[int, ...], dtype: str, method: str,
-                    percentiles: tuple[float, float] = (2.0, 98.0)) -> Stretch:
-    """The low/high value of each band of `data` (bands, H, W) for `method` (valid pixels only)."""
+                    percentiles: tuple[float, float] = (2.0, 98.0), nbits: int | None = None) -> Stretch:
+    """The low/high value of each band of `data` (bands, H, W) for `method` (valid pixels only). A band with no
+    spread (constant, or no valid values) keeps the type's (or declared bit depth's) range instead: its value
+    stays where it is rather than being stretched over a 1-unit range (which made a constant tile black)."""
     if method == "none":
-        lo, hi = _type_range(dtype)
+        lo, hi = _type_range(dtype, nbits)
         return Stretch("none", bands, dtype, (lo,) * len(bands), (hi,) * len(bands))
     lows, highs = [], []
     for plane in data:
         values = plane[valid] if valid is not None else plane.ravel()
         values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-        if values.size == 0:
-            lo, hi = 0.0, 1.0
-        else:
-            lo, hi = (float(v) for v in np.percentile(values, percentiles))
-        if hi <= lo:  # a constant band: map its value to 0 rather than divide by zero
-            hi = lo + 1.0
+        lo, hi = (float(v) for v in np.percentile(values, percentiles)) if values.size else (0.0, 0.0)
+        if hi <= lo:
+            lo, hi = _type_range(dtype, nbits)
         lows.append(lo)
         highs.append(hi)
     return Stretch("percentile", bands, dtype, tuple(lows), tuple(highs), tuple(percentiles))
@@ -360,9 +373,11 @@ def scene_stretch(path: str | Path, plan: BandPlan | None = None,
         step = max(1.0, (ds.width * ds.height / max_pixels) ** 0.5)
         shape = (len(bands), max(1, round(ds.height / step)), max(1, round(ds.width / step)))
         data = ds.read(list(bands), out_shape=shape) if method != "none" else None
+        nbits = declared_bits(ds)
     if data is None:
-        return compute_stretch(np.empty((len(bands), 0, 0)), None, bands, dtype, "none"), info
-    return compute_stretch(data, _valid_mask(data, info.nodata), bands, dtype, method, plan.percentiles), info
+        return compute_stretch(np.empty((len(bands), 0, 0)), None, bands, dtype, "none", nbits=nbits), info
+    valid = _valid_mask(data, info.nodata)
+    return compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits), info
 
 
 def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int | None = None) -> RasterRead:
@@ -382,15 +397,17 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
         bands, method = plan.resolve(ds.count, ds.dtypes[0], path)
         dtype = _check_dtype(ds, bands, path)
         info = _info(ds, bands)
+        nbits = declared_bits(ds)
         try:
             data = ds.read(list(bands))
         except Exception as exc:  # rasterio raises RasterioIOError / CPLE_* for truncated data
             raise InputImageError(f"{path}: raster data could not be read ({str(exc).splitlines()[0][:160]})") from None
     valid = _valid_mask(data, info.nodata)
-    stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles)
+    stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
     notes = []
     if dtype != "uint8" or method != "none":
-        notes.append(stretch.note())
+        notes.append(stretch.note() + (f" (the file declares {nbits}-bit data)" if nbits else ""))
+    notes.extend(radiometry_warnings(data, valid, stretch, nbits))
     if method == "none" and (clipped := clipped_share(data, valid, stretch)) > 0:
         notes.append(f"warning: {clipped:.1%} of the values lie outside the {stretch.low[0]:g}..{stretch.high[0]:g} "
                      f"range of --stretch none and were clipped; --stretch percentile keeps them")
@@ -402,6 +419,24 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
         notes.append(f"{int((~valid).sum())} nodata pixel(s) ({info.nodata:g}) filled with 0 for the model, "
                      f"restored as nodata in the output")
     return RasterRead(_normalise(data, valid, stretch), valid, info, stretch, notes)
+
+
+def radiometry_warnings(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch,
+                        nbits: int | None) -> list[str]:
+    """What a user must hear about the values: an all-nodata scene, and `--stretch none` on data that uses a
+    small part of its type's range (12-bit data in uint16 without NBITS comes out almost black)."""
+    if valid is not None and not valid.any():
+        return ["warning: every pixel is nodata: the output is nodata too"]
+    if stretch.method != "none" or nbits or np.dtype(stretch.source_dtype).kind not in "ui":
+        return []
+    values = data[:, valid] if valid is not None else data
+    top = float(values.max()) if values.size else 0.0
+    if top and top < stretch.high[0] / 8:
+        bits = max(1, int(np.ceil(np.log2(top + 1))))
+        return [f"warning: the largest value is {top:g}, {top / stretch.high[0]:.1%} of the {stretch.source_dtype} "
+                f"range, so --stretch none gives an almost black image; {bits}-bit data? use --stretch percentile, "
+                f"or declare the bit depth (GDAL's NBITS={bits})"]
+    return []
 
 
 def _window(window):

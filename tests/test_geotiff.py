@@ -254,3 +254,46 @@ def test_georeference_is_detected_without_rasterio(monkeypatch):
     monkeypatch.setitem(sys.modules, "rasterio", None)
     assert has_georeference(OSBS)
     assert not has_georeference(OSBS.with_suffix(".png"))
+
+
+def _write(path, data, **extra):
+    rasterio = pytest.importorskip("rasterio", reason='rasterio is not installed (pip install "rsvl[geo]")')
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": str(data.dtype), "crs": "EPSG:32617", "transform": from_origin(400000, 3280000, 1, 1), **extra}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_declared_12_bit_data_with_stretch_none_uses_the_declared_range(tmp_path):
+    from rsvl_core.geo import BandPlan, read_raster
+
+    data = np.tile(np.linspace(0, 4095, 16, dtype=np.uint16), (3, 8, 1))
+    path = _write(tmp_path / "nbits.tif", data, nbits=12)
+    read = read_raster(path, BandPlan.parse(stretch="none"))
+    assert read.stretch.high == (4095.0,) * 3
+    assert read.image.max().item() == pytest.approx(1.0) and read.image.min().item() == 0.0
+    assert any("declares 12-bit data" in n for n in read.notes)
+
+
+def test_12_bit_data_without_a_declaration_warns_with_stretch_none(tmp_path):
+    from rsvl_core.geo import BandPlan, read_raster
+
+    data = np.tile(np.linspace(0, 4000, 16, dtype=np.uint16), (3, 8, 1))
+    read = read_raster(_write(tmp_path / "dark.tif", data), BandPlan.parse(stretch="none"))
+    assert read.stretch.high == (65535.0,) * 3
+    warning = next(n for n in read.notes if n.startswith("warning: the largest value is 4000"))
+    assert "12-bit data?" in warning and "--stretch percentile" in warning
+
+
+def test_a_constant_band_keeps_its_level_and_an_all_nodata_scene_warns(tmp_path):
+    from rsvl_core.geo import read_raster
+
+    constant = np.full((3, 8, 8), 30000, dtype=np.uint16)
+    read = read_raster(_write(tmp_path / "flat.tif", constant))  # percentile by default for uint16
+    assert read.image.min().item() == pytest.approx(30000 / 65535, abs=1e-6)  # not 0 (black)
+    empty = np.full((3, 8, 8), 7, dtype=np.uint16)
+    read = read_raster(_write(tmp_path / "empty.tif", empty, nodata=7))
+    assert "warning: every pixel is nodata: the output is nodata too" in read.notes
