@@ -20,7 +20,7 @@ from ..errors import RsvlError
 from ..pipeline.jobs import JobEvents, JobOptions, JobSummary, model_files_record, plan_job, printable
 from ..pipeline.models import ModelFiles, PipelineModels
 from ..pipeline.options import RunConfig
-from ..pipeline.work import Assembler, ClaimedScene, WorkItem, claim_scene, plan_items
+from ..pipeline.work import Assembler, ClaimedScene, WorkItem, claim_scene, output_pixels, plan_items
 from .cluster import ClusterOptions, connect, plan_actors
 from .worker import SceneWorker
 
@@ -78,11 +78,7 @@ def run_batch(inputs: list[Path], config: RunConfig, files: ModelFiles, options:
             _run(scenes, config, files, options, cluster, events, summary)
     finally:
         for scene in scenes:  # nothing half-written stays; every claim goes
-            if scene.done:
-                scene.claim.release()
-            else:
-                Assembler.abort(scene)
-                scene.claim.release()
+            Assembler.close(scene)
         for stale in remove_stale_temporaries(options.output_dir):  # left by actors that were killed
             events.note(stale, "removed a temporary file left by a killed actor")
     return summary
@@ -97,6 +93,9 @@ def _run(scenes: list[ClaimedScene], config: RunConfig, files: ModelFiles, optio
     items = [item for scene in scenes for item in plan_items(scene, config, options, assembler)]
     if not items:
         return
+    for item in items:  # whole images were not opened to plan them: their size, for the throughput table
+        if item.kind == "whole" and not item.pixels:
+            item.pixels = output_pixels(item.scene.source, item.scene.geotiff, config.scale)
     events.planned(len(items), sum(i.pixels for i in items))
     plan = plan_actors(cluster, ray.cluster_resources())
     remote = ray.remote(SceneWorker)

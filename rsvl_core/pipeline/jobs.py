@@ -228,8 +228,7 @@ def caption_job(inputs: Iterable[Path], options: CaptionOptions, models: Pipelin
     summary = CaptionSummary()
     for source in sources:
         try:
-            opened = open_scene(source, scene.bands, scene.stretch, scene.percentiles, windowed=True,
-                                geotiff=_is_geotiff(source, scene))
+            opened = open_input(source, _is_geotiff(source, scene), scene, windowed=True)
             for note in opened.notes:
                 events.note(source, note)
             text = captioner.caption(opened.overview(), options, events.progress(source))[0]
@@ -280,10 +279,11 @@ def _is_geotiff(source: Path, scene: SceneOptions) -> bool:
         return False  # unreadable: open_scene reports it
 
 
-def open_input(source: Path, geotiff: bool, scene_options: SceneOptions) -> SceneSource:
-    """An input scene as the job reads it: whole, or lazily by windows when windows are asked for."""
+def open_input(source: Path, geotiff: bool, scene_options: SceneOptions, windowed: bool | None = None) -> SceneSource:
+    """An input scene as the job reads it: whole, or lazily by windows (default: when windows are asked for)."""
+    windowed = bool(scene_options.windows.size) if windowed is None else windowed
     return open_scene(source, scene_options.bands, scene_options.stretch, scene_options.percentiles,
-                      windowed=bool(scene_options.windows.size), geotiff=geotiff)
+                      windowed=windowed, geotiff=geotiff)
 
 
 def is_windowed(scene: SceneSource, windows: WindowOptions) -> bool:
@@ -329,8 +329,7 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
 
 def read_input(source: Path, scene_options: SceneOptions) -> SceneSource:
     """An input read whole, as `rsvl upscale` reads it (GeoTIFF bands, stretch and nodata by the same rules)."""
-    return open_scene(source, scene_options.bands, scene_options.stretch, scene_options.percentiles,
-                      geotiff=_is_geotiff(source, scene_options))
+    return open_input(source, _is_geotiff(source, scene_options), scene_options, windowed=False)
 
 
 @dataclass

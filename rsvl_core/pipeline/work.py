@@ -49,7 +49,6 @@ from .models import PipelineModels
 from .options import RunConfig
 from .run import peak_memory
 
-ITEM_KINDS = ("whole", "caption", "window")
 OPEN_SCENES = 2  # scenes an executor keeps open (their stretch computed once): windows of one scene arrive together
 FAILURES = (RsvlError, ValueError, OSError)  # what fails one input (reported; the rest go on)
 
@@ -122,8 +121,8 @@ def output_pixels(source: Path, geotiff: bool, scale: int) -> int:
 def plan_items(scene: ClaimedScene, config: RunConfig, options: JobOptions, assembler: Assembler) -> list[WorkItem]:
     """A claimed scene's items: one whole image, or (a shared caption +) its windows in `plan_windows` order."""
     windows = options.scene.windows
-    if not windows.size:
-        return [WorkItem("whole", scene, pixels=output_pixels(scene.source, scene.geotiff, config.scale))]
+    if not windows.size:  # nothing opened here: `output_pixels` reads the header where a face needs the size
+        return [WorkItem("whole", scene)]
     try:
         scene.scene = open_input(scene.source, scene.geotiff, options.scene)
     except FAILURES as exc:
@@ -262,10 +261,11 @@ class Assembler:
             stack.__exit__(RuntimeError, error, None)
         scene.ready.clear()
 
-    def close(self, scene: ClaimedScene) -> None:
+    @staticmethod
+    def close(scene: ClaimedScene) -> None:
         """After a scene's items (finished, failed or interrupted): nothing half-written stays, the claim goes."""
         if not scene.done:
-            self.abort(scene)
+            Assembler.abort(scene)
         scene.claim.release()
 
 
@@ -294,10 +294,7 @@ def run_job(inputs, config: RunConfig, models: PipelineModels, options: JobOptio
                                       models.device)
             run_items(plan_items(scene, config, options, assembler), executor, assembler, events)
         finally:
-            if assembler is not None:
-                assembler.close(scene)
-            else:
-                scene.claim.release()
+            Assembler.close(scene)
     return summary
 
 
