@@ -74,8 +74,13 @@ def _rasterio():
 
 
 def has_georeference(path: str | Path) -> bool:
-    """True when `path` is a TIFF carrying GeoTIFF georeferencing tags (checked with Pillow: no rasterio needed)."""
+    """True when `path` is a TIFF carrying GeoTIFF georeferencing tags (checked with Pillow: no rasterio needed), or
+    a raster only GDAL reads (JPEG 2000, VRT, ...) with a CRS or a geotransform."""
+    from .image import GDAL_ONLY_SUFFIXES
+
     path = Path(path)
+    if path.suffix.lower() in GDAL_ONLY_SUFFIXES:
+        return rasterio_available() and _gdal_georeferenced(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
     from PIL import Image
@@ -85,16 +90,19 @@ def has_georeference(path: str | Path) -> bool:
             tags = getattr(img, "tag_v2", {})
             return any(tag in tags for tag in GEOTIFF_TAGS)
     except Exception:  # unreadable by Pillow (e.g. 16-bit RGB): ask GDAL if we have it
-        if not rasterio_available():
-            return False
-        rasterio = _rasterio()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(path) as ds:
-                    return ds.crs is not None or not ds.transform.is_identity
-        except Exception:
-            return False
+        return rasterio_available() and _gdal_georeferenced(path)
+
+
+def _gdal_georeferenced(path: Path) -> bool:
+    """Whether GDAL sees a CRS or a non-identity geotransform (False for a file it cannot open: reading reports it)."""
+    rasterio = _rasterio()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                return ds.crs is not None or not ds.transform.is_identity
+    except Exception:
+        return False
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ class Stretch:
     low: tuple[float, ...]
     high: tuple[float, ...]
     percentiles: tuple[float, float] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None  # method "palette": index -> RGB (the band's colormap)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (for the sidecar and the output's RSVL_STRETCH tag)."""
@@ -174,15 +183,20 @@ class Stretch:
                                   "low": list(self.low), "high": list(self.high)}
         if self.percentiles is not None:
             record["percentiles"] = list(self.percentiles)
+        if self.palette is not None:
+            record["palette"] = [list(rgb) for rgb in self.palette]
         return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Stretch:
-        pct = record.get("percentiles")
+        pct, palette = record.get("percentiles"), record.get("palette")
         return cls(record["method"], tuple(record["bands"]), record["source_dtype"], tuple(record["low"]),
-                   tuple(record["high"]), tuple(pct) if pct is not None else None)
+                   tuple(record["high"]), tuple(pct) if pct is not None else None,
+                   tuple(tuple(rgb) for rgb in palette) if palette is not None else None)
 
     def note(self) -> str:
+        if self.palette is not None:
+            return f"band {self.bands[0]} is a palette of {len(self.palette)} colours: expanded to RGB"
         triples = zip(self.bands, self.low, self.high, strict=True)
         ranges = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in triples)
         if self.method == "percentile":
@@ -294,6 +308,22 @@ def declared_bits(ds) -> int | None:
         return None
 
 
+def palette_stretch(ds, bands: tuple[int, ...], plan: BandPlan) -> Stretch | None:
+    """A single palette band (a classified map, a paletted scan) read as its colours, not as grey indices; None
+    for any other raster, or when the user chose a value stretch (then the indices are the values)."""
+    from rasterio.enums import ColorInterp
+
+    if len(bands) != 1 or plan.stretch is not None or ds.colorinterp[bands[0] - 1] != ColorInterp.palette:
+        return None
+    try:
+        colormap = ds.colormap(bands[0])
+    except ValueError:  # declared palette, no table
+        return None
+    size = max(colormap) + 1
+    palette = tuple(tuple(int(v) for v in colormap.get(i, (0, 0, 0, 0))[:3]) for i in range(size))
+    return Stretch("palette", bands, ds.dtypes[bands[0] - 1], (0.0,), (float(size - 1),), palette=palette)
+
+
 def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
     """(bands, H, W) -> (H, W) bool: False where every band is nodata (or NaN)."""
     invalid = None
@@ -347,6 +377,13 @@ def clipped_share(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch) 
 
 
 def _normalise(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch) -> torch.Tensor:
+    if stretch.palette is not None:
+        colours = np.asarray(stretch.palette, dtype=np.float32) / 255
+        index = np.clip(data[0], 0, len(colours) - 1).astype(np.intp)
+        out = np.ascontiguousarray(colours[index].transpose(2, 0, 1))
+        if valid is not None:
+            out[:, ~valid] = 0.0
+        return torch.from_numpy(out)[None]
     out = np.empty(data.shape, dtype=np.float32)
     for i, plane in enumerate(data):
         lo, hi = stretch.low[i], stretch.high[i]
@@ -370,6 +407,8 @@ def scene_stretch(path: str | Path, plan: BandPlan | None = None,
         bands, method = plan.resolve(ds.count, ds.dtypes[0], path)
         dtype = _check_dtype(ds, bands, path)
         info = _info(ds, bands)
+        if (palette := palette_stretch(ds, bands, plan)) is not None:
+            return palette, info
         step = max(1.0, (ds.width * ds.height / max_pixels) ** 0.5)
         shape = (len(bands), max(1, round(ds.height / step)), max(1, round(ds.width / step)))
         data = ds.read(list(bands), out_shape=shape) if method != "none" else None
@@ -402,7 +441,11 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
             data = ds.read(list(bands))
         except Exception as exc:  # rasterio raises RasterioIOError / CPLE_* for truncated data
             raise InputImageError(f"{path}: raster data could not be read ({str(exc).splitlines()[0][:160]})") from None
+        palette = palette_stretch(ds, bands, plan)
     valid = _valid_mask(data, info.nodata)
+    if palette is not None:
+        return RasterRead(_normalise(data, valid, palette), valid, info, palette,
+                          [palette.note(), *_nodata_notes(valid, info)])
     stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
     notes = []
     if dtype != "uint8" or method != "none":
@@ -415,10 +458,15 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
         notes.append(f"band {bands[0]} replicated to RGB")
     elif bands != (1, 2, 3) or info.count != 3:
         notes.append(f"bands {_fmt(bands)} of {info.count} used as R,G,B")
-    if valid is not None and not valid.all():
-        notes.append(f"{int((~valid).sum())} nodata pixel(s) ({info.nodata:g}) filled with 0 for the model, "
-                     f"restored as nodata in the output")
+    notes.extend(_nodata_notes(valid, info))
     return RasterRead(_normalise(data, valid, stretch), valid, info, stretch, notes)
+
+
+def _nodata_notes(valid: np.ndarray | None, info: RasterInfo) -> list[str]:
+    if valid is None or valid.all():
+        return []
+    return [f"{int((~valid).sum())} nodata pixel(s) ({info.nodata:g}) filled with 0 for the model, "
+            f"restored as nodata in the output"]
 
 
 def radiometry_warnings(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch,
@@ -515,8 +563,10 @@ class GeoTiffWindowWriter:
         self.dtype = _output_dtype(info, dtype)
         if dtype == "source" and stretch is None:
             raise RsvlError("GeoTIFF output type 'source' needs the stretch used to read the input")
+        if stretch is not None and stretch.palette is not None:  # colours out: an upscaled map is no longer indexed
+            self.mode, self.dtype = "uint8", "uint8"
         self.nodata = _output_nodata(info.nodata, self.dtype)
-        self.count = 1 if len(info.bands) == 1 else 3
+        self.count = 1 if len(info.bands) == 1 and (stretch is None or stretch.palette is None) else 3
         self._stack: ExitStack | None = None
         self._ds = None
 

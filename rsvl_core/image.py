@@ -16,7 +16,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .atomic import atomic_path
 from .errors import InputImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# rasters only GDAL reads (through rasterio, with their georeferencing): JPEG 2000 (how Sentinel-2 ships), GDAL's
+# virtual rasters, ERDAS Imagine
+GDAL_ONLY_SUFFIXES = (".jp2", ".j2k", ".vrt", ".img")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", *GDAL_ONLY_SUFFIXES)
 
 
 # Largest input read whole, in pixels (width x height): 100 megapixels, e.g. 10000 x 10000. Pillow's

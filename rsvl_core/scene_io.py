@@ -1,9 +1,10 @@
 """Where a scene comes from and where its result goes: plain images, or GeoTIFFs with their georeferencing.
 
-`open_scene` picks the reader: a georeferenced TIFF (or any TIFF when bands/stretch are given) goes
-through rasterio (`geo.py`: bands, stretch, nodata, CRS), everything else through Pillow
-(`image.py`). The matching writer keeps the georeferencing (pixel size / scale, same bounds) and
-writes atomically, whole or row strip by row strip for windowed runs.
+`open_scene` picks the reader: a georeferenced raster (GeoTIFF, JPEG 2000, VRT, Imagine; any TIFF when
+bands/stretch are given) goes through rasterio (`geo.py`: bands, stretch, palette, nodata, CRS) and gives a
+GeoTIFF; a TIFF or GDAL-only raster without georeferencing is read by rasterio too and gives a plain image;
+everything else goes through Pillow (`image.py`). The matching writer keeps the georeferencing (pixel size /
+scale, same bounds) and writes atomically, whole or row strip by row strip for windowed runs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputImageError
 from .geo import rasterio_available
-from .image import read_image, write_array_atomic, write_image_atomic
+from .image import GDAL_ONLY_SUFFIXES, read_image, write_array_atomic, write_image_atomic
 from .scene import ArraySink
 from .tiling import Tile
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+RASTER_SUFFIXES = GEOTIFF_SUFFIXES + GDAL_ONLY_SUFFIXES  # what rasterio reads for us
 OVERVIEW_SIDE = 1024  # the scene overview a windowed run captions once (LLaVA-NeXT sees at most 672 px tiles)
 
 
@@ -72,8 +75,8 @@ class SceneSource:
 def is_geotiff_input(path: Path, bands: str | None, stretch: str | None) -> bool:
     from .geo import has_georeference
 
-    return path.suffix.lower() in GEOTIFF_SUFFIXES and (bands is not None or stretch is not None
-                                                        or has_georeference(path))
+    return path.suffix.lower() in RASTER_SUFFIXES and (bands is not None or stretch is not None
+                                                       or has_georeference(path))
 
 
 def open_scene(path: Path, bands: str | None = None, stretch: str | None = None, percentiles: str | None = None,
@@ -82,13 +85,17 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
 
     `geotiff`: the caller's `is_geotiff_input` answer, if it already has one (saves reading the header again).
     """
+    suffix = path.suffix.lower()
+    if suffix in GDAL_ONLY_SUFFIXES and not rasterio_available():
+        raise InputImageError(f'{path}: {suffix} rasters are read through GDAL: pip install "rsvl[geo]" (rasterio)')
     if geotiff is None:
         geotiff = is_geotiff_input(path, bands, stretch)
     if not geotiff:
         if bands is not None or stretch is not None:
-            raise ValueError(f"{path}: --bands/--stretch apply to GeoTIFF inputs (.tif) only")
-        if path.suffix.lower() in GEOTIFF_SUFFIXES and rasterio_available():
-            return _plain_tiff(path)
+            raise ValueError(f"{path}: --bands/--stretch apply to rasters GDAL reads "
+                             f"({', '.join(RASTER_SUFFIXES)}) only")
+        if suffix in RASTER_SUFFIXES and rasterio_available():
+            return _plain_raster(path)
         image, notes = read_image(path)
         return SceneSource(path, image.shape[-2], image.shape[-1], notes, image=image)
     from .geo import BandPlan, read_raster, scene_stretch
@@ -108,9 +115,10 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
     return source
 
 
-def _plain_tiff(path: Path) -> SceneSource:
-    """A TIFF without georeferencing, read through rasterio: 16-bit and float data are stretched as for
-    GeoTIFFs (not cut to their high byte, nor clipped), bands as for GeoTIFFs; the output is a plain image."""
+def _plain_raster(path: Path) -> SceneSource:
+    """A TIFF (or JPEG 2000, VRT, ...) without georeferencing, read through rasterio: 16-bit and float data are
+    stretched as for GeoTIFFs (not cut to their high byte, nor clipped), bands and palettes as for GeoTIFFs; the
+    output is a plain image."""
     from .geo import BandPlan, read_raster
 
     raster = read_raster(path, BandPlan())
