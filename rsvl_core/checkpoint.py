@@ -10,7 +10,9 @@ import json
 import pickle
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -22,6 +24,23 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 # Containers that training code wraps a state dict in (Lightning, EMA trainers, ...).
 _NESTED_KEYS = ("state_dict", "params_ema", "params", "model", "module")
+_HEADERS_ONLY: ContextVar[bool] = ContextVar("rsvl_headers_only", default=False)
+
+
+@contextmanager
+def headers_only() -> Iterator[None]:
+    """Within this block `read_state_dict` gives meta tensors (names, shapes, dtypes; no data read), so a
+    stage's own loader can be run on the meta device to learn whether a file will load (`rsvl weights check`)."""
+    token = _HEADERS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _HEADERS_ONLY.reset(token)
+
+
+def reading_headers() -> bool:
+    """Whether this is a `headers_only` read: a loader then builds its model on the meta device."""
+    return _HEADERS_ONLY.get()
 
 
 def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
@@ -42,8 +61,9 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(path, "file is empty (0 bytes)", expected)
 
     suffix = path.suffix.lower()
+    meta = _HEADERS_ONLY.get()
     if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and _looks_like_safetensors(path)):
-        state = _read_safetensors(path, expected)
+        state = _read_safetensors_header(path, expected) if meta else _read_safetensors(path, expected)
     elif suffix in PICKLE_SUFFIXES or zipfile.is_zipfile(path):
         state = _read_torch_pickle(path, expected)
     else:
@@ -51,7 +71,10 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
             path, f"unsupported file type {suffix or '(no extension)'!r}",
             f"{expected} as .safetensors, .pth, .pt or .ckpt",
         )
-    return own_memory(canonicalize_state_dict(state, path, expected))
+    state = canonicalize_state_dict(state, path, expected)
+    if meta:
+        return {k: v if v.is_meta else v.to("meta") for k, v in state.items()}
+    return own_memory(state)
 
 
 ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator guarantees and vectorised kernels assume
@@ -106,6 +129,30 @@ def _read_safetensors(path: Path, expected: str) -> dict:
             path, f"not a readable safetensors file, possibly truncated or corrupt ({first_line(exc)})",
             expected,
         ) from None
+
+
+def _read_safetensors_header(path: Path, expected: str) -> dict:
+    """Meta tensors with the file's names, shapes and dtypes, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            state = {}
+            for key in handle.keys():
+                view = handle.get_slice(key)
+                state[key] = torch.empty(view.get_shape(), dtype=_SAFETENSORS_DTYPES[view.get_dtype()], device="meta")
+            return state
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(
+            path, f"not a readable safetensors file, possibly truncated or corrupt ({first_line(exc)})",
+            expected,
+        ) from None
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
 
 
 # Training frameworks put their own data objects next to the weights (Lightning's hyper_parameters
@@ -248,14 +295,15 @@ def read_json_config(path: str | Path, expected: str, comment_lines: bool = Fals
 Blame = tuple[Path | str, str] | Callable[[str], tuple[Path | str, str]]
 
 
-def check_state(expected: Mapping[str, Sequence[int]], given: Mapping[str, torch.Tensor], blame: Blame, what: str,
-                same_shape: Callable[[str, tuple, tuple], bool] | None = None,
+def check_state(expected: Mapping[str, Sequence[int] | torch.Tensor], given: Mapping[str, torch.Tensor], blame: Blame,
+                what: str, same_shape: Callable[[str, tuple, tuple], bool] | None = None,
                 extra_unexpected: Iterable[str] = ()) -> None:
     """The one strict key check of every loader: raise a one-line CheckpointError unless `given` has exactly the
-    keys of `expected`, each with the expected shape.
+    keys of `expected`, each with the expected shape, and floating-point values where the model's are.
 
     Args:
-        expected: key -> shape the model needs (in the file's own names, so the error names keys as stored).
+        expected: key -> shape the model needs, or the model's own (meta) tensor, whose dtype then counts too
+            (in the file's own names, so the error names keys as stored).
         given: the file's tensors under those names.
         blame: (file, what that file should be), or key -> (file, what it should be) when several files
             are merged (the SDXL file vs the SUPIR file); the first problem key decides whom to name.
@@ -263,12 +311,14 @@ def check_state(expected: Mapping[str, Sequence[int]], given: Mapping[str, torch
         same_shape: when two shapes may differ yet fit (e.g. a conv 1x1 stored as a linear weight).
         extra_unexpected: keys the caller already knows to be unknown (e.g. left over by a name conversion).
     """
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in expected.items()}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted((set(given) - set(expected)) | set(extra_unexpected))
     fits = same_shape or (lambda key, got, want: got == want)
-    wrong = sorted(k for k in set(expected) & set(given)
-                   if not fits(k, tuple(given[k].shape), tuple(expected[k])))
-    if not (missing or unexpected or wrong):
+    wrong = sorted(k for k in set(expected) & set(given) if not fits(k, tuple(given[k].shape), shapes[k]))
+    not_float = sorted(k for k in set(expected) & set(given) if isinstance(expected[k], torch.Tensor)
+                       and expected[k].is_floating_point() and not given[k].is_floating_point())
+    if not (missing or unexpected or wrong or not_float):
         return
     parts = []
     for keys, noun in ((missing, "missing key"), (unexpected, "unexpected key")):
@@ -277,8 +327,12 @@ def check_state(expected: Mapping[str, Sequence[int]], given: Mapping[str, torch
     if wrong:
         key = wrong[0]
         parts.append(f"{len(wrong)} tensor{'s' if len(wrong) > 1 else ''} with the wrong shape (e.g. {key} is "
-                     f"{list(given[key].shape)}, the architecture needs {list(expected[key])})")
-    first = (missing or unexpected or wrong)[0]
+                     f"{list(given[key].shape)}, the architecture needs {list(shapes[key])})")
+    if not_float:
+        key = not_float[0]
+        parts.append(f"{len(not_float)} tensor{'s' if len(not_float) > 1 else ''} stored as "
+                     f"{str(given[key].dtype).removeprefix('torch.')} (e.g. {key}): the weights must be floating point")
+    first = (missing or unexpected or wrong or not_float)[0]
     path, wanted = blame(first) if callable(blame) else blame
     raise CheckpointError(path, f"{what}: " + "; ".join(parts), wanted)
 

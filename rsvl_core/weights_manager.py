@@ -274,7 +274,23 @@ def check_weights(rows: list[WeightsRow] | None = None, *, sha256: bool = False,
             result.files.append(item)
         if sha256 and path.is_dir():
             result.notes.append("no published hashes for this folder's files")
+    _check_loading(results)
     return results
+
+
+def _check_loading(results: list[CheckResult]) -> None:
+    """"ok" means "will load": the sound files go through their stage's own loader, on meta tensors (headers only:
+    names, shapes, dtypes against the architecture), and a refusal becomes the entry's problem, in the loader's
+    own words. A refiner file is only probed when both of its files (SDXL, SUPIR) are present."""
+    from .pipeline.components import load_problems
+
+    sound = {r.id: Path(r.row.path) for r in results if r.ok}
+    problems = load_problems(sound)
+    for result in results:
+        if (problem := problems.get(result.id)) is not None:
+            result.problems.append(f"will not load: {problem}")
+        elif result.id in ("sdxl", "supir") and result.ok and not {"sdxl", "supir"} <= set(sound):
+            result.notes.append("loading not checked: the refiner needs both its SDXL and SUPIR files")
 
 
 # ------------------------------------------------------------------------------------------ download

@@ -174,3 +174,60 @@ def test_a_jpeg2000_without_georeferencing_gives_a_plain_image(models_dir, tmp_p
     out = tmp_path / "out"
     assert upscale(models_dir, str(source), "-o", str(out)) == 0
     assert (out / "scan_x2.png").is_file() and not (out / "scan_x2.tif").exists()
+
+
+# -- 2. `rsvl weights check` says "ok" only to what loads -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory) -> Path:
+    from rsvl_core.demo import write_demo_models
+
+    folder = tmp_path_factory.mktemp("demo_models")
+    write_demo_models(folder)
+    return folder
+
+
+def damaged_copy(demo_models: Path, target: Path, item: str, damage) -> Path:
+    """The demo models with one safetensors file rewritten by `damage(state) -> state`."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(demo_models, target)
+    path = next((target / item).glob("*.safetensors"))
+    save_file(damage(load_file(str(path))), str(path))
+    return target
+
+
+def test_weights_check_refuses_integer_weights_and_upscale_says_it_in_one_line(demo_models, tmp_path, capsys):
+    import torch
+
+    models = damaged_copy(demo_models, tmp_path / "models", "supir",
+                          lambda state: {k: (v * 100).to(torch.int32) for k, v in state.items()})
+    assert main(["weights", "check", "--models-dir", str(models)]) == 1
+    out = capsys.readouterr().out
+    supir_line = next(line for line in out.splitlines() if line.startswith("supir"))
+    assert "PROBLEM" in supir_line and re.search(r"^sdxl +ok", out, re.M)
+    assert "will not load: SDXL UNet + SUPIR connectors: 118 tensors stored as int32" in out
+    image = tmp_path / "small.png"
+    from PIL import Image
+
+    Image.fromarray(rgb_scene().transpose(1, 2, 0)).save(image)
+    code = main(["upscale", str(image), "-o", str(tmp_path / "out"), "--models-dir", str(models), "--scale", "2",
+                 "--sampler", "ddim", "--steps", "2", "--refine-steps", "2", "--caption", "a field", "-q"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "rsvl_demo_supir" in line]
+    assert code != 0 and len(err) == 1 and "stored as int32" in err[0], err
+    assert not (tmp_path / "out" / "small_x2.png").exists()
+
+
+def test_weights_check_refuses_a_wrong_shape_in_the_loaders_words(demo_models, tmp_path, capsys):
+    def widen(state):
+        key = next(k for k in sorted(state) if k.endswith("time_embed.0.weight") and "control" in k)
+        state[key] = state[key].new_zeros((state[key].shape[0] + 1, *state[key].shape[1:]))
+        return state
+
+    models = damaged_copy(demo_models, tmp_path / "models", "supir", widen)
+    assert main(["weights", "check", "--models-dir", str(models)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"supir +PROBLEM", out) and re.search(r"^sdxl +ok", out, re.M)
+    assert "will not load: GLVControl: 1 tensor with the wrong shape" in out and "is [129, 32]" in out, out

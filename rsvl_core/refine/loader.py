@@ -83,9 +83,8 @@ def _blame(key: str, path: Path, supir_path: Path | None) -> tuple[Path, str]:
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], unknown: list[str], path: Path,
                  what: str, expected: str, dtype: torch.dtype, supir_path: Path | None = None) -> None:
-    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     blame = (lambda key: _blame(key, path, supir_path)) if supir_path is not None else (path, expected)
-    check_state(shapes, state, blame, what, extra_unexpected=unknown)
+    check_state(module.state_dict(), state, blame, what, extra_unexpected=unknown)
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..cache.policy import CachePolicy, CacheReport
-from ..checkpoint import own_module_memory, read_state_dict
+from ..checkpoint import own_module_memory, read_state_dict, reading_headers
 from ..errors import CheckpointError
 from ..image import bicubic_resize
 from ..noise import NoiseField, coordinate_noise_source
@@ -149,9 +149,10 @@ def load_refiner(sdxl: str | Path, supir: str | Path, dtype: torch.dtype = torch
         return _load_from_diffusers_folder(sdxl, supir, dtype, vae_dtype, device)
     state, _ = read_refiner_checkpoints(sdxl, supir)
     parts = load_unet_and_control(state, sdxl, supir, dtype)
-    vae = load_refiner_vae(state, sdxl, dtype=vae_dtype, device="cpu")
+    staging = "meta" if reading_headers() else "cpu"  # a `headers_only` check builds everything on meta
+    vae = load_refiner_vae(state, sdxl, dtype=vae_dtype, device=staging)
     text_state = {k: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
-    text = load_text_encoder_from_single_file(text_state, sdxl, dtype=dtype, device="cpu")
+    text = load_text_encoder_from_single_file(text_state, sdxl, dtype=dtype, device=staging)
     del state
     refiner = Refiner(parts.unet, parts.control, vae, text, parts.config, {"sdxl": str(sdxl), "supir": str(supir)})
     return refiner.to(device)

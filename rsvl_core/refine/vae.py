@@ -213,7 +213,7 @@ def _check_keys_and_shapes(
     def fits(key: str, got: tuple, want: tuple) -> bool:
         return got == want or (_is_attention_weight(key) and len(got) in (2, 4) and math.prod(got) == math.prod(want))
 
-    check_state({k: tuple(v.shape) for k, v in expected.items()}, given, (path, EXPECTED), f"{what} weights", fits)
+    check_state(expected, given, (path, EXPECTED), f"{what} weights", fits)
 
 
 # ----------------------------------------------------------------------------------------------------------------

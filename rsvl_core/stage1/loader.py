@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path
-from ..checkpoint import check_state, read_json_config, read_state_dict, strip_prefix
+from ..checkpoint import check_state, read_json_config, read_state_dict, reading_headers, strip_prefix
 from ..errors import CheckpointError
 from ..families import refuse_family
 from .config import SCHEDULE_BUFFER_NAMES, SR3Config
@@ -187,8 +187,7 @@ def find_config_beside(path: Path) -> tuple[Path, tuple[SR3Config, dict[str, Any
 
 def check_sr3_keys(unet: SR3UNet, unet_state: dict[str, torch.Tensor], path: Path, source: str) -> None:
     """Raise a CheckpointError unless the weights match the model key-for-key and shape-for-shape."""
-    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    check_state(expected, unet_state, (path, EXPECTED), f"weights do not match the architecture from {source}")
+    check_state(unet.state_dict(), unet_state, (path, EXPECTED), f"weights do not match the architecture from {source}")
 
 
 def load_sr3(
@@ -226,7 +225,7 @@ def load_sr3(
         unet = SR3UNet(config)
     check_sr3_keys(unet, unet_state, path, source)
     unet.load_state_dict(unet_state, strict=True, assign=True)
-    unet.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    unet.eval().requires_grad_(False).to(device="meta" if reading_headers() else device, dtype=dtype)
     lengths = {int(v.shape[0]) for v in buffers.values()}
     return SR3Model(
         unet=unet,

@@ -10,10 +10,13 @@ spandrel's `MAIN_REGISTRY` (what ComfyUI loads its upscale models with) is copie
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import spandrel
+import torch
 
+from ..checkpoint import reading_headers
 from ..errors import CheckpointError
 from ..families import refuse_family
 from .loader import SR3Model, is_sr3_state, load_sr3
@@ -54,7 +57,8 @@ def load_architecture(state: spandrel.StateDict, path: Path) -> SR3Model | spand
     path = Path(path)
     refuse_family(state, path, STAGE1_ROLE, EXPECTED_STAGE1)
     try:
-        return stage1_registry(path).load(state)
+        with torch.device("meta") if reading_headers() else nullcontext():  # a check: build without memory
+            return stage1_registry(path).load(state)
     except CheckpointError:
         raise
     except spandrel.UnsupportedModelError:
