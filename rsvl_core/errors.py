@@ -36,3 +36,7 @@ class Cancelled(RsvlError):
 
 class TileMemoryError(RsvlError):
     """A tiled stage ran out of memory even at its smallest tile size (names the stage and the sizes tried)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an exception in the main thread, so a run unwinds as on Ctrl-C: temp files and claims go."""

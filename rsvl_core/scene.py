@@ -29,6 +29,9 @@ from .tiling import Feather, Tile, TileBlender, plan_tiles
 CAPTION_POLICIES = ("scene", "window")
 
 
+MIN_WINDOW = 16  # input pixels: the smallest window worth a pipeline run (2x: SR3's smallest 32 px tile)
+
+
 @dataclass(frozen=True)
 class WindowOptions:
     """size: window edge in input pixels (0 = the whole scene at once); overlap: input pixels shared.
@@ -46,6 +49,10 @@ class WindowOptions:
             raise ValueError(f"caption per {self.caption!r}: choose one of {', '.join(CAPTION_POLICIES)}")
         if self.size < 0 or self.overlap < 0:
             raise ValueError(f"window size and overlap must be >= 0, got {self.size} / {self.overlap}")
+        if 0 < self.size < MIN_WINDOW:
+            raise ValueError(f"window size {self.size}: windows must be at least {MIN_WINDOW} input pixels (0 = the "
+                             f"whole scene); smaller ones give the models too little context and multiply the "
+                             f"per-window work (a 32x32 scene in 1-pixel windows would be 1024 pipeline runs)")
         if self.size and self.overlap * 2 >= self.size:
             raise ValueError(f"window overlap {self.overlap} must be less than half the window size {self.size}")
 

@@ -231,3 +231,95 @@ def test_weights_check_refuses_a_wrong_shape_in_the_loaders_words(demo_models, t
     out = capsys.readouterr().out
     assert re.search(r"supir +PROBLEM", out) and re.search(r"^sdxl +ok", out, re.M)
     assert "will not load: GLVControl: 1 tensor with the wrong shape" in out and "is [129, 32]" in out, out
+
+
+# -- 8. degenerate windows ------------------------------------------------------------------------------------
+
+def test_windows_below_the_minimum_are_refused_in_one_line(models_dir, tmp_path, capsys):
+    source = write_raster(tmp_path / "scene.tif", rgb_scene())
+    out = tmp_path / "out"
+    assert upscale(models_dir, str(source), "-o", str(out), "--window-size", "1", "--window-overlap", "0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: window size 1: windows must be at least 16 input pixels (0 = the whole scene); smaller "
+                   "ones give the models too little context and multiply the per-window work (a 32x32 scene in "
+                   "1-pixel windows would be 1024 pipeline runs)"]
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_windowed_record_stays_compact(models_dir, tmp_path):
+    source = write_raster(tmp_path / "scene.tif", rgb_scene())
+    out = tmp_path / "out"
+    assert upscale(models_dir, str(source), "-o", str(out), "--window-size", "16", "--window-overlap", "4") == 0
+    record = json.loads((out / "scene_x2.json").read_text())
+    assert record["windows"]["count"] == 9 and "captions" not in record["windows"]  # stage 1 only: no captions
+    assert len((out / "scene_x2.json").read_text()) < 6000
+
+
+# -- 9. signals -----------------------------------------------------------------------------------------------
+
+def run_cli(args: list[str]):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "rsvl_core", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished_outputs(folder: Path) -> int:
+    return len(list(folder.glob("*_x2.json"))) if folder.is_dir() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_unwinds_the_run_says_what_finished_and_leaves_no_claim(models_dir, tmp_path, sig):
+    import signal
+    import time
+
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(6):
+        Image.fromarray(rgb_scene(i).transpose(1, 2, 0)).save(inputs / f"{i}.png")
+    out = tmp_path / "out"
+    run = run_cli(["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
+                   "--steps", "40", "-q", "--stage1-only", "--scale", "2"])
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and finished_outputs(out) < 2 and run.poll() is None:
+            time.sleep(0.05)
+        run.send_signal(getattr(signal, sig))
+        err = run.communicate(timeout=120)[1]
+    finally:
+        run.kill()
+    finished = finished_outputs(out)
+    assert run.returncode == (143 if sig == "SIGTERM" else 130), err
+    what = "terminated (SIGTERM)" if sig == "SIGTERM" else "interrupted (Ctrl-C)"
+    last = err.strip().splitlines()[-1]
+    assert 2 <= finished < 6
+    assert last == (f"{what}: {finished} of 6 output(s) finished; no partial output was written; rerun the same "
+                    f"command for the other {6 - finished} (finished ones are skipped)"), err
+    assert leftovers(out) == [] and len(list(out.glob("*.png"))) == finished
+
+
+def test_an_actor_ends_itself_when_its_driver_is_gone(tmp_path):
+    """The batch actor's watch: a process that watches a 'driver' exits soon after that driver is killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    actor = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys, time; from rsvl_core.batch.worker import watch_driver; "
+        f"watch_driver(socket.gethostname(), {driver.pid}, interval=0.2); time.sleep(600); sys.exit(3)")],
+        cwd=ROOT)
+    try:
+        time.sleep(0.5)
+        assert actor.poll() is None  # watching, alive while its driver is
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert actor.wait(timeout=120) == 0  # ended itself (not the sleep's exit 3)
+    finally:
+        driver.kill()
+        actor.kill()

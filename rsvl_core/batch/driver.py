@@ -10,6 +10,7 @@ the scene), and retries an item whose actor died.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +101,10 @@ def _run(scenes: list[ClaimedScene], config: RunConfig, files: ModelFiles, optio
     plan = plan_actors(cluster, ray.cluster_resources())
     remote = ray.remote(SceneWorker)
     threads = plan.num_cpus if plan.num_gpus == 0 else 0
+    driver = (socket.gethostname(), os.getpid())  # actors on this host end themselves if this process is killed
     actors = [remote.options(num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_restarts=cluster.retries,
                              max_task_retries=0, name=actor_name(n)).remote(files, config, options, model_files,
-                                                                            cluster, threads)
+                                                                            cluster, threads, driver)
               for n in range(plan.count)]
     deaths = _actor_death_errors(ray)
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ class SceneWorker:
     """One per GPU (or CPU slot). Everything it returns is plain data the driver can record."""
 
     def __init__(self, files: ModelFiles, config: RunConfig, options: JobOptions, model_files: dict,
-                 cluster: ClusterOptions, threads: int) -> None:
+                 cluster: ClusterOptions, threads: int, driver: tuple[str, int] | None = None) -> None:
+        if driver is not None:
+            watch_driver(*driver)
         if threads:
             torch.set_num_threads(threads)
         models = PipelineModels.from_files(files, resolve_device(cluster.device), cluster.dtype, cluster.placement,
@@ -37,3 +41,36 @@ class SceneWorker:
                 caption: str | None = None) -> Any:
         """One work item (`WorkItem.call()`'s arguments) -> its plain result."""
         return self.executor.execute(kind, source, target, geotiff, index, caption)
+
+
+def watch_driver(host: str, pid: int, interval: float = 2.0) -> threading.Thread | None:
+    """End this actor's process soon after its driver is gone (killed with -9, so it could not stop its actors),
+    rather than let it finish and write items nobody collects. Only a driver on this host can be watched (by its
+    process id); on other hosts Ray ends a dead job's actors itself. Temp files left by the exit are removed by
+    the next run (owner-tagged, `remove_stale_temporaries`)."""
+    if host != socket.gethostname():
+        return None
+
+    def watch() -> None:
+        while process_alive(pid):
+            time.sleep(interval)
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="rsvl-driver-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal check above is all there is
+    return state not in ("Z", "X")

@@ -7,9 +7,13 @@ The command modules (and so torch) are imported only when a command runs or show
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from ..errors import RsvlError
+from ..errors import RsvlError, Terminated
 from .commands import COMMANDS, DESCRIPTION
 
 
@@ -58,15 +62,36 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .tally import interrupted_line, tallying
+
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:  # `rsvl`, `rsvl --help`, a typo: no engine needed to answer
-        top_level_parser().parse_args(argv)
-    args = build_parser().parse_args(argv)
+    with terminate_as_interrupt(), tallying() as tally:
+        try:
+            if not argv or argv[0] not in COMMANDS:  # `rsvl`, `rsvl --help`, a typo: no engine needed to answer
+                top_level_parser().parse_args(argv)
+            args = build_parser().parse_args(argv)
+            return dispatch(args)
+        except RsvlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            print(interrupted_line(tally, terminated=isinstance(exc, Terminated)), file=sys.stderr)
+            return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds the run as Ctrl-C does (temp files and claims removed, one line
+    said), instead of ending the process where it stands. Only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return dispatch(args)
-    except RsvlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no partial output was written", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

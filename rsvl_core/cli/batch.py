@@ -9,9 +9,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import RsvlError
-from ..pipeline import JobEvents, collect_inputs, locate_model_files
+from ..pipeline import collect_inputs, locate_model_files
 from .commands import COMMANDS
-from .progress import say
+from .progress import CountedEvents, say
 from .upscale import acceleration_from_args, add_job_arguments, config_from_args, job_options_from_args
 
 
@@ -61,14 +61,11 @@ def run_batch_command(args: argparse.Namespace):
     return summary
 
 
-class BatchBars(JobEvents):
+class BatchBars(CountedEvents):
     """Two bars on the driver: items (images, windows, captions) and output megapixels; a line per output."""
 
     def __init__(self, quiet: bool, scale: int) -> None:
         self.quiet, self.scale, self.items, self.pixels = quiet, scale, None, None
-
-    def begin(self, sources: list[Path]) -> None:
-        pass
 
     def planned(self, items: int, pixels: int) -> None:
         self.items = tqdm(total=items, desc="items", unit="item", disable=self.quiet, position=0)
@@ -83,17 +80,16 @@ class BatchBars(JobEvents):
     def note(self, source: Path, text: str) -> None:
         say(f"{source.name}: {text}")
 
-    def skipped(self, source: Path, target: Path) -> None:
-        pass
-
     def progress(self, source: Path):
         return None
 
     def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        super().finished(source, target, record, seconds)
         if not self.quiet:
             say(f"{source.name} -> {target} ({seconds:.1f} s of actor time)")
 
     def failed(self, source: Path, message: str) -> None:
+        super().failed(source, message)
         say(f"error: {message}")
 
 

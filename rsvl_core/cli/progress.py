@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from ..pipeline.jobs import JobEvents
+from .tally import current_tally
 
 
 class StageBars:
@@ -38,19 +39,37 @@ def say(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-class CliEvents(JobEvents):
+class CountedEvents(JobEvents):
+    """JobEvents that keep the command's tally: what finished, for the line an interrupted run prints."""
+
+    def begin(self, sources: list[Path]) -> None:
+        current_tally().total += len(sources)
+
+    def skipped(self, source: Path, target: Path) -> None:
+        current_tally().skipped += 1
+
+    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        current_tally().finished += 1
+
+    def failed(self, source: Path, message: str) -> None:
+        current_tally().failed += 1
+
+
+class CliEvents(CountedEvents):
     """JobEvents for a terminal: a bar per stage, notes and one line per finished image."""
 
     def __init__(self, quiet: bool, scale: int) -> None:
         self.quiet, self.scale, self.bars, self.images = quiet, scale, None, None
 
     def begin(self, sources: list[Path]) -> None:
+        super().begin(sources)
         self.images = tqdm(total=len(sources), desc="images", unit="img", disable=self.quiet or len(sources) == 1)
 
     def note(self, source: Path, text: str) -> None:
         say(f"{source.name}: {text}")
 
     def skipped(self, source: Path, target: Path) -> None:
+        super().skipped(source, target)
         self._advance()
 
     def progress(self, source: Path) -> StageBars:
@@ -59,6 +78,7 @@ class CliEvents(JobEvents):
         return self.bars
 
     def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        super().finished(source, target, record, seconds)
         self._close()
         self._advance()
         if self.quiet:
@@ -73,6 +93,7 @@ class CliEvents(JobEvents):
             f"peak {peak:.2f} GiB {record['peak_memory_kind']})")
 
     def failed(self, source: Path, message: str) -> None:
+        super().failed(source, message)
         self._close()
         self._advance()
         say(f"error: {message}")

@@ -398,8 +398,10 @@ def windowed_record(records: list[dict], windows: WindowOptions, caption: str | 
     record["seconds"] = {k: round(sum(r["seconds"].get(k, 0) for r in records), 3) for k in records[0]["seconds"]}
     record["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in records)
     record["windows"] = {"count": len(records), "size": windows.size, "overlap": windows.overlap,
-                         "noise": "keyed by scene position (seed, draw, cell)", "caption_per": windows.caption,
-                         "captions": [r["caption"] for r in records]}
+                         "noise": "keyed by scene position (seed, draw, cell)", "caption_per": windows.caption}
+    captions = [r["caption"] for r in records]
+    if windows.caption == "window" and any(captions):  # one scene caption is the record's own "caption"
+        record["windows"]["captions"] = captions
     if caption is not None:
         record["caption"] = caption
     return record
