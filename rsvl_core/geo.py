@@ -83,14 +83,20 @@ def has_georeference(path: str | Path) -> bool:
         return rasterio_available() and _gdal_georeferenced(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
+    import logging
+
     from PIL import Image
 
+    tiff_log = logging.getLogger("PIL.TiffImagePlugin")  # logs (and so prints) "More samples per pixel than can
+    quiet, tiff_log.disabled = tiff_log.disabled, True    # be decoded" for 5+ bands, before our own clear error
     try:
         with Image.open(path) as img:
             tags = getattr(img, "tag_v2", {})
             return any(tag in tags for tag in GEOTIFF_TAGS)
-    except Exception:  # unreadable by Pillow (e.g. 16-bit RGB): ask GDAL if we have it
+    except Exception:  # unreadable by Pillow (e.g. 16-bit RGB, 8 bands): ask GDAL if we have it
         return rasterio_available() and _gdal_georeferenced(path)
+    finally:
+        tiff_log.disabled = quiet
 
 
 def _gdal_georeferenced(path: Path) -> bool:

@@ -182,7 +182,9 @@ def bicubic_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(out).clamp_(0.0, 1.0).to(image.device)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files directly inside `folder` (and in its subfolders with `recursive`), sorted by path; hidden files
+    and folders skipped."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))

@@ -323,3 +323,59 @@ def test_an_actor_ends_itself_when_its_driver_is_gone(tmp_path):
     finally:
         driver.kill()
         actor.kill()
+
+
+# -- 10. smaller: logs, folders of folders, links, stray library lines -----------------------------------------
+
+def test_progress_in_a_log_is_plain_lines(models_dir, tmp_path):
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        Image.fromarray(rgb_scene(i).transpose(1, 2, 0)).save(inputs / f"{i}.png")
+    run = run_cli(["upscale", str(inputs), "-o", str(tmp_path / "out"), "--models-dir", str(models_dir),
+                   "--sampler", "ddim", "--steps", "4", "--stage1-only", "--scale", "2"])  # stderr: a pipe
+    err = run.communicate(timeout=600)[1]
+    assert run.returncode == 0, err
+    assert "\r" not in err and "\x1b[" not in err
+    assert re.search(r"^images: 50% \(1/2 img, [\d.]+ s\)$", err, re.M), err
+    assert re.search(r"^1\.png stage1: 100% \(4/4 step, [\d.]+ s\)$", err, re.M), err
+
+
+def test_a_folder_of_folders_says_recursive_and_recursive_mirrors_subfolders(nearest_model, tmp_path, capsys):
+    from PIL import Image
+
+    for sub in ("2024/north", "2024/south"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        Image.fromarray(rgb_scene().transpose(1, 2, 0)).save(tmp_path / "in" / sub / "tile.png")  # same name
+    out = tmp_path / "out"
+    assert upscale_nearest(nearest_model, str(tmp_path / "in"), "-o", str(out)) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "folder has no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp, .webp, .jp2, .j2k, .vrt, .img); its 1 "
+        "subfolder(s) have images: add --recursive to process them")
+    assert upscale_nearest(nearest_model, str(tmp_path / "in"), "-o", str(out), "--recursive") == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["2024/north/tile_x2.png", "2024/south/tile_x2.png"]
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_a_broken_link_is_named_for_what_it_is(tmp_path, capsys, link):
+    path = tmp_path / "scene.png"
+    path.symlink_to(path if link == "loop" else tmp_path / "gone.png")
+    assert main(["upscale", str(path), "-o", str(tmp_path / "out"), "--stage1-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "symbolic link loop (the link leads back to itself)" if link == "loop" else \
+        f"symbolic link to {tmp_path / 'gone.png'}, which does not exist"
+    assert err == f"error: {path}: {expected}"
+
+
+def test_an_8_band_tiff_gives_our_error_alone(models_dir, tmp_path):
+    data = np.random.default_rng(0).integers(0, 4000, (8, 32, 32)).astype("uint16")
+    source = write_raster(tmp_path / "worldview.tif", data)
+    run = run_cli(["upscale", str(source), "-o", str(tmp_path / "out"), "--models-dir", str(models_dir), *FAST])
+    err = run.communicate(timeout=600)[1]
+    assert run.returncode == 1
+    assert "More samples per pixel" not in err
+    assert "error: " + str(source) + ": raster has 8 bands; choose which become R,G,B with --bands" in err

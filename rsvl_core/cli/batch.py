@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
-
-from tqdm import tqdm
 
 from ..errors import RsvlError
 from ..pipeline import collect_inputs, locate_model_files
+from .bars import progress_bar
 from .commands import COMMANDS
 from .progress import CountedEvents, say
 from .upscale import acceleration_from_args, add_job_arguments, config_from_args, job_options_from_args
@@ -48,13 +48,13 @@ def run_batch_command(args: argparse.Namespace):
     cluster = ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.retries, args.device, args.dtype,
                              args.placement, args.vae_dtype, acceleration)
     cluster.check()
-    inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])
+    inputs = [*args.inputs, *args.input_img, *args.image_dir]
+    collect_inputs(inputs, args.recursive)  # a missing input fails first
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
     files = type(files)(*(None if f is None else Path(f).resolve() for f in (  # absolute: actors have other cwds
         files.stage1, files.captioner, files.adapter, files.sdxl, files.supir)))
-    options = type(options)(options.output_dir.resolve(), options.overwrite, options.hash_models, options.scene,
-                             options.cog)
+    options = replace(options, output_dir=options.output_dir.resolve())
     inputs = [Path(i).resolve() for i in inputs]
     summary = run_batch(inputs, config, files, options, cluster, BatchBars(args.quiet, config.scale))
     print_actor_table(summary)
@@ -68,9 +68,10 @@ class BatchBars(CountedEvents):
         self.quiet, self.scale, self.items, self.pixels = quiet, scale, None, None
 
     def planned(self, items: int, pixels: int) -> None:
-        self.items = tqdm(total=items, desc="items", unit="item", disable=self.quiet, position=0)
-        self.pixels = tqdm(total=round(pixels / 1e6, 2), desc="output", unit="Mpx", disable=self.quiet, position=1,
-                           bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} Mpx [{elapsed}<{remaining}, {rate_fmt}]")
+        self.items = progress_bar(total=items, desc="items", unit="item", disable=self.quiet, position=0)
+        self.pixels = progress_bar(total=round(pixels / 1e6, 2), desc="output", unit="Mpx", disable=self.quiet,
+                                   position=1, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} Mpx "
+                                                          "[{elapsed}<{remaining}, {rate_fmt}]")
 
     def advanced(self, items: int, pixels: int) -> None:
         if self.items is not None:

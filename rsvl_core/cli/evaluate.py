@@ -9,8 +9,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..devices import resolve_device
 from ..errors import RsvlError
 from ..evaluation import (
@@ -24,6 +22,7 @@ from ..evaluation import (
     run_evaluation,
 )
 from ..pipeline import SETTINGS, PipelineModels, RunConfig, locate_model_files
+from .bars import progress_bar
 from .commands import COMMANDS
 from .progress import StageBars, say
 from .settings import config_from_args, setting_flag
@@ -104,7 +103,7 @@ class EvalBars(EvalEvents):
         self.quiet, self.bar, self.stages = quiet, None, None
 
     def begin(self, pairs: int) -> None:
-        self.bar = tqdm(total=pairs, desc="eval", unit="pair", disable=self.quiet)
+        self.bar = progress_bar(total=pairs, desc="eval", unit="pair", disable=self.quiet)
 
     def note(self, text: str) -> None:
         say(text)

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from ..pipeline.jobs import JobEvents
+from .bars import progress_bar
 from .tally import current_tally
 
 
@@ -22,7 +23,8 @@ class StageBars:
         if stage != self.stage:
             self.close()
             unit = "tok" if stage == "caption" else "tile" if stage.startswith("vae") else "step"
-            self.bar = tqdm(desc=f"{self.name} {stage}", total=total, unit=unit, leave=False, disable=self.quiet)
+            self.bar = progress_bar(desc=f"{self.name} {stage}", total=total, unit=unit, leave=False,
+                                    disable=self.quiet)
             self.stage = stage
         if self.bar.total != total:
             self.bar.reset(total=total)
@@ -63,7 +65,8 @@ class CliEvents(CountedEvents):
 
     def begin(self, sources: list[Path]) -> None:
         super().begin(sources)
-        self.images = tqdm(total=len(sources), desc="images", unit="img", disable=self.quiet or len(sources) == 1)
+        self.images = progress_bar(total=len(sources), desc="images", unit="img",
+                                   disable=self.quiet or len(sources) == 1)
 
     def note(self, source: Path, text: str) -> None:
         say(f"{source.name}: {text}")

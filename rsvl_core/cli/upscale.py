@@ -64,6 +64,8 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
     up.add_argument("--no-hash", action="store_true",
                     help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    up.add_argument("--recursive", action="store_true",
+                    help="search named folders' subfolders too; outputs go to the same subfolders of --output")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -120,7 +122,7 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 def job_options_from_args(args: argparse.Namespace) -> JobOptions:
     return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash,
-                      scene=scene_options_from_args(args), cog=args.cog)
+                      scene=scene_options_from_args(args), cog=args.cog, recursive=args.recursive)
 
 
 def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
@@ -134,7 +136,8 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
         acceleration = acceleration_from_args(args)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
-    inputs = collect_inputs([*args.inputs, *args.input_img, *args.image_dir])  # a missing input fails first
+    inputs = [*args.inputs, *args.input_img, *args.image_dir]
+    collect_inputs(inputs, args.recursive)  # a missing input fails first, before any model is looked for
     device = resolve_device(args.device)
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)

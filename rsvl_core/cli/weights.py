@@ -157,12 +157,12 @@ class _HashBar:
         self.quiet, self.bar, self.label = quiet, None, None
 
     def __call__(self, step: int, total: int, stage: str, preview=None) -> None:
-        from tqdm import tqdm
+        from .bars import progress_bar
 
         if self.label != stage:
             self.close()
-            self.bar = tqdm(total=total, desc=stage, unit="B", unit_scale=True, leave=False, disable=self.quiet,
-                            file=sys.stderr)
+            self.bar = progress_bar(total=total, desc=stage, unit="B", unit_scale=True, leave=False,
+                                    disable=self.quiet, file=sys.stderr)
             self.label = stage
         self.bar.update(step - self.bar.n)
 

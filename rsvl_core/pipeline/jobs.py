@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class JobOptions:
     hash_models: bool = True  # sha256 of every model file in the run record (computed once per file, cached)
     scene: SceneOptions = field(default_factory=SceneOptions)
     cog: bool = False         # GeoTIFF outputs as Cloud-Optimised GeoTIFFs (rio-cogeo)
+    recursive: bool = False   # folders: their subfolders too, outputs in the same subfolders of output_dir
 
 
 @dataclass
@@ -87,23 +89,54 @@ class JobEvents:
         """An input failed (one line naming it); the rest go on."""
 
 
-def collect_inputs(items: Iterable[Path]) -> list[Path]:
-    """Files named directly, plus the images inside named folders, in order, without repeats."""
-    paths: list[Path] = []
+def collect_inputs(items: Iterable[Path], recursive: bool = False) -> list[Path]:
+    """Files named directly, plus the images inside named folders (and their subfolders with `recursive`), in
+    order, without repeats."""
+    return [source for source, _ in collect_sources(items, recursive)]
+
+
+def collect_sources(items: Iterable[Path], recursive: bool = False) -> list[tuple[Path, Path]]:
+    """(input file, its subfolder under the named folder: Path() for files named directly) for every input."""
+    paths: list[tuple[Path, Path]] = []
     for item in items:
         item = Path(item)
         if item.is_dir():
-            images = list_images(item)
+            images = list_images(item, recursive)
             if not images:
-                raise RsvlError(f"{item}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-            paths.extend(images)
+                raise RsvlError(f"{item}: folder has no images ({', '.join(IMAGE_SUFFIXES)}){nested_hint(item)}")
+            paths.extend((image, image.parent.relative_to(item)) for image in images)
         elif item.exists():
-            paths.append(item)
+            paths.append((item, Path()))
+        elif item.is_symlink():
+            raise RsvlError(f"{item}: {broken_link(item)}")
         else:
             raise RsvlError(f"{item}: input not found")
     if not paths:
         raise RsvlError("no input given: name image files or folders (or --input_img / --image_dir)")
-    return list(dict.fromkeys(paths))
+    unique: dict[Path, Path] = {}
+    for source, subfolder in paths:
+        unique.setdefault(source, subfolder)  # first mention of a file wins
+    return list(unique.items())
+
+
+def nested_hint(folder: Path) -> str:
+    """What to add when a folder's images are all in subfolders (they are searched only with --recursive)."""
+    inner = [sub for sub in folder.iterdir() if sub.is_dir() and not sub.name.startswith(".")]
+    if inner and list_images(folder, recursive=True):
+        return f"; its {len(inner)} subfolder(s) have images: add --recursive to process them"
+    return ""
+
+
+def broken_link(link: Path) -> str:
+    """Why a symbolic link gives no file: a loop, or a target that is not there."""
+    try:
+        link.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop (the link leads back to itself)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+    return f"symbolic link to {os.readlink(link)}, which does not exist"
 
 
 def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png") -> Path:
@@ -152,16 +185,19 @@ def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
-def plan_outputs(sources: list[Path], output_dir: Path, scale: int, geotiffs: list[bool]) -> list[Path]:
-    """Each input's output path. `<stem>_x<scale>.png` (`.tif` for GeoTIFFs); inputs of the run that would share
-    one name (`a.png` and `a.jpg`) each get their extension in it instead: `a_png_x2.png`, `a_jpg_x2.png`."""
-    targets = [output_path(output_dir, source, scale, ".tif" if geotiff else ".png")
-               for source, geotiff in zip(sources, geotiffs, strict=True)]
+def plan_outputs(sources: list[Path], output_dir: Path, scale: int, geotiffs: list[bool],
+                 subfolders: list[Path] | None = None) -> list[Path]:
+    """Each input's output path. `<stem>_x<scale>.png` (`.tif` for GeoTIFFs), in the input's subfolder of
+    `output_dir` for a folder searched recursively; inputs of the run that would share one name (`a.png` and
+    `a.jpg`) each get their extension in it instead: `a_png_x2.png`, `a_jpg_x2.png`."""
+    folders = [output_dir / sub for sub in subfolders] if subfolders else [output_dir] * len(sources)
+    targets = [output_path(folder, source, scale, ".tif" if geotiff else ".png")
+               for source, geotiff, folder in zip(sources, geotiffs, folders, strict=True)]
     shared = {t for t in targets if targets.count(t) > 1}
     for index, (source, target) in enumerate(zip(sources, targets, strict=True)):
         if target in shared:
             tagged = source.with_name(f"{source.stem}_{source.suffix.lstrip('.').lower() or 'noext'}")
-            targets[index] = output_path(output_dir, tagged, scale, target.suffix)
+            targets[index] = output_path(target.parent, tagged, scale, target.suffix)
     return targets
 
 
@@ -192,10 +228,12 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
     """(input, output, is GeoTIFF) for every input, after the output folder is checked and our stale temps
     are removed: the start every face of the job API shares. Earlier rsvl outputs among the inputs (an output
     folder that is also the input folder) are never inputs: they are left out, and that is said once."""
-    sources = collect_inputs(inputs)
-    ours = [source for source in sources if is_complete(source)]
+    collected = collect_sources(inputs, options.recursive)
+    ours = [source for source, _ in collected if is_complete(source)]
     if ours:
-        sources = [source for source in sources if source not in ours]
+        collected = [(source, sub) for source, sub in collected if source not in ours]
+    sources = [source for source, _ in collected]
+    if ours:
         events.note(ours[0], f"{len(ours)} input(s) are earlier rsvl outputs (a run record beside each names it) "
                              "and are not upscaled again: left out")
         if not sources:
@@ -204,7 +242,10 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
     for stale in prepare_output_folder(options.output_dir):
         events.note(stale, "removed a temporary file left by an interrupted run")
     geotiffs = [_is_geotiff(source, options.scene) for source in sources]
-    return list(zip(sources, plan_outputs(sources, options.output_dir, scale, geotiffs), geotiffs, strict=True))
+    targets = plan_outputs(sources, options.output_dir, scale, geotiffs, [sub for _, sub in collected])
+    for folder in {target.parent for target in targets} - {options.output_dir}:
+        folder.mkdir(parents=True, exist_ok=True)
+    return list(zip(sources, targets, geotiffs, strict=True))
 
 
 @dataclass
