@@ -408,21 +408,30 @@ def scene_stretch(path: str | Path, plan: BandPlan | None = None,
 
     For a scene processed in windows: compute this once, then pass it to every `read_window`.
     """
+    stretch, info, _ = scene_radiometry(path, plan, max_pixels)
+    return stretch, info
+
+
+def scene_radiometry(path: str | Path, plan: BandPlan | None = None,
+                     max_pixels: int = STATS_MAX_PIXELS) -> tuple[Stretch, RasterInfo, list[str]]:
+    """`scene_stretch`, and what a user must hear about the scene's values (as `read_raster` says for a scene read
+    whole: an all-nodata scene, 12-bit data that `--stretch none` would leave almost black), from the same
+    decimated read."""
     plan = plan or BandPlan()
     with open_raster(path) as ds:
         bands, method = plan.resolve(ds.count, ds.dtypes[0], path)
         dtype = _check_dtype(ds, bands, path)
         info = _info(ds, bands)
         if (palette := palette_stretch(ds, bands, plan)) is not None:
-            return palette, info
+            return palette, info, [palette.note()]
         step = max(1.0, (ds.width * ds.height / max_pixels) ** 0.5)
         shape = (len(bands), max(1, round(ds.height / step)), max(1, round(ds.width / step)))
-        data = ds.read(list(bands), out_shape=shape) if method != "none" else None
+        data = ds.read(list(bands), out_shape=shape)
         nbits = declared_bits(ds)
-    if data is None:
-        return compute_stretch(np.empty((len(bands), 0, 0)), None, bands, dtype, "none", nbits=nbits), info
     valid = _valid_mask(data, info.nodata)
-    return compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits), info
+    stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
+    note = stretch.note() + (f" (the file declares {nbits}-bit data)" if nbits else "")
+    return stretch, info, [note, *radiometry_warnings(data, valid, stretch, nbits)]
 
 
 def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int | None = None) -> RasterRead:

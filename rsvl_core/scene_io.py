@@ -98,12 +98,12 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
             return _plain_raster(path)
         image, notes = read_image(path)
         return SceneSource(path, image.shape[-2], image.shape[-1], notes, image=image)
-    from .geo import BandPlan, read_raster, scene_stretch
+    from .geo import BandPlan, read_raster, scene_radiometry
 
     plan = BandPlan.parse(bands=bands, stretch=stretch, percentiles=percentiles)
     if windowed:
-        stretch_used, info = scene_stretch(path, plan)
-        source = SceneSource(path, info.height, info.width, [stretch_used.note()], geo=(info, stretch_used, None))
+        stretch_used, info, notes = scene_radiometry(path, plan)
+        source = SceneSource(path, info.height, info.width, notes, geo=(info, stretch_used, None))
     else:
         raster = read_raster(path, plan)
         info, stretch_used = raster.info, raster.stretch

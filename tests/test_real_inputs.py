@@ -379,3 +379,17 @@ def test_an_8_band_tiff_gives_our_error_alone(models_dir, tmp_path):
     assert run.returncode == 1
     assert "More samples per pixel" not in err
     assert "error: " + str(source) + ": raster has 8 bands; choose which become R,G,B with --bands" in err
+
+
+# -- 6. radiometry, read by windows as read whole ---------------------------------------------------------------
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_12_bit_and_all_nodata_warnings_whether_read_whole_or_by_windows(tmp_path, windowed):
+    from rsvl_core.scene_io import open_scene
+
+    dark = write_raster(tmp_path / "dark.tif", np.tile(np.linspace(0, 4000, 32, dtype=np.uint16), (3, 32, 1)))
+    scene = open_scene(dark, stretch="none", windowed=windowed)
+    assert any(n.startswith("warning: the largest value is 4000") and "12-bit data?" in n for n in scene.notes)
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((3, 32, 32), np.uint16), nodata=0)
+    scene = open_scene(empty, windowed=windowed)
+    assert "warning: every pixel is nodata: the output is nodata too" in scene.notes
