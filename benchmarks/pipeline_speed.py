@@ -45,7 +45,7 @@ from rsvl_core.caption.config import CaptionOptions  # noqa: E402
 from rsvl_core.pipeline.acceleration import Acceleration, accelerate_stage  # noqa: E402
 from rsvl_core.pipeline.models import module_bytes, parts  # noqa: E402
 from rsvl_core.refine import refiner as refiner_module  # noqa: E402
-from rsvl_core.refine.refiner import PRESETS as REFINE_PRESETS  # noqa: E402
+from rsvl_core.refine.options import PRESETS as REFINE_PRESETS  # noqa: E402
 from rsvl_core.refine.refiner import Refiner, refine_image  # noqa: E402
 from rsvl_core.stage1 import SR3SamplerOptions  # noqa: E402
 from rsvl_core.stage1.loader import SR3Model  # noqa: E402

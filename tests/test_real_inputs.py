@@ -393,3 +393,19 @@ def test_12_bit_and_all_nodata_warnings_whether_read_whole_or_by_windows(tmp_pat
     empty = write_raster(tmp_path / "empty.tif", np.zeros((3, 32, 32), np.uint16), nodata=0)
     scene = open_scene(empty, windowed=windowed)
     assert "warning: every pixel is nodata: the output is nodata too" in scene.notes
+
+
+@pytest.mark.parametrize("argv", [["upscale", "a.png", "-o", "out", "--scale", "3"],
+                                  ["batch", "a", "-o", "out", "--scale", "3"], ["caption", "a", "--greedyy"],
+                                  ["eval", "hr", "--scale", "3"], ["demo", "--bogus"]])
+def test_a_usage_error_answers_before_the_model_libraries_load(argv):
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom rsvl_core.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as stop:\n"
+              "    print(stop.code, sorted(m for m in ('diffusers', 'transformers', 'spandrel', 'ray', 'peft', "
+              "'rasterio') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.stdout.strip() == "2 []", run.stdout + run.stderr  # argparse's usage error, no model library
+    assert "error:" in run.stderr.splitlines()[-1]

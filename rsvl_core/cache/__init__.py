@@ -1,8 +1,16 @@
 """Step caching (dynamic acceleration): the policy and its per-run state (policy.py), and the one cached
 evaluator both stages call once per sampler step (evaluator.py). Imports no stage."""
 
-from .evaluator import CachedEvaluator
-from .policy import PRESETS, CachePolicy, CacheReport, StepCache, StepDecision, relative_difference
+from ..lazy import lazy_exports
 
-__all__ = ["PRESETS", "CachePolicy", "CacheReport", "CachedEvaluator", "StepCache", "StepDecision",
-           "relative_difference"]
+_HOMES = {
+    "CachedEvaluator": "evaluator",
+    "PRESETS": "policy",
+    "CachePolicy": "policy",
+    "CacheReport": "policy",
+    "StepCache": "policy",
+    "StepDecision": "policy",
+    "relative_difference": "policy",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

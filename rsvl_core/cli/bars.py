@@ -44,3 +44,8 @@ class LineBar:
         share = f"{100 * self.n / self.total:.0f}% " if self.total else ""
         print(f"{self.desc}: {share}({done} {self.unit}, {time.monotonic() - self.start:.1f} s)", file=sys.stderr,
               flush=True)
+
+
+def say(text: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    tqdm.write(text, file=sys.stderr)

@@ -8,10 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import RsvlError
-from ..pipeline import collect_inputs, locate_model_files
-from .bars import progress_bar
+from .bars import say
 from .commands import COMMANDS
-from .progress import CountedEvents, say
 from .upscale import acceleration_from_args, add_job_arguments, config_from_args, job_options_from_args
 
 
@@ -37,6 +35,8 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
 def run_batch_command(args: argparse.Namespace):
     from ..batch import ClusterOptions, run_batch
     from ..batch.cluster import RAY_HINT
+    from ..pipeline import collect_inputs, locate_model_files
+    from .progress import BatchBars
 
     if args.ray is None:
         raise RsvlError(RAY_HINT)
@@ -59,39 +59,6 @@ def run_batch_command(args: argparse.Namespace):
     summary = run_batch(inputs, config, files, options, cluster, BatchBars(args.quiet, config.scale))
     print_actor_table(summary)
     return summary
-
-
-class BatchBars(CountedEvents):
-    """Two bars on the driver: items (images, windows, captions) and output megapixels; a line per output."""
-
-    def __init__(self, quiet: bool, scale: int) -> None:
-        self.quiet, self.scale, self.items, self.pixels = quiet, scale, None, None
-
-    def planned(self, items: int, pixels: int) -> None:
-        self.items = progress_bar(total=items, desc="items", unit="item", disable=self.quiet, position=0)
-        self.pixels = progress_bar(total=round(pixels / 1e6, 2), desc="output", unit="Mpx", disable=self.quiet,
-                                   position=1, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} Mpx "
-                                                          "[{elapsed}<{remaining}, {rate_fmt}]")
-
-    def advanced(self, items: int, pixels: int) -> None:
-        if self.items is not None:
-            self.items.update(items)
-            self.pixels.update(round(pixels / 1e6, 2))
-
-    def note(self, source: Path, text: str) -> None:
-        say(f"{source.name}: {text}")
-
-    def progress(self, source: Path):
-        return None
-
-    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
-        super().finished(source, target, record, seconds)
-        if not self.quiet:
-            say(f"{source.name} -> {target} ({seconds:.1f} s of actor time)")
-
-    def failed(self, source: Path, message: str) -> None:
-        super().failed(source, message)
-        say(f"error: {message}")
 
 
 def print_actor_table(summary) -> None:

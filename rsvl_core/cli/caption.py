@@ -9,26 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import atomic_path
-from ..devices import resolve_device
 from ..errors import RsvlError
-from ..pipeline import (
-    CaptionSummary,
-    JobEvents,
-    PipelineModels,
-    SceneOptions,
-    StageSpec,
-    caption_job,
-    caption_options_from,
-    locate_caption_files,
-)
-from ..pipeline.components import ATTENTIONS, QUANTIZATIONS, load_captioner
-from ..progress import ProgressCallback
+from ..pipeline.options import ATTENTIONS, QUANTIZATIONS
 from ..weights import MODELS_DIR_ENV
+from .bars import say
 from .commands import COMMANDS
-from .progress import StageBars, say
 from .settings import add_setting_flags, setting_flag, setting_values
+
+if TYPE_CHECKING:  # the engine loads when the command runs, not to parse its flags
+    from ..pipeline import CaptionSummary, PipelineModels
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +58,10 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
 
 def captioner_models(args: argparse.Namespace) -> PipelineModels:
     """The captioner, found where `rsvl upscale` finds it, as the only stage of a PipelineModels (loaded lazily)."""
+    from ..devices import resolve_device
+    from ..pipeline import PipelineModels, StageSpec, locate_caption_files
+    from ..pipeline.components import load_captioner
+
     folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
                                            with_adapter=not args.no_adapter)
     device = resolve_device(args.device)
@@ -81,32 +77,11 @@ def captioner_models(args: argparse.Namespace) -> PipelineModels:
     return PipelineModels(device, "resident", captioner=spec)
 
 
-class CaptionBars(JobEvents):
-    """JobEvents for `rsvl caption`: a token bar per image, notes and failures on stderr."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.bars = quiet, None
-
-    def note(self, source: Path, text: str) -> None:
-        say(f"{source.name}: {text}")
-
-    def progress(self, source: Path) -> ProgressCallback | None:
-        self.close()
-        self.bars = StageBars(source.name, self.quiet)
-        return self.bars
-
-    def failed(self, source: Path, message: str) -> None:
-        self.close()
-        say(f"error: {message}")
-
-    def close(self) -> None:
-        if self.bars is not None:
-            self.bars.close()
-            self.bars = None
-
-
 def run_caption(args: argparse.Namespace) -> CaptionSummary:
     """Caption every input; print `name: caption` lines or write them (atomically) to --output."""
+    from ..pipeline import SceneOptions, caption_job, caption_options_from
+    from .progress import CaptionBars
+
     try:
         options = caption_options_from(setting_values(args, **({"caption_temperature": 0} if args.greedy else {})))
         scene = SceneOptions(args.bands, args.stretch, args.percentiles)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..demo import DEMO_SCALE, run_demo
+from .bars import say
 from .commands import COMMANDS
-from .progress import CliEvents, print_summary, say
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +20,9 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..demo import DEMO_SCALE, run_demo
+    from .progress import CliEvents, print_summary
+
     summary, record = run_demo(args.models_dir, args.output, args.input, CliEvents(args.quiet, DEMO_SCALE), say)
     print_summary(summary)
     if record is None:

@@ -8,23 +8,13 @@ import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..devices import resolve_device
 from ..errors import RsvlError
-from ..evaluation import (
-    BASELINES,
-    DegradeOptions,
-    EvalEvents,
-    EvalOptions,
-    EvalSummary,
-    PerceptualScorer,
-    find_perceptual_weights,
-    run_evaluation,
-)
-from ..pipeline import SETTINGS, PipelineModels, RunConfig, locate_model_files
-from .bars import progress_bar
+from ..evaluation.degrade import BASELINES
+from ..pipeline import SETTINGS, RunConfig
+from .bars import say
 from .commands import COMMANDS
-from .progress import StageBars, say
 from .settings import config_from_args, setting_flag
 from .upscale import (
     acceleration_from_args,
@@ -34,6 +24,9 @@ from .upscale import (
     add_scene_flags,
     scene_options_from_args,
 )
+
+if TYPE_CHECKING:  # the evaluation loads when the command runs, not to parse its flags
+    from ..evaluation import EvalSummary
 
 DEFAULT_METHODS = "bicubic,stage1,full"
 PRESETS = SETTINGS["preset"].choices
@@ -96,44 +89,12 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
     return configs
 
 
-class EvalBars(EvalEvents):
-    """EvalEvents for a terminal: one bar over images x methods, stage bars inside, notes above."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.bar, self.stages = quiet, None, None
-
-    def begin(self, pairs: int) -> None:
-        self.bar = progress_bar(total=pairs, desc="eval", unit="pair", disable=self.quiet)
-
-    def note(self, text: str) -> None:
-        say(text)
-
-    def progress(self, image_id: str, method: str) -> StageBars:
-        self._close_stages()
-        self.stages = StageBars(f"{image_id} {method}", self.quiet)
-        return self.stages
-
-    def pair_done(self, image_id: str, method: str, skipped: bool) -> None:
-        self._close_stages()
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def failed(self, what: str, message: str) -> None:
-        self._close_stages()
-        say(f"error: {message if message.startswith(what) else f'{what}: {message}'}")
-
-    def close(self) -> None:
-        self._close_stages()
-        if self.bar is not None:
-            self.bar.close()
-
-    def _close_stages(self) -> None:
-        if self.stages is not None:
-            self.stages.close()
-            self.stages = None
-
-
 def run_eval(args: argparse.Namespace) -> EvalSummary:
+    from ..devices import resolve_device
+    from ..evaluation import DegradeOptions, EvalOptions, PerceptualScorer, find_perceptual_weights, run_evaluation
+    from ..pipeline import PipelineModels, locate_model_files
+    from .progress import EvalBars
+
     try:
         methods = method_configs(args)
         options = EvalOptions(args.output, args.scale, methods,

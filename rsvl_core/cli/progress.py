@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from ..evaluation import EvalEvents
 from ..pipeline.jobs import JobEvents
-from .bars import progress_bar
+from ..progress import ProgressCallback
+from .bars import progress_bar, say
 from .tally import current_tally
 
 
@@ -36,9 +37,6 @@ class StageBars:
         self.bar, self.stage = None, None
 
 
-def say(text: str) -> None:
-    """A line on stderr that does not break a progress bar."""
-    tqdm.write(text, file=sys.stderr)
 
 
 class CountedEvents(JobEvents):
@@ -123,3 +121,97 @@ def print_summary(summary) -> None:
         print(f"  failed: {shown}", file=sys.stderr)
     if getattr(summary, "stopped", None):
         print(f"stopped: {summary.stopped}; rerun to finish the rest (complete outputs are kept)", file=sys.stderr)
+
+
+class BatchBars(CountedEvents):
+    """Two bars on the driver: items (images, windows, captions) and output megapixels; a line per output."""
+
+    def __init__(self, quiet: bool, scale: int) -> None:
+        self.quiet, self.scale, self.items, self.pixels = quiet, scale, None, None
+
+    def planned(self, items: int, pixels: int) -> None:
+        self.items = progress_bar(total=items, desc="items", unit="item", disable=self.quiet, position=0)
+        self.pixels = progress_bar(total=round(pixels / 1e6, 2), desc="output", unit="Mpx", disable=self.quiet,
+                                   position=1, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} Mpx "
+                                                          "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def advanced(self, items: int, pixels: int) -> None:
+        if self.items is not None:
+            self.items.update(items)
+            self.pixels.update(round(pixels / 1e6, 2))
+
+    def note(self, source: Path, text: str) -> None:
+        say(f"{source.name}: {text}")
+
+    def progress(self, source: Path):
+        return None
+
+    def finished(self, source: Path, target: Path, record: dict, seconds: float) -> None:
+        super().finished(source, target, record, seconds)
+        if not self.quiet:
+            say(f"{source.name} -> {target} ({seconds:.1f} s of actor time)")
+
+    def failed(self, source: Path, message: str) -> None:
+        super().failed(source, message)
+        say(f"error: {message}")
+
+
+class CaptionBars(JobEvents):
+    """JobEvents for `rsvl caption`: a token bar per image, notes and failures on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bars = quiet, None
+
+    def note(self, source: Path, text: str) -> None:
+        say(f"{source.name}: {text}")
+
+    def progress(self, source: Path) -> ProgressCallback | None:
+        self.close()
+        self.bars = StageBars(source.name, self.quiet)
+        return self.bars
+
+    def failed(self, source: Path, message: str) -> None:
+        self.close()
+        say(f"error: {message}")
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.close()
+            self.bars = None
+
+
+class EvalBars(EvalEvents):
+    """EvalEvents for a terminal: one bar over images x methods, stage bars inside, notes above."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar, self.stages = quiet, None, None
+
+    def begin(self, pairs: int) -> None:
+        self.bar = progress_bar(total=pairs, desc="eval", unit="pair", disable=self.quiet)
+
+    def note(self, text: str) -> None:
+        say(text)
+
+    def progress(self, image_id: str, method: str) -> StageBars:
+        self._close_stages()
+        self.stages = StageBars(f"{image_id} {method}", self.quiet)
+        return self.stages
+
+    def pair_done(self, image_id: str, method: str, skipped: bool) -> None:
+        self._close_stages()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def failed(self, what: str, message: str) -> None:
+        self._close_stages()
+        say(f"error: {message if message.startswith(what) else f'{what}: {message}'}")
+
+    def close(self) -> None:
+        self._close_stages()
+        if self.bar is not None:
+            self.bar.close()
+
+    def _close_stages(self) -> None:
+        if self.stages is not None:
+            self.stages.close()
+            self.stages = None

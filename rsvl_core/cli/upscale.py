@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..devices import DTYPES, resolve_device
 from ..errors import RsvlError
-from ..pipeline import (
-    PLACEMENTS,
-    Acceleration,
-    JobOptions,
-    JobSummary,
-    PipelineModels,
-    SceneOptions,
-    collect_inputs,
-    locate_model_files,
-    run_job,
-)
+from ..pipeline.placement import PLACEMENTS
 from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
-from .progress import CliEvents, say
 from .settings import REFINE_SETTINGS, RUN_SETTINGS, add_setting_flags, config_from_args, setting_flag
+
+if TYPE_CHECKING:  # the engine loads when a command runs, not to parse its flags (a usage error answers at once)
+    from ..pipeline import Acceleration, JobOptions, JobSummary, SceneOptions
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +82,8 @@ def add_scene_flags(parser: argparse.ArgumentParser) -> None:
 
 def scene_options_from_args(args: argparse.Namespace) -> SceneOptions:
     """--bands/--stretch/--percentiles and the window flags -> SceneOptions (validated when made)."""
+    from ..pipeline import SceneOptions
+
     windows = WindowOptions(args.window_size, args.window_overlap, args.caption_per)
     return SceneOptions(args.bands, args.stretch, args.percentiles, windows)
 
@@ -121,16 +116,23 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def job_options_from_args(args: argparse.Namespace) -> JobOptions:
+    from ..pipeline import JobOptions
+
     return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash,
                       scene=scene_options_from_args(args), cog=args.cog, recursive=args.recursive)
 
 
 def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
     """--accelerate LIST (ValueError naming the unknown switch)."""
+    from ..pipeline import Acceleration
+
     return Acceleration.from_names(args.accelerate)
 
 
 def run_upscale(args: argparse.Namespace) -> JobSummary:
+    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, run_job
+    from .progress import CliEvents, say
+
     try:
         config, options = config_from_args(args), job_options_from_args(args)
         acceleration = acceleration_from_args(args)

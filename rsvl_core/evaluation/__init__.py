@@ -6,44 +6,33 @@ report.py (tables, chart, comparison sheets), runner.py (the run: resume, failur
 A face-level module: it uses the pipeline's job API and nothing below imports it.
 """
 
-from .degrade import DegradeOptions, bicubic_downsample, crop_to_multiple, degrade, upsample_baseline
-from .hallucination import CORRECTNESS_METRICS, Correctness, correctness
-from .metrics import CONSISTENCY_METRICS, REFERENCE_METRICS, consistency_metrics, reference_metrics
-from .perceptual import PERCEPTUAL_METRICS, PerceptualScorer, PerceptualWeights, find_perceptual_weights
-from .runner import (
-    ALL_METRICS,
-    BASELINES,
-    EvalEvents,
-    EvalImage,
-    EvalOptions,
-    EvalSummary,
-    collect_dataset,
-    run_evaluation,
-)
+from ..lazy import lazy_exports
 
-__all__ = [
-    "ALL_METRICS",
-    "BASELINES",
-    "CONSISTENCY_METRICS",
-    "CORRECTNESS_METRICS",
-    "PERCEPTUAL_METRICS",
-    "REFERENCE_METRICS",
-    "Correctness",
-    "DegradeOptions",
-    "EvalEvents",
-    "EvalImage",
-    "EvalOptions",
-    "EvalSummary",
-    "PerceptualScorer",
-    "PerceptualWeights",
-    "bicubic_downsample",
-    "collect_dataset",
-    "consistency_metrics",
-    "correctness",
-    "crop_to_multiple",
-    "degrade",
-    "find_perceptual_weights",
-    "reference_metrics",
-    "run_evaluation",
-    "upsample_baseline",
-]
+_HOMES = {
+    "DegradeOptions": "degrade",
+    "bicubic_downsample": "degrade",
+    "crop_to_multiple": "degrade",
+    "degrade": "degrade",
+    "upsample_baseline": "degrade",
+    "CORRECTNESS_METRICS": "hallucination",
+    "Correctness": "hallucination",
+    "correctness": "hallucination",
+    "CONSISTENCY_METRICS": "metrics",
+    "REFERENCE_METRICS": "metrics",
+    "consistency_metrics": "metrics",
+    "reference_metrics": "metrics",
+    "PERCEPTUAL_METRICS": "perceptual",
+    "PerceptualScorer": "perceptual",
+    "PerceptualWeights": "perceptual",
+    "find_perceptual_weights": "perceptual",
+    "ALL_METRICS": "runner",
+    "BASELINES": "degrade",
+    "EvalEvents": "runner",
+    "EvalImage": "runner",
+    "EvalOptions": "runner",
+    "EvalSummary": "runner",
+    "collect_dataset": "runner",
+    "run_evaluation": "runner",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+BASELINES = {"bicubic": "bicubic", "lanczos": "lanczos"}  # method name -> PIL kernel (interpolation baselines)
+
 RESAMPLE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
                     "bilinear": Image.Resampling.BILINEAR}
 

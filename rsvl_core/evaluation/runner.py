@@ -33,14 +33,13 @@ from ..pipeline.jobs import (
     upscale_image,
 )
 from ..progress import ProgressCallback
-from .degrade import DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
+from .degrade import BASELINES, DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
 from .hallucination import CORRECTNESS_METRICS, correctness, opensr_test_version
 from .maps import hallucination_map, std_map, write_map_geotiff, write_map_png
 from .metrics import CONSISTENCY_METRICS, REFERENCE_METRICS, consistency_metrics, reference_metrics
 from .perceptual import PERCEPTUAL_METRICS, PerceptualScorer
 from .report import json_safe, write_comparison_sheet, write_summary_chart, write_tables, write_text_atomic
 
-BASELINES = {"bicubic": "bicubic", "lanczos": "lanczos"}  # method name -> PIL kernel
 ALL_METRICS = REFERENCE_METRICS + CONSISTENCY_METRICS + CORRECTNESS_METRICS + PERCEPTUAL_METRICS
 FLAT_CLASS = "all"  # the class of images directly inside HR_DIR
 CONVENTIONS = ("metrics on the 8-bit SR output vs HR, data range 1; PSNR/SSIM with a border of `scale` pixels "

@@ -1,59 +1,24 @@
 """The pipeline: run configuration (options.py), models on one device (models.py), one image through the
-three stages (run.py), and the job API that turns input files into outputs and run records (jobs.py)."""
+three stages (run.py), and the job API that turns input files into outputs and run records (jobs.py).
 
-from .acceleration import Acceleration
-from .jobs import (
-    CaptionSummary,
-    JobEvents,
-    JobOptions,
-    JobSummary,
-    SceneOptions,
-    caption_job,
-    collect_inputs,
-    locate_caption_files,
-    locate_model_files,
-    output_path,
-)
-from .models import PLACEMENTS, ModelFiles, PipelineModels, StageSpec, module_bytes
-from .options import (
-    SETTINGS,
-    RunConfig,
-    Setting,
-    StepSettings,
-    caption_options_from,
-    refine_options_from,
-    schedule_from,
-    stage1_options_from,
-)
-from .run import PipelineResult, run_pipeline
-from .work import run_job
+The names load on first use (`rsvl_core.lazy`): a command line parser that needs only the options table
+(`SETTINGS`) does not import the stages' libraries.
+"""
 
-__all__ = [
-    "CaptionSummary",
-    "caption_job",
-    "Acceleration",
-    "PLACEMENTS",
-    "SETTINGS",
-    "JobEvents",
-    "JobOptions",
-    "JobSummary",
-    "ModelFiles",
-    "PipelineModels",
-    "PipelineResult",
-    "RunConfig",
-    "SceneOptions",
-    "Setting",
-        "StageSpec",
-    "StepSettings",
-    "collect_inputs",
-    "locate_caption_files",
-    "locate_model_files",
-    "module_bytes",
-    "output_path",
-    "caption_options_from",
-    "refine_options_from",
-    "schedule_from",
-    "run_job",
-    "run_pipeline",
-    "stage1_options_from",
-]
+from ..lazy import lazy_exports
+
+_HOMES = {
+    "Acceleration": "acceleration",
+    "CaptionSummary": "jobs", "JobEvents": "jobs", "JobOptions": "jobs", "JobSummary": "jobs",
+    "SceneOptions": "jobs", "caption_job": "jobs", "collect_inputs": "jobs", "locate_caption_files": "jobs",
+    "locate_model_files": "jobs", "output_path": "jobs",
+    "ModelFiles": "models", "PipelineModels": "models", "StageSpec": "models", "module_bytes": "models",
+    "PLACEMENTS": "placement",
+    "SETTINGS": "options", "RunConfig": "options", "Setting": "options", "StepSettings": "options",
+    "caption_options_from": "options", "refine_options_from": "options", "schedule_from": "options",
+    "stage1_options_from": "options",
+    "PipelineResult": "run", "run_pipeline": "run",
+    "run_job": "work",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

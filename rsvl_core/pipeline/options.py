@@ -15,9 +15,9 @@ from typing import Any
 
 from ..cache.policy import PRESETS as CACHE_PRESETS
 from ..cache.policy import CachePolicy, CacheReport
-from ..caption.config import SEED_PROMPT, CaptionOptions
+from ..caption.config import ATTENTIONS, QUANTIZATIONS, SEED_PROMPT, CaptionOptions  # noqa: F401  (choices the faces offer, light to import)
 from ..devices import DTYPES
-from ..refine.refiner import COLOR_FIXES, PRESETS, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, RefineOptions
+from ..refine.options import COLOR_FIXES, PRESETS, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, RefineOptions
 from ..stage1.sampler import SAMPLERS, SR3SamplerOptions
 from ..stage1.upscaler import SCALES
 

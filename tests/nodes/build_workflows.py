@@ -41,7 +41,7 @@ def stage1(image, sr3, **extra):
 
 
 def refine(image, refiner, caption, **extra):
-    from rsvl_core.refine.refiner import SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT
+    from rsvl_core.refine.options import SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT
 
     return {"class_type": "ControlNetRefine", "inputs": {
         "image": image, "refiner": refiner, "caption": caption, "positive_prompt": SEED_POSITIVE_PROMPT,
