@@ -409,3 +409,21 @@ def test_a_usage_error_answers_before_the_model_libraries_load(argv):
                          timeout=300)
     assert run.stdout.strip() == "2 []", run.stdout + run.stderr  # argparse's usage error, no model library
     assert "error:" in run.stderr.splitlines()[-1]
+
+
+def test_upscale_finds_weights_in_a_comfyui_install(nearest_model, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from PIL import Image
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "rsvl" / "sr3").mkdir(parents=True)
+    shutil.copy(nearest_model, comfy / "models" / "rsvl" / "sr3" / nearest_model.name)
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    monkeypatch.delenv("RSVL_MODELS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./models here
+    Image.fromarray(rgb_scene().transpose(1, 2, 0)).save(tmp_path / "scene.png")
+    assert main(["upscale", "scene.png", "-o", "out", "--comfyui-dir", str(comfy), "-q", "--stage1-only",
+                 "--scale", "2"]) == 0
+    record = json.loads((tmp_path / "out" / "scene_x2.json").read_text())
+    assert nearest_model.name in json.dumps(record["models"])

@@ -51,7 +51,8 @@ def run_batch_command(args: argparse.Namespace):
     inputs = [*args.inputs, *args.input_img, *args.image_dir]
     collect_inputs(inputs, args.recursive)  # a missing input fails first
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
-                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
+                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
+                               comfyui_dir=args.comfyui_dir)
     files = type(files)(*(None if f is None else Path(f).resolve() for f in (  # absolute: actors have other cwds
         files.stage1, files.captioner, files.adapter, files.sdxl, files.supir)))
     options = replace(options, output_dir=options.output_dir.resolve())

@@ -35,6 +35,8 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("--ckpt-pth", type=Path, default=None,
                      help="the seed's unzipped CKPT_PTH folder (its Llava-next/ adapter), searched after the models "
                           "folder")
+    cap.add_argument("--comfyui-dir", type=Path, default=None,
+                     help="a ComfyUI install whose models/rsvl/llava is searched too (also $COMFYUI_DIR)")
     cap.add_argument("--no-adapter", action="store_true", help="caption with the base model only")
     cap.add_argument("--merge-adapter", action="store_true", help="merge the LoRA into the weights (faster)")
     cap.add_argument("-o", "--output", type=Path, default=None,
@@ -63,7 +65,7 @@ def captioner_models(args: argparse.Namespace) -> PipelineModels:
     from ..pipeline.components import load_captioner
 
     folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
-                                           with_adapter=not args.no_adapter)
+                                           with_adapter=not args.no_adapter, comfyui_dir=args.comfyui_dir)
     device = resolve_device(args.device)
 
     def load(where):

@@ -113,7 +113,8 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     if pipeline:
         widest = next((c for c in pipeline if c.refine is not None), pipeline[0])  # find every file it needs
         files = locate_model_files(widest, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
-                                   captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
+                                   captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
+                               comfyui_dir=args.comfyui_dir)
         models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype, acceleration)
     weights = find_perceptual_weights(args.models_dir, args.lpips_weights, args.dists_weights, args.clip_model)
     events = EvalBars(args.quiet)

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # the engine loads when a command runs, not to parse its flag
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, default=None,
                         help=f"folder with the weights (default: ${MODELS_DIR_ENV}, else ./models)")
+    parser.add_argument("--comfyui-dir", type=Path, default=None,
+                        help="a ComfyUI install searched after the models folder: models/rsvl/<stage>/, "
+                             "models/checkpoints/, models/upscale_models/ (also $COMFYUI_DIR)")
     parser.add_argument("--stage1-model", "--sr3", dest="stage1_model", type=Path, default=None,
                         help="the stage-1 checkpoint: an SR3 generator (*_gen.pth) or any single-image SR model "
                              "spandrel recognises (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ...); overrides "
@@ -142,7 +145,8 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
     collect_inputs(inputs, args.recursive)  # a missing input fails first, before any model is looked for
     device = resolve_device(args.device)
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
-                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
+                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
+                               comfyui_dir=args.comfyui_dir)
     models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype,
                                        acceleration)
     return run_job(inputs, config, models, options, CliEvents(args.quiet, config.scale))

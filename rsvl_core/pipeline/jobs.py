@@ -145,20 +145,22 @@ def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png"
 
 def locate_caption_files(models_dir: Path | None = None, captioner: Path | None = None, adapter: Path | None = None,
                          ckpt_dir: Path | None = None, notify: Callable[[str], None] | None = None,
-                         with_adapter: bool = True) -> tuple[Path, Path | None]:
+                         with_adapter: bool = True, comfyui_dir: Path | None = None) -> tuple[Path, Path | None]:
     """The captioner's folder and its LoRA adapter (None when absent or not wanted), found by the one weights lookup:
     `rsvl caption` and a run's caption step find them in exactly the same places."""
-    folder = find_weights("captioner", explicit=captioner, models_dir=models_dir, ckpt_dir=ckpt_dir).require(notify)
+    places = {"models_dir": models_dir, "ckpt_dir": ckpt_dir, "comfyui_dir": comfyui_dir}
+    folder = find_weights("captioner", explicit=captioner, **places).require(notify)
     if not with_adapter:
         return folder, None
-    lora = find_weights("caption-adapter", explicit=adapter, models_dir=models_dir, ckpt_dir=ckpt_dir)
+    lora = find_weights("caption-adapter", explicit=adapter, **places)
     return folder, lora.optional(notify)
 
 
 def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1: Path | None = None,
                        sdxl: Path | None = None, supir: Path | None = None,
                        notify: Callable[[str], None] | None = None, captioner: Path | None = None,
-                       adapter: Path | None = None, ckpt_dir: Path | None = None) -> ModelFiles:
+                       adapter: Path | None = None, ckpt_dir: Path | None = None,
+                       comfyui_dir: Path | None = None) -> ModelFiles:
     """Every file the run needs, found by the one weights lookup (`rsvl_core.weights.find_weights`) before any
     heavy work; only the stages `config` uses. `notify` hears where a file found outside the first place came from.
     A `models_dir` the caller names must exist (a typo must not fall back to $RSVL_MODELS_DIR or ./models)."""
@@ -166,14 +168,16 @@ def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1
         raise RsvlError(f"--models-dir {models_dir}: no such folder")
 
     def find(item: str, explicit: Path | None) -> Path:
-        return find_weights(item, explicit=explicit, models_dir=models_dir, ckpt_dir=ckpt_dir).require(notify)
+        return find_weights(item, explicit=explicit, models_dir=models_dir, ckpt_dir=ckpt_dir,
+                            comfyui_dir=comfyui_dir).require(notify)
 
     stage1_path = find("sr3", stage1)
     if config.refine is None:
         return ModelFiles(stage1_path)
     if config.caption_text is None:
         try:
-            captioner, adapter = locate_caption_files(models_dir, captioner, adapter, ckpt_dir, notify)
+            captioner, adapter = locate_caption_files(models_dir, captioner, adapter, ckpt_dir, notify,
+                                                      comfyui_dir=comfyui_dir)
         except RsvlError as exc:
             raise RsvlError(f"{exc} (or pass --caption TEXT, or --stage1-only to skip captioning)") from None
     else:
