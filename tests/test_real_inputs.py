@@ -427,3 +427,23 @@ def test_upscale_finds_weights_in_a_comfyui_install(nearest_model, tmp_path, mon
                  "--scale", "2"]) == 0
     record = json.loads((tmp_path / "out" / "scene_x2.json").read_text())
     assert nearest_model.name in json.dumps(record["models"])
+
+
+# -- 1. the install -----------------------------------------------------------------------------------------------
+
+def test_install_pins_torch_and_torchvision_as_a_matching_pair():
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    pins = dict(re.findall(r"^(torch|torchvision)==([\w.+]+)$", (ROOT / "constraints-cpu.txt").read_text(), re.M))
+    assert set(pins) == {"torch", "torchvision"}
+    pair = f"torch=={pins['torch']} torchvision=={pins['torchvision']}"
+    assert pair in (ROOT / ".ci" / "install").read_text() and pair in (ROOT / "README.md").read_text()
+    requirements = (ROOT / "requirements.txt").read_text()  # ComfyUI-Manager's install: ComfyUI's own torch stays
+    assert not re.search(r"^\s*torch(vision)?\b", requirements, re.M)
+    try:
+        installed = version("torchvision")
+    except PackageNotFoundError:
+        pytest.skip("torchvision is not installed")
+    if installed == pins["torchvision"]:  # the pinned torchvision requires exactly the pinned torch
+        assert [r.replace(" ", "") for r in requires("torchvision") if re.match(r"torch\b", r)] == \
+            [f"torch(=={pins['torch']})"]
