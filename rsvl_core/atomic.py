@@ -56,8 +56,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _alive(host: str, pid: int) -> bool:
-    """Whether the process that owns a temp/claim file may still run (another host's: assume it does)."""
+def this_host() -> str:
+    """This machine's name as owner tags and claims write it (and `process_alive` compares it)."""
+    return _HOST
+
+
+def process_alive(host: str, pid: int) -> bool:
+    """Whether process `pid` on `host` may still run (another host's: assume it does; a zombie, killed but not yet
+    reaped by its parent, counts as gone)."""
     if host != _HOST:
         return True
     try:
@@ -66,7 +72,11 @@ def _alive(host: str, pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal check above is all there is
+    return state not in ("Z", "X")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -77,7 +87,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     for entry in folder.iterdir():
         match = _OWNER.search(entry.name)
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and match and entry.is_file() \
-                and not _alive(match["host"], int(match["pid"])):
+                and not process_alive(match["host"], int(match["pid"])):
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -98,7 +108,7 @@ class Claim:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder is not None and not _alive(*holder):
+                if holder is not None and not process_alive(*holder):
                     self.path.unlink(missing_ok=True)  # left by a killed run: take it over
                     continue
                 return f"{holder[0]} pid {holder[1]}" if holder else "another run"

@@ -311,8 +311,8 @@ def test_an_actor_ends_itself_when_its_driver_is_gone(tmp_path):
 
     driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     actor = subprocess.Popen([sys.executable, "-c", (
-        "import socket, sys, time; from rsvl_core.batch.worker import watch_driver; "
-        f"watch_driver(socket.gethostname(), {driver.pid}, interval=0.2); time.sleep(600); sys.exit(3)")],
+        "import sys, time; from rsvl_core.atomic import this_host; from rsvl_core.batch.worker import watch_driver; "
+        f"watch_driver(this_host(), {driver.pid}, interval=0.2); time.sleep(600); sys.exit(3)")],
         cwd=ROOT)
     try:
         time.sleep(0.5)

@@ -10,13 +10,12 @@ the scene), and retries an item whose actor died.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import remove_stale_temporaries
+from ..atomic import remove_stale_temporaries, this_host
 from ..errors import RsvlError
 from ..pipeline.jobs import JobEvents, JobOptions, JobSummary, model_files_record, plan_job, printable
 from ..pipeline.models import ModelFiles, PipelineModels
@@ -101,7 +100,7 @@ def _run(scenes: list[ClaimedScene], config: RunConfig, files: ModelFiles, optio
     plan = plan_actors(cluster, ray.cluster_resources())
     remote = ray.remote(SceneWorker)
     threads = plan.num_cpus if plan.num_gpus == 0 else 0
-    driver = (socket.gethostname(), os.getpid())  # actors on this host end themselves if this process is killed
+    driver = (this_host(), os.getpid())  # actors on this host end themselves if this process is killed
     actors = [remote.options(num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_restarts=cluster.retries,
                              max_task_retries=0, name=actor_name(n)).remote(files, config, options, model_files,
                                                                             cluster, threads, driver)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import process_alive, this_host
 from ..devices import resolve_device
 from ..pipeline.jobs import JobOptions
 from ..pipeline.models import ModelFiles, PipelineModels
@@ -48,29 +49,14 @@ def watch_driver(host: str, pid: int, interval: float = 2.0) -> threading.Thread
     rather than let it finish and write items nobody collects. Only a driver on this host can be watched (by its
     process id); on other hosts Ray ends a dead job's actors itself. Temp files left by the exit are removed by
     the next run (owner-tagged, `remove_stale_temporaries`)."""
-    if host != socket.gethostname():
+    if host != this_host():
         return None
 
     def watch() -> None:
-        while process_alive(pid):
+        while process_alive(host, pid):
             time.sleep(interval)
         os._exit(0)
 
     thread = threading.Thread(target=watch, name="rsvl-driver-watch", daemon=True)
     thread.start()
     return thread
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): the signal check above is all there is
-    return state not in ("Z", "X")

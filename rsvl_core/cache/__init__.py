@@ -3,14 +3,10 @@ evaluator both stages call once per sampler step (evaluator.py). Imports no stag
 
 from ..lazy import lazy_exports
 
-_HOMES = {
+_HOMES = {  # name -> the module it lives in
     "CachedEvaluator": "evaluator",
-    "PRESETS": "policy",
-    "CachePolicy": "policy",
-    "CacheReport": "policy",
-    "StepCache": "policy",
-    "StepDecision": "policy",
-    "relative_difference": "policy",
+    "PRESETS": "policy", "CachePolicy": "policy", "CacheReport": "policy", "StepCache": "policy", "StepDecision":
+    "policy", "relative_difference": "policy",
 }
 __all__ = sorted(_HOMES)
 __getattr__ = lazy_exports(__name__, _HOMES)

@@ -2,20 +2,14 @@
 
 from ..lazy import lazy_exports
 
-_HOMES = {
+_HOMES = {  # name -> the module it lives in
     "SR3Config": "config",
-    "SR3Model": "loader",
-    "load_sr3": "loader",
-    "save_sr3": "loader",
+    "SR3Model": "loader", "load_sr3": "loader", "save_sr3": "loader",
     "SR3UNet": "model",
-    "SAMPLERS": "sampler",
-    "SR3SamplerOptions": "sampler",
+    "SAMPLERS": "sampler", "SR3SamplerOptions": "sampler",
     "SR3NoiseSchedule": "schedule",
-    "SpandrelStage1": "stage",
-    "SR3Stage1": "stage",
-    "load_stage1": "stage",
-    "SCALES": "upscaler",
-    "upscale_stage1": "upscaler",
+    "SpandrelStage1": "stage", "SR3Stage1": "stage", "load_stage1": "stage",
+    "SCALES": "upscaler", "upscale_stage1": "upscaler",
 }
 __all__ = sorted(_HOMES)
 __getattr__ = lazy_exports(__name__, _HOMES)
