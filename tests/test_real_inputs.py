@@ -283,7 +283,7 @@ def test_a_signal_unwinds_the_run_says_what_finished_and_leaves_no_claim(models_
         Image.fromarray(rgb_scene(i).transpose(1, 2, 0)).save(inputs / f"{i}.png")
     out = tmp_path / "out"
     run = run_cli(["upscale", str(inputs), "-o", str(out), "--models-dir", str(models_dir), "--sampler", "ddim",
-                   "--steps", "40", "-q", "--stage1-only", "--scale", "2"])
+                   "--steps", "20", "-q", "--stage1-only", "--scale", "2"])
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and finished_outputs(out) < 2 and run.poll() is None:
