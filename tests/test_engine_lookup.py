@@ -51,10 +51,10 @@ class _Recorder:
 
 
 def _caption_paths(monkeypatch, *argv: str):
-    import rsvl_core.cli.caption
+    import rsvl_core.pipeline.components
 
     recorder = _Recorder()
-    monkeypatch.setattr(rsvl_core.cli.caption, "load_captioner", recorder)
+    monkeypatch.setattr(rsvl_core.pipeline.components, "load_captioner", recorder)  # what `rsvl caption` calls
     assert main(["caption", str(SAMPLE), "-q", *argv]) == 0
     return recorder.calls[-1]
 
