@@ -142,3 +142,44 @@ def test_uncertainty_heat_map_has_a_legend_and_orders_colours():
     legend = picture[30:]
     assert (legend[2:12] != 255).any() and (legend[14:] < 128).any()  # colour bar and dark label text
     assert heat_map(spread, legend=False).shape == (30, 64, 3)
+
+
+def _seam_jump(image: np.ndarray, seam: int) -> tuple[float, float]:
+    """(mean column-to-column jump at `seam`, largest such jump elsewhere) of an (H, W, 3) image."""
+    jumps = np.abs(np.diff(image.astype(np.float64), axis=1)).mean(axis=(0, 2))
+    return float(jumps[seam - 1]), float(np.delete(jumps, [seam - 2, seam - 1, seam]).max())
+
+
+def test_uncertainty_guard_leaves_no_seam_across_windows():
+    """Windows guarded one by one (as every window of a scene is) and blended by the scene's blender: smooth
+    samples with a disagreeing blob across the window boundary, and windows that differ slightly where they
+    overlap (as separately sampled windows do): no jump at the boundary; a hard splice of the same windows shows one."""
+    from rsvl_core.scene import ArraySink, WindowBlender, WindowOptions, plan_windows
+
+    height, width, scale = 24, 56, 2
+    windows = WindowOptions(size=32, overlap=8)
+    yy, xx = np.mgrid[0:height * scale, 0:width * scale].astype(np.float32)
+    base = torch.from_numpy(0.3 + 0.4 * xx / xx.max())[None, None].expand(1, 3, -1, -1)
+    blob = torch.from_numpy(np.exp(-((yy - 24) ** 2 + (xx - 56) ** 2) / (2 * 12.0 ** 2)))[None, None]
+    samples = torch.cat([base + (k - 1) * 0.15 * blob for k in range(3)])        # disagree inside the blob
+    fallback = (base * 0.8).clone()
+    options = UncertaintyOptions(samples=3, combine="mean", guard=15.0, feather=6)
+    tiles = plan_windows(height, width, windows, scale)
+    assert len(tiles) == 2
+    sink = ArraySink(height * scale, width * scale)
+    blender = WindowBlender(height, width, scale, windows, sink)
+    pieces = []
+    for index, tile in enumerate(tiles):
+        cut = (..., slice(tile.y0 * scale, tile.y1 * scale), slice(tile.x0 * scale, tile.x1 * scale))
+        window_samples = samples[cut] + 0.04 * index                               # windows differ a little
+        reduced = reduce_samples(window_samples, fallback[cut] + 0.04 * index, options)
+        assert 0 < reduced.fraction_replaced < 1
+        pieces.append(reduced.image)
+        blender.add(reduced.image)
+    seam = tiles[1].x0 * scale + windows.overlap * scale // 2                     # the middle of the overlap
+    at, elsewhere = _seam_jump(sink.array, seam)
+    assert at <= elsewhere * 1.5 + 1                                              # within 8-bit rounding
+    hard = np.concatenate([pieces[0][0, :, :, :seam].permute(1, 2, 0).numpy(),
+                           pieces[1][0, :, :, seam - tiles[1].x0 * scale:].permute(1, 2, 0).numpy()], axis=1)
+    hard_at, hard_elsewhere = _seam_jump(np.round(hard * 255), seam)
+    assert hard_at > hard_elsewhere * 1.5 + 1                                     # the metric sees a real seam

@@ -83,7 +83,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
     if unknown or not names:
         raise ValueError(f"--methods {args.methods!r}: unknown {', '.join(unknown) or '(empty)'}; choose from "
                          f"{', '.join(known)}")
-    full = config_from_args(args)
+    full = config_from_args(args, samples=None)  # eval runs its --samples seeds itself, one pipeline run each
     configs: dict[str, RunConfig | None] = {}
     for name in dict.fromkeys(names):
         if name in BASELINES:
@@ -93,7 +93,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
         elif name == "full":
             configs[name] = full
         else:
-            configs[name] = config_from_args(args, preset=name)
+            configs[name] = config_from_args(args, preset=name, samples=None)
     return configs
 
 

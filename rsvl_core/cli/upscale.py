@@ -22,7 +22,14 @@ from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
 from .progress import CliEvents, say
-from .settings import REFINE_SETTINGS, RUN_SETTINGS, add_setting_flags, config_from_args, setting_flag
+from .settings import (
+    REFINE_SETTINGS,
+    RUN_SETTINGS,
+    UNCERTAINTY_SETTINGS,
+    add_setting_flags,
+    config_from_args,
+    setting_flag,
+)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +68,7 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
                          "needs rio-cogeo, in the [geo] extra)")
     add_scene_flags(up)
     add_refine_options(up)
+    add_setting_flags(up.add_argument_group("uncertainty (README: Uncertainty)"), UNCERTAINTY_SETTINGS)
     up.add_argument("--no-hash", action="store_true",
                     help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
