@@ -51,7 +51,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                     help=f"comma-separated: {', '.join(BASELINES)}, stage1, full, or a refiner preset "
                          f"({', '.join(sorted(PRESETS))}) (default {DEFAULT_METHODS})")
     ev.add_argument("--samples", type=int, default=1,
-                    help="seeds per pipeline method (seed, seed+1, ...); 2 or more also write std maps (default 1)")
+                    help="seeds per pipeline method (seed, seed+1, ...); 2 or more also write std maps and score "
+                         "how well the spread predicts the error (Spearman rho, error in the most vs least uncertain "
+                         "tenth) (default 1)")
     ev.add_argument("--degrade-blur", type=float, default=0.0, help="Gaussian blur sigma (HR pixels) before "
                     "downsampling (default 0: the paper's protocol)")
     ev.add_argument("--degrade-noise", type=float, default=0.0, help="Gaussian noise sigma added to the LR image, "
