@@ -231,6 +231,8 @@ def heat_map(spread: torch.Tensor | np.ndarray, threshold: float = 0.0, vmax: fl
         draw.line([(x, 0), (x, 13)], fill=(0, 160, 255), width=1)
     draw.text((1, 14), "0", fill=(0, 0, 0))
     label = f"{vmax:.1f} levels std" + (f" | guard {threshold:g}" if threshold > 0 else "")
+    if draw.textlength(label) > width - 14:  # a narrow image: the short form
+        label = f"{vmax:.0f}" + (f" | T {threshold:g}" if threshold > 0 else "")
     text_width = draw.textlength(label)
     draw.text((max(10, width - 1 - text_width), 14), label, fill=(0, 0, 0))
     return np.concatenate([picture, np.asarray(canvas)], axis=0)
