@@ -149,3 +149,14 @@ def test_uncertainty_guard_acts_in_windows_and_the_layer_is_blended(sr3_dir, tmp
     assert 0.05 < record["uncertainty"]["fraction_above_threshold"] < 0.95
     with rasterio.open(out / "osbs_crop_x2.tif") as ds, rasterio.open(tmp_path / "probe" / "osbs_crop_x2.tif") as p:
         assert not np.array_equal(ds.read(), p.read())
+
+
+def test_uncertainty_layers_are_not_inputs_of_a_rerun(tmp_path, small_png, sr3_dir, capsys):
+    out = tmp_path / "out"
+    base = ["--models-dir", str(sr3_dir), *STAGE1, "--samples", "2"]
+    assert main(["upscale", str(small_png), "-o", str(out), *base]) == 0
+    assert (out / "patch_x2_uncertainty.png").is_file()
+    # the output folder named as input: the output and its layer are both earlier rsvl outputs, left out
+    assert main(["upscale", str(out), str(small_png), "-o", str(out), *base]) == 0
+    assert "2 input(s) are earlier rsvl outputs" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["patch_x2.json", "patch_x2.png", "patch_x2_uncertainty.png"]

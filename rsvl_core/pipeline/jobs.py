@@ -29,7 +29,7 @@ from ..weights import find_weights
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
 from .run import PipelineResult, peak_memory, run_pipeline
-from .uncertainty_layer import SpreadCanvas, merge_window_records, write_layer
+from .uncertainty_layer import SpreadCanvas, layer_owner, merge_window_records, write_layer
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
     are removed: the start every face of the job API shares. Earlier rsvl outputs among the inputs (an output
     folder that is also the input folder) are never inputs: they are left out, and that is said once."""
     sources = collect_inputs(inputs)
-    ours = [source for source in sources if is_complete(source)]
+    ours = [source for source in sources if is_complete(source) or is_complete(layer_owner(source))]
     if ours:
         sources = [source for source in sources if source not in ours]
         events.note(ours[0], f"{len(ours)} input(s) are earlier rsvl outputs (a run record beside each names it) "

@@ -27,6 +27,12 @@ def layer_path(target: Path) -> Path:
     return target.with_name(f"{target.stem}{LAYER_SUFFIX}{target.suffix}")
 
 
+def layer_owner(path: Path) -> Path:
+    """The output an uncertainty layer belongs to (`a_x8_uncertainty.png` -> `a_x8.png`); else `path` itself."""
+    stem = path.stem
+    return path.with_name(stem[:-len(LAYER_SUFFIX)] + path.suffix) if stem.endswith(LAYER_SUFFIX) else path
+
+
 class SpreadCanvas:
     """Blends the windows' spread maps of one scene with the weights the windows' images are blended with
     (the same raised cosine over the overlap), so the layer is as seamless as the output. Whole canvas in
@@ -69,8 +75,11 @@ def write_layer(scene: SceneSource, spread: torch.Tensor, target: Path, options:
         picture = heat_map(spread, options.guard)
         path = write_array_atomic(picture, layer_path(target))
         summary = summarise_spread(spread, options.guard)
-        return {**summary.to_dict(), "units": LAYER_NOTE, "layer": path.name,
-                "layer_kind": "colour-mapped PNG with a legend strip (not data)"}
+        record = {**summary.to_dict(), "units": LAYER_NOTE, "layer": path.name,
+                  "layer_kind": "colour-mapped PNG with a legend strip (not data)"}
+        if options.band:
+            record["note"] = "--uncertainty-band applies to GeoTIFF outputs; a plain image gets the PNG layer"
+        return record
     values = spread[0, 0].float().cpu().numpy()
     if options.band:
         valid = _add_band(target, values, cog)
