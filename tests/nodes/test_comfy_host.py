@@ -1,4 +1,4 @@
-"""The pack in a real ComfyUI (comfy_host, CPU): it imports, /object_info lists the five nodes, the shipped
+"""The pack in a real ComfyUI (comfy_host, CPU): it imports, /object_info lists our nodes, the shipped
 workflows validate against the server's definitions, and the API workflows run on the tiny demo models.
 
 Runs when a ComfyUI is found through the shared scripts' settings (COMFY_DIR, COMFY_PY); skips otherwise.
