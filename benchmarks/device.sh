@@ -3,7 +3,8 @@
 #   benchmarks/device.sh OUTDIR [--full|--smoke]     (default --full; --smoke runs on a CPU in ~2 minutes)
 # Wheels: every .whl in the repository's .whl/ folder (diffusers is missing on the GPU machine; see
 # benchmarks/README.md for the one command that prepares them). Writes OUTDIR/pipeline_speed_<size>.{json,md}
-# and OUTDIR/pipeline_speed_<size>.log; prints the table last.
+# and OUTDIR/pipeline_speed_<size>.log (and OUTDIR/uncertainty_cost.{json,md,log}: --samples 1/2/4); prints the
+# speed table last.
 set -euo pipefail
 out=${1:?usage: benchmarks/device.sh OUTDIR [--full|--smoke]}
 size=${2:---full}
@@ -23,5 +24,8 @@ import diffusers, torch, transformers, rsvl_core.pipeline  # noqa: F401
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, diffusers {diffusers.__version__}, "
       f"cuda {torch.cuda.is_available() and torch.cuda.get_device_name(0)}")
 PY
+# the cost of --samples N (N = 1, 2, 4; tiny models), before the speed table so that table is printed last
+if [[ $size == --full ]]; then cost=(--device cuda --repeat 3 --size 96); else cost=(--device cpu --repeat 1 --size 24); fi
+python3 "$root/benchmarks/uncertainty_cost.py" "${cost[@]}" --out "$out" 2>&1 | tee "$out/uncertainty_cost.log"
 name=pipeline_speed_${size#--}
 python3 "$root/benchmarks/pipeline_speed.py" "$size" --out "$out" 2>&1 | tee "$out/$name.log"

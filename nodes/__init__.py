@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-NODE_IDS = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler")
+NODE_IDS = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler",
+            "RSVLUncertainty")
 
 
 async def comfy_entrypoint():

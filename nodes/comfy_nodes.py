@@ -136,6 +136,7 @@ DISPLAY_NAMES = {
     "LlavaRSCaption": "RSVL Caption (LLaVA remote sensing)",
     "ControlNetRefine": "RSVL Refine: Super-Resolution Stage 2 (SUPIR/SDXL)",
     "DynamicStepScheduler": "RSVL Dynamic Step Scheduler",
+    "RSVLUncertainty": "RSVL Uncertainty: where to trust the pixels (N samples, guard)",
 }
 SEARCH_ALIASES = {
     "LoadRSVLModels": ["rsvl", "super resolution models", "upscale models", "sr3", "supir", "llava"],
@@ -143,6 +144,7 @@ SEARCH_ALIASES = {
     "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing"],
     "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore"],
     "DynamicStepScheduler": ["steps", "cache", "scheduler", "speed up"],
+    "RSVLUncertainty": ["uncertainty", "hallucination", "guard", "std map", "confidence", "samples"],
 }
 
 
@@ -447,7 +449,9 @@ class ControlNetRefine(RSVLNode):
             for index in range(pixels.shape[0]):
                 single = pixels[index:index + 1]
                 progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
-                result, report = refine_image(model, single, captions[index], options, seed=seed, callback=progress)
+                # each element its own noise (seed + index): a repeated batch gives N samples (RSVLUncertainty)
+                result, report = refine_image(model, single, captions[index], options, seed=seed + index,
+                                              callback=progress)
                 line = logic.describe_refine_run(index, report, options, schedule, steps)
                 log.info("rsvl refine %s", line)
                 outputs.append(result)
@@ -457,7 +461,45 @@ class ControlNetRefine(RSVLNode):
             return io.NodeOutput(out, text, ui=ui.PreviewText(text))
 
 
-NODE_CLASSES = [LoadRSVLModels, Stage1FidelitySR, LlavaRSCaption, ControlNetRefine, DynamicStepScheduler]
+class RSVLUncertainty(RSVLNode):
+    NODE_ID = "RSVLUncertainty"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
+        return _schema(
+            node,
+            description="Takes N samples of the same scene (an IMAGE batch: e.g. RepeatImageBatch before the stage "
+                        "nodes, each element gets its own noise) and shows where they disagree: the combined image, "
+                        "a heat map of the per-pixel std (8-bit levels) and a summary. With guard > 0, pixels whose "
+                        "std exceeds it fall back to the stage-1 image (feathered).",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("samples", tooltip="N >= 2 samples of one scene, as one IMAGE batch."),
+                setting_input("combine", node),
+                setting_input("guard", node),
+                setting_input("feather", node),
+                io.Image.Input("stage_1", optional=True,
+                               tooltip="The stage-1 image of the scene: the guard's fallback (first of a batch)."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="uncertainty"),
+                     io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def execute(cls, samples, combine, guard, feather, stage_1=None) -> io.NodeOutput:
+        from .uncertainty import uncertainty_outputs
+
+        with logic.user_errors(cls.label()):
+            out = uncertainty_outputs(logic.to_bchw(samples), None if stage_1 is None else logic.to_bchw(stage_1),
+                                      combine=combine, guard=guard, feather=feather)
+            device = HOST.intermediate_device()
+            return io.NodeOutput(logic.to_bhwc(out.image, device), logic.to_bhwc(out.heat_map, device), out.summary,
+                                 ui=ui.PreviewText(out.summary))
+
+
+NODE_CLASSES = [LoadRSVLModels, Stage1FidelitySR, LlavaRSCaption, ControlNetRefine, DynamicStepScheduler,
+                RSVLUncertainty]
 
 
 class RSVLExtension(ComfyExtension):

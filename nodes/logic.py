@@ -367,6 +367,12 @@ NODE_SETTINGS: dict[str, dict[str, str]] = {
                          "control_scale": "control_scale", "color_fix": "color_fix", "seed": "seed",
                          "latent_tile_size": "latent_tile_size", "min_size": "min_size",
                          "restoration_scale": "restoration_scale", "s_churn": "s_churn", "preset": "preset"},
+    "RSVLUncertainty": {"combine": "combine", "guard": "guard", "feather": "guard_feather"},
+}
+# Settings no node input carries, and why.
+CLI_ONLY_SETTINGS = {
+    "samples": "in ComfyUI the samples are the IMAGE batch RSVLUncertainty receives (its size is N)",
+    "uncertainty_band": "GeoTIFF outputs only; ComfyUI images have no georeferencing",
 }
 
 

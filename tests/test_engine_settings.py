@@ -36,9 +36,15 @@ PROBES = {
     "negative_prompt": ("smeared", lambda c: c.refine.negative_prompt),
     "cache": ("fast", lambda c: c.refine.cache.mode),
     "cache_threshold": (0.05, lambda c: c.refine.cache.threshold),
+    "samples": (3, lambda c: (c.uncertainty.samples, c.sample_seeds)),
+    "combine": ("median", lambda c: c.uncertainty.combine),
+    "guard": (12.5, lambda c: c.uncertainty.guard),
+    "guard_feather": (3, lambda c: c.uncertainty.feather),
+    "uncertainty_band": (True, lambda c: c.uncertainty.band),
 }
-EXPECTED = {"seed": (7, 7), "caption_temperature": (0.7, True)}
-NEEDS = {"cache_threshold": {"cache": "fast"}}  # a threshold only means something with a cache on
+EXPECTED = {"seed": (7, 7), "caption_temperature": (0.7, True), "samples": (3, [0, 1, 2])}
+NEEDS = {"cache_threshold": {"cache": "fast"},  # a threshold only means something with a cache on
+         "combine": {"samples": 2}, "guard": {"samples": 2}, "uncertainty_band": {"samples": 2}}  # need N >= 2
 
 
 def expected(name):
@@ -55,7 +61,7 @@ def test_engine_probes_cover_every_setting():
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_engine_every_setting_is_reachable_from_the_cli(name):
     value, read = PROBES[name]
-    argv = ["upscale", "x.png", "-o", "out", flag_names(name)[0], str(value)]
+    argv = ["upscale", "x.png", "-o", "out", flag_names(name)[0], *([] if value is True else [str(value)])]
     for other, other_value in NEEDS.get(name, {}).items():
         argv += [flag_names(other)[0], str(other_value)]
     config = config_from_args(build_parser().parse_args(argv))

@@ -156,6 +156,14 @@ def test_eval_run_writes_tables_maps_and_pictures(first_run, dataset):
                     assert image.mode == "L" and image.size == ((32, 34) if image_id == "forest/soap" else (32, 32))
     std = np.asarray(Image.open(output / "maps/forest/soap/full_std.png"))
     assert std.max() > 0  # two seeds of a stochastic method differ
+    # --samples 2: does the spread point at the errors? (pipeline methods only; baselines have one sample)
+    for row in rows:
+        if row["method"] == "bicubic":
+            assert row["std_error_spearman"] == row["error_most_uncertain"] == ""
+        else:
+            assert -1 <= float(row["std_error_spearman"]) <= 1
+            assert float(row["error_most_uncertain"]) >= 0 and float(row["error_least_uncertain"]) >= 0
+    assert "std_error_spearman" in overall["full"] and "std_error_spearman" in markdown
 
 
 def test_eval_geotiff_inputs_get_georeferenced_maps(first_run, dataset):

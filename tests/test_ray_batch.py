@@ -328,3 +328,22 @@ def test_ray_caption_per_window_captions_each_window(models, tmp_path):
     windows = record["windows"]
     assert windows["caption_per"] == "window" and record["caption_source"] == "captioner"
     assert len(windows["captions"]) == windows["count"] > 1 and all(windows["captions"])
+
+
+@pytest.mark.slow
+def test_ray_uncertainty_windows_across_actors_equal_single_process(ray_cluster, models, tmp_path):
+    """--samples 2 with the guard on a windowed scene spread over 2 actors: sample k of every window uses draw k
+    of the scene-keyed noise wherever it runs, so the output, the layer and its summary equal `rsvl upscale`'s."""
+    scene = georeferenced(tmp_path / "scene.tif", (0, 0, 40, 28))
+    common = [str(scene), "--models-dir", str(models), *RUN, "--stage1-only", "--window-size", "16",
+              "--window-overlap", "4", "--samples", "2", "--combine", "mean", "--guard", "30"]
+    assert main(["batch", *common, "-o", str(tmp_path / "batch"), "--ray", "auto", "--actors", "2"]) == 0
+    assert main(["upscale", *common, "-o", str(tmp_path / "upscale")]) == 0
+    for name in ("scene_x2.tif", "scene_x2_uncertainty.tif"):
+        with rasterio.open(tmp_path / "batch" / name) as x, rasterio.open(tmp_path / "upscale" / name) as y:
+            assert (x.crs, x.transform, x.nodata) == (y.crs, y.transform, y.nodata), name
+            assert np.abs(x.read().astype(float) - y.read().astype(float)).max() <= 1e-3 * 255, name
+    batch, single = (json.loads((tmp_path / d / "scene_x2.json").read_text())["uncertainty"]
+                     for d in ("batch", "upscale"))
+    assert batch.pop("seconds_per_sample") and single.pop("seconds_per_sample")  # timings differ
+    assert batch == single and batch["seeds"] == [0, 1] and 0 < batch["guard"]["fraction_replaced"] < 1

@@ -43,7 +43,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                     help=f"comma-separated: {', '.join(BASELINES)}, stage1, full, or a refiner preset "
                          f"({', '.join(sorted(PRESETS))}) (default {DEFAULT_METHODS})")
     ev.add_argument("--samples", type=int, default=1,
-                    help="seeds per pipeline method (seed, seed+1, ...); 2 or more also write std maps (default 1)")
+                    help="seeds per pipeline method (seed, seed+1, ...); 2 or more also write std maps and score "
+                         "how well the spread predicts the error (Spearman rho, error in the most vs least uncertain "
+                         "tenth) (default 1)")
     ev.add_argument("--degrade-blur", type=float, default=0.0, help="Gaussian blur sigma (HR pixels) before "
                     "downsampling (default 0: the paper's protocol)")
     ev.add_argument("--degrade-noise", type=float, default=0.0, help="Gaussian noise sigma added to the LR image, "
@@ -75,7 +77,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
     if unknown or not names:
         raise ValueError(f"--methods {args.methods!r}: unknown {', '.join(unknown) or '(empty)'}; choose from "
                          f"{', '.join(known)}")
-    full = config_from_args(args)
+    full = config_from_args(args, samples=None)  # eval runs its --samples seeds itself, one pipeline run each
     configs: dict[str, RunConfig | None] = {}
     for name in dict.fromkeys(names):
         if name in BASELINES:
@@ -85,7 +87,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
         elif name == "full":
             configs[name] = full
         else:
-            configs[name] = config_from_args(args, preset=name)
+            configs[name] = config_from_args(args, preset=name, samples=None)
     return configs
 
 

@@ -92,6 +92,13 @@ class CliEvents(CountedEvents):
         width, height = record["input"]["size"]
         say(f"{source.name} -> {target} ({width * self.scale}x{height * self.scale}, {seconds:.1f} s: {stages}; "
             f"peak {peak:.2f} GiB {record['peak_memory_kind']})")
+        spread = record.get("uncertainty")
+        if spread and "mean_std" in spread:
+            guard = spread["guard"]
+            acted = f"; guard {guard['threshold']:g} replaced {100 * guard['fraction_replaced']:.1f}%" \
+                if guard["threshold"] > 0 else ""
+            say(f"{source.name}: {spread['samples']} samples, std mean {spread['mean_std']:.1f}, p95 "
+                f"{spread['p95_std']:.1f} levels{acted} -> {spread['layer']}")
 
     def failed(self, source: Path, message: str) -> None:
         super().failed(source, message)

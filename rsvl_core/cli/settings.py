@@ -17,6 +17,7 @@ RUN_SETTINGS = ("seed", "stage1_sampler", "stage1_steps", "tile_size", "tile_ove
 REFINE_SETTINGS = ("preset", "refine_steps", "cfg_scale", "cfg_scale_start", "control_scale", "restoration_scale",
                    "s_churn", "color_fix", "min_size", "latent_tile_size", "positive_prompt", "negative_prompt",
                    "cache", "cache_threshold")
+UNCERTAINTY_SETTINGS = ("samples", "combine", "guard", "guard_feather", "uncertainty_band")
 LONG_DEFAULT = 40  # longer default texts (prompts) are described, not printed, in --help
 
 
@@ -29,7 +30,10 @@ def setting_flag(parser, name: str, *aliases: str, **kwargs: Any) -> None:
     """Add one setting's flag: type, default, choices and help from SETTINGS (None default = the preset's)."""
     spec = SETTINGS[name]
     kwargs.setdefault("default", None if spec.preset_default else spec.default)
-    kwargs.setdefault("type", spec.kind)
+    if spec.kind is bool:  # a switch: present = True
+        kwargs.setdefault("action", "store_true")
+    else:
+        kwargs.setdefault("type", spec.kind)
     if spec.choices is not None:
         kwargs.setdefault("choices", spec.choices)
     default = kwargs["default"]

@@ -12,7 +12,14 @@ from ..pipeline.placement import PLACEMENTS
 from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
 from .commands import COMMANDS
-from .settings import REFINE_SETTINGS, RUN_SETTINGS, add_setting_flags, config_from_args, setting_flag
+from .settings import (
+    REFINE_SETTINGS,
+    RUN_SETTINGS,
+    UNCERTAINTY_SETTINGS,
+    add_setting_flags,
+    config_from_args,
+    setting_flag,
+)
 
 if TYPE_CHECKING:  # the engine loads when a command runs, not to parse its flags (a usage error answers at once)
     from ..pipeline import Acceleration, JobOptions, JobSummary, SceneOptions
@@ -57,6 +64,7 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
                          "needs rio-cogeo, in the [geo] extra)")
     add_scene_flags(up)
     add_refine_options(up)
+    add_setting_flags(up.add_argument_group("uncertainty (README: Uncertainty)"), UNCERTAINTY_SETTINGS)
     up.add_argument("--no-hash", action="store_true",
                     help="leave the model files' sha256 out of the run record (computed once per file, then cached)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")

@@ -19,7 +19,8 @@ from ..atomic import atomic_path
 DECIMALS = {"psnr_y": 2, "psnr_rgb": 2, "ssim_y": 4, "ssim_rgb": 4, "lr_consistency_l1": 4,
             "spectral_angle_deg": 3, "hallucination_pct": 1, "omission_pct": 1, "improvement_pct": 1,
             "lpips": 4, "dists": 4, "clip_iqa": 4}
-HIGHER_IS_BETTER = {"psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "improvement_pct", "clip_iqa"}
+HIGHER_IS_BETTER = {"psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "improvement_pct", "clip_iqa", "std_error_spearman"}
+DESCRIPTIVE = {"error_most_uncertain", "error_least_uncertain"}  # neither direction is "better": compare the two
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -158,7 +159,9 @@ def write_summary_chart(path: Path, rows: list[dict], metrics: Sequence[str], me
             panel.bar(np.arange(len(classes)) + (index - (len(methods) - 1) / 2) * width, values, width,
                       label=method)
         panel.set_xticks(np.arange(len(classes)), classes, fontsize=8)
-        panel.set_title(f"{metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better)", fontsize=9)
+        verdict = "levels" if metric in DESCRIPTIVE else \
+            f"{'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better"
+        panel.set_title(f"{metric} ({verdict})", fontsize=9)
     for panel in list(axes.flat)[len(shown):]:
         panel.axis("off")
     axes.flat[0].legend(fontsize=8)

@@ -39,8 +39,11 @@ from .maps import hallucination_map, std_map, write_map_geotiff, write_map_png
 from .metrics import CONSISTENCY_METRICS, REFERENCE_METRICS, consistency_metrics, reference_metrics
 from .perceptual import PERCEPTUAL_METRICS, PerceptualScorer
 from .report import json_safe, write_comparison_sheet, write_summary_chart, write_tables, write_text_atomic
+from .uncertainty import UNCERTAINTY_METRICS, uncertainty_vs_error
 
-ALL_METRICS = REFERENCE_METRICS + CONSISTENCY_METRICS + CORRECTNESS_METRICS + PERCEPTUAL_METRICS
+ALL_METRICS = (REFERENCE_METRICS + CONSISTENCY_METRICS + CORRECTNESS_METRICS + PERCEPTUAL_METRICS
+               + UNCERTAINTY_METRICS)
+OPTIONAL_METRICS = PERCEPTUAL_METRICS + UNCERTAINTY_METRICS  # columns only where some pair has them
 FLAT_CLASS = "all"  # the class of images directly inside HR_DIR
 CONVENTIONS = ("metrics on the 8-bit SR output vs HR, data range 1; PSNR/SSIM with a border of `scale` pixels "
                "cropped; Y = BT.601 (16 + 65.481 R + 128.553 G + 24.966 B) / 255; SSIM Gaussian 11x11, "
@@ -298,6 +301,8 @@ class Evaluation:
         metrics.update(verdict.percentages)
         metrics.update(self.perceptual.score(sr, hr))
         record["metrics"] = metrics
+        if config is not None and len(samples) >= 2:  # does the spread point at the errors?
+            metrics.update(uncertainty_vs_error(std_map(samples), sr, hr, options.scale))
         if config is not None:
             class_maps = [verdict.classes] + [correctness(lr, _quantised(s), hr, options.scale).classes
                                               for s in samples[1:]]
@@ -378,7 +383,7 @@ class Evaluation:
     def _write_report(self) -> dict[str, Path]:
         options, rows = self.options, self.summary.rows
         metrics = [m for m in ALL_METRICS if any(r.get(m) is not None for r in rows)
-                   or m not in PERCEPTUAL_METRICS]
+                   or m not in OPTIONAL_METRICS]
         provenance = {
             "command": options.command, "hr_dir": str(self.hr_dir), "scale": options.scale, "seed": options.seed,
             "samples": options.samples, "methods": {m: method_kind(c) for m, c in options.methods.items()},

@@ -30,6 +30,7 @@ from ..weights import find_weights
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
 from .run import PipelineResult, peak_memory, run_pipeline
+from .uncertainty_layer import SpreadCanvas, layer_owner, merge_window_records, write_layer
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
     are removed: the start every face of the job API shares. Earlier rsvl outputs among the inputs (an output
     folder that is also the input folder) are never inputs: they are left out, and that is said once."""
     collected = collect_sources(inputs, options.recursive)
-    ours = [source for source, _ in collected if is_complete(source)]
+    ours = [source for source, _ in collected if is_complete(source) or is_complete(layer_owner(source))]
     if ours:
         collected = [(source, sub) for source, sub in collected if source not in ours]
     sources = [source for source, _ in collected]
@@ -363,10 +364,14 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
         result = run_pipeline(scene.whole(), config, models, callback)
         write_whole(scene, result.image, target, config.scale, cog)
         record = run_record(result)
+        if result.spread is not None:
+            record["uncertainty"].update(write_layer(scene, result.spread, target, config.uncertainty, cog))
         record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
         return record
     with row_sink(scene, target, config.scale, cog) as sink:
-        record = run_windows(scene, config, models, windows, callback, sink)
+        record, spread = run_windows(scene, config, models, windows, callback, sink)
+    if spread is not None:
+        record["uncertainty"].update(write_layer(scene, spread, target, config.uncertainty, cog))
     # the peak over the whole scene, the final write included (not just one window's pipeline)
     record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(models.device)[0])
     return record
@@ -385,6 +390,7 @@ class ImageRun:
     caption: str | None
     stage1_image: torch.Tensor | None    # whole images only: stage 1's output, for reuse by a stage-1 method
     record: dict
+    spread: torch.Tensor | None = None   # samples >= 2: (1, 1, H * scale, W * scale) std across samples, levels
 
 
 def upscale_image(image: torch.Tensor, config: RunConfig, models: PipelineModels, windows: WindowOptions,
@@ -394,28 +400,32 @@ def upscale_image(image: torch.Tensor, config: RunConfig, models: PipelineModels
     scene = SceneSource(Path("<memory>"), image.shape[-2], image.shape[-1], [], image=image)
     if not is_windowed(scene, windows):
         result = run_pipeline(image, config, models, callback)
-        return ImageRun(result.image, result.caption, result.stage1_image, run_record(result))
+        return ImageRun(result.image, result.caption, result.stage1_image, run_record(result), result.spread)
     sink = ArraySink(scene.height * config.scale, scene.width * config.scale)
-    record = run_windows(scene, config, models, windows, callback, sink)
+    record, spread = run_windows(scene, config, models, windows, callback, sink)
     out = torch.from_numpy(sink.array).permute(2, 0, 1)[None].float().div(255)
-    return ImageRun(out, record.get("caption"), None, record)
+    return ImageRun(out, record.get("caption"), None, record, spread)
 
 
 def run_windows(scene: SceneSource, config: RunConfig, models: PipelineModels, windows: WindowOptions,
-                callback: ProgressCallback | None, sink: RowSink) -> dict:
+                callback: ProgressCallback | None, sink: RowSink) -> tuple[dict, torch.Tensor | None]:
     """A scene window by window in this process (scene-keyed noise, the scene's shared caption), blended by the
-    one blender into `sink`; returns the scene's run record."""
+    one blender into `sink`; returns the scene's run record and, with samples >= 2, the blended spread map
+    (sample k of every window uses draw k of the scene-keyed noise, so the samples are seamless too)."""
     caption = scene_caption(scene, config, models, windows)
     records: list[dict] = []
+    spreads = SpreadCanvas(scene.height, scene.width, config.scale, windows) if config.uncertainty.enabled else None
 
     def outputs():
-        for tile in plan_windows(scene.height, scene.width, windows, config.scale):
-            image, record = run_window(scene, tile, config, models, callback, caption)
+        for index, tile in enumerate(plan_windows(scene.height, scene.width, windows, config.scale)):
+            image, record, spread = run_window(scene, tile, config, models, callback, caption)
             records.append(record)
+            if spreads is not None:
+                spreads.add(index, spread)
             yield image
 
     blend_windows(scene.height, scene.width, config.scale, windows, outputs(), sink)
-    return windowed_record(records, windows, caption)
+    return windowed_record(records, windows, caption), None if spreads is None else spreads.result()
 
 
 def scene_caption(scene: SceneSource, config: RunConfig, models: PipelineModels,
@@ -430,11 +440,14 @@ def scene_caption(scene: SceneSource, config: RunConfig, models: PipelineModels,
 
 
 def run_window(scene: SceneSource, tile: Tile, config: RunConfig, models: PipelineModels,
-               callback: ProgressCallback | None, caption: str | None) -> tuple[torch.Tensor, dict]:
-    """One window of a scene through the pipeline: (its output image, its run record)."""
+               callback: ProgressCallback | None,
+               caption: str | None) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """One window of a scene through the pipeline: (its output image, its run record, its spread map or None)."""
     result = run_pipeline(scene.read(tile), config, models, callback, origin=(tile.y0, tile.x0),
                           scene_caption=caption)
-    return result.image, run_record(result)
+    record = run_record(result)
+    record["output_pixels"] = int(result.image.shape[-2] * result.image.shape[-1])
+    return result.image, record, result.spread
 
 
 def windowed_record(records: list[dict], windows: WindowOptions, caption: str | None) -> dict:
@@ -449,6 +462,10 @@ def windowed_record(records: list[dict], windows: WindowOptions, caption: str | 
         record["windows"]["captions"] = captions
     if caption is not None:
         record["caption"] = caption
+    record.pop("output_pixels", None)
+    uncertainty = merge_window_records(records)
+    if uncertainty is not None:
+        record["uncertainty"] = uncertainty
     return record
 
 
@@ -461,6 +478,8 @@ def run_record(result: PipelineResult) -> dict:
         "placement": result.placement, "accelerate": result.acceleration or []}
     if result.stage1_record is not None:
         record["stage1"] = result.stage1_record
+    if result.uncertainty is not None:
+        record["uncertainty"] = dict(result.uncertainty)
     if result.stage1_cache is not None:
         record["stage1_cache"] = {"computed_steps": result.stage1_cache.computed_steps,
                                   "reused_steps": result.stage1_cache.reused_steps}
@@ -500,6 +519,8 @@ def write_run_record(target: Path, record: dict, config: RunConfig, device: torc
                 "caption": _jsonable(caption), "refine": _jsonable(config.refine),
                 "preset": None if config.refine is None else config.preset, "dtype": config.dtype,
                 "device": str(device)}
+    if config.uncertainty.enabled:
+        settings["uncertainty"] = _jsonable(config.uncertainty)
     full = _jsonable({"image": target.name, "seed": config.seed, "scale": config.scale, **record,
                       "settings": settings, "models": model_files})
     with atomic_path(sidecar) as tmp:

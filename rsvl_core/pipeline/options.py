@@ -20,6 +20,7 @@ from ..devices import DTYPES
 from ..refine.options import COLOR_FIXES, PRESETS, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, RefineOptions
 from ..stage1.sampler import SAMPLERS, SR3SamplerOptions
 from ..stage1.upscaler import SCALES
+from .uncertainty import COMBINES, DEFAULT_FEATHER, UncertaintyOptions
 
 STAGE1_CACHES = ("off", "fast")  # stage 1 takes only our guarded policy (the seed has no stage-1 cache)
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -113,8 +114,19 @@ SETTINGS: dict[str, Setting] = {
                      "(first-block signal, guarded reuse)", "schedule.cache", choices=tuple(CACHE_PRESETS)),
     "cache_threshold": Setting(0.0, "the cache's relative-difference threshold; 0 = the preset's own "
                                "(seed 0.3, fast 0.2)", "schedule.cache_threshold", min=0.0, max=2.0, step=0.01),
+    "samples": Setting(1, "stochastic runs per image (seeds seed..seed+N-1; the caption is made once): N >= 2 "
+                       "writes an uncertainty layer (per-pixel std across samples, 8-bit levels) beside the output",
+                       "uncertainty.samples", min=1, max=64, step=1),
+    "combine": Setting("first", "the output from N samples: first (the single-run output), median or mean",
+                       "uncertainty.combine", choices=COMBINES),
+    "guard": Setting(0.0, "hallucination guard: where the samples' std exceeds this many 8-bit levels, fall back "
+                     "to the stage-1 image (feathered); 0 = off", "uncertainty.guard", min=0.0, max=255.0, step=0.5),
+    "guard_feather": Setting(DEFAULT_FEATHER, "output pixels over which the guard's fallback fades out",
+                             "uncertainty.feather", min=0, max=256, step=1),
+    "uncertainty_band": Setting(False, "GeoTIFF outputs: the uncertainty as an extra band of the output instead "
+                                "of a separate layer", "uncertainty.band"),
 }
-SECTIONS = ("run", "stage1", "caption", "refine", "schedule")
+SECTIONS = ("run", "stage1", "caption", "refine", "schedule", "uncertainty")
 
 
 def default(name: str) -> Any:
@@ -203,6 +215,7 @@ class RunConfig:
         caption: the captioner's settings; `caption_text` replaces the captioner with given text.
         refine: the refiner's settings; None = stage 1 only (no caption, no refiner).
         preset, dtype: recorded in the run record (what produced these options).
+        uncertainty: samples per image, how they are combined, the guard (`uncertainty.py`).
     """
 
     scale: int = default("scale")
@@ -213,12 +226,15 @@ class RunConfig:
     refine: RefineOptions | None = field(default_factory=RefineOptions)
     preset: str | None = "paper"
     dtype: str = "fp32"
+    uncertainty: UncertaintyOptions = field(default_factory=UncertaintyOptions)
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
+        if self.seed + self.uncertainty.samples - 1 > SEED_MAX:
+            raise ValueError(f"seed {self.seed} + {self.uncertainty.samples} samples passes {SEED_MAX}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.refine is None and self.caption_text is not None:
@@ -229,6 +245,11 @@ class RunConfig:
     def stage1_only(self) -> bool:
         return self.refine is None
 
+    @property
+    def sample_seeds(self) -> list[int]:
+        """The seed of each sample: seed, seed + 1, ... (one sample: just the seed)."""
+        return [self.seed + k for k in range(self.uncertainty.samples)]
+
     @classmethod
     def from_values(cls, *, stage1_only: bool = False, caption_text: str | None = None, **values: Any) -> RunConfig:
         """The run's options from plain values named as in `SETTINGS` (None or absent = the default)."""
@@ -238,7 +259,8 @@ class RunConfig:
         return cls(scale=int(given.get("scale", default("scale"))), seed=given.get("seed", default("seed")),
                    stage1=stage1_options_from(given, schedule), caption=caption_options_from(given),
                    caption_text=caption_text, refine=None if stage1_only else refine_options_from(given, schedule),
-                   preset=preset, dtype=given.get("dtype", default("dtype")))
+                   preset=preset, dtype=given.get("dtype", default("dtype")),
+                   uncertainty=UncertaintyOptions(**fields_of("uncertainty", given)))
 
 
 def given_values(values: Mapping[str, Any]) -> dict[str, Any]:

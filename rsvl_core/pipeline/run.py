@@ -16,6 +16,7 @@ from ..progress import ProgressCallback
 from ..refine.refiner import RefineReport, refine_image
 from .models import PipelineModels
 from .options import RunConfig
+from .uncertainty import reduce_samples
 
 
 @dataclass
@@ -32,6 +33,8 @@ class PipelineResult:
     stage1_cache: CacheReport | None = None
     stage1_record: dict[str, Any] | None = None  # which stage-1 model ran, and how
     acceleration: list[str] | None = None      # execution switches that were on (compile, fp8, ...)
+    spread: torch.Tensor | None = None         # N >= 2 samples: (1, 1, H, W) std across samples, 8-bit levels
+    uncertainty: dict[str, Any] | None = None  # N >= 2 samples: seeds, combine, guard, time per sample
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -56,17 +59,29 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
     For a window of a larger scene: `origin` is its top-left (y, x) in the scene's input pixels (noise is then
     keyed by scene position, see `noise.py`), and `scene_caption` the scene's caption (used instead of
     captioning this window). `config` was validated when it was made; nothing here checks it again.
+
+    With `config.uncertainty.samples` N >= 2 the stochastic stages run N times (seeds seed .. seed + N - 1), the
+    caption once (from the first sample's stage-1 image), and the result is the combined, optionally guarded,
+    output with its per-pixel spread (`uncertainty.py`). N = 1 is the single run, unchanged.
     """
     seconds: dict[str, float] = {}
     _peak_reset(models.device)
+    seeds = config.sample_seeds  # one per sample: seed, seed + 1, ... (windows key their noise by it too)
+    sample_seconds = [0.0] * len(seeds)
 
-    # 1. stage 1: from the image alone
+    # 1. stage 1: from the image alone (once per sample)
     start = time.perf_counter()
-    stage1 = models.get("stage1").upscale(image, config.scale, config.stage1, config.seed, callback, origin)
+    stage1_model = models.get("stage1")
+    stage1_runs = []
+    for k, seed in enumerate(seeds):
+        began = time.perf_counter()
+        stage1_runs.append(stage1_model.upscale(image, config.scale, config.stage1, seed, callback, origin))
+        sample_seconds[k] += time.perf_counter() - began
     models.release("stage1")
     seconds["stage1"] = time.perf_counter() - start
+    stage1 = stage1_runs[0]
 
-    # 2. caption (only when the refiner will use it)
+    # 2. caption (only when the refiner will use it): once, from the first sample's stage-1 image
     caption, source = None, None
     if config.refine is not None:
         start = time.perf_counter()
@@ -80,16 +95,36 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
             models.release("caption")
         seconds["caption"] = time.perf_counter() - start
 
-    # 3. refine, guided by the caption
-    result, refine_report = stage1.image, None
+    # 3. refine, guided by the caption (once per sample)
+    outputs, refine_report = [run.image for run in stage1_runs], None
     if config.refine is not None:
         start = time.perf_counter()
         refiner = models.get("refine")
         at = None if origin is None else (origin[0] * config.scale, origin[1] * config.scale)
-        result, refine_report = refine_image(refiner, stage1.image, caption, config.refine, config.seed, callback, at)
+        for k, (seed, run) in enumerate(zip(seeds, stage1_runs, strict=True)):
+            began = time.perf_counter()
+            outputs[k], report = refine_image(refiner, run.image, caption, config.refine, seed, callback, at)
+            refine_report = refine_report or report
+            sample_seconds[k] += time.perf_counter() - began
         models.release("refine")
         seconds["refine"] = time.perf_counter() - start
 
+    # 4. N samples -> the combined (and guarded) output and its spread
+    result, spread, uncertainty = outputs[0], None, None
+    if len(seeds) > 1:
+        start = time.perf_counter()
+        reduced = reduce_samples(torch.cat([o.float().cpu() for o in outputs]), stage1.image.float().cpu(),
+                                 config.uncertainty)
+        result, spread = reduced.image, reduced.spread
+        seconds["uncertainty"] = time.perf_counter() - start
+        uncertainty = {"samples": len(seeds), "seeds": seeds, "combine": config.uncertainty.combine,
+                       "caption_from": "the first sample's stage-1 image" if source == "captioner" else source,
+                       "seconds_per_sample": [round(t, 3) for t in sample_seconds],
+                       "guard": {"threshold": config.uncertainty.guard, "feather": config.uncertainty.feather,
+                                 "fallback": "the first sample's stage-1 image",
+                                 "fraction_replaced": round(reduced.fraction_replaced, 6)}}
+
     peak, kind = peak_memory(models.device)
     return PipelineResult(result.float().cpu(), stage1.image.float().cpu(), caption, source, seconds, peak, kind,
-                          models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled())
+                          models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled(),
+                          spread, uncertainty)

@@ -48,6 +48,7 @@ from .jobs import (
 from .models import PipelineModels
 from .options import RunConfig
 from .run import peak_memory
+from .uncertainty_layer import SpreadCanvas, write_layer
 
 OPEN_SCENES = 2  # scenes an executor keeps open (their stretch computed once): windows of one scene arrive together
 FAILURES = (RsvlError, ValueError, OSError)  # what fails one input (reported; the rest go on)
@@ -65,6 +66,7 @@ class ClaimedScene:
     caption: str | None = None
     caption_ready: bool = True
     blender: WindowBlender | None = None
+    spreads: SpreadCanvas | None = None  # samples >= 2: the windows' spread maps, blended as the images are
     stack: ExitStack | None = None       # the row sink's temp file, until the last window is in
     ready: dict[int, dict] = field(default_factory=dict)  # window results waiting for their turn
     records: list[dict] = field(default_factory=list)
@@ -165,8 +167,8 @@ class ItemExecutor:
         if kind == "caption":
             return scene_caption(scene, self.config, self.models, self.options.scene.windows)
         tile = plan_windows(scene.height, scene.width, self.options.scene.windows, self.config.scale)[index]
-        image, record = run_window(scene, tile, self.config, self.models, callback, caption)
-        return {"image": image, "record": record, "seconds": time.perf_counter() - start}
+        image, record, spread = run_window(scene, tile, self.config, self.models, callback, caption)
+        return {"image": image, "record": record, "spread": spread, "seconds": time.perf_counter() - start}
 
     def scene(self, source: Path, geotiff: bool) -> SceneSource:
         """An input opened for windows, kept open for the next windows of the same scene."""
@@ -210,7 +212,12 @@ class Assembler:
             sink = scene.stack.enter_context(row_sink(scene.scene, scene.target, self.config.scale, self.options.cog))
             scene.blender = WindowBlender(scene.scene.height, scene.scene.width, self.config.scale,
                                           self.options.scene.windows, sink)
+            if self.config.uncertainty.enabled:
+                scene.spreads = SpreadCanvas(scene.scene.height, scene.scene.width, self.config.scale,
+                                             self.options.scene.windows)
         while scene.blender.next_index in scene.ready:
+            if scene.spreads is not None:
+                scene.spreads.add(scene.blender.next_index, scene.ready[scene.blender.next_index]["spread"])
             result = scene.ready.pop(scene.blender.next_index)
             scene.blender.add(result["image"])
             scene.records.append(result["record"])
@@ -220,6 +227,10 @@ class Assembler:
         stack, scene.stack = scene.stack, None
         stack.close()  # the image is in place (renamed from its temp file)
         record = windowed_record(scene.records, self.options.scene.windows, scene.caption)
+        if scene.spreads is not None:
+            spread, scene.spreads = scene.spreads.result(), None
+            record["uncertainty"].update(write_layer(scene.scene, spread, scene.target, self.config.uncertainty,
+                                                     self.options.cog))
         record["input"] = input_record(scene.source, scene.scene)
         if self.peak_device is not None:  # the peak over the whole scene, the final write included
             record["peak_memory_bytes"] = max(record["peak_memory_bytes"], peak_memory(self.peak_device)[0])

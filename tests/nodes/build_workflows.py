@@ -89,14 +89,30 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
         "5": refine(["3", 0], ["2", 2], ["4", 0]),
         "6": save(["5", 0], "rsvl/refined"),
     }
+    uncertainty = {
+        "1": load_image(),
+        "2": loader(),
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
+        "4": stage1(["3", 0], ["2", 0]),
+        "5": {"class_type": "LlavaRSCaption", "inputs": {"image": ["4", 0], "captioner": ["2", 1],
+                                                         "prompt": SEED_PROMPT, "max_new_tokens": 256,
+                                                         "temperature": 0.2, "seed": 0}},
+        "6": refine(["4", 0], ["2", 2], ["5", 0]),
+        "7": {"class_type": "RSVLUncertainty", "inputs": {"samples": ["6", 0], "combine": "median", "guard": 12.0,
+                                                          "feather": 8, "stage_1": ["4", 0]}},
+        "8": save(["7", 0], "rsvl/guarded"),
+        "9": save(["7", 1], "rsvl/uncertainty"),
+    }
     # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
     # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
     full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
                 "8": col(2, 1)}  # the final image under the caption: in view, clear of the queue panel
     s1_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(2)}
     hw_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(1, 1), "5": col(2), "6": col(3)}
+    unc_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "5": col(2), "6": col(3), "7": col(4),
+               "8": col(5), "9": col(5, 1)}
     return {"rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
-            "rsvl_refine_handwritten_caption": (handwritten, hw_pos)}
+            "rsvl_refine_handwritten_caption": (handwritten, hw_pos), "rsvl_uncertainty_guard": (uncertainty, unc_pos)}
 
 
 TOP = 210          # canvas y of the first row: titles clear the tab bar, the workflow name and the Run bar
@@ -106,7 +122,8 @@ ROWS = (0, 700, 1060)  # y offsets in a column: below LoadImage or Stage 1 (with
 # Node sizes as the frontend grows them when a run adds previews and text (the browser test measures them).
 SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepScheduler": (400, 240),
          "Stage1FidelitySR": (400, 580), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
-         "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200)}
+         "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200),
+         "RepeatImageBatch": (400, 120), "RSVLUncertainty": (400, 420)}
 ZOOM = 0.6
 
 
@@ -182,7 +199,7 @@ def thumbnail(ui: dict, path: Path) -> None:
         box = (x, y, x + n["size"][0] * scale, y + n["size"][1] * scale)
         boxes[n["id"]] = box
         ours = n["type"] in ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine",
-                             "DynamicStepScheduler")
+                             "DynamicStepScheduler", "RSVLUncertainty")
         draw.rounded_rectangle(box, 4, fill=(52, 84, 120) if ours else (70, 70, 74), outline=(200, 200, 200))
         draw.text((box[0] + 3, box[1] + 2), n["type"][:18], fill=(240, 240, 240))
     for link in ui["links"]:

@@ -18,7 +18,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-OUR_NODES = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler")
+OUR_NODES = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler",
+             "RSVLUncertainty")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,6 +113,10 @@ BUILTIN_INFO = {
                   "input_order": {"required": ["images", "filename_prefix"]}, "output": []},
     "PrimitiveStringMultiline": {"input": {"required": {"value": ["STRING", {"multiline": True}]}, "optional": {}},
                                  "input_order": {"required": ["value"]}, "output": ["STRING"]},
+    "RepeatImageBatch": {"input": {"required": {"image": ["IMAGE", {}],
+                                                "amount": ["INT", {"default": 1, "min": 1, "max": 4096}]},
+                                   "optional": {}},
+                         "input_order": {"required": ["image", "amount"]}, "output": ["IMAGE"]},
 }
 
 

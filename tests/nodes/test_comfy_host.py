@@ -1,4 +1,4 @@
-"""The pack in a real ComfyUI (comfy_host, CPU): it imports, /object_info lists the five nodes, the shipped
+"""The pack in a real ComfyUI (comfy_host, CPU): it imports, /object_info lists our nodes, the shipped
 workflows validate against the server's definitions, and the API workflows run on the tiny demo models.
 
 Runs when a ComfyUI is found through the shared scripts' settings (COMFY_DIR, COMFY_PY); skips otherwise.
@@ -216,3 +216,31 @@ def test_run_time_errors_name_the_node_not_a_clone_class(server):
     error = messages["execution_error"]
     assert error["exception_message"].startswith("RSVL Load Models #2: the refiner needs both")
     assert "Clone" not in error["exception_message"]
+
+
+def test_uncertainty_workflow_runs_on_a_batch_of_3(server):
+    """The shipped uncertainty workflow: a batch of 3 samples -> guarded image, heat map, summary, in the host."""
+    name = "rsvl_uncertainty_guard"
+    info = get(server, "/object_info")
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    assert ui_to_api(ui, info) == api
+    for node in api.values():
+        node["inputs"].update(TINY.get(node["class_type"], {}))
+        if node["class_type"] == "LoadRSVLModels":
+            node["inputs"].update({k: server["choices"][k] for k in node["inputs"] if k in server["choices"]})
+    assert api["3"]["inputs"]["amount"] == 3 and api["7"]["class_type"] == "RSVLUncertainty"
+    assert [p for p in check_api_workflow(api, info) if "rsvl_sample.png" not in p] == []
+    out = run_api(server, api, name)
+    from PIL import Image
+
+    from rsvl_core.pipeline.uncertainty import LEGEND_HEIGHT
+
+    guarded = sorted(out.rglob("guarded*.png"))
+    maps = sorted(out.rglob("uncertainty*.png"))
+    assert len(guarded) == 1 and len(maps) == 1  # one combined image and one heat map from the batch of 3
+    assert Image.open(guarded[0]).size == (48, 32)
+    assert Image.open(maps[0]).size == (48, 32 + LEGEND_HEIGHT)
+    texts = json.dumps(json.loads((out / "history.json").read_text()))
+    assert "3 samples, combined by median" in texts and "levels: " in texts and "% of pixels replaced" in texts
+    shutil.rmtree(out)

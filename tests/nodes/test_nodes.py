@@ -166,7 +166,8 @@ def test_engine_every_setting_is_reachable_from_the_nodes(comfy):
 
     carried = {setting: (node, name) for node, inputs in comfy.logic.NODE_SETTINGS.items()
                for name, setting in inputs.items()}
-    assert set(carried) == set(SETTINGS)  # every setting has a node input
+    assert set(carried) | set(comfy.logic.CLI_ONLY_SETTINGS) == set(SETTINGS)  # a node input, or a said reason
+    assert not set(carried) & set(comfy.logic.CLI_ONLY_SETTINGS)
     info = comfy.object_info()
     for setting, (node, name) in carried.items():
         inputs = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
