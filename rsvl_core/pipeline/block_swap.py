@@ -151,7 +151,7 @@ def _move_except(model: Any, device: torch.device, blocks: list[nn.Module]) -> N
     skip = {id(t) for block in blocks for _, t in _tensors(block)}
     for module in parts(model):
         for sub in module.modules():
-            for name, param in sub._parameters.items():
+            for param in sub._parameters.values():
                 if param is not None and id(param) not in skip:
                     param.data = param.data.to(device)
             for name, buffer in sub._buffers.items():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
