@@ -20,12 +20,13 @@ LOGIT_RELATIVE_ERROR = {"fp8": 0.10, "int8": 0.03, "int4": 0.35}
 
 
 def language_model_of(model: nn.Module) -> nn.Module:
-    """The text decoder of a LLaVA-style model (`model.model.language_model` in transformers 5)."""
-    inner = getattr(model, "model", model)
-    language_model = getattr(inner, "language_model", None)
-    if language_model is None or not hasattr(language_model, "layers"):
-        raise ValueError(f"low-bit caption storage: {type(model).__name__} has no language_model with layers")
-    return language_model
+    """The text decoder of a LLaVA-style model (the module with token embeddings and decoder layers; found
+    inside a PEFT wrapper too)."""
+    for module in model.modules():
+        if hasattr(module, "embed_tokens") and isinstance(getattr(module, "layers", None), nn.ModuleList):
+            return module
+    raise ValueError(f"low-bit caption storage: {type(model).__name__} has no language model (token embeddings "
+                     "and decoder layers)")
 
 
 def store_language_model(model: nn.Module, storage: str, dtype: torch.dtype | None = None) -> int:

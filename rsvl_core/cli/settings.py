@@ -13,7 +13,7 @@ from ..pipeline import SETTINGS, RunConfig
 
 # Which settings each group of flags carries (scale and dtype are added where a command needs them).
 RUN_SETTINGS = ("seed", "stage1_sampler", "stage1_steps", "tile_size", "tile_overlap", "tile_batch", "stage1_cache",
-                "caption_max_tokens", "caption_temperature", "caption_prompt")
+                "caption_max_tokens", "caption_temperature", "caption_prompt", "max_vram")
 REFINE_SETTINGS = ("preset", "refine_steps", "cfg_scale", "cfg_scale_start", "control_scale", "restoration_scale",
                    "s_churn", "color_fix", "min_size", "latent_tile_size", "positive_prompt", "negative_prompt",
                    "cache", "cache_threshold")

@@ -16,6 +16,7 @@ from ..pipeline import (
     SceneOptions,
     collect_inputs,
     locate_model_files,
+    plan_for_run,
     run_job,
 )
 from ..scene import CAPTION_POLICIES, WindowOptions
@@ -138,6 +139,10 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
     device = resolve_device(args.device)
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth)
+    plan = plan_for_run(config, inputs, options.scene.windows.size)  # --max-vram; None without it
+    if plan is not None:
+        config = plan.apply(config)
+        say(plan.describe())
     models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype,
-                                       acceleration)
+                                       acceleration, plan)
     return run_job(inputs, config, models, options, CliEvents(args.quiet, config.scale))

@@ -14,6 +14,7 @@ from .jobs import (
     locate_model_files,
     output_path,
 )
+from .memory_plan import MemoryBudgetError, MemoryPlan, plan_for_run
 from .models import PLACEMENTS, ModelFiles, PipelineModels, StageSpec, module_bytes
 from .options import (
     SETTINGS,
@@ -37,19 +38,22 @@ __all__ = [
     "JobEvents",
     "JobOptions",
     "JobSummary",
+    "MemoryBudgetError",
+    "MemoryPlan",
     "ModelFiles",
     "PipelineModels",
     "PipelineResult",
     "RunConfig",
     "SceneOptions",
     "Setting",
-        "StageSpec",
+    "StageSpec",
     "StepSettings",
     "collect_inputs",
     "locate_caption_files",
     "locate_model_files",
     "module_bytes",
     "output_path",
+    "plan_for_run",
     "caption_options_from",
     "refine_options_from",
     "schedule_from",

@@ -239,7 +239,7 @@ class MemorySetting:
     scale: int = 8
     dtype: torch.dtype = torch.bfloat16
     stage1: SR3SamplerOptions = field(default_factory=SR3SamplerOptions)
-    caption: CaptionOptions = field(default_factory=CaptionOptions)
+    caption: CaptionOptions | None = field(default_factory=CaptionOptions)  # None: no captioner runs
     refine: RefineOptions | None = field(default_factory=RefineOptions)
     storage: Storage = field(default_factory=Storage)
     placement: str = "sequential"  # resident | sequential
@@ -374,8 +374,9 @@ class Estimator:
                                         captioner.prompt_text(setting.caption.prompt))
 
     def estimate(self, setting: MemorySetting) -> MemoryEstimate:
-        """Every stage the setting runs (stage 1 alone when `refine` is None)."""
-        stages = STAGES if setting.refine is not None else ("stage1",)
+        """Every stage the setting runs (stage 1 alone when `refine` is None; no caption when `caption` is)."""
+        stages = [s for s in STAGES if s == "stage1" or setting.refine is not None
+                  and (s == "refine" or setting.caption is not None)]
         weights = {s: self.stage_weights(s, setting) for s in stages}
         out = {}
         for stage in stages:

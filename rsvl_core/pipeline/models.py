@@ -49,6 +49,7 @@ class PipelineModels:
         self.specs = {"stage1": stage1, "caption": captioner, "refine": refiner}
         self.loaded: dict[str, Stage1 | CaptionStage | RefineStage] = {}
         self.acceleration = acceleration or Acceleration()  # how models execute (all off by default)
+        self.memory_plan: dict | None = None  # the --max-vram plan's record (memory_plan.MemoryPlan.record)
 
     @property
     def plan(self) -> str:
@@ -56,25 +57,34 @@ class PipelineModels:
 
     @classmethod
     def from_files(cls, files: ModelFiles, device: torch.device, dtype: str = "fp32", placement: str = "auto",
-                   vae_dtype: str | None = None, acceleration: Acceleration | None = None) -> PipelineModels:
-        """Describe how to load each stage from its files (nothing is read until a stage is first used)."""
+                   vae_dtype: str | None = None, acceleration: Acceleration | None = None,
+                   plan=None) -> PipelineModels:
+        """Describe how to load each stage from its files (nothing is read until a stage is first used).
+
+        `plan` (a `memory_plan.MemoryPlan`) overrides placement, refiner fp8 and the captioner's weight storage."""
         from ..caption import load_captioner
         from ..refine.refiner import load_refiner
         from ..stage1 import load_stage1
 
+        storage = "none"
+        if plan is not None:
+            placement, acceleration, storage = plan.placement_for(device), plan.acceleration(acceleration), \
+                plan.caption_storage
         weights = torch_dtype(dtype)
         stage1 = StageSpec("stage1", lambda dev: load_stage1(files.stage1, device=dev, dtype=weights), [files.stage1])
         captioner = refiner = None
         if files.captioner is not None:
             captioner = StageSpec("caption", lambda dev: load_captioner(files.captioner, files.adapter, device=dev,
-                                                                        dtype=dtype),
+                                                                        dtype=dtype, storage=storage),
                                   [files.captioner] + ([files.adapter] if files.adapter else []))
         if files.sdxl is not None and files.supir is not None:
             vae = torch_dtype(vae_dtype) if vae_dtype else None
             refiner = StageSpec("refine", lambda dev: load_refiner(files.sdxl, files.supir, dtype=weights,
                                                                    vae_dtype=vae, device=dev),
                                 [files.sdxl, files.supir])
-        return cls(device, placement, stage1, captioner, refiner, acceleration)
+        models = cls(device, placement, stage1, captioner, refiner, acceleration)
+        models.memory_plan = plan.record() if plan is not None else None
+        return models
 
     def files(self) -> dict[str, list[Path]]:
         return {name: spec.files for name, spec in self.specs.items() if spec is not None}

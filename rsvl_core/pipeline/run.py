@@ -32,6 +32,7 @@ class PipelineResult:
     stage1_cache: CacheReport | None = None
     stage1_record: dict[str, Any] | None = None  # which stage-1 model ran, and how
     acceleration: list[str] | None = None      # execution switches that were on (compile, fp8, ...)
+    memory_plan: dict | None = None            # the --max-vram plan and its predicted peaks
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -92,4 +93,5 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
 
     peak, kind = peak_memory(models.device)
     return PipelineResult(result.float().cpu(), stage1.image.float().cpu(), caption, source, seconds, peak, kind,
-                          models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled())
+                          models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled(),
+                          getattr(models, "memory_plan", None))
