@@ -36,6 +36,7 @@ PROBES = {
     "negative_prompt": ("smeared", lambda c: c.refine.negative_prompt),
     "cache": ("fast", lambda c: c.refine.cache.mode),
     "cache_threshold": (0.05, lambda c: c.refine.cache.threshold),
+    "max_vram": ("12G", lambda c: c.max_vram),
 }
 EXPECTED = {"seed": (7, 7), "caption_temperature": (0.7, True)}
 NEEDS = {"cache_threshold": {"cache": "fast"}}  # a threshold only means something with a cache on
