@@ -13,7 +13,7 @@ from ..pipeline import SETTINGS, RunConfig
 
 # Which settings each group of flags carries (scale and dtype are added where a command needs them).
 RUN_SETTINGS = ("seed", "stage1_sampler", "stage1_steps", "tile_size", "tile_overlap", "tile_batch", "stage1_cache",
-                "caption_max_tokens", "caption_temperature", "caption_prompt", "max_vram")
+                "caption_max_tokens", "caption_temperature", "caption_prompt")
 REFINE_SETTINGS = ("preset", "refine_steps", "cfg_scale", "cfg_scale_start", "control_scale", "restoration_scale",
                    "s_churn", "color_fix", "min_size", "latent_tile_size", "positive_prompt", "negative_prompt",
                    "cache", "cache_threshold")
@@ -33,7 +33,7 @@ def setting_flag(parser, name: str, *aliases: str, **kwargs: Any) -> None:
     if spec.choices is not None:
         kwargs.setdefault("choices", spec.choices)
     default = kwargs["default"]
-    if default is None:
+    if default is None or default == "":
         shown = "the preset's" if spec.preset_default else "none"
     elif isinstance(default, str) and len(default) > LONG_DEFAULT:
         shown = "the seed's, see README"

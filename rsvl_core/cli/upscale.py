@@ -41,7 +41,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
-    add_job_arguments(sub.add_parser("upscale", help=COMMANDS["upscale"]))
+    up = sub.add_parser("upscale", help=COMMANDS["upscale"])
+    add_job_arguments(up)
+    setting_flag(up, "max_vram")  # planned for one process; `rsvl batch` actors place models with --placement
 
 
 def add_job_arguments(up: argparse.ArgumentParser) -> None:
