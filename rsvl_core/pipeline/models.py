@@ -50,6 +50,9 @@ class PipelineModels:
         self.loaded: dict[str, Stage1 | CaptionStage | RefineStage] = {}
         self.acceleration = acceleration or Acceleration()  # how models execute (all off by default)
         self.memory_plan: dict | None = None  # the --max-vram plan's record (memory_plan.MemoryPlan.record)
+        # with a plan, models load on the host, are stored low-bit there, and only then come to the device:
+        # loading a bf16 captioner straight onto a 12 GB card would fail before its fp8 storage is applied
+        self.load_on_host = False
 
     @property
     def plan(self) -> str:
@@ -84,6 +87,7 @@ class PipelineModels:
                                 [files.sdxl, files.supir])
         models = cls(device, placement, stage1, captioner, refiner, acceleration)
         models.memory_plan = plan.record() if plan is not None else None
+        models.load_on_host = plan is not None
         return models
 
     def files(self) -> dict[str, list[Path]]:
@@ -98,7 +102,7 @@ class PipelineModels:
         if spec is None:
             raise ValueError(f"no model configured for stage {stage!r}")
         if stage not in self.loaded:
-            self.loaded[stage] = spec.loader(self.device)
+            self.loaded[stage] = spec.loader(torch.device("cpu") if self.load_on_host else self.device)
             accelerate_stage(stage, self.loaded[stage], self.acceleration)
         model = self.loaded[stage]
         self.placement.acquire(stage, model)

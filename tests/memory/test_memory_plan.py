@@ -203,3 +203,24 @@ def test_memory_block_swap_placement_moves_the_rest_and_gives_blocks_back():
         BlockSwap(swappable_blocks(refiner), "cpu", 0)
     placement.release("refine", refiner)
     assert placement.plan == "resident + block swap (2 blocks)"  # on a CPU every plan is resident
+
+
+@pytest.mark.slow
+def test_memory_block_swap_in_the_pipeline_gives_the_same_image(tmp_path):
+    from rsvl_core.pipeline import ModelFiles, PipelineModels, run_pipeline
+    from rsvl_core.pipeline.tiny import write_tiny_models
+
+    paths = write_tiny_models(tmp_path / "models")
+    files = ModelFiles(paths["sr3"], sdxl=paths["SDXL"], supir=paths["SUPIR"])
+    config = RunConfig.from_values(scale=4, stage1_sampler="ddim", stage1_steps=2, refine_steps=2, min_size=0,
+                                   caption_text="a road")
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = PipelineModels.from_files(files, torch.device("cpu"), placement="sequential")
+    swapped = PipelineModels(torch.device("cpu"), BlockSwapPlacement("cpu", "sequential", resident=2),
+                             *whole.specs.values())
+    want = run_pipeline(image, config, whole).image
+    result = run_pipeline(image, config, swapped)
+    swap = swapped.placement.swaps["refine"]
+    assert torch.equal(result.image, want)
+    assert swap.max_resident == 2 and swap.loads > len(swap.blocks) and not swap.on_device  # all given back
+    assert result.placement == "resident + block swap (2 blocks)"
