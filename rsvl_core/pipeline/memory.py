@@ -134,8 +134,12 @@ def stage1_work(stage1, input_size: tuple[int, int], scale: int, options: SR3Sam
     condition = torch.zeros(1, 3, height, width, device=device)
     eps_model = make_eps_model(unet, condition, stage1_tile_fit(options, height, width), options.tile_batch)
     sample = torch.zeros(1, 3, height, width, device=device)
+    # what the ancestral sampler keeps beside x_t while the UNet runs: the step's noise draw, the previous
+    # sample and the x0 estimate (seen in a real run of upscale_stage1 under the tracker)
+    kept = [torch.zeros_like(sample) for _ in range(3)]
     eps = eps_model(sample, 0.5)
     sample = sample - eps * 0.1  # the sampler's update: the next sample exists beside the old one
+    del kept
 
 
 def caption_prompt_shape(processor, image_size: tuple[int, int], options: CaptionOptions,

@@ -29,9 +29,11 @@ from rsvl_core.stage1 import SR3SamplerOptions, SR3UNet
 from rsvl_core.stage1.loader import SR3Model
 from rsvl_core.stage1.stage import SR3Stage1
 
-# Measured (activations of the tracked stage work, estimate vs real): stage 1 -5 % / -11 %, caption -17 % / 0 %,
-# refine -1 % / -2 % at the two sizes below. Weights are exact (the same modules), so totals are closer.
-ACTIVATION_ERROR = {"stage1": 0.15, "caption": 0.20, "refine": 0.05}
+# Measured (activations of the tracked stage work, estimate vs real): stage 1 -0.0 % / -0.1 %, caption -16.5 % /
+# 0.0 %, refine -0.6 % / -1.5 % at the two sizes below. Weights are exact (the same modules), so totals are
+# closer. The caption's gap at 8x8 is two copies of the LM head's weight that the CPU's matmul makes (not a
+# CUDA behaviour) and are not in the estimate.
+ACTIVATION_ERROR = {"stage1": 0.05, "caption": 0.20, "refine": 0.05}
 TOTAL_ERROR = 0.12
 
 
