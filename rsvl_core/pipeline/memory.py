@@ -42,6 +42,7 @@ from ..refine.fast_paths import store_fp8_weights
 from ..refine.networks import ConditionedNetworks, Conditioning
 from ..refine.refiner import RefineOptions, working_size
 from ..refine.text import sdxl_vector
+from ..refine.vae import resolve_vae_dtype
 from ..stage1.sampler import SR3SamplerOptions, make_eps_model, stage1_tile_fit
 from .block_swap import swappable_blocks
 from .placement import parts
@@ -403,8 +404,9 @@ def _work_key(stage: str, setting: MemorySetting) -> tuple:
 def _full_on_meta(stage: str, dtype: torch.dtype) -> Any:
     from .full_size import full_captioner, full_refiner, full_stage1
 
-    builders = {"stage1": full_stage1, "caption": full_captioner, "refine": full_refiner}
-    return builders[stage]("meta", dtype)
+    if stage == "refine":  # the VAE in the dtype the pipeline gives it (fp16 runs in fp32: SDXL's VAE overflows)
+        return full_refiner("meta", dtype, resolve_vae_dtype(dtype))
+    return {"stage1": full_stage1, "caption": full_captioner}[stage]("meta", dtype)
 
 
 def estimate_memory(setting: MemorySetting, estimator: Estimator | None = None) -> MemoryEstimate:
