@@ -70,10 +70,12 @@ class BlockSwap:
         self.offload_all()
 
     def offload_all(self) -> None:
+        """Send every block on the device back to host memory (after the stage ran)."""
         for key in list(self.on_device):
             self._evict(key)
 
     def is_on_device(self, block: nn.Module) -> bool:
+        """Whether `block`'s weights are on the device now."""
         return id(block) in self.on_device
 
     def _before(self, block: nn.Module, args) -> None:

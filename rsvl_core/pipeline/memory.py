@@ -40,10 +40,11 @@ from ..lowbit import tensor_bytes
 from ..refine.colorfix import apply_color_fix
 from ..refine.fast_paths import store_fp8_weights
 from ..refine.networks import ConditionedNetworks, Conditioning
-from ..refine.refiner import RefineOptions, working_size
+from ..refine.refiner import RefineOptions, Refiner, working_size
 from ..refine.text import sdxl_vector
 from ..refine.vae import resolve_vae_dtype
 from ..stage1.sampler import SR3SamplerOptions, make_eps_model, stage1_tile_fit
+from ..stage1.stage import SR3Stage1
 from .block_swap import swappable_blocks
 from .placement import parts
 
@@ -127,7 +128,7 @@ def activation_peak(model: Any, work: Callable[[], Any]) -> int:
 
 
 # 1. what each stage does at its peak -------------------------------------------------------------------
-def stage1_work(stage1, input_size: tuple[int, int], scale: int, options: SR3SamplerOptions) -> None:
+def stage1_work(stage1: SR3Stage1, input_size: tuple[int, int], scale: int, options: SR3SamplerOptions) -> None:
     """SR3 stage 1 at its peak: conditioning + sample images, one tiled UNet evaluation, one update."""
     height, width = input_size[0] * scale, input_size[1] * scale
     unet = stage1.model.unet
@@ -143,7 +144,7 @@ def stage1_work(stage1, input_size: tuple[int, int], scale: int, options: SR3Sam
     del kept
 
 
-def caption_prompt_shape(processor, image_size: tuple[int, int], options: CaptionOptions,
+def caption_prompt_shape(processor: Any, image_size: tuple[int, int], options: CaptionOptions,
                          prompt_text: str) -> tuple[int, tuple[int, ...]]:
     """(prompt tokens incl. image tokens, pixel_values shape) of one caption call (the processor, on the CPU)."""
     from PIL import Image
@@ -153,7 +154,7 @@ def caption_prompt_shape(processor, image_size: tuple[int, int], options: Captio
     return int(inputs["input_ids"].shape[1]), tuple(inputs["pixel_values"].shape)
 
 
-def caption_work(model, image_size: tuple[int, int], prompt_tokens: int, pixel_shape: tuple[int, ...],
+def caption_work(model: Any, image_size: tuple[int, int], prompt_tokens: int, pixel_shape: tuple[int, ...],
                  new_tokens: int) -> None:
     """LLaVA-NeXT at its peak: the stage-1 image turned to 8 bits for the processor, vision tower + projector on
     every crop, prefill of the whole prompt into the KV cache (only the last position's logits, as generate
@@ -200,7 +201,7 @@ def _one_step(networks: ConditionedNetworks, latent: torch.Tensor, options: Refi
     return blended
 
 
-def refine_work(refiner, image_size: tuple[int, int], options: RefineOptions, caption: str = "") -> None:
+def refine_work(refiner: Refiner, image_size: tuple[int, int], options: RefineOptions, caption: str = "") -> None:
     """refine_image at its peak: steps 2-7 of it with one sampler step (`refiner.refine_image`)."""
     device = refiner.device
     work_h, work_w = working_size(*image_size, options.min_size, options.size_unit)
@@ -214,7 +215,7 @@ def refine_work(refiner, image_size: tuple[int, int], options: RefineOptions, ca
     cond_text, uncond_text = refiner.text.encode_pair([positive], [options.negative_prompt])
     size_dim = refiner.size_embed_dim
 
-    def side(text) -> Conditioning:
+    def side(text: Any) -> Conditioning:
         vector = sdxl_vector(text.pooled, size_dim, options.original_size, (0, 0), options.target_size)
         return Conditioning(text.context.to(device), vector.to(device))
 
@@ -271,6 +272,8 @@ class StageMemory:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """Predicted peaks of one setting, per stage in the order they run; `peak` is the run's."""
+
     setting: MemorySetting
     stages: dict[str, StageMemory]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from ..devices import torch_dtype
 from ..stages import CaptionStage, RefineStage, Stage1
 from .acceleration import Acceleration, accelerate_stage
 from .placement import PLACEMENTS, LocalPlacement, Placement, module_bytes, parts
+
+if TYPE_CHECKING:
+    from .memory_plan import MemoryPlan
 
 STAGES = ("stage1", "caption", "refine")
 __all__ = ["PLACEMENTS", "STAGES", "ModelFiles", "PipelineModels", "StageSpec", "module_bytes", "parts"]
@@ -61,7 +65,7 @@ class PipelineModels:
     @classmethod
     def from_files(cls, files: ModelFiles, device: torch.device, dtype: str = "fp32", placement: str = "auto",
                    vae_dtype: str | None = None, acceleration: Acceleration | None = None,
-                   plan=None) -> PipelineModels:
+                   plan: MemoryPlan | None = None) -> PipelineModels:
         """Describe how to load each stage from its files (nothing is read until a stage is first used).
 
         `plan` (a `memory_plan.MemoryPlan`) overrides placement, refiner fp8 and the captioner's weight storage."""
