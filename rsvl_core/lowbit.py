@@ -119,7 +119,7 @@ def store_fp8_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, ke
     """Replace, in place, every Linear and Conv2d of `module` (except the direct children named in `keep`) by
     its fp8-storage twin computing in `dtype`; the rest of the module moves to `dtype`. Returns how many layers
     were replaced."""
-    module.to(dtype)
+    to_dtype(module, dtype)
     return _replace_layers(module, keep, lambda child: Fp8Linear(child, dtype) if type(child) is nn.Linear
                            else Fp8Conv2d(child, dtype) if type(child) is nn.Conv2d else None)
 
@@ -128,7 +128,7 @@ def store_int4_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, k
                        group: int = INT4_GROUP) -> int:
     """Replace, in place, every Linear of `module` whose width divides into groups by its int4 twin (the rest
     moves to `dtype`). Returns how many layers were replaced."""
-    module.to(dtype)
+    to_dtype(module, dtype)
     return _replace_layers(module, keep, lambda child: Int4Linear(child, dtype, group)
                            if type(child) is nn.Linear and child.in_features % group == 0 else None)
 
@@ -146,10 +146,19 @@ def store_int8_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -
         raise RuntimeError("int8 weight storage needs the optional torchao package (pip install torchao)")
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    module.to(dtype).requires_grad_(False)
+    to_dtype(module, dtype).requires_grad_(False)
     count = sum(1 for m in module.modules() if type(m) is nn.Linear)
     quantize_(module, Int8WeightOnlyConfig())
     return count
+
+
+def to_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`module.to(dtype)`, skipped when every floating weight already has it (fake-tensor models cannot always
+    be converted in place: their parameters are swapped, which fails while anything else holds them)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if any(t.dtype != dtype for t in tensors):
+        module.to(dtype)
+    return module
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

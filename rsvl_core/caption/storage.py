@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..lowbit import store_fp8_weights, store_int4_weights, store_int8_weights
+from ..lowbit import store_fp8_weights, store_int4_weights, store_int8_weights, to_dtype
 
 CAPTION_STORAGES = ("none", "fp8", "int8", "int4")
 # Relative L2 of the next-token logits against the same model in bf16, on the tiny captioner
@@ -44,7 +44,7 @@ def store_language_model(model: nn.Module, storage: str, dtype: torch.dtype | No
     if storage == "none":
         return 0
     dtype = dtype or next(p for p in model.parameters() if p.is_floating_point()).dtype
-    model.to(dtype)
+    to_dtype(model, dtype)
     layers = language_model_of(model).layers
     if storage == "fp8":
         return store_fp8_weights(layers, dtype)

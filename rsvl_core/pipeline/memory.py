@@ -310,10 +310,12 @@ def _is_meta(model: Any) -> bool:
     return all(t.device.type == "meta" for t in weights_of(model))
 
 
-def apply_storage(stage: str, model: Any, storage: Storage, dtype: torch.dtype) -> None:
-    """Apply the setting's weight storage to a (fake or real) stage model, in place."""
+def apply_storage(stage: str, model: Any, storage: Storage, dtype: torch.dtype, fake: bool = False) -> None:
+    """Apply the setting's weight storage to a stage model, in place (`fake`: its weights are fake tensors)."""
     if stage == "caption" and storage.caption != "none":
-        store_language_model(model.model, storage.caption, dtype)
+        # torchao's int8 does not run on fake tensors; fp8 stores the same bytes (1 per weight + a scale per row)
+        fake_int8 = storage.caption == "int8" and fake
+        store_language_model(model.model, "fp8" if fake_int8 else storage.caption, dtype)
     if stage == "refine" and storage.refine == "fp8":
         store_fp8_weights(model.unet, dtype)
         store_fp8_weights(model.control, dtype)
@@ -344,7 +346,7 @@ class Estimator:
                     module.to(dtype)
             fake = fake_copy(base, self.fake_mode)
             with self.fake_mode:
-                apply_storage(stage, fake, storage, dtype)
+                apply_storage(stage, fake, storage, dtype, fake=True)
             self._models[key] = fake
         return self._models[key]
 
