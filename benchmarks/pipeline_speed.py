@@ -127,69 +127,13 @@ def tiny_models(device: torch.device) -> Models:
                   tiny_refiner(0).to(device))
 
 
-def full_llava_config():
-    """llama3-llava-next-8b's architecture (Llama-3-8B text, CLIP ViT-L/14 at 336 px, anyres pinpoints)."""
-    from transformers import LlavaNextConfig
-
-    return LlavaNextConfig(
-        text_config=dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128320, rope_theta=500000.0,
-                         max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         pad_token_id=1, bos_token_id=2, eos_token_id=3),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
-                           projection_dim=768),
-        image_token_index=4, image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
-        vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False,
-    )
-
-
-def full_captioner(device: torch.device, dtype: torch.dtype):
-    """A random-weight LLaVA-NeXT-8B with a real-size image processor and the tiny word-level tokenizer (token
-    ids are all the decode needs; nothing is downloaded)."""
-    from transformers import LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
-
-    from rsvl_core.caption.captioner import Captioner
-    from rsvl_core.caption.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, tiny_tokenizer
-
-    config = full_llava_config()
-    with torch.device(device):
-        model = LlavaNextForConditionalGeneration(config).to(dtype).eval()
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                                 image_grid_pinpoints=config.image_grid_pinpoints)
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), patch_size=14,
-                                   vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
-                                   image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
-    return Captioner(model, processor)
-
-
-def full_refiner(device: torch.device, dtype: torch.dtype) -> Refiner:
-    """SDXL + SUPIR (UNet, GLVControl, connectors), the VAE with its denoise encoder, both CLIP text encoders."""
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from rsvl_core.refine.config import RefinerConfig
-    from rsvl_core.refine.control import GLVControl
-    from rsvl_core.refine.text import SDXLTextEncoder, load_shipped_tokenizers, text_encoder_config
-    from rsvl_core.refine.unet import RefinerUNet
-    from rsvl_core.refine.vae import RefinerVAE, sdxl_vae_config
-
-    config = RefinerConfig.sdxl()
-    with torch.device(device):
-        unet, control = RefinerUNet(config), GLVControl(config)
-        encoders = CLIPTextModel(text_encoder_config(0)), CLIPTextModelWithProjection(text_encoder_config(1))
-        text = SDXLTextEncoder(*encoders, *load_shipped_tokenizers())
-        vae = RefinerVAE.from_config(sdxl_vae_config())
-    modules = [m.to(dtype).eval().requires_grad_(False) for m in (unet, control, text)]
-    return Refiner(*modules[:2], vae.to(device).eval().requires_grad_(False), modules[2], config)
-
-
 def full_models(device: torch.device, dtype: torch.dtype) -> Models:
-    from rsvl_core.stage1 import SR3Config, SR3UNet
+    """Full-size random-weight models from the real configs (`rsvl_core.pipeline.full_size`, shared with the
+    memory estimator)."""
+    from rsvl_core.pipeline.full_size import full_captioner, full_refiner, full_stage1
 
     torch.manual_seed(0)
-    with torch.device(device):
-        sr3 = SR3UNet(SR3Config()).to(dtype).eval()
-    return Models(SR3Stage1(SR3Model(sr3)), full_captioner(device, dtype), full_refiner(device, dtype))
+    return Models(full_stage1(device, dtype), full_captioner(device, dtype), full_refiner(device, dtype))
 
 
 def models_for(mode: Mode, base: Models, size: Size) -> Models:

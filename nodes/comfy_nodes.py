@@ -38,7 +38,8 @@ def setting_input(name: str, node_id: str, tooltip: str | None = None, **overrid
     if spec.kind is float:
         return io.Float.Input(name, default=spec.default, min=spec.min, max=spec.max, step=spec.step, tooltip=tip,
                               **overrides)
-    return io.String.Input(name, default=spec.default, multiline=True, tooltip=tip, **overrides)
+    return io.String.Input(name, default=spec.default, multiline=overrides.pop("multiline", True), tooltip=tip,
+                           **overrides)
 
 
 # The model handles travel between nodes as custom socket types, declared once.
@@ -204,6 +205,9 @@ class LoadRSVLModels(RSVLNode):
                                tooltip="auto: ComfyUI's device, offloaded by its memory manager; cpu: always CPU."),
                 io.Combo.Input("llava_quantization", options=["none", "8bit", "4bit"], default="none",
                                tooltip="8/4-bit captioner (needs bitsandbytes and CUDA; not moved by ComfyUI)."),
+                setting_input("max_vram", "LoadRSVLModels", "GPU memory budget, e.g. 12G or 8G: stores the "
+                              "captioner (fp8 / int4) and the refiner (fp8) so the predicted peak fits; the "
+                              "refine report shows the plan. Empty = as loaded.", multiline=False, optional=True),
             ],
             outputs=[
                 SR3Handle.Output(display_name="sr3", tooltip="stage-1 model (SR3 or an upscale model) for "
@@ -240,9 +244,10 @@ class LoadRSVLModels(RSVLNode):
 
     @classmethod
     def execute(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model, dtype, device,
-                llava_quantization) -> io.NodeOutput:
+                llava_quantization, max_vram="") -> io.NodeOutput:
         with logic.user_errors(cls.label()):
             paths = cls._paths(sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model)
+            plan = logic.node_memory_plan(max_vram, dtype)
 
             def handle(kind, keys, loader, **options):
                 sources = {k: paths[k] for k in keys if paths[k]} if paths[keys[0]] else {}
@@ -252,8 +257,9 @@ class LoadRSVLModels(RSVLNode):
             return io.NodeOutput(
                 handle("stage-1", ["stage1"], logic.load_stage1_model),
                 handle("captioner", ["llava", "adapter"], logic.load_captioner_model, quantization=llava_quantization,
-                       load_device=load_device),
-                handle("refiner", ["sdxl", "supir"], logic.load_refiner_model),
+                       load_device=load_device, storage=plan.get("storage", "none")),
+                handle("refiner", ["sdxl", "supir"], logic.load_refiner_model, fp8=plan.get("fp8", False),
+                       memory_plan=plan.get("memory_plan")),
             )
 
 
@@ -456,6 +462,8 @@ class ControlNetRefine(RSVLNode):
                 log.info("rsvl refine %s", line)
                 outputs.append(result)
                 lines.append(line)
+            if refiner.options.get("memory_plan"):
+                lines.append(refiner.options["memory_plan"])
             text = "\n".join(lines)
             out = logic.to_bhwc(torch.cat(outputs), HOST.intermediate_device())
             return io.NodeOutput(out, text, ui=ui.PreviewText(text))

@@ -23,13 +23,17 @@ from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, torch_dtype
 from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
 from ..rsvl_core.pipeline import (
     SETTINGS,
+    Acceleration,
+    RunConfig,
     StepSettings,
     caption_options_from,
     refine_options_from,
     schedule_from,
     stage1_options_from,
 )
+from ..rsvl_core.pipeline.acceleration import accelerate_stage
 from ..rsvl_core.pipeline.components import load_captioner, load_refiner, load_stage1
+from ..rsvl_core.pipeline.memory_plan import plan_memory
 from ..rsvl_core.weights import WEIGHTS
 
 log = logging.getLogger("rsvl")
@@ -250,11 +254,29 @@ def load_captioner_model(handle: ModelHandle, device: torch.device, dtype: str):
     if quantization != "none":  # bitsandbytes weights cannot be moved: load them where they run, unmanaged
         device = handle.options["load_device"]
     return load_captioner(handle.sources["llava"], handle.sources.get("adapter"), device=device, dtype=dtype,
-                          quantization=quantization, merge_adapter=handle.options.get("merge_adapter", False))
+                          quantization=quantization, merge_adapter=handle.options.get("merge_adapter", False),
+                          storage=handle.options.get("storage", "none"))
 
 
 def load_refiner_model(handle: ModelHandle, device: torch.device, dtype: str):
-    return load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=torch_dtype(dtype), device=device)
+    refiner = load_refiner(handle.sources["sdxl"], handle.sources["supir"], dtype=torch_dtype(dtype), device=device)
+    if handle.options.get("fp8"):  # the memory plan's refiner storage
+        accelerate_stage("refine", refiner, Acceleration(fp8=True))
+    return refiner
+
+
+def node_memory_plan(max_vram: str, dtype: str) -> dict[str, Any]:
+    """LoadRSVLModels' `max_vram`: the plan's weight storage for the handles and its line for the reports.
+
+    In ComfyUI the memory manager places every weight, so only the plan's storage applies (no block swap);
+    the plan is made for the paper's input (28 px -> 224 px by SR3, refined at 1024)."""
+    if not max_vram:
+        return {}
+    config = RunConfig.from_values(max_vram=max_vram, dtype="bf16" if dtype == "auto" else dtype)
+    plan = plan_memory(config)
+    line = f"{plan.describe()} (ComfyUI's memory manager places the weights; the plan sets their storage)"
+    log.info("rsvl %s", line)
+    return {"storage": plan.caption_storage, "fp8": plan.rung.storage.refine == "fp8", "memory_plan": line}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -354,7 +376,7 @@ class ProgressReporter:
 # Which engine setting (pipeline SETTINGS) each node input carries: node input name -> setting name. The nodes'
 # inputs are generated from these entries, and every setting is reachable from some node (a test checks).
 NODE_SETTINGS: dict[str, dict[str, str]] = {
-    "LoadRSVLModels": {"dtype": "dtype"},
+    "LoadRSVLModels": {"dtype": "dtype", "max_vram": "max_vram"},
     "DynamicStepScheduler": {"cache_preset": "cache", "refine_steps": "refine_steps",
                              "cache_threshold": "cache_threshold", "stage1_sampler": "stage1_sampler",
                              "stage1_steps": "stage1_steps", "stage1_cache": "stage1_cache"},

@@ -41,6 +41,7 @@ PROBES = {
     "guard": (12.5, lambda c: c.uncertainty.guard),
     "guard_feather": (3, lambda c: c.uncertainty.feather),
     "uncertainty_band": (True, lambda c: c.uncertainty.band),
+    "max_vram": ("12G", lambda c: c.max_vram),
 }
 EXPECTED = {"seed": (7, 7), "caption_temperature": (0.7, True), "samples": (3, [0, 1, 2])}
 NEEDS = {"cache_threshold": {"cache": "fast"},  # a threshold only means something with a cache on

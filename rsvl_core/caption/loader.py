@@ -169,9 +169,14 @@ def load_captioner(
     quantization: str = "none",
     attention: str = "sdpa",
     merge_adapter: bool = False,
+    storage: str = "none",
 ):
-    """Load a :class:`Captioner` from a model folder, with the seed's LoRA adapter folder applied when given."""
+    """Load a :class:`Captioner` from a model folder, with the seed's LoRA adapter folder applied when given.
+
+    `storage` (none / fp8 / int8 / int4, `storage.py`) stores the language model's weights low-bit after the
+    adapter is applied (merged adapters only: a LoRA's separate weights stay as they are)."""
     from .captioner import Captioner
+    from .storage import store_language_model
 
     if merge_adapter and quantization != "none":
         raise ValueError("merge_adapter: cannot merge a LoRA adapter into 8bit/4bit weights; use bf16/fp16")
@@ -179,5 +184,6 @@ def load_captioner(
     report: AdapterReport | None = None
     if adapter is not None:
         model, report = apply_adapter(model, adapter, merge=merge_adapter)
+    store_language_model(model, storage)
     return Captioner(model, processor, adapter_report=report, source=Path(folder))
 

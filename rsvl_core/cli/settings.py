@@ -37,7 +37,7 @@ def setting_flag(parser, name: str, *aliases: str, **kwargs: Any) -> None:
     if spec.choices is not None:
         kwargs.setdefault("choices", spec.choices)
     default = kwargs["default"]
-    if default is None:
+    if default is None or default == "":
         shown = "the preset's" if spec.preset_default else "none"
     elif isinstance(default, str) and len(default) > LONG_DEFAULT:
         shown = "the seed's, see README"

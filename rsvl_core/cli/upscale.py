@@ -43,7 +43,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
-    add_job_arguments(sub.add_parser("upscale", help=COMMANDS["upscale"]))
+    up = sub.add_parser("upscale", help=COMMANDS["upscale"])
+    add_job_arguments(up)
+    setting_flag(up, "max_vram")  # planned for one process; `rsvl batch` actors place models with --placement
 
 
 def add_job_arguments(up: argparse.ArgumentParser) -> None:
@@ -141,7 +143,7 @@ def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
 
 
 def run_upscale(args: argparse.Namespace) -> JobSummary:
-    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, run_job
+    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, plan_for_run, run_job
     from .progress import CliEvents, say
 
     try:
@@ -150,11 +152,15 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     inputs = [*args.inputs, *args.input_img, *args.image_dir]
-    collect_inputs(inputs, args.recursive)  # a missing input fails first, before any model is looked for
+    sources = collect_inputs(inputs, args.recursive)  # a missing input fails first, before any model is looked for
     device = resolve_device(args.device)
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
                                comfyui_dir=args.comfyui_dir)
+    plan = plan_for_run(config, sources, options.scene.windows.size)  # --max-vram; None without it
+    if plan is not None:
+        config = plan.apply(config)
+        say(plan.describe())
     models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype,
-                                       acceleration)
+                                       acceleration, plan)
     return run_job(inputs, config, models, options, CliEvents(args.quiet, config.scale))

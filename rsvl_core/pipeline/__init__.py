@@ -12,6 +12,7 @@ _HOMES = {
     "CaptionSummary": "jobs", "JobEvents": "jobs", "JobOptions": "jobs", "JobSummary": "jobs",
     "SceneOptions": "jobs", "caption_job": "jobs", "collect_inputs": "jobs", "locate_caption_files": "jobs",
     "locate_model_files": "jobs", "output_path": "jobs",
+    "MemoryBudgetError": "memory_plan", "MemoryPlan": "memory_plan", "plan_for_run": "memory_plan",
     "ModelFiles": "models", "PipelineModels": "models", "StageSpec": "models", "module_bytes": "models",
     "PLACEMENTS": "placement",
     "SETTINGS": "options", "RunConfig": "options", "Setting": "options", "StepSettings": "options",

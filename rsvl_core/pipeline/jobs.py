@@ -476,6 +476,8 @@ def run_record(result: PipelineResult) -> dict:
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_kind": result.peak_memory_kind,
         "placement": result.placement, "accelerate": result.acceleration or []}
+    if result.memory_plan is not None:
+        record["memory_plan"] = result.memory_plan  # predicted peaks, beside the measured peak_memory_bytes
     if result.stage1_record is not None:
         record["stage1"] = result.stage1_record
     if result.uncertainty is not None:

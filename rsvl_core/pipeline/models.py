@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from ..devices import torch_dtype
 from ..stages import CaptionStage, RefineStage, Stage1
 from .acceleration import Acceleration, accelerate_stage
 from .placement import PLACEMENTS, LocalPlacement, Placement, module_bytes, parts
+
+if TYPE_CHECKING:
+    from .memory_plan import MemoryPlan
 
 STAGES = ("stage1", "caption", "refine")
 __all__ = ["PLACEMENTS", "STAGES", "ModelFiles", "PipelineModels", "StageSpec", "module_bytes", "parts"]
@@ -49,6 +53,10 @@ class PipelineModels:
         self.specs = {"stage1": stage1, "caption": captioner, "refine": refiner}
         self.loaded: dict[str, Stage1 | CaptionStage | RefineStage] = {}
         self.acceleration = acceleration or Acceleration()  # how models execute (all off by default)
+        self.memory_plan: dict | None = None  # the --max-vram plan's record (memory_plan.MemoryPlan.record)
+        # with a plan, models load on the host, are stored low-bit there, and only then come to the device:
+        # loading a bf16 captioner straight onto a 12 GB card would fail before its fp8 storage is applied
+        self.load_on_host = False
 
     @property
     def plan(self) -> str:
@@ -56,25 +64,35 @@ class PipelineModels:
 
     @classmethod
     def from_files(cls, files: ModelFiles, device: torch.device, dtype: str = "fp32", placement: str = "auto",
-                   vae_dtype: str | None = None, acceleration: Acceleration | None = None) -> PipelineModels:
-        """Describe how to load each stage from its files (nothing is read until a stage is first used)."""
+                   vae_dtype: str | None = None, acceleration: Acceleration | None = None,
+                   plan: MemoryPlan | None = None) -> PipelineModels:
+        """Describe how to load each stage from its files (nothing is read until a stage is first used).
+
+        `plan` (a `memory_plan.MemoryPlan`) overrides placement, refiner fp8 and the captioner's weight storage."""
         from ..caption import load_captioner
         from ..refine.refiner import load_refiner
         from ..stage1 import load_stage1
 
+        storage = "none"
+        if plan is not None:
+            placement, acceleration, storage = plan.placement_for(device), plan.acceleration(acceleration), \
+                plan.caption_storage
         weights = torch_dtype(dtype)
         stage1 = StageSpec("stage1", lambda dev: load_stage1(files.stage1, device=dev, dtype=weights), [files.stage1])
         captioner = refiner = None
         if files.captioner is not None:
             captioner = StageSpec("caption", lambda dev: load_captioner(files.captioner, files.adapter, device=dev,
-                                                                        dtype=dtype),
+                                                                        dtype=dtype, storage=storage),
                                   [files.captioner] + ([files.adapter] if files.adapter else []))
         if files.sdxl is not None and files.supir is not None:
             vae = torch_dtype(vae_dtype) if vae_dtype else None
             refiner = StageSpec("refine", lambda dev: load_refiner(files.sdxl, files.supir, dtype=weights,
                                                                    vae_dtype=vae, device=dev),
                                 [files.sdxl, files.supir])
-        return cls(device, placement, stage1, captioner, refiner, acceleration)
+        models = cls(device, placement, stage1, captioner, refiner, acceleration)
+        models.memory_plan = plan.record() if plan is not None else None
+        models.load_on_host = plan is not None
+        return models
 
     def files(self) -> dict[str, list[Path]]:
         return {name: spec.files for name, spec in self.specs.items() if spec is not None}
@@ -88,7 +106,7 @@ class PipelineModels:
         if spec is None:
             raise ValueError(f"no model configured for stage {stage!r}")
         if stage not in self.loaded:
-            self.loaded[stage] = spec.loader(self.device)
+            self.loaded[stage] = spec.loader(torch.device("cpu") if self.load_on_host else self.device)
             accelerate_stage(stage, self.loaded[stage], self.acceleration)
         model = self.loaded[stage]
         self.placement.acquire(stage, model)

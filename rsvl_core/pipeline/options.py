@@ -112,6 +112,9 @@ SETTINGS: dict[str, Setting] = {
                                "refine.negative_prompt", preset_default=True),
     "cache": Setting("off", "refiner step cache: seed = the seed's (adaptive threshold 0.3), fast = ours "
                      "(first-block signal, guarded reuse)", "schedule.cache", choices=tuple(CACHE_PRESETS)),
+    "max_vram": Setting("", "GPU memory budget, e.g. 12G or 8G: picks placement, tiles, weight storage and UNet "
+                        "block offload so the predicted peak fits (refuses when nothing does); empty = no plan",
+                        "run.max_vram"),
     "cache_threshold": Setting(0.0, "the cache's relative-difference threshold; 0 = the preset's own "
                                "(seed 0.3, fast 0.2)", "schedule.cache_threshold", min=0.0, max=2.0, step=0.01),
     "samples": Setting(1, "stochastic runs per image (seeds seed..seed+N-1; the caption is made once): N >= 2 "
@@ -127,6 +130,21 @@ SETTINGS: dict[str, Setting] = {
                                 "of a separate layer", "uncertainty.band"),
 }
 SECTIONS = ("run", "stage1", "caption", "refine", "schedule", "uncertainty")
+BUDGET_UNITS = {"g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20}
+
+
+def parse_budget(text: str) -> int:
+    """A memory budget like "12G", "8GB", "7.5GiB" or "11000M" in bytes (G = GiB, as cards are sold)."""
+    spec = text.strip().lower()
+    number = spec.rstrip("gimb")
+    unit = spec[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in BUDGET_UNITS or value <= 0:
+        raise ValueError(f"max_vram: expected a size like 12G or 8G, got {text!r}")
+    return int(value * BUDGET_UNITS[unit])
 
 
 def default(name: str) -> Any:
@@ -227,8 +245,11 @@ class RunConfig:
     preset: str | None = "paper"
     dtype: str = "fp32"
     uncertainty: UncertaintyOptions = field(default_factory=UncertaintyOptions)
+    max_vram: str = ""  # a GPU memory budget ("12G"): the run follows `memory_plan.plan_memory`'s plan
 
     def __post_init__(self) -> None:
+        if self.max_vram:
+            parse_budget(self.max_vram)
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
@@ -260,7 +281,8 @@ class RunConfig:
                    stage1=stage1_options_from(given, schedule), caption=caption_options_from(given),
                    caption_text=caption_text, refine=None if stage1_only else refine_options_from(given, schedule),
                    preset=preset, dtype=given.get("dtype", default("dtype")),
-                   uncertainty=UncertaintyOptions(**fields_of("uncertainty", given)))
+                   uncertainty=UncertaintyOptions(**fields_of("uncertainty", given)),
+                   max_vram=given.get("max_vram", default("max_vram")))
 
 
 def given_values(values: Mapping[str, Any]) -> dict[str, Any]:

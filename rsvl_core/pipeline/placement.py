@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..lowbit import tensor_bytes
+
 PLACEMENTS = ("auto", "resident", "sequential")
 HEADROOM = 1.25  # activations and the VAE need room beside the weights
 
@@ -49,9 +51,8 @@ def parts(model: Any) -> list[torch.nn.Module]:
 def module_bytes(*modules: torch.nn.Module) -> int:
     """Bytes of the parameters and buffers of `modules` (what placing them on a device costs)."""
     total = 0
-    for module in modules:
-        total += sum(t.numel() * t.element_size() for t in module.parameters())
-        total += sum(t.numel() * t.element_size() for t in module.buffers())
+    for module in modules:  # quantized weights (torchao's int8) counted as stored, not as their wrapper's dtype
+        total += sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
     return total
 
 

@@ -35,6 +35,7 @@ class PipelineResult:
     acceleration: list[str] | None = None      # execution switches that were on (compile, fp8, ...)
     spread: torch.Tensor | None = None         # N >= 2 samples: (1, 1, H, W) std across samples, 8-bit levels
     uncertainty: dict[str, Any] | None = None  # N >= 2 samples: seeds, combine, guard, time per sample
+    memory_plan: dict | None = None            # the --max-vram plan and its predicted peaks
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -127,4 +128,4 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
     peak, kind = peak_memory(models.device)
     return PipelineResult(result.float().cpu(), stage1.image.float().cpu(), caption, source, seconds, peak, kind,
                           models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled(),
-                          spread, uncertainty)
+                          spread, uncertainty, getattr(models, "memory_plan", None))

@@ -30,7 +30,7 @@ HANDWRITTEN = "dense pine forest crossed by a dirt road, a small clearing with t
 
 def loader(**choices):
     return {"class_type": "LoadRSVLModels", "inputs": {**MODELS, **choices, "dtype": "auto", "device": "auto",
-                                                       "llava_quantization": "none"}}
+                                                       "llava_quantization": "none", "max_vram": ""}}
 
 
 def stage1(image, sr3, **extra):
