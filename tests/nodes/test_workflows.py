@@ -24,17 +24,21 @@ def object_info(comfy, tmp_path_factory):
 
     # the shipped workflows name the README's file names: give the loader those choices
     fp = comfy.folder_paths
+    placed = []  # empty stand-ins in the session's shared models folder: removed after this module
     for key, folder in (("sr3_model", "rsvl_sr3"), ("sdxl_checkpoint", "checkpoints"), ("supir_model", "rsvl_supir")):
         path = fp.get_folder_paths(folder)[0]
         os.makedirs(path, exist_ok=True)
-        open(os.path.join(path, MODELS[key]), "wb").close()
+        placed.append(os.path.join(path, MODELS[key]))
+        open(placed[-1], "wb").close()
     for key, folder, marker in (("llava_model", "rsvl_llava", "config.json"),
                                 ("llava_adapter", "rsvl_llava_adapter", "adapter_config.json")):
         target = tmp_path_factory.mktemp("extra") / MODELS[key]
         target.mkdir()
         (target / marker).write_text("{}")
         fp.add_model_folder_path(folder, str(target.parent))
-    return comfy.object_info()
+    yield comfy.object_info()
+    for path in placed:
+        os.remove(path)
 
 
 @pytest.mark.parametrize("name", NAMES)
