@@ -298,7 +298,13 @@ class Stage1FidelitySR(RSVLNode):
                         "scale.",
             inputs=[
                 io.Image.Input("image", tooltip="Low-resolution image(s), any size."),
-                SR3Handle.Input("sr3", tooltip="sr3 output of LoadRSVLModels (SR3 or an upscale model)."),
+                SR3Handle.Input("sr3", optional=True,
+                                tooltip="sr3 output of LoadRSVLModels (SR3 or an upscale model). Connect this or "
+                                        "upscale_model."),
+                io.UpscaleModel.Input("upscale_model", optional=True,
+                                      tooltip="Or an upscale model from core's Load Upscale Model (ESRGAN, SwinIR, "
+                                              "HAT, ...): one pass, run as core's Upscale Image (using Model) runs "
+                                              "it; sampler, steps and seed are then unused."),
                 setting_input("scale", node, "Upscale factor.", default="4"),
                 setting_input("sampler", node, "SR3 only: faithful = the seed's 500-step ancestral DDPM; "
                                                "ddim / dpmpp: fast solvers."),
@@ -326,10 +332,13 @@ class Stage1FidelitySR(RSVLNode):
         return True if problem is None else f"{cls.label()}: {problem}"
 
     @classmethod
-    def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, tile_batch=None,
-                schedule=None) -> io.NodeOutput:
+    def execute(cls, image, scale, sampler, steps, seed, tile_size, tile_overlap, tile_batch=None, schedule=None,
+                sr3=None, upscale_model=None) -> io.NodeOutput:
         label = cls.label()
         with logic.user_errors(label):
+            if (sr3 is None) == (upscale_model is None):
+                raise NodeError("connect either sr3 (LoadRSVLModels) or upscale_model (Load Upscale Model), "
+                                + ("not both" if sr3 is not None else "none is connected"))
             options = logic.stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
                                           tile_overlap=tile_overlap, tile_batch=tile_batch)
             pixels = logic.to_bchw(image)
@@ -337,14 +346,16 @@ class Stage1FidelitySR(RSVLNode):
             factor = int(scale)
             logic.size_guard(label, batch, height, width, height * factor, width * factor, logic.STAGE1_BUFFERS,
                             HOST.free_ram(), f"x{factor}")
-            ran = logic.describe_stage1_run(options, schedule, sampler, steps)
-            memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
-            model = sr3.get(HOST, memory_required=memory)
+            if upscale_model is not None:
+                model = logic.upscale_model_stage(HOST, upscale_model, pixels)
+            else:
+                memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
+                model = sr3.get(HOST, memory_required=memory)
             notes: list[str] = []
             node_id = cls.unique_id()
 
             def slow(seconds_left: float, step: int, total: int) -> None:
-                if HOST.torch_device(sr3.device).type != "cpu":
+                if model.device.type != "cpu":
                     return
                 per_step = (seconds_left / max(total - step, 1)) if total > step else 0.0
                 line = logic.cpu_time_warning(label, seconds_left, total, per_step)
@@ -355,6 +366,11 @@ class Stage1FidelitySR(RSVLNode):
 
             progress = logic.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
             result = model.upscale(pixels, factor, options, seed, progress)
+            if model.kind == "sr3":
+                ran = logic.describe_stage1_run(options, schedule, sampler, steps)
+            else:
+                ran = logic.describe_one_pass_run(result.record, factor)
+            log.info("rsvl stage 1 %s", ran)
             text = "\n".join([ran, *notes])
             return io.NodeOutput(logic.to_bhwc(result.image, HOST.intermediate_device()), ui=ui.PreviewText(text))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from ..rsvl_core.pipeline import (
     schedule_from,
     stage1_options_from,
 )
-from ..rsvl_core.pipeline.components import load_captioner, load_refiner, load_stage1
+from ..rsvl_core.pipeline.components import SpandrelStage1, load_captioner, load_refiner, load_stage1
 from ..rsvl_core.weights import WEIGHTS
 
 log = logging.getLogger("rsvl")
@@ -240,6 +241,45 @@ class ModelHandle:
         return self.model
 
 
+# Core's UPSCALE_MODEL objects we have placed: one placement (one registered patcher) per loaded model, dropped
+# with it when ComfyUI lets the loader's output go.
+_UPSCALE_PLACEMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def upscale_model_stage(host: Host, upscale_model: Any, image: torch.Tensor) -> SpandrelStage1:
+    """Core's UPSCALE_MODEL ("Load Upscale Model") as our stage 1, placed by the host's memory manager with room
+    for upscaling `image` (B, 3, H, W).
+
+    ComfyUI 0.8 passes the spandrel descriptor itself; builds that wrap it in a ModelPatcher pass the patcher
+    (its `.model` is the descriptor), which is then loaded as it is. Anything else is refused in one line."""
+    import spandrel
+
+    patcher = None
+    descriptor = upscale_model
+    if not isinstance(descriptor, spandrel.ModelBase) and \
+            isinstance(getattr(upscale_model, "model", None), spandrel.ModelBase):
+        patcher, descriptor = upscale_model, upscale_model.model
+    if not isinstance(descriptor, spandrel.ModelBase):
+        raise NodeError(f"upscale_model: expected the UPSCALE_MODEL of core's Load Upscale Model, got "
+                        f"{type(upscale_model).__name__}")
+    stage = SpandrelStage1.from_descriptor(descriptor, f"UPSCALE_MODEL ({descriptor.architecture.name})")
+    memory_required = one_pass_memory(stage, image)
+    if patcher is not None:
+        host.load([patcher], memory_required)
+        return stage
+    placement = _UPSCALE_PLACEMENTS.get(descriptor)
+    if placement is None:
+        placement = _UPSCALE_PLACEMENTS[descriptor] = HostPlacement(host, "auto")
+    placement.acquire("stage-1", stage, memory_required)
+    return stage
+
+
+def one_pass_memory(stage: SpandrelStage1, image: torch.Tensor) -> int:
+    """Bytes a one-pass model needs beside its weights: core's estimate for a 512-pixel tile, plus the image."""
+    element = torch.finfo(stage.model.dtype).bits // 8
+    return int(512 * 512 * 3 * element * max(stage.model.native_scale, 1) * 384 + image.numel() * 4)
+
+
 def load_stage1_model(handle: ModelHandle, device: torch.device, dtype: str):
     """SR3 or any spandrel SR model (told apart by the file's keys)."""
     return load_stage1(handle.sources["stage1"], device=device, dtype=torch_dtype(dtype))
@@ -430,6 +470,21 @@ def describe_stage1_run(options, schedule: StepSettings | None, widget_sampler: 
         widgets = f"{widget_sampler}/{widget_steps or 'default'}"
         line += f" (set by DynamicStepScheduler; this node's sampler/steps {widgets} were not used)"
     return line
+
+
+def describe_one_pass_run(record: dict, scale: int) -> str:
+    """One line: which one-pass model ran, how it was tiled and resampled; SR3's sampler settings unused."""
+    tiling = record.get("tiling", {})
+    tile = tiling.get("tile_size", 0)
+    tiles = record.get("tiles", 1)
+    how = f"{tiles} tile{'s' if tiles != 1 else ''} of up to {tile} input px" if tile else "whole image"
+    if tiling.get("out_of_memory_at"):
+        how += f" (halved after running out of memory with {tiling['out_of_memory_at']})"
+    line = f"ran: {record.get('architecture', 'upscale model')} x{record.get('native_scale')} upscale model, " \
+           f"one pass, {how}"
+    if record.get("resampled"):
+        line += f", resampled to x{scale} ({record.get('resample_filter')})"
+    return line + "; sampler, steps and seed are not used by a one-pass model"
 
 
 def describe_refine_run(index: int, report, options, schedule: StepSettings | None, widget_steps: int) -> str:

@@ -36,14 +36,30 @@ function showText(node, text) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// Stage1FidelitySR with core's upscale model connected: a one-pass model has no sampler, steps or seed. They are
+// relabelled as unused, and the seed's "control after generate" is set to fixed so that a randomized seed does
+// not change the prompt (and re-run a deterministic model) on every queue.
+const ONE_PASS_UNUSED = ["sampler", "steps", "seed"];
+
+function isLinked(node, name) {
+  const slot = node.inputs?.find((input) => input.name === name);
+  return slot != null && slot.link != null;
+}
+
 function markScheduled(node) {
   const names = SCHEDULED[node.comfyClass ?? node.type];
   if (!names) return;
-  const slot = node.inputs?.find((input) => input.name === "schedule");
-  const linked = slot != null && slot.link != null;
+  const scheduled = isLinked(node, "schedule");
+  const onePass = (node.comfyClass ?? node.type) === "Stage1FidelitySR" && isLinked(node, "upscale_model");
   for (const widget of node.widgets ?? []) {
-    if (!names.includes(widget.name)) continue;
-    widget.label = linked ? `${widget.name} (set by schedule)` : undefined;
+    if (onePass && ONE_PASS_UNUSED.includes(widget.name)) {
+      widget.label = `${widget.name} (unused by an upscale model)`;
+      if (widget.name === "seed") {
+        for (const control of widget.linkedWidgets ?? []) control.value = "fixed";
+      }
+    } else if (names.includes(widget.name) || ONE_PASS_UNUSED.includes(widget.name)) {
+      widget.label = scheduled && names.includes(widget.name) ? `${widget.name} (set by schedule)` : undefined;
+    }
   }
   node.setDirtyCanvas?.(true, true);
 }

@@ -10,10 +10,11 @@ from __future__ import annotations
 from ..caption import Captioner, CaptionOptions, collapse_whitespace, load_captioner
 from ..caption.config import ATTENTIONS, QUANTIZATIONS
 from ..refine.refiner import RefineOptions, Refiner, load_refiner, refine_image, working_size
-from ..stage1 import load_stage1
+from ..stage1 import SpandrelStage1, load_stage1
 from ..stage1.sampler import SR3SamplerOptions
 
 __all__ = [
     "ATTENTIONS", "QUANTIZATIONS", "CaptionOptions", "Captioner", "RefineOptions", "Refiner", "SR3SamplerOptions",
+    "SpandrelStage1",
     "collapse_whitespace", "load_captioner", "load_refiner", "load_stage1", "refine_image", "working_size",
 ]

@@ -128,7 +128,8 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
 
     io = types.ModuleType("comfy_api.latest.io")
     for name, io_type in (("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Combo", "COMBO"),
-                          ("Image", "IMAGE"), ("Boolean", "BOOLEAN")):
+                          ("Image", "IMAGE"), ("Boolean", "BOOLEAN"), ("UpscaleModel", "UPSCALE_MODEL"),
+                          ("Model", "MODEL"), ("Clip", "CLIP"), ("Vae", "VAE"), ("Conditioning", "CONDITIONING")):
         setattr(io, name, _comfytype(io_type))
     io.Custom = _comfytype
     io.Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID", prompt="PROMPT", extra_pnginfo="EXTRA_PNGINFO")

@@ -1,0 +1,57 @@
+"""ComfyUI-native inputs without ComfyUI (the stand-in): core's UPSCALE_MODEL as stage 1."""
+
+from __future__ import annotations
+
+import pytest
+import spandrel
+import torch
+
+STAGE1 = dict(scale="4", sampler="faithful", steps=500, seed=0, tile_size=224, tile_overlap=32)
+
+
+@pytest.fixture(scope="module")
+def upscale_model():
+    """What core's Load Upscale Model outputs: a spandrel descriptor in eval mode (tiny ESRGAN x4)."""
+    from rsvl_testing import tiny_esrgan
+
+    return spandrel.ModelLoader().load_from_state_dict(tiny_esrgan()).eval()
+
+
+def test_native_stage1_upscale_model_runs_one_pass_and_says_so(comfy, upscale_model):
+    image = torch.rand(2, 16, 24, 3)
+    comfy.state.loads.clear()
+    out = comfy.node("Stage1FidelitySR").execute(image=image, upscale_model=upscale_model, **STAGE1)
+    with torch.inference_mode():
+        expected = upscale_model(image.movedim(-1, 1).contiguous()).clamp(0, 1).movedim(1, -1)
+    assert out.args[0].shape == (2, 64, 96, 3)
+    assert torch.equal(out.args[0], expected)  # one tile: the model's own output, untouched
+    text = out.ui.value
+    assert text.startswith("ran: ESRGAN x4 upscale model, one pass, 1 tile of up to 512 input px")
+    assert "500" not in text and "faithful" not in text and "not used by a one-pass model" in text
+    # registered with the memory manager (a patcher over the descriptor's network), with room for the run
+    patcher, memory, _ = comfy.state.loads[-1]
+    assert patcher.model.model is upscale_model.model and memory > 512 * 512 * 3 * 4
+    comfy.node("Stage1FidelitySR").execute(image=image, upscale_model=upscale_model, **STAGE1)
+    assert comfy.state.loads[-1][0] is patcher  # one patcher per loaded model, reused
+
+
+def test_native_stage1_upscale_model_resampled_scale_and_seed_free(comfy, upscale_model):
+    image = torch.rand(1, 16, 24, 3)
+    node = comfy.node("Stage1FidelitySR")
+    a = node.execute(image=image, upscale_model=upscale_model, **{**STAGE1, "scale": "2"})
+    b = node.execute(image=image, upscale_model=upscale_model, **{**STAGE1, "scale": "2", "seed": 7,
+                                                                  "sampler": "ddim", "steps": 3})
+    assert a.args[0].shape == (1, 32, 48, 3) and torch.equal(a.args[0], b.args[0])
+    assert "resampled to x2" in a.ui.value
+
+
+def test_native_stage1_needs_exactly_one_model(comfy, upscale_model, demo_models):
+    node = comfy.node("Stage1FidelitySR")
+    with pytest.raises(comfy.logic.NodeError, match="connect either sr3 .* or upscale_model .*none is connected"):
+        node.execute(image=torch.rand(1, 8, 8, 3), **STAGE1)
+    sr3 = comfy.node("LoadRSVLModels").execute(**demo_models[1], dtype="auto", device="auto",
+                                               llava_quantization="none").args[0]
+    with pytest.raises(comfy.logic.NodeError, match="not both"):
+        node.execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, upscale_model=upscale_model, **STAGE1)
+    with pytest.raises(comfy.logic.NodeError, match="expected the UPSCALE_MODEL of core's Load Upscale Model"):
+        node.execute(image=torch.rand(1, 8, 8, 3), upscale_model=object(), **STAGE1)
