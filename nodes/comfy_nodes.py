@@ -395,7 +395,9 @@ class LlavaRSCaption(RSVLNode):
                 setting_input("temperature", node),
                 _seed(node, "Makes the sampled caption reproducible."),
             ],
-            outputs=[io.String.Output(display_name="caption")],
+            outputs=[io.String.Output(display_name="caption", is_output_list=True,
+                                      tooltip="One caption per image of the batch, as a list: ControlNetRefine pairs "
+                                              "them with its images; a text node after it runs once per caption.")],
         )
 
     @classmethod
@@ -405,8 +407,7 @@ class LlavaRSCaption(RSVLNode):
                                            seed=seed)
             model = captioner.get(HOST)
             captions = model.caption(logic.to_bchw(image), options, callback=logic.ProgressReporter(HOST))
-            text = logic.BATCH_SEPARATOR.join(captions)
-            return io.NodeOutput(text, ui=ui.PreviewText(text))
+            return io.NodeOutput(list(captions), ui=ui.PreviewText(logic.captions_text(captions)))
 
 
 class ControlNetRefine(RSVLNode):
@@ -418,7 +419,9 @@ class ControlNetRefine(RSVLNode):
         return _schema(
             node,
             description="Stage 2: adds detail to the stage-1 image with SDXL steered by SUPIR's control network, "
-                        "guided by the caption. Output is exactly the input size.",
+                        "guided by the caption. Output is exactly the input size. Captions pair with images in "
+                        "order (one caption for all, or one per image).",
+            is_input_list=True,  # N captions (a list from LlavaRSCaption) meet one batch of N images in one run
             inputs=[
                 io.Image.Input("image", tooltip="The stage-1 image(s)."),
                 RefinerHandle.Input("refiner", tooltip="refiner output of LoadRSVLModels."),
@@ -442,35 +445,47 @@ class ControlNetRefine(RSVLNode):
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
             ],
-            outputs=[io.Image.Output(display_name="image"),
+            outputs=[io.Image.Output(display_name="image", is_output_list=True,
+                                     tooltip="The refined images, one batch per input batch (a list like the "
+                                             "input's; one batch in a one-image graph)."),
                      io.String.Output(display_name="report", tooltip="Computed / reused steps per image.")],
         )
 
     @classmethod
     def execute(cls, image, refiner, caption, steps, seed, schedule=None, **settings) -> io.NodeOutput:
+        """Inputs arrive as lists (`is_input_list`): batches of images, captions, and one value per widget."""
         label = cls.label()
         with logic.user_errors(label):
+            batches = [logic.to_bchw(b) for b in logic.as_list(image)]
+            refiner, steps, seed = logic.first(refiner), logic.first(steps), logic.first(seed)
+            schedule = logic.first(schedule) if schedule is not None else None
+            settings = {name: logic.first(value) for name, value in settings.items()}
             options = logic.refine_options(schedule, steps=steps, seed=seed, **settings)
-            pixels = logic.to_bchw(image)
-            captions = logic.split_captions(caption or "", pixels.shape[0])
-            batch, _, height, width = pixels.shape
-            work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
-            logic.size_guard(label, batch, height, width, work_h, work_w,
-                            logic.REFINE_BUFFERS, HOST.free_ram(), f"working size for min_size {options.min_size}")
+            total = sum(b.shape[0] for b in batches)
+            captions = logic.pair_captions(logic.as_list(caption), total)
+            for pixels in batches:
+                batch, _, height, width = pixels.shape
+                work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
+                logic.size_guard(label, batch, height, width, work_h, work_w, logic.REFINE_BUFFERS,
+                                HOST.free_ram(), f"working size for min_size {options.min_size}")
             tile = options.latent_tile_size or 128
             model = refiner.get(HOST, memory_required=2 * tile * tile * 64 * 4 * 64)
             outputs, lines = [], []
-            for index in range(pixels.shape[0]):
-                single = pixels[index:index + 1]
-                progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
-                result, report = refine_image(model, single, captions[index], options, seed=seed, callback=progress)
-                line = logic.describe_refine_run(index, report, options, schedule, steps)
-                log.info("rsvl refine %s", line)
-                outputs.append(result)
-                lines.append(line)
+            for pixels in batches:
+                refined = []
+                for index in range(pixels.shape[0]):
+                    single = pixels[index:index + 1]
+                    number = len(lines)
+                    progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
+                    result, report = refine_image(model, single, captions[number], options, seed=seed,
+                                                  callback=progress)
+                    line = logic.describe_refine_run(number, report, options, schedule, steps)
+                    log.info("rsvl refine %s", line)
+                    refined.append(result)
+                    lines.append(line)
+                outputs.append(logic.to_bhwc(torch.cat(refined), HOST.intermediate_device()))
             text = "\n".join(lines)
-            out = logic.to_bhwc(torch.cat(outputs), HOST.intermediate_device())
-            return io.NodeOutput(out, text, ui=ui.PreviewText(text))
+            return io.NodeOutput(outputs, text, ui=ui.PreviewText(text))
 
 
 NODE_CLASSES = [LoadRSVLModels, Stage1FidelitySR, LlavaRSCaption, ControlNetRefine, DynamicStepScheduler]

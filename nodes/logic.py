@@ -38,7 +38,7 @@ log = logging.getLogger("rsvl")
 NONE = "none"
 DTYPES = DTYPE_CHOICES
 DEVICES = ("auto", "cpu")
-BATCH_SEPARATOR = "\n---\n"  # joins the captions of a batch; ControlNetRefine splits on it
+BATCH_SEPARATOR = "\n---\n"  # how older versions joined a batch's captions; ControlNetRefine still splits on it
 UPSCALE_MODELS = "upscale_models"  # ComfyUI's own folder of single-image SR models (spandrel loads them)
 
 # From the engine's one weights table: our ComfyUI model folders -> (sub-folder of models/rsvl, file extensions;
@@ -528,12 +528,38 @@ def size_guard(label: str, batch: int, height: int, width: int, out_height: int,
     )
 
 
-def split_captions(caption: str, batch: int) -> list[str]:
-    """One caption per image: a batch caption from LlavaRSCaption is split on BATCH_SEPARATOR, else repeated."""
-    parts = caption.split(BATCH_SEPARATOR)
-    if batch > 1 and len(parts) == batch:
-        return [p.strip() for p in parts]
-    return [caption.strip()] * batch
+def as_list(value: Any) -> list:
+    """An input of an `is_input_list` node as a list (a direct call may pass one value)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def first(value: Any) -> Any:
+    """A widget of an `is_input_list` node: its one value (ComfyUI passes a list of one)."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def pair_captions(captions: list[str | None], images: int) -> list[str]:
+    """One caption per image, in order: N captions for N images, or one caption for all of them.
+
+    A single caption that holds BATCH_SEPARATOR lines (an older graph's joined batch caption) is split when
+    that gives exactly one per image. Any other count is an error naming both counts."""
+    texts = [(c or "").strip() for c in captions] or [""]
+    if len(texts) == images:
+        return texts
+    if len(texts) == 1:
+        parts = texts[0].split(BATCH_SEPARATOR)
+        if images > 1 and len(parts) == images:
+            return [p.strip() for p in parts]
+        return texts * images
+    raise NodeError(f"caption: {len(texts)} captions for {images} images; give one caption per image, or one "
+                    f"for all")
+
+
+def captions_text(captions: list[str]) -> str:
+    """What LlavaRSCaption shows on the node: the caption, or one "image i:" line per image of a batch."""
+    if len(captions) == 1:
+        return captions[0]
+    return "\n".join(f"image {i + 1}: {caption}" for i, caption in enumerate(captions))
 
 
 def fit_latent_preview(refiner, image: torch.Tensor) -> LatentPreview | None:

@@ -55,3 +55,30 @@ def test_native_stage1_needs_exactly_one_model(comfy, upscale_model, demo_models
         node.execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, upscale_model=upscale_model, **STAGE1)
     with pytest.raises(comfy.logic.NodeError, match="expected the UPSCALE_MODEL of core's Load Upscale Model"):
         node.execute(image=torch.rand(1, 8, 8, 3), upscale_model=object(), **STAGE1)
+
+
+@pytest.mark.slow
+def test_native_captions_pair_with_images_in_order(comfy, demo_models, monkeypatch):
+    """ControlNetRefine (is_input_list): a list of 3 captions meets one batch of 3 images, caption i on image i;
+    the image output is a list of batches like the input's."""
+    refiner = comfy.node("LoadRSVLModels").execute(**demo_models[1], dtype="auto", device="auto",
+                                                   llava_quantization="none").args[2]
+    seen = []
+    real = comfy.nodes.refine_image
+
+    def spy(model, image, caption, *args, **kwargs):
+        seen.append((caption, float(image.mean())))
+        return real(model, image, caption, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.nodes, "refine_image", spy)
+    images = torch.stack([torch.full((16, 24, 3), v) for v in (0.2, 0.5, 0.8)])
+    widgets = dict(positive_prompt=["sharp"], negative_prompt=["blurry"], steps=[2], cfg_scale=[4.0],
+                   cfg_scale_start=[4.0], control_scale=[1.0], color_fix=["wavelet"], seed=[0],
+                   latent_tile_size=[0], min_size=[64])
+    out = comfy.node("ControlNetRefine").execute(image=[images], refiner=[refiner], caption=["a", "b", "c"],
+                                                 **widgets)
+    assert [(c, round(m, 1)) for c, m in seen] == [("a", 0.2), ("b", 0.5), ("c", 0.8)]
+    (batch,), report = out.args
+    assert batch.shape == (3, 16, 24, 3) and report.count("\n") == 2
+    with pytest.raises(comfy.logic.NodeError, match="2 captions for 3 images"):
+        comfy.node("ControlNetRefine").execute(image=[images], refiner=[refiner], caption=["a", "b"], **widgets)
