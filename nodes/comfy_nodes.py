@@ -194,7 +194,9 @@ class LoadRSVLModels(RSVLNode):
                 io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list(FOLDER["sdxl"])], default=NONE,
                                tooltip="SDXL base single file from models/checkpoints (the refiner's base model)."),
                 io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list(FOLDER["supir"])], default=NONE,
-                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir; needs sdxl_checkpoint."),
+                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir. With sdxl_checkpoint the "
+                                       "pack loads the whole refiner; alone, ControlNetRefine runs it over the "
+                                       "MODEL/CLIP/VAE of core's Load Checkpoint (only SUPIR's parts load)."),
                 setting_input("dtype", "LoadRSVLModels", "Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on "
                                                          "the CPU. The refiner's VAE never runs in fp16.",
                               options=list(logic.DTYPES), default="auto"),
@@ -214,8 +216,9 @@ class LoadRSVLModels(RSVLNode):
     @classmethod
     def _paths(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model) -> dict[str, str | None]:
         fp = _folder_paths()
-        if (sdxl_checkpoint == NONE) != (supir_model == NONE):
-            raise NodeError("the refiner needs both sdxl_checkpoint and supir_model (or neither)")
+        if sdxl_checkpoint != NONE and supir_model == NONE:
+            raise NodeError("the refiner needs both sdxl_checkpoint and supir_model (or neither; or supir_model "
+                            "alone, with ControlNetRefine's model/clip/vae from core's Load Checkpoint)")
         if llava_adapter != NONE and llava_model == NONE:
             raise NodeError("llava_adapter needs a llava_model")
         return {
@@ -251,7 +254,7 @@ class LoadRSVLModels(RSVLNode):
                 handle("stage-1", ["stage1"], logic.load_stage1_model),
                 handle("captioner", ["llava", "adapter"], logic.load_captioner_model, quantization=llava_quantization,
                        load_device=load_device),
-                handle("refiner", ["sdxl", "supir"], logic.load_refiner_model),
+                handle("refiner", ["supir", "sdxl"], logic.load_refiner_model),
             )
 
 
@@ -442,6 +445,14 @@ class ControlNetRefine(RSVLNode):
                 setting_input("s_churn", node),
                 setting_input("preset", node, "Refiner preset: the values of the settings without an input here "
                                               "(paper: the seed's infer.py settings)."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional SDXL MODEL from core's Load Checkpoint: the refiner runs over these "
+                                       "very weights (no second SDXL in memory); connect its VAE too."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Optional CLIP of the same checkpoint: encodes the caption + positive prompt "
+                                      "and the negative prompt as core's CLIP Text Encode does. Without it the text "
+                                      "encoders of LoadRSVLModels' sdxl_checkpoint are used (only they load)."),
+                io.Vae.Input("vae", optional=True, tooltip="The VAE of the same Load Checkpoint (with model)."),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
             ],
@@ -452,7 +463,8 @@ class ControlNetRefine(RSVLNode):
         )
 
     @classmethod
-    def execute(cls, image, refiner, caption, steps, seed, schedule=None, **settings) -> io.NodeOutput:
+    def execute(cls, image, refiner, caption, steps, seed, schedule=None, model=None, clip=None, vae=None,
+                **settings) -> io.NodeOutput:
         """Inputs arrive as lists (`is_input_list`): batches of images, captions, and one value per widget."""
         label = cls.label()
         with logic.user_errors(label):
@@ -469,7 +481,20 @@ class ControlNetRefine(RSVLNode):
                 logic.size_guard(label, batch, height, width, work_h, work_w, logic.REFINE_BUFFERS,
                                 HOST.free_ram(), f"working size for min_size {options.min_size}")
             tile = options.latent_tile_size or 128
-            model = refiner.get(HOST, memory_required=2 * tile * tile * 64 * 4 * 64)
+            memory = 2 * tile * tile * 64 * 4 * 64
+            model, clip, vae = (logic.first(x) if x is not None else None for x in (model, clip, vae))
+            weights_line = None
+            if model is not None:
+                model, weights_line = logic.refiner_over_host_sdxl(HOST, refiner, model, vae, clip,
+                                                                   memory_required=memory)
+            elif clip is not None or vae is not None:
+                raise NodeError("clip / vae are connected but model is not: connect the MODEL of the same Load "
+                                "Checkpoint (or none of the three)")
+            elif not refiner.sources.get("sdxl"):
+                raise NodeError("the refiner has no SDXL: connect model, clip and vae from core's Load Checkpoint, "
+                                "or choose sdxl_checkpoint in LoadRSVLModels")
+            else:
+                model = refiner.get(HOST, memory_required=memory)
             outputs, lines = [], []
             for pixels in batches:
                 refined = []
@@ -484,6 +509,9 @@ class ControlNetRefine(RSVLNode):
                     refined.append(result)
                     lines.append(line)
                 outputs.append(logic.to_bhwc(torch.cat(refined), HOST.intermediate_device()))
+            if weights_line is not None:
+                log.info("rsvl refine %s", weights_line)
+                lines.append(weights_line)
             text = "\n".join(lines)
             return io.NodeOutput(outputs, text, ui=ui.PreviewText(text))
 

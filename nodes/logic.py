@@ -7,6 +7,7 @@ module as an argument (a `Host`), so the logic is unit-tested without a ComfyUI 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import weakref
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..rsvl_core.checkpoint import first_line
-from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, torch_dtype
+from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, release_freed_host_memory, torch_dtype
 from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
 from ..rsvl_core.pipeline import (
     SETTINGS,
@@ -30,7 +31,17 @@ from ..rsvl_core.pipeline import (
     schedule_from,
     stage1_options_from,
 )
-from ..rsvl_core.pipeline.components import SpandrelStage1, load_captioner, load_refiner, load_stage1
+from ..rsvl_core.pipeline.components import (
+    SpandrelStage1,
+    TextEmbedding,
+    load_captioner,
+    load_refiner,
+    load_sdxl_text_encoders,
+    load_stage1,
+    load_supir_parts,
+    refiner_over,
+    shared_bytes,
+)
 from ..rsvl_core.weights import WEIGHTS
 
 log = logging.getLogger("rsvl")
@@ -213,6 +224,7 @@ class ModelHandle:
     model: Any = None
     placement: HostPlacement | None = None
     load_count: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)  # over core's SDXL: "supir" parts, "text" encoders
 
     @property
     def chosen(self) -> bool:
@@ -237,6 +249,7 @@ class ModelHandle:
             log.info("rsvl: loading %s (%s)", self.describe(), dtype)
             self.model = self.loader(self, self.placement.offload_device, dtype)
             self.load_count += 1
+            release_freed_host_memory()  # the load's temporaries, back to the OS
         self.placement.acquire(self.kind, self.model, memory_required)
         return self.model
 
@@ -278,6 +291,102 @@ def one_pass_memory(stage: SpandrelStage1, image: torch.Tensor) -> int:
     """Bytes a one-pass model needs beside its weights: core's estimate for a 512-pixel tile, plus the image."""
     element = torch.finfo(stage.model.dtype).bits // 8
     return int(512 * 512 * 3 * element * max(stage.model.native_scale, 1) * 384 + image.numel() * 4)
+
+
+class HostClipText:
+    """The refiner's text encoder interface (`encode_pair`, `pooled_dim`) over the CLIP of core's Load Checkpoint.
+
+    Each prompt ("<caption> <positive prompt>", and the negative prompt) is encoded as core's CLIP Text Encode
+    does (`clip.tokenize` + `clip.encode_from_tokens`, pooled output too); positive and negative contexts of
+    different lengths are repeated to a common length, as ComfyUI's sampler does for CFG."""
+
+    def __init__(self, clip: Any) -> None:
+        self.clip = clip
+        self._pooled_dim: int | None = None
+
+    def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        context, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+        if pooled is None:
+            raise NodeError("clip: this CLIP gives no pooled output; connect the CLIP of an SDXL checkpoint")
+        return context.float(), pooled.float().reshape(1, -1)
+
+    @property
+    def pooled_dim(self) -> int:
+        if self._pooled_dim is None:
+            self._pooled_dim = self._encode("")[1].shape[-1]
+        return self._pooled_dim
+
+    def encode_pair(self, positive: list[str], negative: list[str]) -> tuple[TextEmbedding, TextEmbedding]:
+        pos = [self._encode(t) for t in positive]
+        neg = [self._encode(t) for t in negative]
+        length = math.lcm(*(c.shape[1] for c, _ in pos + neg))
+
+        def batch(items):
+            context = torch.cat([c.repeat(1, length // c.shape[1], 1) for c, _ in items])
+            return TextEmbedding(context, torch.cat([p for _, p in items]))
+
+        return batch(pos), batch(neg)
+
+
+class _Stage:
+    """One module under a name, as HostPlacement takes a stage (`modules()` -> {name: module})."""
+
+    def __init__(self, **modules: torch.nn.Module) -> None:
+        self._modules = modules
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return self._modules
+
+
+def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any, clip: Any = None,
+                           memory_required: int = 0):
+    """The refiner over core's MODEL / VAE (and CLIP): ComfyUI places and patches its own SDXL weights, our
+    modules take those tensors (no second copy), and only SUPIR's parts (once) and, without a CLIP, the text
+    encoders of the SDXL file chosen in LoadRSVLModels (only those tensors) are loaded and registered."""
+    if "supir" not in handle.sources:
+        raise NodeError("no SUPIR model chosen: pick supir_model in LoadRSVLModels")
+    if vae is None:
+        raise NodeError("model is connected but vae is not: connect the VAE of the same Load Checkpoint")
+    if clip is None and not handle.sources.get("sdxl"):
+        raise NodeError("no text encoder: connect the CLIP of your Load Checkpoint, or choose an "
+                        "sdxl_checkpoint in LoadRSVLModels (only its text encoders are then loaded)")
+    try:
+        unet_module, vae_module = model.model.diffusion_model, vae.first_stage_model
+    except AttributeError:
+        raise NodeError("model / vae: expected the MODEL and VAE of core's Load Checkpoint (an SDXL)") from None
+    if handle.placement is None:
+        handle.placement = HostPlacement(host, handle.device)
+    host.load([model, vae.patcher], memory_required)  # ComfyUI's weights where ComfyUI wants them, patched
+    unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
+    if "supir" not in handle.shared:
+        dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
+        log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
+        handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
+        handle.load_count += 1
+        release_freed_host_memory()
+    parts = handle.shared["supir"]
+    handle.placement.acquire("supir", parts, memory_required)
+    if clip is not None:
+        text = HostClipText(clip)
+    else:
+        if "text" not in handle.shared:
+            log.info("rsvl: loading only the text encoders of %s (no CLIP connected)", handle.sources["sdxl"])
+            handle.shared["text"] = _Stage(text=load_sdxl_text_encoders(handle.sources["sdxl"]))
+            release_freed_host_memory()
+        handle.placement.acquire("text", handle.shared["text"])
+        text = handle.shared["text"].modules()["text"]
+    # the refiner is rebuilt each run over the weights as ComfyUI placed them now: nothing stale is kept
+    sources = {"sdxl": "MODEL/VAE of the connected checkpoint", "supir": str(handle.sources["supir"])}
+    refiner = refiner_over(parts, unet_ldm, vae_ldm, text, sources)
+    loaded = parts.parameter_bytes()
+    if clip is None:
+        loaded += sum(p.numel() * p.element_size() for p in text.parameters())
+    line = (f"weights: SDXL UNet + VAE {shared_bytes(refiner, unet_ldm, vae_ldm) / MIB:.0f} MiB shared with the "
+            f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB (SUPIR parts"
+            + (")" if clip is not None else " + text encoders)") + "; caption encoded by "
+            + ("the connected CLIP" if clip is not None else f"the text encoders of "
+               f"{os.path.basename(handle.sources['sdxl'])}"))
+    return refiner, line
 
 
 def load_stage1_model(handle: ModelHandle, device: torch.device, dtype: str):
@@ -511,6 +620,7 @@ STAGE1_BUFFERS = 6
 # the blended tiles and the copies in and out of the node: 8 buffers of the working size.
 REFINE_BUFFERS = 8
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 
 
 def size_guard(label: str, batch: int, height: int, width: int, out_height: int, out_width: int, buffers: int,

@@ -24,13 +24,16 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _NESTED_KEYS = ("state_dict", "params_ema", "params", "model", "module")
 
 
-def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, expected: str, prefixes: tuple[str, ...] | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Read every tensor of a weights file into a flat `name -> tensor` dict on the CPU.
 
     Args:
         path: a `.safetensors` file, or a `.pth`/`.pt`/`.ckpt`/`.bin` PyTorch file (loaded with
             `torch.load(weights_only=True)`, so a pickle that would run code is refused).
         expected: what the caller wants, for error messages (e.g. "an SR3 generator checkpoint").
+        prefixes: read only the tensors whose names start with one of these (a safetensors file then reads
+            nothing else: the SDXL text encoders without the UNet, for example).
     """
     path = Path(path)
     if not path.exists():
@@ -43,7 +46,7 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
 
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and _looks_like_safetensors(path)):
-        state = _read_safetensors(path, expected)
+        state = _read_safetensors(path, expected, prefixes)
     elif suffix in PICKLE_SUFFIXES or zipfile.is_zipfile(path):
         state = _read_torch_pickle(path, expected)
     else:
@@ -51,7 +54,10 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
             path, f"unsupported file type {suffix or '(no extension)'!r}",
             f"{expected} as .safetensors, .pth, .pt or .ckpt",
         )
-    return own_memory(canonicalize_state_dict(state, path, expected))
+    state = canonicalize_state_dict(state, path, expected)
+    if prefixes is not None:
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    return own_memory(state)
 
 
 ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator guarantees and vectorised kernels assume
@@ -95,12 +101,15 @@ def _looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path, expected: str) -> dict:
-    from safetensors import SafetensorError
+def _read_safetensors(path: Path, expected: str, prefixes: tuple[str, ...] | None = None) -> dict:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        if prefixes is None:
+            return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            return {k: file.get_tensor(k) for k in file.keys() if k.startswith(prefixes)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             path, f"not a readable safetensors file, possibly truncated or corrupt ({first_line(exc)})",

@@ -7,8 +7,10 @@ Runs when a ComfyUI is found (see test_comfy_host.py, whose server fixture this 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from nodes_testing import REPO
@@ -41,6 +43,22 @@ def queue(host: dict, api: dict, name: str, uploads: list[str]) -> tuple[dict, d
     for path in out.rglob("*.png"):
         images[path.name.rsplit("_", 2)[0]] = np.asarray(Image.open(path).convert("RGB"))
     return history, images
+
+
+def queue_error(host: dict, api: dict, name: str, uploads: list[str]) -> str:
+    """Run an API prompt that must fail at run time; the exception message ComfyUI recorded."""
+    prompt = host["root"] / f"{name}.json"
+    prompt.write_text(json.dumps(api))
+    out = host["root"] / f"out_{name}"
+    command = [sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(host["port"]),
+               "--out", str(out), "--no-ws", "--timeout", "400"]
+    for path in uploads:
+        command += ["--upload", path]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=460)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    entry = history if "status" in history else next(iter(history.values()))
+    return dict(entry["status"]["messages"])["execution_error"]["exception_message"]
 
 
 def node_texts(history: dict, node_id: str) -> list[str]:
@@ -124,3 +142,89 @@ def test_native_batch_of_three_gives_three_captions_paired_and_a_text_node_runs_
     assert len(saved) == 3
     sizes = {Image.open(next((server["root"] / "out_native_batch").rglob(s["filename"]))).size for s in saved}
     assert sizes == {(24, 16)}  # the refiner's output is its input's size
+
+
+def server_rss(host: dict) -> int:
+    """The ComfyUI server process's resident memory, bytes (start.sh records its PID)."""
+    pid = (Path(host["env"]["COMFY_STATE_DIR"]) / str(host["port"]) / "server.pid").read_text().strip()
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for server PID {pid}")
+
+
+def refine_graph(image: str, loader: dict, prefix: str = "", name: str = "refined", **refine_links) -> dict:
+    """LoadImage -> ControlNetRefine (+ SaveImage `name`), with LoadRSVLModels `loader` inputs; node ids start
+    with `prefix` (ComfyUI keeps a node's output cached only while the next prompt holds that node)."""
+    return {
+        f"{prefix}1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        f"{prefix}3": {"class_type": "LoadRSVLModels",
+                       "inputs": {"sr3_model": "none", "llava_model": "none", "llava_adapter": "none",
+                                  "dtype": "auto", "device": "auto", "llava_quantization": "none", **loader}},
+        f"{prefix}5": {"class_type": "ControlNetRefine",
+                       "inputs": {"image": [f"{prefix}1", 0], "refiner": [f"{prefix}3", 2],
+                                  "caption": "farm fields and a road", "positive_prompt": "sharp",
+                                  "negative_prompt": "blurry", "steps": 2, "cfg_scale": 4.0, "cfg_scale_start": 4.0,
+                                  "control_scale": 1.0, "color_fix": "wavelet", "seed": 3, "latent_tile_size": 0,
+                                  "min_size": 64, "restoration_scale": -1.0, "s_churn": 5, "preset": "paper",
+                                  **refine_links}},
+        f"{prefix}6": {"class_type": "SaveImage", "inputs": {"images": [f"{prefix}5", 0], "filename_prefix": name}},
+    }
+
+
+def test_native_core_checkpoint_refines_with_one_sdxl_copy(server):  # noqa: F811
+    """Core Load Checkpoint (an SDXL-shaped file) -> ControlNetRefine: the pack loads only SUPIR's parts (and,
+    with CLIP absent, the text encoders of LoadRSVLModels' SDXL file); the UNet and VAE are ComfyUI's own tensors.
+    RSS grows by those parts only, against SDXL + SUPIR for LoadRSVLModels' own path; both give the same image."""
+    from native_models import sdxl_shaped_files
+
+    files = sdxl_shaped_files()
+    models = server["root"] / "models"
+    for key, folder in (("sdxl", "checkpoints"), ("sdxl_core", "checkpoints"), ("supir", "rsvl/supir")):
+        link = models / folder / files[key].name
+        if not link.exists():
+            link.symlink_to(files[key])
+    crop = upload_crop(server, "rsvl_native_refine.png", 48, 32)
+    # core loads its checkpoint first: the baseline holds ComfyUI's SDXL (UNet + VAE, CLIP absent)
+    warm = {"10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": files["sdxl_core"].name}},
+            "11": {"class_type": "PreviewAny", "inputs": {"source": ["10", 2]}}}
+    history, _ = queue(server, warm, "native_checkpoint", [])
+    assert node_texts(history, "11")  # the VAE exists
+    # and the pack has refined once with the tiny demo refiner: the libraries it imports are in the baseline too
+    demo = refine_graph("rsvl_native_refine.png", {"sdxl_checkpoint": server["choices"]["sdxl_checkpoint"],
+                                                   "supir_model": server["choices"]["supir_model"]}, "d", "demo")
+    queue(server, {**warm, **demo}, "native_warm", [crop])
+    before = server_rss(server)
+    native = refine_graph("rsvl_native_refine.png", {"sdxl_checkpoint": files["sdxl"].name,
+                                                     "supir_model": files["supir"].name},
+                          model=["10", 0], vae=["10", 2])
+    native = {**native, **warm}
+    native["3"]["inputs"]["sdxl_checkpoint"] = "none"  # SUPIR alone: no CLIP connected, so ...
+    error = queue_error(server, native, "native_no_text", [crop])
+    assert "no text encoder: connect the CLIP of your Load Checkpoint" in error, error
+    native["3"]["inputs"]["sdxl_checkpoint"] = files["sdxl"].name  # ... its text encoders come from here
+    history, images = queue(server, native, "native_refine", [crop])
+    after_native = server_rss(server)
+    report = "\n".join(node_texts(history, "5"))
+    shared = re.search(r"SDXL UNet \+ VAE (\d+) MiB shared", report)
+    loaded = re.search(r"loaded by the pack: (\d+) MiB", report)
+    assert shared and loaded, report
+    ours_native = images["refined"]
+
+    full = refine_graph("rsvl_native_refine.png", {"sdxl_checkpoint": files["sdxl"].name,
+                                                   "supir_model": files["supir"].name}, "f", "full")
+    history, images = queue(server, {**native, **full}, "full_refine", [crop])  # the native part stays cached
+    after_full = server_rss(server)
+    growth_native, growth_full = after_native - before, after_full - after_native
+    mib = 1024 ** 2
+    print(f"RSS growth: core checkpoint -> ControlNetRefine {growth_native / mib:.0f} MiB; LoadRSVLModels "
+          f"(SDXL + SUPIR) {growth_full / mib:.0f} MiB; SDXL UNet+VAE shared {shared[1]} MiB, SUPIR parts + text "
+          f"loaded {loaded[1]} MiB")
+    difference = np.abs(ours_native.astype(int) - images["full"].astype(int))
+    assert ours_native.shape == (32, 48, 3) and difference.max() <= 1, difference.max()  # same weights, same image
+    sdxl_bytes, pack_bytes = int(shared[1]) * mib, int(loaded[1]) * mib
+    assert sdxl_bytes > 1000 * mib  # the fp32 UNet + VAE (~1.4 GiB): every parameter is ComfyUI's own tensor
+    # RSS: the native path grows by what the pack loads (SUPIR parts + text encoders) and little more; the
+    # LoadRSVLModels path by a second SDXL on top (less than all of it where it reuses memory freed before)
+    assert growth_native < pack_bytes + 0.2 * sdxl_bytes, (growth_native, pack_bytes)
+    assert growth_full > growth_native + 0.5 * sdxl_bytes, (growth_full, growth_native)
