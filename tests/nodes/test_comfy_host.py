@@ -60,7 +60,8 @@ def server(tmp_path_factory):
     yaml.write_text("rsvl_test:\n  base_path: " + str(models) + "\n"
                     + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
     env = {**os.environ, "COMFY_DIR": str(COMFY_DIR), "COMFY_PY": str(COMFY_PY), "COMFY_STATE_DIR": str(root / "s"),
-           "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml}"}
+           "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml}",
+           "COMFY_EXTRA_PACKS": str(REPO / "tests" / "nodes" / "comfy_probe")}  # test-only nodes (OOM injection)
     for _ in range(3):  # a port found free can be taken before the server binds it: try another one
         port = free_port()
         started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(pack), str(port)], env=env,

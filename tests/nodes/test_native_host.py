@@ -228,3 +228,83 @@ def test_native_core_checkpoint_refines_with_one_sdxl_copy(server):  # noqa: F81
     # LoadRSVLModels path by a second SDXL on top (less than all of it where it reuses memory freed before)
     assert growth_native < pack_bytes + 0.2 * sdxl_bytes, (growth_native, pack_bytes)
     assert growth_full > growth_native + 0.5 * sdxl_bytes, (growth_full, growth_native)
+
+
+def server_log(host: dict) -> str:
+    """The ComfyUI server's log so far."""
+    return (Path(host["env"]["COMFY_STATE_DIR"]) / str(host["port"]) / "server.log").read_text(errors="replace")
+
+
+def post_free(host: dict) -> None:
+    """ComfyUI's "Unload models" (POST /free {"unload_models": true}): the queue worker calls unload_all_models."""
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{host['port']}/free", method="POST",
+                                     data=json.dumps({"unload_models": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+
+
+def upscale_graph(scale: str, oom_above: int | None = None) -> dict:
+    """LoadImage -> Load Upscale Model (-> test-only OOM injection) -> Stage1FidelitySR -> SaveImage "rsvl"."""
+    api = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "rsvl_native_crop.png"}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "4x_tiny_esrgan.pth"}},
+        "5": {"class_type": "Stage1FidelitySR",
+              "inputs": {"image": ["1", 0], "upscale_model": ["2", 0], "scale": scale, "sampler": "faithful",
+                         "steps": 0, "seed": 0, "tile_size": 224, "tile_overlap": 32, "tile_batch": 1}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "rsvl"}},
+    }
+    if oom_above is not None:
+        api["4"] = {"class_type": "RsvlTestOutOfMemoryAbove", "inputs": {"upscale_model": ["2", 0],
+                                                                        "max_pixels": oom_above}}
+        api["5"]["inputs"]["upscale_model"] = ["4", 0]
+    return api
+
+
+def test_native_models_are_evicted_by_unload_all_models(server):  # noqa: F811
+    """Our weights are ComfyUI's: loaded through load_models_gpu (ComfyUI logs "Requested to load"), kept loaded
+    between runs, dropped by "Unload models" (unload_all_models), and loaded again by the next run."""
+    crop = upload_crop(server, "rsvl_native_crop.png", 96, 64)
+    marker = "Requested to load ModuleBundle"
+
+    def loads_during(api: dict, name: str) -> int:
+        before = server_log(server).count(marker)
+        queue(server, api, name, [crop])
+        return server_log(server).count(marker) - before
+
+    loads_during(upscale_graph("2"), "evict_first")  # loaded now, or earlier in this module
+    assert loads_during(upscale_graph("4"), "evict_again") == 0  # a re-run: still loaded
+    post_free(server)
+    assert loads_during(upscale_graph("2"), "evict_after_free") == 1  # unloaded by the manager: loaded again
+    # the refiner (SDXL + SUPIR + text, as LoadRSVLModels loads it) is the manager's too
+    choices = server["choices"]
+    refine = refine_graph("rsvl_native_crop.png", {"sdxl_checkpoint": choices["sdxl_checkpoint"],
+                                                   "supir_model": choices["supir_model"]}, "r", "refine")
+    loads_during(refine, "evict_refine")
+    post_free(server)
+    refine["r5"]["inputs"]["seed"] = 4
+    assert loads_during(refine, "evict_refine_after_free") == 1
+
+
+def test_native_out_of_memory_halves_the_tile_once_then_fails_in_one_line(server):  # noqa: F811
+    """An upscale model that runs out of memory above 48x48 input pixels: Stage1FidelitySR halves its tile
+    (whole 96x64 image -> 48-pixel tiles), says so in its report and the log, and gives the x4 image; one that
+    runs out of memory on every tile fails with one line naming the sizes tried."""
+    crop = upload_crop(server, "rsvl_native_crop.png", 96, 64)
+    history, images = queue(server, upscale_graph("4"), "oom_reference", [crop])
+    reference = images["rsvl"]
+    log_before = server_log(server)
+    history, images = queue(server, upscale_graph("4", oom_above=48 * 48), "oom_retry", [crop])
+    text = "\n".join(node_texts(history, "5"))
+    assert "tiles of up to 48 input px (halved after running out of memory with [512])" in text, text
+    new_log = server_log(server)[len(log_before):]
+    assert new_log.count("stage 1 (spandrel): out of memory with 512-pixel tiles; trying 48-pixel tiles") == 1, \
+        new_log[-2000:]
+    assert images["rsvl"].shape == reference.shape == (256, 384, 3)
+    assert np.abs(images["rsvl"].astype(int) - reference.astype(int)).mean() < 2  # blended tiles, not a new image
+    error = queue_error(server, upscale_graph("4", oom_above=8 * 8), "oom_fail", [crop])
+    assert error.splitlines()[0].startswith("RSVL Upscale: Super-Resolution Stage 1 (SR3) #5: stage 1 (spandrel): "
+                                            "out of memory even with 16-pixel tiles"), error
+    assert len(error.strip().splitlines()) == 1
