@@ -178,7 +178,10 @@ class LoadRSVLModels(RSVLNode):
         return _schema(
             "LoadRSVLModels",
             description="Choose the SR3, captioner and refiner weights. Nothing is loaded here: each model loads on "
-                        "first use by the node that needs it, and ComfyUI's memory manager moves and frees it.",
+                        "first use by the node that needs it, and ComfyUI's memory manager moves and frees it."
+                        + (" This ComfyUI also has core SUPIR nodes (SUPIRApply): SUPIR files in models/"
+                           "model_patches are listed here too; the README says what this refiner adds."
+                           if logic.host_has_core_supir() else ""),
             inputs=[
                 io.Combo.Input("sr3_model", options=[NONE, *logic.stage1_choices(fp)], default=NONE,
                                tooltip="Stage-1 model: an SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3, or "
@@ -193,8 +196,9 @@ class LoadRSVLModels(RSVLNode):
                                                      "models/rsvl/llava_adapter/<name>/."),
                 io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list(FOLDER["sdxl"])], default=NONE,
                                tooltip="SDXL base single file from models/checkpoints (the refiner's base model)."),
-                io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list(FOLDER["supir"])], default=NONE,
-                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir. With sdxl_checkpoint the "
+                io.Combo.Input("supir_model", options=[NONE, *logic.supir_choices(fp)], default=NONE,
+                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir or, as model_patches/"
+                                       "<file>, where core ComfyUI keeps SUPIR files. With sdxl_checkpoint the "
                                        "pack loads the whole refiner; alone, ControlNetRefine runs it over the "
                                        "MODEL/CLIP/VAE of core's Load Checkpoint (only SUPIR's parts load)."),
                 setting_input("dtype", "LoadRSVLModels", "Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on "
@@ -227,7 +231,7 @@ class LoadRSVLModels(RSVLNode):
             "adapter": None if llava_adapter == NONE else logic.find_model_folder(fp, FOLDER["caption-adapter"],
                                                                                  llava_adapter),
             "sdxl": None if sdxl_checkpoint == NONE else logic.find_model_file(fp, FOLDER["sdxl"], sdxl_checkpoint),
-            "supir": None if supir_model == NONE else logic.find_model_file(fp, FOLDER["supir"], supir_model),
+            "supir": None if supir_model == NONE else logic.find_supir_file(fp, supir_model),
         }
 
     @classmethod

@@ -159,6 +159,53 @@ def find_stage1_file(folder_paths, choice: str) -> str:
     return find_model_file(folder_paths, FOLDERS["sr3"], choice)
 
 
+MODEL_PATCHES = "model_patches"  # where core ComfyUI (>= 0.20, SUPIRApply) keeps SUPIR files: offered too
+SUPIR_CONTROL_KEY = "model.control_model.input_hint_block.0.weight"  # a SUPIR file's signature tensor
+
+
+def is_supir_file(path: str) -> bool:
+    """Whether a file in models/model_patches is a SUPIR checkpoint: by its safetensors header (no tensor is
+    read), else (a pickle) by "supir" in its name. model_patches also holds other patch kinds."""
+    if path.lower().endswith(".safetensors"):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as file:
+                return SUPIR_CONTROL_KEY in file.keys()
+        except Exception:  # unreadable: not offered (a load would say why)
+            return False
+    return "supir" in os.path.basename(path).lower()
+
+
+def supir_choices(folder_paths) -> list[str]:
+    """SUPIR choices: files in models/rsvl/supir, then SUPIR files of models/model_patches as
+    `model_patches/<file>` (where core ComfyUI's own SUPIR nodes look for them)."""
+    own = folder_paths.get_filename_list(FOLDERS["supir"])
+    if MODEL_PATCHES not in folder_paths.folder_names_and_paths:
+        return own
+    patches = [name for name in folder_paths.get_filename_list(MODEL_PATCHES)
+               if is_supir_file(folder_paths.get_full_path(MODEL_PATCHES, name) or "")]
+    return [*own, *(f"{MODEL_PATCHES}/{name}" for name in patches)]
+
+
+def find_supir_file(folder_paths, choice: str) -> str:
+    """A SUPIR choice (see `supir_choices`) -> its file path."""
+    prefix = MODEL_PATCHES + "/"
+    if choice.startswith(prefix):
+        return find_model_file(folder_paths, MODEL_PATCHES, choice[len(prefix):])
+    return find_model_file(folder_paths, FOLDERS["supir"], choice)
+
+
+def host_has_core_supir() -> bool:
+    """Whether this ComfyUI has core's SUPIR nodes (SUPIRApply, ComfyUI >= 0.20): its model_patches SUPIR files
+    then run in either refiner; README "SUPIR in core ComfyUI" says what ours adds."""
+    try:
+        import nodes  # ComfyUI's node registry (absent outside ComfyUI)
+    except ImportError:
+        return False
+    return "SUPIRApply" in getattr(nodes, "NODE_CLASS_MAPPINGS", {})
+
+
 def find_model_file(folder_paths, name: str, choice: str) -> str:
     path = folder_paths.get_full_path(name, choice)
     if path is None:

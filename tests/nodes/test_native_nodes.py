@@ -82,3 +82,52 @@ def test_native_captions_pair_with_images_in_order(comfy, demo_models, monkeypat
     assert batch.shape == (3, 16, 24, 3) and report.count("\n") == 2
     with pytest.raises(comfy.logic.NodeError, match="2 captions for 3 images"):
         comfy.node("ControlNetRefine").execute(image=[images], refiner=[refiner], caption=["a", "b"], **widgets)
+
+
+def test_native_supir_from_model_patches_and_supir_alone(comfy, demo_models, tmp_path):
+    """SUPIR files in models/model_patches (core's folder) are choices as model_patches/<file> (a safetensors
+    file by its header: other patch kinds are not offered); SUPIR alone makes a refiner that needs core's MODEL."""
+    from safetensors.torch import save_file
+
+    fp, logic = comfy.folder_paths, comfy.logic
+    patches = tmp_path / "model_patches"
+    patches.mkdir()
+    fp.add_model_folder_path("model_patches", str(patches))
+    supir = next(p for p in (demo_models[0] / "rsvl" / "supir").iterdir())
+    (patches / "my_supir.safetensors").symlink_to(supir)
+    save_file({"diffusion_model.blocks.0.weight": torch.zeros(2)}, str(patches / "other_patch.safetensors"))
+    choices = logic.supir_choices(fp)
+    assert "model_patches/my_supir.safetensors" in choices and not any("other_patch" in c for c in choices)
+    refiner = comfy.node("LoadRSVLModels").execute(
+        **{**demo_models[1], "sdxl_checkpoint": "none", "supir_model": "model_patches/my_supir.safetensors"},
+        dtype="auto", device="auto", llava_quantization="none").args[2]
+    assert refiner.chosen and refiner.sources == {"supir": str(patches / "my_supir.safetensors")}
+    with pytest.raises(comfy.logic.NodeError, match="the refiner has no SDXL: connect model, clip and vae"):
+        comfy.node("ControlNetRefine").execute(image=torch.rand(1, 8, 8, 3), refiner=refiner, caption="x",
+                                               steps=2, seed=0, min_size=64)
+    with pytest.raises(comfy.logic.NodeError, match="clip / vae are connected but model is not"):
+        comfy.node("ControlNetRefine").execute(image=torch.rand(1, 8, 8, 3), refiner=refiner, caption="x",
+                                               steps=2, seed=0, min_size=64, vae=[object()])
+
+
+def test_native_caption_encoded_by_the_connected_clip(comfy):
+    """With core's CLIP connected, prompts are encoded as CLIP Text Encode does (tokenize + encode_from_tokens,
+    pooled too); a 154-token positive and a 77-token negative are repeated to a common length for CFG."""
+    calls = []
+
+    class FakeClip:
+        def tokenize(self, text):
+            return {"text": text}
+
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            calls.append((tokens["text"], return_pooled))
+            chunks = 2 if len(tokens["text"]) > 10 else 1
+            value = float(len(tokens["text"]))
+            return torch.full((1, 77 * chunks, 2048), value), torch.full((1, 1280), value)
+
+    text = comfy.logic.HostClipText(FakeClip())
+    assert text.pooled_dim == 1280
+    positive, negative = text.encode_pair(["a long caption, sharp"], ["blurry"])
+    assert positive.context.shape == negative.context.shape == (1, 154, 2048)
+    assert positive.pooled.shape == (1, 1280) and float(negative.context[0, 100, 0]) == len("blurry")
+    assert ("a long caption, sharp", True) in calls and ("blurry", True) in calls
