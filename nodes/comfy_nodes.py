@@ -352,7 +352,7 @@ class Stage1FidelitySR(RSVLNode):
             batch, _, height, width = pixels.shape
             factor = int(scale)
             logic.size_guard(label, batch, height, width, height * factor, width * factor, logic.STAGE1_BUFFERS,
-                            HOST.free_ram(), f"x{factor}")
+                            HOST.free_ram(), f"x{factor}", tiles_off=options.tile_size == 0)
             if upscale_model is not None:
                 model = logic.upscale_model_stage(HOST, upscale_model, pixels)
             else:

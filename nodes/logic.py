@@ -671,17 +671,19 @@ MIB = 1024 ** 2
 
 
 def size_guard(label: str, batch: int, height: int, width: int, out_height: int, out_width: int, buffers: int,
-               free_bytes: int | None, what: str) -> None:
+               free_bytes: int | None, what: str, tiles_off: bool = False) -> None:
     """Refuse, in one line and before anything is allocated, an output that cannot fit in memory.
 
-    The estimate is `buffers` float32 RGB copies of the output; `free_bytes` is the host's free RAM."""
+    The estimate is `buffers` float32 RGB copies of the output; `free_bytes` is the host's free RAM; `tiles_off`:
+    the stage runs untiled, so turning tiles on is advice too (never said when tiles are already on)."""
     need = batch * out_height * out_width * 3 * 4 * buffers
     if free_bytes is None or need <= free_bytes:
         return
     raise NodeError(
         f"{label}: {batch}x {width}x{height} -> {out_width}x{out_height} ({what}) needs about {need / GIB:.1f} GiB "
-        f"of RAM, {free_bytes / GIB:.1f} GiB free: use a smaller scale, crop or split the image (large scenes: "
-        f"`rsvl upscale --window-size` processes them in windows), or keep tiles on (tile_size > 0)"
+        f"of RAM, {free_bytes / GIB:.1f} GiB free: use a smaller scale, "
+        + ("turn tiles on (tile_size > 0), " if tiles_off else "")
+        + "crop or split the image (large scenes: `rsvl upscale --window-size` processes them in windows)"
     )
 
 
@@ -746,7 +748,8 @@ def user_errors(label: str) -> Iterator[None]:
     try:
         yield
     except (RsvlError, ValueError, FileNotFoundError) as exc:
-        message = first_line(exc)
+        # our own one-line messages whole; an engine's or library's first line, capped
+        message = str(exc).strip().splitlines()[0] if isinstance(exc, NodeError) else first_line(exc)
         raise NodeError(message if message.startswith(label) else f"{label}: {message}") from None
 
 
