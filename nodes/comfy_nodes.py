@@ -139,9 +139,10 @@ DISPLAY_NAMES = {
 }
 SEARCH_ALIASES = {
     "LoadRSVLModels": ["rsvl", "super resolution models", "upscale models", "sr3", "supir", "llava"],
-    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite"],
-    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing"],
-    "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore"],
+    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite", "aerial"],
+    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing", "satellite", "aerial"],
+    "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore", "remote sensing",
+                         "satellite", "aerial"],
     "DynamicStepScheduler": ["steps", "cache", "scheduler", "speed up"],
 }
 

@@ -67,10 +67,25 @@ function markScheduled(node) {
 app.registerExtension({
   name: "rsvl.NodeText",
   async setup() {
+    // texts sent while a node runs (the CPU time warning) are transient: a new run or Cancel clears them
+    const transient = new Set();
     api.addEventListener("progress_text", ({ detail }) => {
       const node = app.graph?.getNodeById(Number(detail?.nodeId));
-      if (node && TEXT_NODES.has(node.comfyClass ?? node.type)) showText(node, detail.text);
+      if (node && TEXT_NODES.has(node.comfyClass ?? node.type)) {
+        showText(node, detail.text);
+        transient.add(node.id);
+      }
     });
+    const clearTransient = () => {
+      for (const id of transient) {
+        const node = app.graph?.getNodeById(id);
+        if (node) showText(node, "");
+      }
+      transient.clear();
+    };
+    api.addEventListener("execution_start", clearTransient);
+    api.addEventListener("execution_interrupted", clearTransient);
+    api.addEventListener("executed", ({ detail }) => transient.delete(Number(detail?.node)));
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (TEXT_NODES.has(nodeData.name)) {

@@ -131,3 +131,14 @@ def test_native_caption_encoded_by_the_connected_clip(comfy):
     assert positive.context.shape == negative.context.shape == (1, 154, 2048)
     assert positive.pooled.shape == (1, 1280) and float(negative.context[0, 100, 0]) == len("blurry")
     assert ("a long caption, sharp", True) in calls and ("blurry", True) in calls
+
+
+@pytest.mark.parametrize("word, node", [("SUPIR", "ControlNetRefine"), ("sr3", "Stage1FidelitySR"),
+                                        ("aerial", "Stage1FidelitySR"), ("satellite", "Stage1FidelitySR"),
+                                        ("remote sensing", "LlavaRSCaption"), ("super resolution", "Stage1FidelitySR"),
+                                        ("upscale", "Stage1FidelitySR"), ("caption", "LlavaRSCaption")])
+def test_native_search_words_name_the_node(comfy, word, node):
+    """The words users type are in the node's display name or its search aliases (frontends that search aliases
+    find it by them; ComfyUI 0.8's 1.35 frontend searches ids and display names only)."""
+    names = comfy.nodes.DISPLAY_NAMES[node].lower().replace("-", " ")
+    assert word.lower() in names or word.lower() in [a.lower() for a in comfy.nodes.SEARCH_ALIASES[node]]
