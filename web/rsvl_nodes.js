@@ -3,12 +3,14 @@
 //    `ui.text` (ComfyUI's PreviewText) and are shown in a read-only text box on the node after each run;
 //    progress_text messages (e.g. the CPU time warning) are shown in the same box while the node runs.
 //  - With a DynamicStepScheduler connected, the widgets it replaces are relabelled "... (set by schedule)".
+//  - Only the frontend's public extension API is used: `app`, `api` and the node's own `addDOMWidget`.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const TEXT_NODES = new Set(["LlavaRSCaption", "ControlNetRefine", "Stage1FidelitySR"]);
 const TEXT_WIDGET = "rsvl_text";
+// what the text box is called on the node (the classic canvas and "Nodes 2.0" show the label, not the name)
+const TEXT_LABELS = { LlavaRSCaption: "caption", ControlNetRefine: "report", Stage1FidelitySR: "ran" };
 // widgets a connected schedule replaces, per node type
 const SCHEDULED = { Stage1FidelitySR: ["sampler", "steps"], ControlNetRefine: ["steps"] };
 
@@ -20,16 +22,22 @@ function textOf(value) {
 function showText(node, text) {
   let widget = node.widgets?.find((w) => w.name === TEXT_WIDGET);
   if (!widget) {
-    widget = ComfyWidgets.STRING(node, TEXT_WIDGET, ["STRING", { multiline: true }], app).widget;
-    widget.serialize = false; // not saved in the workflow
-    widget.options = { ...(widget.options ?? {}), serialize: false, read_only: true }; // not sent to the server
-    if (widget.element) {
-      widget.element.readOnly = true;
-      widget.element.dataset.rsvlText = node.type;
-      widget.element.dataset.rsvlNode = String(node.id);
-    }
+    const element = document.createElement("textarea");
+    element.className = "comfy-multiline-input";
+    element.readOnly = true;
+    element.rows = 4;
+    element.dataset.rsvlText = node.comfyClass ?? node.type;
+    element.dataset.rsvlNode = String(node.id);
+    widget = node.addDOMWidget(TEXT_WIDGET, "customtext", element, {
+      getValue: () => element.value,
+      setValue: (value) => { element.value = value; },
+      serialize: false, // not saved in the workflow, not sent to the server
+    });
+    widget.serialize = false;
+    widget.label = TEXT_LABELS[node.comfyClass ?? node.type] ?? "text";
+    // make room for the text box once, by at most 120 px (a node must not grow far over what is placed below it)
     const wanted = node.computeSize();
-    node.setSize([Math.max(node.size[0], wanted[0]), Math.max(node.size[1], wanted[1] + 60)]);
+    node.setSize([Math.max(node.size[0], wanted[0]), Math.max(node.size[1], Math.min(wanted[1], node.size[1] + 120))]);
   }
   widget.value = text;
   if (widget.element) widget.element.value = text;
