@@ -132,9 +132,9 @@ def _seed(node_id: str, tooltip: str | None = None):
 # newer ComfyUI schemas take `search_aliases`, passed where the installed schema has that field.
 DISPLAY_NAMES = {
     "LoadRSVLModels": "RSVL Load Models",
-    "Stage1FidelitySR": "RSVL Upscale: Super-Resolution Stage 1 (SR3)",
+    "Stage1FidelitySR": "RSVL SR3 Upscale: Super-Resolution Stage 1",
     "LlavaRSCaption": "RSVL Caption (LLaVA remote sensing)",
-    "ControlNetRefine": "RSVL Refine: Super-Resolution Stage 2 (SUPIR/SDXL)",
+    "ControlNetRefine": "RSVL SUPIR Refine: Super-Resolution Stage 2 (SDXL)",
     "DynamicStepScheduler": "RSVL Dynamic Step Scheduler",
 }
 SEARCH_ALIASES = {

@@ -200,10 +200,10 @@ def host_has_core_supir() -> bool:
     """Whether this ComfyUI has core's SUPIR nodes (SUPIRApply, ComfyUI >= 0.20): its model_patches SUPIR files
     then run in either refiner; README "SUPIR in core ComfyUI" says what ours adds."""
     try:
-        import nodes  # ComfyUI's node registry (absent outside ComfyUI)
+        from comfy_extras import nodes_model_patch  # core's model-patch nodes (absent outside ComfyUI, or older)
     except ImportError:
         return False
-    return "SUPIRApply" in getattr(nodes, "NODE_CLASS_MAPPINGS", {})
+    return hasattr(nodes_model_patch, "SUPIRApply")
 
 
 def find_model_file(folder_paths, name: str, choice: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from nodes_testing import OUR_NODES, REPO
 
-STAGE1 = "RSVL Upscale: Super-Resolution Stage 1 (SR3)"
+STAGE1 = "RSVL SR3 Upscale: Super-Resolution Stage 1"
 
 
 def as_comfy_runs_it(cls, unique_id: str):
@@ -126,7 +126,8 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
                                                          r"processes them in windows\)$"):
             stage1(comfy, sr3, big, scale="8")  # tile_size 0
         assert sr3.model is None  # refused before the model loaded
-        with pytest.raises(comfy.logic.NodeError, match=r"RSVL Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
+        with pytest.raises(comfy.logic.NodeError,
+                           match=r"RSVL SUPIR Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
             refine(comfy, refiner, torch.zeros(1, 1, 1, 3).expand(1, 4096, 4096, 3), min_size=8192)
         assert refiner.model is None
     finally:
