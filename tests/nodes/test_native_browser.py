@@ -6,6 +6,7 @@ holding its `static` files instead); the tests skip when neither is possible.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,31 @@ def test_native_browser_newest_frontend_search_finds_the_nodes(page, artifacts, 
     found = [o.split("\n")[0].strip() for o in page.get_by_role("option").all_inner_texts()]
     assert any(expected in f for f in found[:12]), " | ".join(found)
     page.keyboard.press("Escape")
+
+
+def test_native_browser_nodes_2_text_box_has_its_label_and_nothing_overlaps(page, server, artifacts):  # noqa: F811
+    """"Modern Node Design (Nodes 2.0)" on 1.58.1: the stage-1-only template runs; the node's text box is labelled
+    "ran" (not "rsvl_text"), and no node overlaps another after the run. (The Vue renderer shows the box and its
+    label; the text set after the run reaches the widget, see `value`, but is not drawn there: a known gap.)"""
+    from nodes_testing import WORKFLOWS
+    from test_browser import TINY, drop_workflow, node_boxes, overlaps, run, set_widgets, use_demo_models
+
+    page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    page.wait_for_timeout(1000)
+    drop_workflow(page, WORKFLOWS / "rsvl_stage1_only.json")
+    set_widgets(page, {**TINY, "LoadRSVLModels": use_demo_models(server, "rsvl_stage1_only")})
+    entry = run(page, server)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    found = page.wait_for_function("""() => {
+        const n = app.graph.nodes.find(n => n.type === 'Stage1FidelitySR');
+        const w = n?.widgets?.find(w => w.name === 'rsvl_text');
+        const el = document.querySelector(`[data-node-id='${n?.id}']`);
+        return w && el && String(w.value).startsWith('ran: ')
+            ? {label: w.label, value: w.value, text: el.innerText} : null;
+    }""", timeout=30_000).json_value()
+    shot(page, artifacts, "nodes2_stage1_after_run")
+    assert found["label"] == "ran" and found["value"].startswith("ran: ddim, 2 steps"), found
+    lines = [line.strip() for line in found["text"].splitlines()]
+    assert "ran" in lines and "rsvl_text" not in found["text"], found["text"]
+    assert overlaps(node_boxes(page)) == []
+    assert page.page_errors == []
