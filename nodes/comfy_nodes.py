@@ -14,7 +14,7 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 from ..rsvl_core.errors import RsvlError
 from ..rsvl_core.pipeline import SETTINGS
-from ..rsvl_core.pipeline.components import refine_image, working_size
+from ..rsvl_core.pipeline.components import positive_prompt, refine_image, working_size
 from . import logic
 from .logic import NONE, NodeError
 
@@ -490,8 +490,9 @@ class ControlNetRefine(RSVLNode):
             model, clip, vae = (logic.first(x) if x is not None else None for x in (model, clip, vae))
             weights_line = None
             if model is not None:
+                prompts = [*(positive_prompt(c, options) for c in captions), options.negative_prompt]
                 model, weights_line = logic.refiner_over_host_sdxl(HOST, refiner, model, vae, clip,
-                                                                   memory_required=memory)
+                                                                   memory_required=memory, prompts=prompts)
             elif clip is not None or vae is not None:
                 raise NodeError("clip / vae are connected but model is not: connect the MODEL of the same Load "
                                 "Checkpoint (or none of the three)")

@@ -11,7 +11,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,12 +350,21 @@ class HostClipText:
     def __init__(self, clip: Any) -> None:
         self.clip = clip
         self._pooled_dim: int | None = None
+        self._encoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, texts: list[str]) -> None:
+        """Encode `texts` now (kept on the intermediate device): the CLIP then runs before the UNet is placed, so
+        ComfyUI never swaps the UNet out for it in the middle of a refinement."""
+        for text in texts:
+            self._encode(text)
 
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        context, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
-        if pooled is None:
-            raise NodeError("clip: this CLIP gives no pooled output; connect the CLIP of an SDXL checkpoint")
-        return context.float(), pooled.float().reshape(1, -1)
+        if text not in self._encoded:
+            context, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+            if pooled is None:
+                raise NodeError("clip: this CLIP gives no pooled output; connect the CLIP of an SDXL checkpoint")
+            self._encoded[text] = (context.float().cpu(), pooled.float().reshape(1, -1).cpu())
+        return self._encoded[text]
 
     @property
     def pooled_dim(self) -> int:
@@ -386,10 +395,12 @@ class _Stage:
 
 
 def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any, clip: Any = None,
-                           memory_required: int = 0):
+                           memory_required: int = 0, prompts: Sequence[str] = ()):
     """The refiner over core's MODEL / VAE (and CLIP): ComfyUI places and patches its own SDXL weights, our
     modules take those tensors (no second copy), and only SUPIR's parts (once) and, without a CLIP, the text
-    encoders of the SDXL file chosen in LoadRSVLModels (only those tensors) are loaded and registered."""
+    encoders of the SDXL file chosen in LoadRSVLModels (only those tensors) are loaded and registered.
+    `prompts`: the texts the run will encode; with a CLIP they are encoded first (see HostClipText.prepare).
+    Returns the refiner and the report line saying what is shared and what was loaded."""
     if "supir" not in handle.sources:
         raise NodeError("no SUPIR model chosen: pick supir_model in LoadRSVLModels")
     if vae is None:
@@ -403,26 +414,31 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
         raise NodeError("model / vae: expected the MODEL and VAE of core's Load Checkpoint (an SDXL)") from None
     if handle.placement is None:
         handle.placement = HostPlacement(host, handle.device)
-    host.load([model, vae.patcher], memory_required)  # ComfyUI's weights where ComfyUI wants them, patched
-    unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
-    if "supir" not in handle.shared:
+    if clip is not None:
+        text = HostClipText(clip)
+        text.prepare(list(prompts))
+    if "supir" not in handle.shared:  # SUPIR's parts are built for the host's UNet and VAE (their shapes)
+        unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
         dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
         log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
         handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
         handle.load_count += 1
+        del unet_ldm, vae_ldm
         release_freed_host_memory()
     parts = handle.shared["supir"]
     handle.placement.acquire("supir", parts, memory_required)
-    if clip is not None:
-        text = HostClipText(clip)
-    else:
+    if clip is None:
         if "text" not in handle.shared:
             log.info("rsvl: loading only the text encoders of %s (no CLIP connected)", handle.sources["sdxl"])
             handle.shared["text"] = _Stage(text=load_sdxl_text_encoders(handle.sources["sdxl"]))
             release_freed_host_memory()
         handle.placement.acquire("text", handle.shared["text"])
         text = handle.shared["text"].modules()["text"]
-    # the refiner is rebuilt each run over the weights as ComfyUI placed them now: nothing stale is kept
+    # ComfyUI's weights and ours, loaded in one call (none evicts another), placed and patched by ComfyUI; the
+    # refiner is built over the tensors as they are now, on every run: nothing stale is kept between runs
+    ours = [p for p in handle.placement.patchers.values() if p is not None]
+    host.load([model, vae.patcher, *ours], memory_required)
+    unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
     sources = {"sdxl": "MODEL/VAE of the connected checkpoint", "supir": str(handle.sources["supir"])}
     refiner = refiner_over(parts, unet_ldm, vae_ldm, text, sources)
     loaded = parts.parameter_bytes()

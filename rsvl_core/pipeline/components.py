@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..caption import Captioner, CaptionOptions, collapse_whitespace, load_captioner
 from ..caption.config import ATTENTIONS, QUANTIZATIONS
-from ..refine.refiner import RefineOptions, Refiner, load_refiner, refine_image, working_size
+from ..refine.refiner import RefineOptions, Refiner, load_refiner, positive_prompt, refine_image, working_size
 from ..refine.shared_sdxl import SupirParts, load_sdxl_text_encoders, load_supir_parts, refiner_over, shared_bytes
 from ..refine.text import TextEmbedding
 from ..stage1 import SpandrelStage1, load_stage1
@@ -17,7 +17,8 @@ from ..stage1.sampler import SR3SamplerOptions
 
 __all__ = [
     "ATTENTIONS", "QUANTIZATIONS", "CaptionOptions", "Captioner", "RefineOptions", "Refiner", "SR3SamplerOptions",
-    "SpandrelStage1", "SupirParts", "TextEmbedding", "load_sdxl_text_encoders", "load_supir_parts", "refiner_over",
+    "SpandrelStage1", "SupirParts", "TextEmbedding", "load_sdxl_text_encoders", "load_supir_parts", "positive_prompt",
+    "refiner_over",
     "shared_bytes",
     "collapse_whitespace", "load_captioner", "load_refiner", "load_stage1", "refine_image", "working_size",
 ]

@@ -142,3 +142,79 @@ def test_native_search_words_name_the_node(comfy, word, node):
     find it by them; ComfyUI 0.8's 1.35 frontend searches ids and display names only)."""
     names = comfy.nodes.DISPLAY_NAMES[node].lower().replace("-", " ")
     assert word.lower() in names or word.lower() in [a.lower() for a in comfy.nodes.SEARCH_ALIASES[node]]
+
+
+def _core_checkpoint(sdxl_file):
+    """Stand-ins for core Load Checkpoint's MODEL and VAE over a single file's tensors (what ComfyUI holds)."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    class Holder(torch.nn.Module):
+        def __init__(self, state):
+            super().__init__()
+            self.held = state
+
+        def state_dict(self, *args, **kwargs):
+            return dict(self.held)
+
+    state = load_file(str(sdxl_file))
+    unet = {k[len("model.diffusion_model."):]: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
+    vae = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
+    base = torch.nn.Module()
+    base.diffusion_model = Holder(unet)
+    cpu = torch.device("cpu")
+    model = SimpleNamespace(model=base, load_device=cpu, name="MODEL")
+    vae_out = SimpleNamespace(first_stage_model=Holder(vae), patcher=SimpleNamespace(model=torch.nn.Module(),
+                                                                                       load_device=cpu, name="VAE"))
+    return model, vae_out, unet, vae
+
+
+@pytest.mark.slow
+def test_native_refine_over_core_model_shares_its_tensors_and_equals_the_full_path(comfy, demo_models):
+    """ControlNetRefine with core's MODEL/VAE (stand-ins over the demo SDXL file's tensors): the UNet and VAE
+    parameters are those very tensors, the result equals LoadRSVLModels' own path on the same files, and with a
+    CLIP connected the prompts are encoded before the UNet is loaded."""
+    models, choices = demo_models
+    model, vae, unet_ldm, vae_ldm = _core_checkpoint(models / "checkpoints" / choices["sdxl_checkpoint"])
+    load = comfy.node("LoadRSVLModels").execute
+    full = load(**choices, dtype="auto", device="auto", llava_quantization="none").args[2]
+    native = load(**choices, dtype="auto", device="auto", llava_quantization="none").args[2]
+    image = torch.rand(1, 24, 32, 3, generator=torch.Generator().manual_seed(0))
+    widgets = dict(positive_prompt="sharp", negative_prompt="blurry", steps=2, cfg_scale=4.0, cfg_scale_start=4.0,
+                   control_scale=1.0, color_fix="wavelet", seed=1, latent_tile_size=0, min_size=64)
+    node = comfy.node("ControlNetRefine")
+    (expected,), _ = node.execute(image=image, refiner=full, caption="fields", **widgets).args
+    (ours,), report = node.execute(image=image, refiner=native, caption="fields", model=[model], vae=[vae],
+                                   **widgets).args
+    assert torch.equal(ours, expected)
+    host_bytes = sum(v.numel() * v.element_size() for v in (*unet_ldm.values(), *vae_ldm.values()))
+    shared = int(report.split("SDXL UNet + VAE ")[1].split(" MiB")[0])
+    assert shared == round(host_bytes / 1024 ** 2) and "caption encoded by the text encoders of" in report
+    assert native.model is None  # LoadRSVLModels' own SDXL was never loaded on this path
+
+    events = []
+
+    class FakeClip:  # the demo refiner's widths: context 128, pooled 64
+        def tokenize(self, text):
+            return text
+
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            events.append(("encode", tokens))
+            return torch.zeros(1, 77, 128), torch.zeros(1, 64)
+
+    real_load = comfy.modules["comfy.model_management"].load_models_gpu
+
+    def load_models_gpu(models, *args, **kwargs):
+        events.extend(("load", getattr(m, "name", "ours")) for m in models)
+        return real_load(models, *args, **kwargs)
+
+    comfy.modules["comfy.model_management"].load_models_gpu = load_models_gpu
+    try:
+        (with_clip,), report = node.execute(image=image, refiner=native, caption="fields", model=[model],
+                                            vae=[vae], clip=[FakeClip()], **widgets).args
+    finally:
+        comfy.modules["comfy.model_management"].load_models_gpu = real_load
+    assert with_clip.shape == ours.shape and "caption encoded by the connected CLIP" in report
+    first_model_load = events.index(("load", "MODEL"))
+    assert {("encode", "fields sharp"), ("encode", "blurry")} <= set(events[:first_model_load]), events
