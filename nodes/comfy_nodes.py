@@ -14,7 +14,7 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 from ..rsvl_core.errors import RsvlError
 from ..rsvl_core.pipeline import SETTINGS
-from ..rsvl_core.pipeline.components import refine_image, working_size
+from ..rsvl_core.pipeline.components import positive_prompt, refine_image, working_size
 from . import logic
 from .logic import NONE, NodeError
 
@@ -133,17 +133,18 @@ def _seed(node_id: str, tooltip: str | None = None):
 # newer ComfyUI schemas take `search_aliases`, passed where the installed schema has that field.
 DISPLAY_NAMES = {
     "LoadRSVLModels": "RSVL Load Models",
-    "Stage1FidelitySR": "RSVL Upscale: Super-Resolution Stage 1 (SR3)",
+    "Stage1FidelitySR": "RSVL SR3 Upscale: Super-Resolution Stage 1",
     "LlavaRSCaption": "RSVL Caption (LLaVA remote sensing)",
-    "ControlNetRefine": "RSVL Refine: Super-Resolution Stage 2 (SUPIR/SDXL)",
+    "ControlNetRefine": "RSVL SUPIR Refine: Super-Resolution Stage 2 (SDXL)",
     "DynamicStepScheduler": "RSVL Dynamic Step Scheduler",
     "RSVLUncertainty": "RSVL Uncertainty: where to trust the pixels (N samples, guard)",
 }
 SEARCH_ALIASES = {
     "LoadRSVLModels": ["rsvl", "super resolution models", "upscale models", "sr3", "supir", "llava"],
-    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite"],
-    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing"],
-    "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore"],
+    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite", "aerial"],
+    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing", "satellite", "aerial"],
+    "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore", "remote sensing",
+                         "satellite", "aerial"],
     "DynamicStepScheduler": ["steps", "cache", "scheduler", "speed up"],
     "RSVLUncertainty": ["uncertainty", "hallucination", "guard", "std map", "confidence", "samples"],
 }
@@ -181,7 +182,10 @@ class LoadRSVLModels(RSVLNode):
         return _schema(
             "LoadRSVLModels",
             description="Choose the SR3, captioner and refiner weights. Nothing is loaded here: each model loads on "
-                        "first use by the node that needs it, and ComfyUI's memory manager moves and frees it.",
+                        "first use by the node that needs it, and ComfyUI's memory manager moves and frees it."
+                        + (" This ComfyUI also has core SUPIR nodes (SUPIRApply): SUPIR files in models/"
+                           "model_patches are listed here too; the README says what this refiner adds."
+                           if logic.host_has_core_supir() else ""),
             inputs=[
                 io.Combo.Input("sr3_model", options=[NONE, *logic.stage1_choices(fp)], default=NONE,
                                tooltip="Stage-1 model: an SR3 generator checkpoint (*_gen.pth) in models/rsvl/sr3, or "
@@ -196,8 +200,11 @@ class LoadRSVLModels(RSVLNode):
                                                      "models/rsvl/llava_adapter/<name>/."),
                 io.Combo.Input("sdxl_checkpoint", options=[NONE, *fp.get_filename_list(FOLDER["sdxl"])], default=NONE,
                                tooltip="SDXL base single file from models/checkpoints (the refiner's base model)."),
-                io.Combo.Input("supir_model", options=[NONE, *fp.get_filename_list(FOLDER["supir"])], default=NONE,
-                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir; needs sdxl_checkpoint."),
+                io.Combo.Input("supir_model", options=[NONE, *logic.supir_choices(fp)], default=NONE,
+                               tooltip="SUPIR checkpoint (v0Q or v0F) in models/rsvl/supir or, as model_patches/"
+                                       "<file>, where core ComfyUI keeps SUPIR files. With sdxl_checkpoint the "
+                                       "pack loads the whole refiner; alone, ControlNetRefine runs it over the "
+                                       "MODEL/CLIP/VAE of core's Load Checkpoint (only SUPIR's parts load)."),
                 setting_input("dtype", "LoadRSVLModels", "Weight precision. auto: bf16 (or fp16) on a GPU, fp32 on "
                                                          "the CPU. The refiner's VAE never runs in fp16.",
                               options=list(logic.DTYPES), default="auto"),
@@ -220,8 +227,9 @@ class LoadRSVLModels(RSVLNode):
     @classmethod
     def _paths(cls, sr3_model, llava_model, llava_adapter, sdxl_checkpoint, supir_model) -> dict[str, str | None]:
         fp = _folder_paths()
-        if (sdxl_checkpoint == NONE) != (supir_model == NONE):
-            raise NodeError("the refiner needs both sdxl_checkpoint and supir_model (or neither)")
+        if sdxl_checkpoint != NONE and supir_model == NONE:
+            raise NodeError("the refiner needs both sdxl_checkpoint and supir_model (or neither; or supir_model "
+                            "alone, with ControlNetRefine's model/clip/vae from core's Load Checkpoint)")
         if llava_adapter != NONE and llava_model == NONE:
             raise NodeError("llava_adapter needs a llava_model")
         return {
@@ -230,7 +238,7 @@ class LoadRSVLModels(RSVLNode):
             "adapter": None if llava_adapter == NONE else logic.find_model_folder(fp, FOLDER["caption-adapter"],
                                                                                  llava_adapter),
             "sdxl": None if sdxl_checkpoint == NONE else logic.find_model_file(fp, FOLDER["sdxl"], sdxl_checkpoint),
-            "supir": None if supir_model == NONE else logic.find_model_file(fp, FOLDER["supir"], supir_model),
+            "supir": None if supir_model == NONE else logic.find_supir_file(fp, supir_model),
         }
 
     @classmethod
@@ -258,7 +266,7 @@ class LoadRSVLModels(RSVLNode):
                 handle("stage-1", ["stage1"], logic.load_stage1_model),
                 handle("captioner", ["llava", "adapter"], logic.load_captioner_model, quantization=llava_quantization,
                        load_device=load_device, storage=plan.get("storage", "none")),
-                handle("refiner", ["sdxl", "supir"], logic.load_refiner_model, fp8=plan.get("fp8", False),
+                handle("refiner", ["supir", "sdxl"], logic.load_refiner_model, fp8=plan.get("fp8", False),
                        memory_plan=plan.get("memory_plan")),
             )
 
@@ -306,7 +314,13 @@ class Stage1FidelitySR(RSVLNode):
                         "scale.",
             inputs=[
                 io.Image.Input("image", tooltip="Low-resolution image(s), any size."),
-                SR3Handle.Input("sr3", tooltip="sr3 output of LoadRSVLModels (SR3 or an upscale model)."),
+                SR3Handle.Input("sr3", optional=True,
+                                tooltip="sr3 output of LoadRSVLModels (SR3 or an upscale model). Connect this or "
+                                        "upscale_model."),
+                io.UpscaleModel.Input("upscale_model", optional=True,
+                                      tooltip="Or an upscale model from core's Load Upscale Model (ESRGAN, SwinIR, "
+                                              "HAT, ...): one pass, run as core's Upscale Image (using Model) runs "
+                                              "it; sampler, steps and seed are then unused."),
                 setting_input("scale", node, "Upscale factor.", default="4"),
                 setting_input("sampler", node, "SR3 only: faithful = the seed's 500-step ancestral DDPM; "
                                                "ddim / dpmpp: fast solvers."),
@@ -334,25 +348,30 @@ class Stage1FidelitySR(RSVLNode):
         return True if problem is None else f"{cls.label()}: {problem}"
 
     @classmethod
-    def execute(cls, image, sr3, scale, sampler, steps, seed, tile_size, tile_overlap, tile_batch=None,
-                schedule=None) -> io.NodeOutput:
+    def execute(cls, image, scale, sampler, steps, seed, tile_size, tile_overlap, tile_batch=None, schedule=None,
+                sr3=None, upscale_model=None) -> io.NodeOutput:
         label = cls.label()
         with logic.user_errors(label):
+            if (sr3 is None) == (upscale_model is None):
+                raise NodeError("connect either sr3 (LoadRSVLModels) or upscale_model (Load Upscale Model), "
+                                + ("not both" if sr3 is not None else "none is connected"))
             options = logic.stage1_options(schedule, sampler=sampler, steps=steps, tile_size=tile_size,
                                           tile_overlap=tile_overlap, tile_batch=tile_batch)
             pixels = logic.to_bchw(image)
             batch, _, height, width = pixels.shape
             factor = int(scale)
             logic.size_guard(label, batch, height, width, height * factor, width * factor, logic.STAGE1_BUFFERS,
-                            HOST.free_ram(), f"x{factor}")
-            ran = logic.describe_stage1_run(options, schedule, sampler, steps)
-            memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
-            model = sr3.get(HOST, memory_required=memory)
+                            HOST.free_ram(), f"x{factor}", tiles_off=options.tile_size == 0)
+            if upscale_model is not None:
+                model = logic.upscale_model_stage(HOST, upscale_model, pixels)
+            else:
+                memory = options.tile_batch * max(options.tile_size or 512, 64) ** 2 * 3 * 4 * 64
+                model = sr3.get(HOST, memory_required=memory)
             notes: list[str] = []
             node_id = cls.unique_id()
 
             def slow(seconds_left: float, step: int, total: int) -> None:
-                if HOST.torch_device(sr3.device).type != "cpu":
+                if model.device.type != "cpu":
                     return
                 per_step = (seconds_left / max(total - step, 1)) if total > step else 0.0
                 line = logic.cpu_time_warning(label, seconds_left, total, per_step)
@@ -363,6 +382,11 @@ class Stage1FidelitySR(RSVLNode):
 
             progress = logic.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
             result = model.upscale(pixels, factor, options, seed, progress)
+            if model.kind == "sr3":
+                ran = logic.describe_stage1_run(options, schedule, sampler, steps)
+            else:
+                ran = logic.describe_one_pass_run(result.record, factor)
+            log.info("rsvl stage 1 %s", ran)
             text = "\n".join([ran, *notes])
             return io.NodeOutput(logic.to_bhwc(result.image, HOST.intermediate_device()), ui=ui.PreviewText(text))
 
@@ -387,7 +411,9 @@ class LlavaRSCaption(RSVLNode):
                 setting_input("temperature", node),
                 _seed(node, "Makes the sampled caption reproducible."),
             ],
-            outputs=[io.String.Output(display_name="caption")],
+            outputs=[io.String.Output(display_name="caption", is_output_list=True,
+                                      tooltip="One caption per image of the batch, as a list: ControlNetRefine pairs "
+                                              "them with its images; a text node after it runs once per caption.")],
         )
 
     @classmethod
@@ -397,8 +423,7 @@ class LlavaRSCaption(RSVLNode):
                                            seed=seed)
             model = captioner.get(HOST)
             captions = model.caption(logic.to_bchw(image), options, callback=logic.ProgressReporter(HOST))
-            text = logic.BATCH_SEPARATOR.join(captions)
-            return io.NodeOutput(text, ui=ui.PreviewText(text))
+            return io.NodeOutput(list(captions), ui=ui.PreviewText(logic.captions_text(captions)))
 
 
 class ControlNetRefine(RSVLNode):
@@ -410,7 +435,9 @@ class ControlNetRefine(RSVLNode):
         return _schema(
             node,
             description="Stage 2: adds detail to the stage-1 image with SDXL steered by SUPIR's control network, "
-                        "guided by the caption. Output is exactly the input size.",
+                        "guided by the caption. Output is exactly the input size. Captions pair with images in "
+                        "order (one caption for all, or one per image).",
+            is_input_list=True,  # N captions (a list from LlavaRSCaption) meet one batch of N images in one run
             inputs=[
                 io.Image.Input("image", tooltip="The stage-1 image(s)."),
                 RefinerHandle.Input("refiner", tooltip="refiner output of LoadRSVLModels."),
@@ -431,42 +458,80 @@ class ControlNetRefine(RSVLNode):
                 setting_input("s_churn", node),
                 setting_input("preset", node, "Refiner preset: the values of the settings without an input here "
                                               "(paper: the seed's infer.py settings)."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional SDXL MODEL from core's Load Checkpoint: the refiner runs over these "
+                                       "very weights (no second SDXL in memory); connect its VAE too."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Optional CLIP of the same checkpoint: encodes the caption + positive prompt "
+                                      "and the negative prompt as core's CLIP Text Encode does. Without it the text "
+                                      "encoders of LoadRSVLModels' sdxl_checkpoint are used (only they load)."),
+                io.Vae.Input("vae", optional=True, tooltip="The VAE of the same Load Checkpoint (with model)."),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
             ],
-            outputs=[io.Image.Output(display_name="image"),
+            outputs=[io.Image.Output(display_name="image", is_output_list=True,
+                                     tooltip="The refined images, one batch per input batch (a list like the "
+                                             "input's; one batch in a one-image graph)."),
                      io.String.Output(display_name="report", tooltip="Computed / reused steps per image.")],
         )
 
     @classmethod
-    def execute(cls, image, refiner, caption, steps, seed, schedule=None, **settings) -> io.NodeOutput:
+    def execute(cls, image, refiner, caption, steps, seed, schedule=None, model=None, clip=None, vae=None,
+                **settings) -> io.NodeOutput:
+        """Inputs arrive as lists (`is_input_list`): batches of images, captions, and one value per widget."""
         label = cls.label()
         with logic.user_errors(label):
+            batches = [logic.to_bchw(b) for b in logic.as_list(image)]
+            refiner, steps, seed = logic.first(refiner), logic.first(steps), logic.first(seed)
+            schedule = logic.first(schedule) if schedule is not None else None
+            settings = {name: logic.first(value) for name, value in settings.items()}
             options = logic.refine_options(schedule, steps=steps, seed=seed, **settings)
-            pixels = logic.to_bchw(image)
-            captions = logic.split_captions(caption or "", pixels.shape[0])
-            batch, _, height, width = pixels.shape
-            work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
-            logic.size_guard(label, batch, height, width, work_h, work_w,
-                            logic.REFINE_BUFFERS, HOST.free_ram(), f"working size for min_size {options.min_size}")
+            total = sum(b.shape[0] for b in batches)
+            captions = logic.pair_captions(logic.as_list(caption), total)
+            for pixels in batches:
+                batch, _, height, width = pixels.shape
+                work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
+                logic.size_guard(label, batch, height, width, work_h, work_w, logic.REFINE_BUFFERS,
+                                HOST.free_ram(), f"working size for min_size {options.min_size}")
             tile = options.latent_tile_size or 128
-            model = refiner.get(HOST, memory_required=2 * tile * tile * 64 * 4 * 64)
+            memory = 2 * tile * tile * 64 * 4 * 64
+            model, clip, vae = (logic.first(x) if x is not None else None for x in (model, clip, vae))
+            weights_line = None
+            if model is not None:
+                prompts = [*(positive_prompt(c, options) for c in captions), options.negative_prompt]
+                model, weights_line = logic.refiner_over_host_sdxl(HOST, refiner, model, vae, clip,
+                                                                   memory_required=memory, prompts=prompts)
+            elif clip is not None or vae is not None:
+                raise NodeError("clip / vae are connected but model is not: connect the MODEL of the same Load "
+                                "Checkpoint (or none of the three)")
+            elif not refiner.sources.get("sdxl"):
+                raise NodeError("the refiner has no SDXL: connect model, clip and vae from core's Load Checkpoint, "
+                                "or choose sdxl_checkpoint in LoadRSVLModels")
+            else:
+                model = refiner.get(HOST, memory_required=memory)
             outputs, lines = [], []
-            for index in range(pixels.shape[0]):
-                single = pixels[index:index + 1]
-                progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
-                # each element its own noise (seed + index): a repeated batch gives N samples (RSVLUncertainty)
-                result, report = refine_image(model, single, captions[index], options, seed=seed + index,
-                                              callback=progress)
-                line = logic.describe_refine_run(index, report, options, schedule, steps)
-                log.info("rsvl refine %s", line)
-                outputs.append(result)
-                lines.append(line)
+            for pixels in batches:
+                refined = []
+                for index in range(pixels.shape[0]):
+                    single = pixels[index:index + 1]
+                    number = len(lines)
+                    progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
+                    # each image its own noise (seed + its number): a repeated batch gives N samples
+                    # (RSVLUncertainty); the first image is the seed's run
+                    result, report = refine_image(model, single, captions[number], options, seed=seed + number,
+                                                  callback=progress)
+                    line = logic.describe_refine_run(number, report, options, schedule, steps)
+                    log.info("rsvl refine %s", line)
+                    refined.append(result)
+                    lines.append(line)
+                outputs.append(logic.to_bhwc(torch.cat(refined), HOST.intermediate_device()))
+            if weights_line is not None:
+                log.info("rsvl refine %s", weights_line)
+                lines.append(weights_line)
             if refiner.options.get("memory_plan"):
                 lines.append(refiner.options["memory_plan"])
             text = "\n".join(lines)
-            out = logic.to_bhwc(torch.cat(outputs), HOST.intermediate_device())
-            return io.NodeOutput(out, text, ui=ui.PreviewText(text))
+            return io.NodeOutput(outputs, text, ui=ui.PreviewText(text))
 
 
 class RSVLUncertainty(RSVLNode):

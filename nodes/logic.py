@@ -7,9 +7,11 @@ module as an argument (a `Host`), so the logic is unit-tested without a ComfyUI 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..rsvl_core.checkpoint import first_line
-from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, torch_dtype
+from ..rsvl_core.devices import DTYPE_CHOICES, auto_dtype, release_freed_host_memory, torch_dtype
 from ..rsvl_core.errors import RsvlError, WeightsNotFoundError
 from ..rsvl_core.pipeline import (
     SETTINGS,
@@ -32,7 +34,17 @@ from ..rsvl_core.pipeline import (
     stage1_options_from,
 )
 from ..rsvl_core.pipeline.acceleration import accelerate_stage
-from ..rsvl_core.pipeline.components import load_captioner, load_refiner, load_stage1
+from ..rsvl_core.pipeline.components import (
+    SpandrelStage1,
+    TextEmbedding,
+    load_captioner,
+    load_refiner,
+    load_sdxl_text_encoders,
+    load_stage1,
+    load_supir_parts,
+    refiner_over,
+    shared_bytes,
+)
 from ..rsvl_core.pipeline.memory_plan import plan_memory
 from ..rsvl_core.weights import WEIGHTS
 
@@ -41,7 +53,7 @@ log = logging.getLogger("rsvl")
 NONE = "none"
 DTYPES = DTYPE_CHOICES
 DEVICES = ("auto", "cpu")
-BATCH_SEPARATOR = "\n---\n"  # joins the captions of a batch; ControlNetRefine splits on it
+BATCH_SEPARATOR = "\n---\n"  # how older versions joined a batch's captions; ControlNetRefine still splits on it
 UPSCALE_MODELS = "upscale_models"  # ComfyUI's own folder of single-image SR models (spandrel loads them)
 
 # From the engine's one weights table: our ComfyUI model folders -> (sub-folder of models/rsvl, file extensions;
@@ -151,6 +163,53 @@ def find_stage1_file(folder_paths, choice: str) -> str:
     return find_model_file(folder_paths, FOLDERS["sr3"], choice)
 
 
+MODEL_PATCHES = "model_patches"  # where core ComfyUI (>= 0.20, SUPIRApply) keeps SUPIR files: offered too
+SUPIR_CONTROL_KEY = "model.control_model.input_hint_block.0.weight"  # a SUPIR file's signature tensor
+
+
+def is_supir_file(path: str) -> bool:
+    """Whether a file in models/model_patches is a SUPIR checkpoint: by its safetensors header (no tensor is
+    read), else (a pickle) by "supir" in its name. model_patches also holds other patch kinds."""
+    if path.lower().endswith(".safetensors"):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as file:
+                return SUPIR_CONTROL_KEY in file.keys()
+        except Exception:  # unreadable: not offered (a load would say why)
+            return False
+    return "supir" in os.path.basename(path).lower()
+
+
+def supir_choices(folder_paths) -> list[str]:
+    """SUPIR choices: files in models/rsvl/supir, then SUPIR files of models/model_patches as
+    `model_patches/<file>` (where core ComfyUI's own SUPIR nodes look for them)."""
+    own = folder_paths.get_filename_list(FOLDERS["supir"])
+    if MODEL_PATCHES not in folder_paths.folder_names_and_paths:
+        return own
+    patches = [name for name in folder_paths.get_filename_list(MODEL_PATCHES)
+               if is_supir_file(folder_paths.get_full_path(MODEL_PATCHES, name) or "")]
+    return [*own, *(f"{MODEL_PATCHES}/{name}" for name in patches)]
+
+
+def find_supir_file(folder_paths, choice: str) -> str:
+    """A SUPIR choice (see `supir_choices`) -> its file path."""
+    prefix = MODEL_PATCHES + "/"
+    if choice.startswith(prefix):
+        return find_model_file(folder_paths, MODEL_PATCHES, choice[len(prefix):])
+    return find_model_file(folder_paths, FOLDERS["supir"], choice)
+
+
+def host_has_core_supir() -> bool:
+    """Whether this ComfyUI has core's SUPIR nodes (SUPIRApply, ComfyUI >= 0.20): its model_patches SUPIR files
+    then run in either refiner; README "SUPIR in core ComfyUI" says what ours adds."""
+    try:
+        from comfy_extras import nodes_model_patch  # core's model-patch nodes (absent outside ComfyUI, or older)
+    except ImportError:
+        return False
+    return hasattr(nodes_model_patch, "SUPIRApply")
+
+
 def find_model_file(folder_paths, name: str, choice: str) -> str:
     path = folder_paths.get_full_path(name, choice)
     if path is None:
@@ -216,6 +275,7 @@ class ModelHandle:
     model: Any = None
     placement: HostPlacement | None = None
     load_count: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)  # over core's SDXL: "supir" parts, "text" encoders
 
     @property
     def chosen(self) -> bool:
@@ -240,8 +300,160 @@ class ModelHandle:
             log.info("rsvl: loading %s (%s)", self.describe(), dtype)
             self.model = self.loader(self, self.placement.offload_device, dtype)
             self.load_count += 1
+            release_freed_host_memory()  # the load's temporaries, back to the OS
         self.placement.acquire(self.kind, self.model, memory_required)
         return self.model
+
+
+# Core's UPSCALE_MODEL objects we have placed: one placement (one registered patcher) per loaded model, dropped
+# with it when ComfyUI lets the loader's output go.
+_UPSCALE_PLACEMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def upscale_model_stage(host: Host, upscale_model: Any, image: torch.Tensor) -> SpandrelStage1:
+    """Core's UPSCALE_MODEL ("Load Upscale Model") as our stage 1, placed by the host's memory manager with room
+    for upscaling `image` (B, 3, H, W).
+
+    ComfyUI 0.8 passes the spandrel descriptor itself; builds that wrap it in a ModelPatcher pass the patcher
+    (its `.model` is the descriptor), which is then loaded as it is. Anything else is refused in one line."""
+    import spandrel
+
+    patcher = None
+    descriptor = upscale_model
+    if not isinstance(descriptor, spandrel.ModelBase) and \
+            isinstance(getattr(upscale_model, "model", None), spandrel.ModelBase):
+        patcher, descriptor = upscale_model, upscale_model.model
+    if not isinstance(descriptor, spandrel.ModelBase):
+        raise NodeError(f"upscale_model: expected the UPSCALE_MODEL of core's Load Upscale Model, got "
+                        f"{type(upscale_model).__name__}")
+    stage = SpandrelStage1.from_descriptor(descriptor, f"UPSCALE_MODEL ({descriptor.architecture.name})")
+    memory_required = one_pass_memory(stage, image)
+    if patcher is not None:
+        host.load([patcher], memory_required)
+        return stage
+    placement = _UPSCALE_PLACEMENTS.get(descriptor)
+    if placement is None:
+        placement = _UPSCALE_PLACEMENTS[descriptor] = HostPlacement(host, "auto")
+    placement.acquire("stage-1", stage, memory_required)
+    return stage
+
+
+def one_pass_memory(stage: SpandrelStage1, image: torch.Tensor) -> int:
+    """Bytes a one-pass model needs beside its weights: core's estimate for a 512-pixel tile, plus the image."""
+    element = torch.finfo(stage.model.dtype).bits // 8
+    return int(512 * 512 * 3 * element * max(stage.model.native_scale, 1) * 384 + image.numel() * 4)
+
+
+class HostClipText:
+    """The refiner's text encoder interface (`encode_pair`, `pooled_dim`) over the CLIP of core's Load Checkpoint.
+
+    Each prompt ("<caption> <positive prompt>", and the negative prompt) is encoded as core's CLIP Text Encode
+    does (`clip.tokenize` + `clip.encode_from_tokens`, pooled output too); positive and negative contexts of
+    different lengths are repeated to a common length, as ComfyUI's sampler does for CFG."""
+
+    def __init__(self, clip: Any) -> None:
+        self.clip = clip
+        self._pooled_dim: int | None = None
+        self._encoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, texts: list[str]) -> None:
+        """Encode `texts` now (kept on the intermediate device): the CLIP then runs before the UNet is placed, so
+        ComfyUI never swaps the UNet out for it in the middle of a refinement."""
+        for text in texts:
+            self._encode(text)
+
+    def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if text not in self._encoded:
+            context, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+            if pooled is None:
+                raise NodeError("clip: this CLIP gives no pooled output; connect the CLIP of an SDXL checkpoint")
+            self._encoded[text] = (context.float().cpu(), pooled.float().reshape(1, -1).cpu())
+        return self._encoded[text]
+
+    @property
+    def pooled_dim(self) -> int:
+        if self._pooled_dim is None:
+            self._pooled_dim = self._encode("")[1].shape[-1]
+        return self._pooled_dim
+
+    def encode_pair(self, positive: list[str], negative: list[str]) -> tuple[TextEmbedding, TextEmbedding]:
+        pos = [self._encode(t) for t in positive]
+        neg = [self._encode(t) for t in negative]
+        length = math.lcm(*(c.shape[1] for c, _ in pos + neg))
+
+        def batch(items):
+            context = torch.cat([c.repeat(1, length // c.shape[1], 1) for c, _ in items])
+            return TextEmbedding(context, torch.cat([p for _, p in items]))
+
+        return batch(pos), batch(neg)
+
+
+class _Stage:
+    """One module under a name, as HostPlacement takes a stage (`modules()` -> {name: module})."""
+
+    def __init__(self, **modules: torch.nn.Module) -> None:
+        self._modules = modules
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return self._modules
+
+
+def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any, clip: Any = None,
+                           memory_required: int = 0, prompts: Sequence[str] = ()):
+    """The refiner over core's MODEL / VAE (and CLIP): ComfyUI places and patches its own SDXL weights, our
+    modules take those tensors (no second copy), and only SUPIR's parts (once) and, without a CLIP, the text
+    encoders of the SDXL file chosen in LoadRSVLModels (only those tensors) are loaded and registered.
+    `prompts`: the texts the run will encode; with a CLIP they are encoded first (see HostClipText.prepare).
+    Returns the refiner and the report line saying what is shared and what was loaded."""
+    if "supir" not in handle.sources:
+        raise NodeError("no SUPIR model chosen: pick supir_model in LoadRSVLModels")
+    if vae is None:
+        raise NodeError("model is connected but vae is not: connect the VAE of the same Load Checkpoint")
+    if clip is None and not handle.sources.get("sdxl"):
+        raise NodeError("no text encoder: connect the CLIP of your Load Checkpoint, or choose an "
+                        "sdxl_checkpoint in LoadRSVLModels (only its text encoders are then loaded)")
+    try:
+        unet_module, vae_module = model.model.diffusion_model, vae.first_stage_model
+    except AttributeError:
+        raise NodeError("model / vae: expected the MODEL and VAE of core's Load Checkpoint (an SDXL)") from None
+    if handle.placement is None:
+        handle.placement = HostPlacement(host, handle.device)
+    if clip is not None:
+        text = HostClipText(clip)
+        text.prepare(list(prompts))
+    if "supir" not in handle.shared:  # SUPIR's parts are built for the host's UNet and VAE (their shapes)
+        unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
+        dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
+        log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
+        handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
+        handle.load_count += 1
+        del unet_ldm, vae_ldm
+        release_freed_host_memory()
+    parts = handle.shared["supir"]
+    handle.placement.acquire("supir", parts, memory_required)
+    if clip is None:
+        if "text" not in handle.shared:
+            log.info("rsvl: loading only the text encoders of %s (no CLIP connected)", handle.sources["sdxl"])
+            handle.shared["text"] = _Stage(text=load_sdxl_text_encoders(handle.sources["sdxl"]))
+            release_freed_host_memory()
+        handle.placement.acquire("text", handle.shared["text"])
+        text = handle.shared["text"].modules()["text"]
+    # ComfyUI's weights and ours, loaded in one call (none evicts another), placed and patched by ComfyUI; the
+    # refiner is built over the tensors as they are now, on every run: nothing stale is kept between runs
+    ours = [p for p in handle.placement.patchers.values() if p is not None]
+    host.load([model, vae.patcher, *ours], memory_required)
+    unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
+    sources = {"sdxl": "MODEL/VAE of the connected checkpoint", "supir": str(handle.sources["supir"])}
+    refiner = refiner_over(parts, unet_ldm, vae_ldm, text, sources)
+    loaded = parts.parameter_bytes()
+    if clip is None:
+        loaded += sum(p.numel() * p.element_size() for p in text.parameters())
+    line = (f"weights: SDXL UNet + VAE {shared_bytes(refiner, unet_ldm, vae_ldm) / MIB:.0f} MiB shared with the "
+            f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB (SUPIR parts"
+            + (")" if clip is not None else " + text encoders)") + "; caption encoded by "
+            + ("the connected CLIP" if clip is not None else f"the text encoders of "
+               f"{os.path.basename(handle.sources['sdxl'])}"))
+    return refiner, line
 
 
 def load_stage1_model(handle: ModelHandle, device: torch.device, dtype: str):
@@ -460,6 +672,21 @@ def describe_stage1_run(options, schedule: StepSettings | None, widget_sampler: 
     return line
 
 
+def describe_one_pass_run(record: dict, scale: int) -> str:
+    """One line: which one-pass model ran, how it was tiled and resampled; SR3's sampler settings unused."""
+    tiling = record.get("tiling", {})
+    tile = tiling.get("tile_size", 0)
+    tiles = record.get("tiles", 1)
+    how = f"{tiles} tile{'s' if tiles != 1 else ''} of up to {tile} input px" if tile else "whole image"
+    if tiling.get("out_of_memory_at"):
+        how += f" (halved after running out of memory with {tiling['out_of_memory_at']})"
+    line = f"ran: {record.get('architecture', 'upscale model')} x{record.get('native_scale')} upscale model, " \
+           f"one pass, {how}"
+    if record.get("resampled"):
+        line += f", resampled to x{scale} ({record.get('resample_filter')})"
+    return line + "; sampler, steps and seed are not used by a one-pass model"
+
+
 def describe_refine_run(index: int, report, options, schedule: StepSettings | None, widget_steps: int) -> str:
     """One line per refined image: working size, steps that ran, UNet calls and the step cache's decisions.
 
@@ -484,29 +711,58 @@ STAGE1_BUFFERS = 6
 # the blended tiles and the copies in and out of the node: 8 buffers of the working size.
 REFINE_BUFFERS = 8
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 
 
 def size_guard(label: str, batch: int, height: int, width: int, out_height: int, out_width: int, buffers: int,
-               free_bytes: int | None, what: str) -> None:
+               free_bytes: int | None, what: str, tiles_off: bool = False) -> None:
     """Refuse, in one line and before anything is allocated, an output that cannot fit in memory.
 
-    The estimate is `buffers` float32 RGB copies of the output; `free_bytes` is the host's free RAM."""
+    The estimate is `buffers` float32 RGB copies of the output; `free_bytes` is the host's free RAM; `tiles_off`:
+    the stage runs untiled, so turning tiles on is advice too (never said when tiles are already on)."""
     need = batch * out_height * out_width * 3 * 4 * buffers
     if free_bytes is None or need <= free_bytes:
         return
     raise NodeError(
         f"{label}: {batch}x {width}x{height} -> {out_width}x{out_height} ({what}) needs about {need / GIB:.1f} GiB "
-        f"of RAM, {free_bytes / GIB:.1f} GiB free: use a smaller scale, crop or split the image (large scenes: "
-        f"`rsvl upscale --window-size` processes them in windows), or keep tiles on (tile_size > 0)"
+        f"of RAM, {free_bytes / GIB:.1f} GiB free: use a smaller scale, "
+        + ("turn tiles on (tile_size > 0), " if tiles_off else "")
+        + "crop or split the image (large scenes: `rsvl upscale --window-size` processes them in windows)"
     )
 
 
-def split_captions(caption: str, batch: int) -> list[str]:
-    """One caption per image: a batch caption from LlavaRSCaption is split on BATCH_SEPARATOR, else repeated."""
-    parts = caption.split(BATCH_SEPARATOR)
-    if batch > 1 and len(parts) == batch:
-        return [p.strip() for p in parts]
-    return [caption.strip()] * batch
+def as_list(value: Any) -> list:
+    """An input of an `is_input_list` node as a list (a direct call may pass one value)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def first(value: Any) -> Any:
+    """A widget of an `is_input_list` node: its one value (ComfyUI passes a list of one)."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def pair_captions(captions: list[str | None], images: int) -> list[str]:
+    """One caption per image, in order: N captions for N images, or one caption for all of them.
+
+    A single caption that holds BATCH_SEPARATOR lines (an older graph's joined batch caption) is split when
+    that gives exactly one per image. Any other count is an error naming both counts."""
+    texts = [(c or "").strip() for c in captions] or [""]
+    if len(texts) == images:
+        return texts
+    if len(texts) == 1:
+        parts = texts[0].split(BATCH_SEPARATOR)
+        if images > 1 and len(parts) == images:
+            return [p.strip() for p in parts]
+        return texts * images
+    raise NodeError(f"caption: {len(texts)} captions for {images} images; give one caption per image, or one "
+                    f"for all")
+
+
+def captions_text(captions: list[str]) -> str:
+    """What LlavaRSCaption shows on the node: the caption, or one "image i:" line per image of a batch."""
+    if len(captions) == 1:
+        return captions[0]
+    return "\n".join(f"image {i + 1}: {caption}" for i, caption in enumerate(captions))
 
 
 def fit_latent_preview(refiner, image: torch.Tensor) -> LatentPreview | None:
@@ -536,7 +792,8 @@ def user_errors(label: str) -> Iterator[None]:
     try:
         yield
     except (RsvlError, ValueError, FileNotFoundError) as exc:
-        message = first_line(exc)
+        # our own one-line messages whole; an engine's or library's first line, capped
+        message = str(exc).strip().splitlines()[0] if isinstance(exc, NodeError) else first_line(exc)
         raise NodeError(message if message.startswith(label) else f"{label}: {message}") from None
 
 

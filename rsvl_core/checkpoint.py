@@ -43,13 +43,16 @@ def reading_headers() -> bool:
     return _HEADERS_ONLY.get()
 
 
-def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, expected: str, prefixes: tuple[str, ...] | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Read every tensor of a weights file into a flat `name -> tensor` dict on the CPU.
 
     Args:
         path: a `.safetensors` file, or a `.pth`/`.pt`/`.ckpt`/`.bin` PyTorch file (loaded with
             `torch.load(weights_only=True)`, so a pickle that would run code is refused).
         expected: what the caller wants, for error messages (e.g. "an SR3 generator checkpoint").
+        prefixes: read only the tensors whose names start with one of these (a safetensors file then reads
+            nothing else: the SDXL text encoders without the UNet, for example).
     """
     path = Path(path)
     if not path.exists():
@@ -63,7 +66,7 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     meta = _HEADERS_ONLY.get()
     if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and _looks_like_safetensors(path)):
-        state = _read_safetensors_header(path, expected) if meta else _read_safetensors(path, expected)
+        state = _read_safetensors_header(path, expected) if meta else _read_safetensors(path, expected, prefixes)
     elif suffix in PICKLE_SUFFIXES or zipfile.is_zipfile(path):
         state = _read_torch_pickle(path, expected)
     else:
@@ -72,6 +75,8 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, torch.Tensor]:
             f"{expected} as .safetensors, .pth, .pt or .ckpt",
         )
     state = canonicalize_state_dict(state, path, expected)
+    if prefixes is not None:
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
     if meta:
         return {k: v if v.is_meta else v.to("meta") for k, v in state.items()}
     return own_memory(state)
@@ -118,12 +123,15 @@ def _looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path, expected: str) -> dict:
-    from safetensors import SafetensorError
+def _read_safetensors(path: Path, expected: str, prefixes: tuple[str, ...] | None = None) -> dict:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        if prefixes is None:
+            return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            return {k: file.get_tensor(k) for k in file.keys() if k.startswith(prefixes)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             path, f"not a readable safetensors file, possibly truncated or corrupt ({first_line(exc)})",

@@ -39,3 +39,25 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RsvlError(f"device {name}: CUDA is not available in this PyTorch build")
     return device
+
+
+def release_freed_host_memory() -> bool:
+    """Give memory freed after a load back to the OS (glibc `malloc_trim`); True when that was possible.
+
+    Loading converts weights (fp16 file -> fp32 tensors, key renames): the temporaries are freed, but glibc keeps
+    many of those pages in its heap, so a long-running host (ComfyUI) would hold hundreds of MiB it does not use.
+    A no-op where the C library has no `malloc_trim` (macOS, Windows, musl)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -14,14 +14,17 @@ from ..caption import Captioner, CaptionOptions, collapse_whitespace, load_capti
 from ..caption.config import ATTENTIONS, QUANTIZATIONS
 from ..checkpoint import first_line, headers_only, read_state_dict
 from ..errors import CheckpointError
-from ..refine.refiner import RefineOptions, Refiner, load_refiner, refine_image, working_size
-from ..stage1 import load_stage1
+from ..refine.refiner import RefineOptions, Refiner, load_refiner, positive_prompt, refine_image, working_size
+from ..refine.shared_sdxl import SupirParts, load_sdxl_text_encoders, load_supir_parts, refiner_over, shared_bytes
+from ..refine.text import TextEmbedding
+from ..stage1 import SpandrelStage1, load_stage1
 from ..stage1.sampler import SR3SamplerOptions
 
 __all__ = [
     "ATTENTIONS", "QUANTIZATIONS", "CaptionOptions", "Captioner", "RefineOptions", "Refiner", "SR3SamplerOptions",
-    "collapse_whitespace", "integer_weights", "load_captioner", "load_problems", "load_refiner", "load_stage1",
-    "refine_image", "working_size",
+    "SpandrelStage1", "SupirParts", "TextEmbedding", "collapse_whitespace", "integer_weights", "load_captioner",
+    "load_problems", "load_refiner", "load_sdxl_text_encoders", "load_stage1", "load_supir_parts", "positive_prompt",
+    "refine_image", "refiner_over", "shared_bytes", "working_size",
 ]
 
 

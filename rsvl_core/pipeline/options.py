@@ -68,8 +68,9 @@ SETTINGS: dict[str, Setting] = {
                               flags=("--sampler",)),
     "stage1_steps": Setting(0, "SR3 steps; 0 = the sampler's default (500 faithful, 50 ddim/dpmpp)",
                             "schedule.stage1_steps", min=0, max=2000, step=1, flags=("--steps",)),
-    "tile_size": Setting(_SR3.tile_size, "stage-1 tile edge in output pixels (224 = SR3's training size); "
-                         "0 = whole image, else at least 32", "stage1.tile_size", min=0, max=4096, step=8),
+    "tile_size": Setting(_SR3.tile_size, "stage-1 (SR3) tile edge in output pixels (224 = SR3's training "
+                         "size); 0 = whole image, else at least 32; one-pass upscale models use 512 input px tiles",
+                         "stage1.tile_size", min=0, max=4096, step=8),
     "tile_overlap": Setting(_SR3.tile_overlap, "output pixels shared by neighbouring stage-1 tiles: at most half "
                             "of tile_size (16 for a 32 tile)", "stage1.tile_overlap", min=0, max=2048, step=8),
     "tile_batch": Setting(_SR3.tile_batch, "stage-1 tiles per model call", "stage1.tile_batch", min=1, max=64,

@@ -143,6 +143,11 @@ def _config_from_diffusers_unet(cfg) -> RefinerConfig:
     )
 
 
+def positive_prompt(caption: str, options: RefineOptions) -> str:
+    """What conditions the refiner: "<caption> <positive prompt>" (either may be empty)."""
+    return " ".join(part for part in (caption.strip(), options.positive_prompt.strip()) if part)
+
+
 def working_size(height: int, width: int, min_size: int = 1024, unit: int = 64) -> tuple[int, int]:
     """The seed's rule: scale up so the short side is at least `min_size`, then round each side to `unit`."""
     factor = max(1.0, min_size / min(height, width)) if min_size else 1.0
@@ -206,7 +211,7 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
         x_center = refiner.vae.encode(colour_ref, tiles=encode_tiles)
 
     # 4. text: "<caption> <positive prompt>" vs the negative prompt, same length for one CFG batch
-    positive = " ".join(part for part in (caption.strip(), options.positive_prompt.strip()) if part)
+    positive = positive_prompt(caption, options)
     cond_text, uncond_text = refiner.text.encode_pair([positive], [options.negative_prompt])
     size_dim = refiner.size_embed_dim
     cond = Conditioning(cond_text.context.to(device), sdxl_vector(

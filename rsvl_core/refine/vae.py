@@ -450,6 +450,7 @@ def load_refiner_vae(
     device: torch.device | str = "cpu",
     require_denoise_encoder: bool = True,
     config: dict[str, Any] | None = None,
+    denoise_encoder: Encoder | None = None,
 ) -> RefinerVAE:
     """Build the refiner VAE from single-file weights (SDXL checkpoint merged with the SUPIR checkpoint's keys).
 
@@ -460,13 +461,17 @@ def load_refiner_vae(
         require_denoise_encoder: raise when `first_stage_model.denoise_encoder.*` is absent. When False and absent,
             the denoise encoder is a copy of the VAE encoder (plain SDXL encoding of the LQ image).
         config: AutoencoderKL kwargs; inferred from the tensor shapes when None.
+        denoise_encoder: a denoise encoder loaded before (SUPIR's, kept while the VAE weights are somebody
+            else's): used as it is; `state_dict` then needs no denoise-encoder keys.
     Raises:
         CheckpointError: no VAE weights, missing/unexpected/misshapen keys (with the count and an example), or no
             denoise encoder when one is required.
     """
     first = _first_stage_weights(state_dict, path)
+    if denoise_encoder is not None:
+        first = {k: v for k, v in first.items() if not k.startswith("denoise_encoder.")}
     has_denoise = any(k.startswith("denoise_encoder.") for k in first)
-    if require_denoise_encoder and not has_denoise:
+    if require_denoise_encoder and not has_denoise and denoise_encoder is None:
         raise CheckpointError(path, _denoise_missing_message(), EXPECTED_DENOISE)
     if config is None:
         try:
@@ -485,6 +490,9 @@ def load_refiner_vae(
     # 2. convert and load
     vae_state, denoise_state = convert_first_stage(first, prefix="", config=config)
     model.vae.load_state_dict(vae_state, strict=True, assign=True)
+    if denoise_encoder is not None:
+        model.denoise_encoder = denoise_encoder
+        return model.to(dtype=resolve_vae_dtype(dtype)).eval().requires_grad_(False)
     if denoise_state is None:
         logger.info("VAE: %s has no denoise encoder; using a copy of the VAE encoder for the LQ image", path)
         denoise_state = {k: v.clone() for k, v in model.vae.encoder.state_dict().items()}

@@ -61,12 +61,19 @@ class SR3Stage1(_LoadedModel):
         return Stage1Result(out, record, report if report.decisions else None)
 
 
+# A one-pass model runs as ComfyUI's "Upscale Image (using Model)" runs it: the whole image when its sides fit
+# 512 input pixels, else 512-pixel tiles overlapping by 32; out of memory, the tile is halved (`TileFit`).
+ONE_PASS_TILE = 512
+ONE_PASS_OVERLAP = 32
+
+
 @dataclass
 class SpandrelStage1(_LoadedModel):
     """A feed-forward SR network (spandrel) as stage 1: one pass per tile, deterministic, no sampler.
 
-    SR3's sampler settings do not apply; its tiling does (`tile_size` / `tile_overlap` in output pixels are
-    turned into input pixels at the model's native scale, 0 = whole image).
+    SR3's sampler, steps, seed and tile edge do not apply: the model sees tiles of up to `ONE_PASS_TILE` input
+    pixels (halved only after running out of memory); `tile_size` 0 still means the whole image, and
+    `tile_batch` is kept.
     """
 
     model: SpandrelModel
@@ -83,18 +90,21 @@ class SpandrelStage1(_LoadedModel):
         return Stage1Result(out, {"model": "spandrel", **info})
 
     def tiling(self, options: SR3SamplerOptions | None):
-        """SR3's output-pixel tiling in this model's input pixels (at least 32 px tiles, 8 px overlap)."""
+        """The one-pass tiling (`ONE_PASS_TILE` input pixels, overlap `ONE_PASS_OVERLAP`; 0 = whole image)."""
         from .spandrel_sr import SpandrelOptions
 
-        if options is None:
-            return SpandrelOptions()
-        native = self.model.native_scale
-        if options.tile_size == 0:  # the overlap is used if the whole image runs out of memory and gets tiled
-            return SpandrelOptions(tile_size=0, tile_overlap=max(8, options.tile_overlap // native),
-                                   tile_batch=options.tile_batch)
-        tile = max(32, options.tile_size // native)
-        overlap = min(max(8, options.tile_overlap // native), tile // 2 - 1)
-        return SpandrelOptions(tile_size=tile, tile_overlap=overlap, tile_batch=options.tile_batch)
+        tile = 0 if options is not None and options.tile_size == 0 else ONE_PASS_TILE
+        batch = options.tile_batch if options is not None else 1
+        return SpandrelOptions(tile_size=tile, tile_overlap=ONE_PASS_OVERLAP, tile_batch=batch)
+
+    @classmethod
+    def from_descriptor(cls, descriptor, name: str) -> SpandrelStage1:
+        """A spandrel descriptor somebody else loaded (ComfyUI's "Load Upscale Model") as stage 1, where and in
+        the precision it is; refused unless it is an RGB SR model. `name` stands for the file in messages."""
+        from .spandrel_sr import spandrel_model
+
+        parameter = next(descriptor.model.parameters())
+        return cls(spandrel_model(descriptor, Path(name), device=parameter.device, dtype=parameter.dtype))
 
 
 def load_stage1(path: str | Path, device: torch.device | str = "cpu",

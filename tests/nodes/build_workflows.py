@@ -25,6 +25,7 @@ MODELS = {"sr3_model": "I640000_E37_gen.pth", "llava_model": "llama3-llava-next-
           "llava_adapter": "rs_llava_lora", "sdxl_checkpoint": "juggernautXL_v8Rundiffusion.safetensors",
           "supir_model": "SUPIR-v0Q.ckpt"}
 SAMPLE = "rsvl_sample.png"  # copy an image of yours to ComfyUI's input/ folder, or pick one in LoadImage
+UPSCALE_MODEL = "RealESRGAN_x4plus.pth"  # any x4 model in models/upscale_models
 HANDWRITTEN = "dense pine forest crossed by a dirt road, a small clearing with two farm buildings"
 
 
@@ -103,6 +104,23 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
         "8": save(["7", 0], "rsvl/guarded"),
         "9": save(["7", 1], "rsvl/uncertainty"),
     }
+    # ComfyUI-native: the SDXL and the upscale model come from core's loaders; the pack loads only SUPIR's parts
+    # and the captioner. The caption list goes to core's Preview as Text (one entry per image).
+    native = {
+        "1": load_image(),
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": MODELS["sdxl_checkpoint"]}},
+        "3": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": UPSCALE_MODEL}},
+        "4": loader(sr3_model="none", sdxl_checkpoint="none"),
+        "5": {"class_type": "Stage1FidelitySR", "inputs": {
+            "image": ["1", 0], "upscale_model": ["3", 0], "scale": "4", "sampler": "faithful", "steps": 0,
+            "seed": 0, "tile_size": 224, "tile_overlap": 32, "tile_batch": 4}},
+        "6": {"class_type": "LlavaRSCaption", "inputs": {"image": ["5", 0], "captioner": ["4", 1],
+                                                         "prompt": SEED_PROMPT, "max_new_tokens": 256,
+                                                         "temperature": 0.2, "seed": 0}},
+        "7": refine(["5", 0], ["4", 2], ["6", 0], model=["2", 0], clip=["2", 1], vae=["2", 2]),
+        "8": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
+        "9": save(["7", 0], "rsvl/refined"),
+    }
     # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
     # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
     full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
@@ -111,7 +129,10 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
     hw_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(1, 1), "5": col(2), "6": col(3)}
     unc_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "5": col(2), "6": col(3), "7": col(4),
                "8": col(5), "9": col(5, 1)}
-    return {"rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
+    native_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1, 1), "5": col(1), "6": col(2),
+                  "8": col(2, 1), "7": col(3), "9": col(4)}
+    return {"rsvl_native_comfy_models": (native, native_pos),
+            "rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
             "rsvl_refine_handwritten_caption": (handwritten, hw_pos), "rsvl_uncertainty_guard": (uncertainty, unc_pos)}
 
 
@@ -122,8 +143,9 @@ ROWS = (0, 700, 1060)  # y offsets in a column: below LoadImage or Stage 1 (with
 # Node sizes as the frontend grows them when a run adds previews and text (the browser test measures them).
 SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepScheduler": (400, 240),
          "Stage1FidelitySR": (400, 580), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
-         "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200),
-         "RepeatImageBatch": (400, 120), "RSVLUncertainty": (400, 420)}
+         "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200), "CheckpointLoaderSimple": (400, 160),
+         "UpscaleModelLoader": (400, 100), "PreviewAny": (400, 300), "RepeatImageBatch": (400, 120),
+         "RSVLUncertainty": (400, 420)}
 ZOOM = 0.6
 
 

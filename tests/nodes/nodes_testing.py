@@ -111,6 +111,14 @@ BUILTIN_INFO = {
     "SaveImage": {"input": {"required": {"images": ["IMAGE", {}],
                                          "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, "optional": {}},
                   "input_order": {"required": ["images", "filename_prefix"]}, "output": []},
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [[], {}]}, "optional": {}},
+                               "input_order": {"required": ["ckpt_name"]}, "output": ["MODEL", "CLIP", "VAE"],
+                               "output_name": ["MODEL", "CLIP", "VAE"]},
+    "UpscaleModelLoader": {"input": {"required": {"model_name": ["COMBO", {"options": []}]}, "optional": {}},
+                           "input_order": {"required": ["model_name"]}, "output": ["UPSCALE_MODEL"],
+                           "output_name": ["UPSCALE_MODEL"]},
+    "PreviewAny": {"input": {"required": {"source": ["*", {}]}, "optional": {}},
+                   "input_order": {"required": ["source"]}, "output": []},
     "PrimitiveStringMultiline": {"input": {"required": {"value": ["STRING", {"multiline": True}]}, "optional": {}},
                                  "input_order": {"required": ["value"]}, "output": ["STRING"]},
     "RepeatImageBatch": {"input": {"required": {"image": ["IMAGE", {}],
@@ -133,7 +141,8 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
 
     io = types.ModuleType("comfy_api.latest.io")
     for name, io_type in (("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Combo", "COMBO"),
-                          ("Image", "IMAGE"), ("Boolean", "BOOLEAN")):
+                          ("Image", "IMAGE"), ("Boolean", "BOOLEAN"), ("UpscaleModel", "UPSCALE_MODEL"),
+                          ("Model", "MODEL"), ("Clip", "CLIP"), ("Vae", "VAE"), ("Conditioning", "CONDITIONING")):
         setattr(io, name, _comfytype(io_type))
     io.Custom = _comfytype
     io.Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID", prompt="PROMPT", extra_pnginfo="EXTRA_PNGINFO")

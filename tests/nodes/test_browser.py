@@ -38,7 +38,7 @@ pytestmark = [
                        reason="no Playwright: pip install playwright (never `playwright install`)"),
 ]
 
-STAGE1 = "RSVL Upscale: Super-Resolution Stage 1 (SR3)"
+STAGE1 = "RSVL SR3 Upscale: Super-Resolution Stage 1"
 # widget values a user would set to try a template on the tiny demo models on a CPU
 TINY = {
     "DynamicStepScheduler": {"stage1_sampler": "ddim", "stage1_steps": 2, "refine_steps": 3, "cache_preset": "fast"},
@@ -296,14 +296,22 @@ def open_search_box(page, tries: int = 6):
     raise AssertionError(f"the node search box did not open after {tries} double clicks on the empty canvas")
 
 
-@pytest.mark.parametrize("query", ["upscale", "super resolution"])
-def test_browser_node_search_finds_the_nodes(page, artifacts, query):
+CAPTION = "RSVL Caption (LLaVA remote sensing)"
+REFINE = "RSVL SUPIR Refine: Super-Resolution Stage 2 (SDXL)"
+
+
+@pytest.mark.parametrize("query, expected", [("upscale", STAGE1), ("super resolution", STAGE1), ("sr3", STAGE1),
+                                             ("SUPIR", REFINE), ("caption", CAPTION),
+                                             ("remote sensing", CAPTION)])
+def test_browser_node_search_finds_the_nodes(page, artifacts, query, expected):
+    """The words users type find the node (ComfyUI 0.8's frontend searches node ids and display names; "aerial"
+    and "satellite" are search aliases, which only newer ComfyUI servers send)."""
     page.evaluate("() => { app.graph.clear(); app.graph.setDirtyCanvas(true, true); }")  # an empty canvas
     search = open_search_box(page)
     search.fill(query)
-    page.get_by_role("option").filter(has_text=STAGE1).first.wait_for(state="visible", timeout=10_000)
+    page.get_by_role("option").filter(has_text=expected).first.wait_for(state="visible", timeout=10_000)
     shot(page, artifacts, f"search_{query.replace(' ', '_')}")
     found = [o.split("\n")[0].strip() for o in page.get_by_role("option").all_inner_texts()]
     # in the result list (for "upscale" after ComfyUI's own "Upscale ..." nodes, which the frontend ranks first)
-    assert STAGE1 in found[:12], " | ".join(found)
+    assert expected in found[:12], " | ".join(found)
     page.keyboard.press("Escape")

@@ -41,7 +41,12 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("comfy")
+    yield from start_server(tmp_path_factory.mktemp("comfy"))
+
+
+def start_server(root: Path, extra_args: str = ""):
+    """The pack (symlinked) in a fresh ComfyUI on a free port, with the demo models; yields what tests need and
+    stops the server afterwards. `extra_args`: more ComfyUI arguments (e.g. --front-end-root)."""
     pack = root / "rsvl"  # ComfyUI names the pack after its folder
     pack.mkdir()
     for name in PACK_FILES:
@@ -55,12 +60,13 @@ def server(tmp_path_factory):
     torch.save(tiny_esrgan(), models / "upscale_models" / "4x_tiny_esrgan.pth")  # any spandrel SR model
     folders = {"checkpoints": "checkpoints", "rsvl_sr3": "rsvl/sr3", "rsvl_llava": "rsvl/llava",
                "rsvl_llava_adapter": "rsvl/llava_adapter", "rsvl_supir": "rsvl/supir",
-               "upscale_models": "upscale_models"}
+               "upscale_models": "upscale_models", "text_encoders": "text_encoders"}
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text("rsvl_test:\n  base_path: " + str(models) + "\n"
                     + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
     env = {**os.environ, "COMFY_DIR": str(COMFY_DIR), "COMFY_PY": str(COMFY_PY), "COMFY_STATE_DIR": str(root / "s"),
-           "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml}"}
+           "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml} {extra_args}".strip(),
+           "COMFY_EXTRA_PACKS": str(REPO / "tests" / "nodes" / "comfy_probe")}  # test-only nodes (OOM injection)
     for _ in range(3):  # a port found free can be taken before the server binds it: try another one
         port = free_port()
         started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(pack), str(port)], env=env,
@@ -189,7 +195,7 @@ def test_invalid_tiles_rejected_at_validation_naming_node_and_value(server):
     assert status == 400
     details = [e["details"] for e in answer["node_errors"]["3"]["errors"]]
     assert sorted(d.split(" - ")[0] for d in details) == ["tile_overlap", "tile_size"]  # one per checked input
-    assert any("RSVL Upscale: Super-Resolution Stage 1 (SR3) #3: stage-1 tile_overlap 200 is more than half of "
+    assert any("RSVL SR3 Upscale: Super-Resolution Stage 1 #3: stage-1 tile_overlap 200 is more than half of "
                "tile_size 224: use at most 112" in d for d in details), details
     api["3"]["inputs"].update({"tile_size": 64, "tile_overlap": 32})  # the rule's edge is valid
     api["2"]["inputs"]["sr3_model"] = server["choices"]["sr3_model"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from nodes_testing import OUR_NODES, REPO
 
-STAGE1 = "RSVL Upscale: Super-Resolution Stage 1 (SR3)"
+STAGE1 = "RSVL SR3 Upscale: Super-Resolution Stage 1"
 
 
 def as_comfy_runs_it(cls, unique_id: str):
@@ -117,12 +117,17 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
         # the guard reads only the shape, so an expanded (zero-stride) tensor stands in for the image
         big = torch.zeros(1, 1, 1, 3).expand(1, 8192, 8192, 3)
         with pytest.raises(comfy.logic.NodeError) as error:
-            stage1(comfy, sr3, big, scale="8")
+            stage1(comfy, sr3, big, scale="8", tile_size=224, tile_overlap=32)
         message = str(error.value)
         assert message.startswith(f"{STAGE1}: 1x 8192x8192 -> 65536x65536 (x8) needs about 288.0 GiB of RAM, "
                                   "2.0 GiB free: ") and "smaller scale" in message and "\n" not in message
+        assert "tiles on" not in message  # tiles are on (224): no advice to turn them on
+        with pytest.raises(comfy.logic.NodeError, match=r"use a smaller scale, turn tiles on \(tile_size > 0\), crop .*"
+                                                         r"processes them in windows\)$"):
+            stage1(comfy, sr3, big, scale="8")  # tile_size 0
         assert sr3.model is None  # refused before the model loaded
-        with pytest.raises(comfy.logic.NodeError, match=r"RSVL Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
+        with pytest.raises(comfy.logic.NodeError,
+                           match=r"RSVL SUPIR Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
             refine(comfy, refiner, torch.zeros(1, 1, 1, 3).expand(1, 4096, 4096, 3), min_size=8192)
         assert refiner.model is None
     finally:

@@ -56,7 +56,7 @@ def test_bad_settings_are_one_line_errors(comfy, demo_models):
     with pytest.raises(comfy.logic.NodeError) as error:
         comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2", sampler="ddim",
                                                steps=2, seed=0, tile_size=16, tile_overlap=0)
-    assert str(error.value).startswith("RSVL Upscale: Super-Resolution Stage 1 (SR3): stage-1 tile_size") \
+    assert str(error.value).startswith("RSVL SR3 Upscale: Super-Resolution Stage 1: stage-1 tile_size") \
         and "\n" not in str(error.value)
     assert sr3.model is None  # settings are checked before anything loads
 
@@ -79,15 +79,16 @@ def test_two_stage_graph_progress_previews_and_host_memory(comfy, demo_models):
 
     caption = comfy.node("LlavaRSCaption").execute(image=up, captioner=captioner, prompt="<image> describe",
                                                    max_new_tokens=4, temperature=0.2, seed=0)
-    text = caption.args[0]
-    assert text.count(comfy.logic.BATCH_SEPARATOR) == 1 and caption.ui.as_dict() == {"text": (text,)}
+    captions = caption.args[0]  # a list: one caption per image
+    assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions)
+    assert caption.ui.as_dict() == {"text": (f"image 1: {captions[0]}\nimage 2: {captions[1]}",)}
 
     state.updates.clear()
     refined = comfy.node("ControlNetRefine").execute(
-        image=up, refiner=refiner, caption=text, positive_prompt="sharp", negative_prompt="blurry", steps=50,
+        image=up, refiner=refiner, caption=captions, positive_prompt="sharp", negative_prompt="blurry", steps=50,
         cfg_scale=7.5, cfg_scale_start=4.0, control_scale=1.0, color_fix="wavelet", seed=0, latent_tile_size=128,
         min_size=64, schedule=schedule)
-    out, report = refined.args
+    (out,), report = refined.args  # the image output is a list of batches, one per input batch
     assert out.shape == up.shape and 0 <= out.min() and out.max() <= 1
     assert "image 2:" in report and "steps computed" in report and refined.ui.as_dict()["text"] == (report,)
     latent_previews = [u for u in state.updates if u[2] is not None and u[1] == 3]
@@ -119,8 +120,11 @@ def test_image_layout_and_latent_preview(comfy):
     rgb = torch.einsum("bchw,cd->bdhw", latent, torch.randn(4, 3)).sigmoid()
     fitted = logic.LatentPreview.fit(latent, rgb)(latent)
     assert fitted.shape == (1, 3, 6, 6) and (fitted - rgb).abs().mean() < 0.1
-    assert logic.split_captions(f"a{logic.BATCH_SEPARATOR}b", 2) == ["a", "b"]
-    assert logic.split_captions("one", 3) == ["one"] * 3
+    assert logic.pair_captions([f"a{logic.BATCH_SEPARATOR}b"], 2) == ["a", "b"]
+    assert logic.pair_captions(["one"], 3) == ["one"] * 3
+    assert logic.pair_captions(["a", "b", "c"], 3) == ["a", "b", "c"]
+    with pytest.raises(logic.NodeError, match="caption: 2 captions for 3 images"):
+        logic.pair_captions(["a", "b"], 3)
 
 
 def test_spandrel_upscale_model_as_stage1_in_the_node_pack(comfy, demo_models):

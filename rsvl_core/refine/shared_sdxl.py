@@ -1,0 +1,120 @@
+"""The refiner over an SDXL that somebody else holds (ComfyUI's MODEL and VAE): only SUPIR's own parts are loaded.
+
+A host that already has the SDXL UNet and VAE in memory hands us their state dicts in the single-file (LDM)
+layout; the refiner's modules are built on the meta device and take those very tensors by assignment (the key
+maps are pure renames and views), so no second SDXL copy exists. What the SUPIR file adds — the control network,
+the 12 connectors and the denoise encoder — is loaded once into `SupirParts` and reused on every run; the
+text encoders come from the host's CLIP (through an object with `SDXLTextEncoder`'s `encode_pair` and
+`pooled_dim`) or from an SDXL file read for its text-encoder tensors only (`load_sdxl_text_encoders`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import read_state_dict, strip_prefix
+from ..errors import CheckpointError
+from .config import RefinerConfig
+from .control import GLVControl
+from .loader import (
+    CONTROL_PREFIX,
+    EXPECTED_SDXL,
+    EXPECTED_SUPIR,
+    SUPIR_SIGNATURE,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    build_control,
+    build_unet,
+    infer_refiner_config,
+)
+from .refiner import Refiner
+from .text import CLIP_G_PREFIX, CLIP_L_PREFIX, SDXLTextEncoder, load_text_encoder_from_single_file
+from .vae import load_refiner_vae
+
+CONNECTORS = "project_modules."
+
+
+@dataclass
+class SupirParts:
+    """SUPIR's own networks, loaded once from the SUPIR file and kept: control network, connectors, denoise
+    encoder. `config` is the refiner architecture read from the host's UNet and the SUPIR file together."""
+
+    control: GLVControl
+    connectors: nn.ModuleList
+    denoise_encoder: nn.Module
+    config: RefinerConfig
+    path: Path
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The parts to place or offload (all of them ours; the SDXL weights are the host's)."""
+        return {"control": self.control, "connectors": self.connectors, "denoise_encoder": self.denoise_encoder}
+
+    def parameter_bytes(self) -> int:
+        """Bytes of the parameters the SUPIR file added."""
+        return sum(p.numel() * p.element_size() for m in self.modules().values() for p in m.parameters())
+
+
+def load_supir_parts(supir_path: str | Path, unet_ldm: dict[str, torch.Tensor], vae_ldm: dict[str, torch.Tensor],
+                     dtype: torch.dtype) -> SupirParts:
+    """Read the SUPIR file and build its parts for the host's SDXL (whose state dicts give the architecture).
+
+    Args:
+        supir_path: SUPIR-v0Q / v0F (`model.control_model.*`, `model.diffusion_model.project_modules.*`,
+            `first_stage_model.denoise_encoder.*`).
+        unet_ldm: the host's SDXL UNet state, LDM names without `model.diffusion_model.`.
+        vae_ldm: the host's VAE state, LDM names without `first_stage_model.`.
+        dtype: the control network's and connectors' precision (the host UNet's).
+    """
+    path = Path(supir_path)
+    supir = read_state_dict(path, EXPECTED_SUPIR)
+    if SUPIR_SIGNATURE not in supir:
+        raise CheckpointError(path, f"has no {SUPIR_SIGNATURE} (no control network)", EXPECTED_SUPIR)
+    connectors = {k: v for k, v in strip_prefix(supir, UNET_PREFIX).items() if k.startswith(CONNECTORS)}
+    if not connectors:
+        raise CheckpointError(path, f"has no {UNET_PREFIX}{CONNECTORS}* (ZeroSFT connectors)", EXPECTED_SUPIR)
+    config = infer_refiner_config({**unet_ldm, **connectors})
+    control = build_control(config, strip_prefix(supir, CONTROL_PREFIX), path, dtype)
+    # the connectors, built inside a UNet over the host's weights and taken out of it
+    unet = build_unet(config, {**unet_ldm, **connectors}, path, dtype, path)
+    denoise = {k: v for k, v in supir.items() if k.startswith(VAE_PREFIX + "denoise_encoder.")}
+    first_stage = {VAE_PREFIX + k: v for k, v in vae_ldm.items()}
+    vae = load_refiner_vae({**first_stage, **denoise}, path, dtype=_dtype_of(vae_ldm))
+    return SupirParts(control, unet.project_modules, vae.denoise_encoder, config, path)
+
+
+def refiner_over(parts: SupirParts, unet_ldm: dict[str, torch.Tensor], vae_ldm: dict[str, torch.Tensor],
+                 text: Any, sources: dict[str, str]) -> Refiner:
+    """A `Refiner` whose UNet and VAE are the host's tensors (assigned, not copied) and whose SUPIR parts and
+    text encoder are `parts` and `text`. Cheap: build it again after the host moves or patches its weights."""
+    connectors = {CONNECTORS + k: v for k, v in parts.connectors.state_dict().items()}
+    unet = build_unet(parts.config, {**unet_ldm, **connectors}, parts.path, _dtype_of(unet_ldm), parts.path)
+    unet.project_modules = parts.connectors
+    first_stage = {VAE_PREFIX + k: v for k, v in vae_ldm.items()}
+    vae = load_refiner_vae(first_stage, parts.path, dtype=_dtype_of(vae_ldm), denoise_encoder=parts.denoise_encoder)
+    return Refiner(unet, parts.control, vae, text, parts.config, sources)
+
+
+def load_sdxl_text_encoders(sdxl_path: str | Path, dtype: torch.dtype = torch.float32,
+                            device: torch.device | str = "cpu") -> SDXLTextEncoder:
+    """Only the text encoders of an SDXL single file (its UNet and VAE are not read)."""
+    path = Path(sdxl_path)
+    state = read_state_dict(path, EXPECTED_SDXL, prefixes=(CLIP_L_PREFIX, CLIP_G_PREFIX))
+    return load_text_encoder_from_single_file(state, path, dtype=dtype, device=device)
+
+
+def shared_bytes(refiner: Refiner, unet_ldm: dict[str, torch.Tensor], vae_ldm: dict[str, torch.Tensor]) -> int:
+    """Bytes of the refiner's UNet and VAE parameters that are the host's own storage (not copies)."""
+    host = {t.untyped_storage().data_ptr() for t in (*unet_ldm.values(), *vae_ldm.values())}
+    modules = (refiner.unet, refiner.vae.vae)
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()
+               if p.untyped_storage().data_ptr() in host)
+
+
+def _dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The precision of a state dict's floating-point tensors (the first one found)."""
+    return next(v.dtype for v in state.values() if v.is_floating_point())
