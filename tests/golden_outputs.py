@@ -83,7 +83,8 @@ def run_workflow(comfy, api: dict, image: torch.Tensor, choices: dict) -> dict[s
         elif kind == "PrimitiveStringMultiline":
             out = (inputs["value"],)
         elif kind == "SaveImage":
-            saved[inputs["filename_prefix"]] = inputs["images"]
+            images = inputs["images"]  # a list of batches from a list-output node (ControlNetRefine), as ComfyUI
+            saved[inputs["filename_prefix"]] = torch.cat(images) if isinstance(images, list) else images  # saves
             out = ()
         else:
             if kind == "LoadRSVLModels":
