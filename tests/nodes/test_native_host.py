@@ -27,8 +27,9 @@ def upload_crop(host: dict, name: str, width: int, height: int) -> str:
     return str(path)
 
 
-def queue(host: dict, api: dict, name: str, uploads: list[str]) -> tuple[dict, dict]:
-    """Run an API prompt; (history entry, {SaveImage filename_prefix: image as uint8 array})."""
+def run_prompt(host: dict, api: dict, name: str, uploads: list[str], returncode: int) -> tuple[dict, Path]:
+    """Run an API prompt through the host's run_workflow.py, which must exit with `returncode` (1: the prompt
+    failed at run time); (its history entry, the folder its outputs landed in)."""
     prompt = host["root"] / f"{name}.json"
     prompt.write_text(json.dumps(api))
     out = host["root"] / f"out_{name}"
@@ -37,8 +38,13 @@ def queue(host: dict, api: dict, name: str, uploads: list[str]) -> tuple[dict, d
     for path in uploads:
         command += ["--upload", path]
     run = subprocess.run(command, capture_output=True, text=True, timeout=460)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    history = json.loads((out / "history.json").read_text())
+    assert run.returncode == returncode, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads((out / "history.json").read_text()), out
+
+
+def queue(host: dict, api: dict, name: str, uploads: list[str]) -> tuple[dict, dict]:
+    """Run an API prompt; (history entry, {SaveImage filename_prefix: image as uint8 array})."""
+    history, out = run_prompt(host, api, name, uploads, returncode=0)
     images = {}
     for path in out.rglob("*.png"):
         images[path.name.rsplit("_", 2)[0]] = np.asarray(Image.open(path).convert("RGB"))
@@ -47,16 +53,7 @@ def queue(host: dict, api: dict, name: str, uploads: list[str]) -> tuple[dict, d
 
 def queue_error(host: dict, api: dict, name: str, uploads: list[str]) -> str:
     """Run an API prompt that must fail at run time; the exception message ComfyUI recorded."""
-    prompt = host["root"] / f"{name}.json"
-    prompt.write_text(json.dumps(api))
-    out = host["root"] / f"out_{name}"
-    command = [sys.executable, str(TOOLS / "run_workflow.py"), str(prompt), "--port", str(host["port"]),
-               "--out", str(out), "--no-ws", "--timeout", "400"]
-    for path in uploads:
-        command += ["--upload", path]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=460)
-    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
-    history = json.loads((out / "history.json").read_text())
+    history, _ = run_prompt(host, api, name, uploads, returncode=1)
     entry = history if "status" in history else next(iter(history.values()))
     return dict(entry["status"]["messages"])["execution_error"]["exception_message"]
 
