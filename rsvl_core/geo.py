@@ -430,8 +430,7 @@ def scene_radiometry(path: str | Path, plan: BandPlan | None = None,
         nbits = declared_bits(ds)
     valid = _valid_mask(data, info.nodata)
     stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
-    note = stretch.note() + (f" (the file declares {nbits}-bit data)" if nbits else "")
-    return stretch, info, [note, *radiometry_warnings(data, valid, stretch, nbits)]
+    return stretch, info, [stretch_note(stretch, nbits), *radiometry_warnings(data, valid, stretch, nbits)]
 
 
 def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int | None = None) -> RasterRead:
@@ -464,7 +463,7 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
     stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
     notes = []
     if dtype != "uint8" or method != "none":
-        notes.append(stretch.note() + (f" (the file declares {nbits}-bit data)" if nbits else ""))
+        notes.append(stretch_note(stretch, nbits))
     notes.extend(radiometry_warnings(data, valid, stretch, nbits))
     if method == "none" and (clipped := clipped_share(data, valid, stretch)) > 0:
         notes.append(f"warning: {clipped:.1%} of the values lie outside the {stretch.low[0]:g}..{stretch.high[0]:g} "
@@ -475,6 +474,11 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
         notes.append(f"bands {_fmt(bands)} of {info.count} used as R,G,B")
     notes.extend(_nodata_notes(valid, info))
     return RasterRead(_normalise(data, valid, stretch), valid, info, stretch, notes)
+
+
+def stretch_note(stretch: Stretch, nbits: int | None) -> str:
+    """The stretch used, and the bit depth the file declares when it declares one."""
+    return stretch.note() + (f" (the file declares {nbits}-bit data)" if nbits else "")
 
 
 def _nodata_notes(valid: np.ndarray | None, info: RasterInfo) -> list[str]:

@@ -79,6 +79,23 @@ def is_geotiff_input(path: Path, bands: str | None, stretch: str | None) -> bool
                                                        or has_georeference(path))
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a file's header, without decoding pixels: GDAL for the rasters it reads for us (GeoTIFF,
+    JPEG 2000, ...), Pillow for the rest; None when neither can (reading the file reports why)."""
+    try:
+        if path.suffix.lower() in RASTER_SUFFIXES and rasterio_available():
+            from .geo import open_raster
+
+            with open_raster(path) as ds:
+                return ds.height, ds.width
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001 - any unreadable header: the file's own read names the problem
+        return None
+
+
 def open_scene(path: Path, bands: str | None = None, stretch: str | None = None, percentiles: str | None = None,
                windowed: bool = False, geotiff: bool | None = None) -> SceneSource:
     """Open an input: a whole plain image, or a GeoTIFF (whole, or lazily by windows when `windowed`).

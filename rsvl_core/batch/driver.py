@@ -95,7 +95,7 @@ def _run(scenes: list[ClaimedScene], config: RunConfig, files: ModelFiles, optio
         return
     for item in items:  # whole images were not opened to plan them: their size, for the throughput table
         if item.kind == "whole" and not item.pixels:
-            item.pixels = output_pixels(item.scene.source, item.scene.geotiff, config.scale)
+            item.pixels = output_pixels(item.scene.source, config.scale)
     events.planned(len(items), sum(i.pixels for i in items))
     plan = plan_actors(cluster, ray.cluster_resources())
     remote = ray.remote(SceneWorker)

@@ -23,6 +23,7 @@ import torch
 
 from ..devices import torch_dtype
 from ..errors import RsvlError
+from ..scene_io import header_size
 from .acceleration import Acceleration
 from .block_swap import BlockSwapPlacement
 from .memory import Estimator, GiB, MemoryEstimate, MemorySetting, Storage
@@ -165,24 +166,6 @@ def largest_input_size(paths: Iterable[Path], window: int = 0) -> tuple[int, int
         if best is None or height * width > best[0] * best[1]:
             best = (height, width)
     return best or PAPER_INPUT
-
-
-def header_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) from a file's header, without decoding pixels: GDAL for rasters it reads (GeoTIFF, JPEG
-    2000, ...), PIL for the rest; None when neither can (the run reports the file)."""
-    from PIL import Image
-
-    from ..geo import open_raster, rasterio_available
-    from ..scene_io import RASTER_SUFFIXES
-
-    try:
-        if path.suffix.lower() in RASTER_SUFFIXES and rasterio_available():
-            with open_raster(path) as ds:
-                return ds.height, ds.width
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except Exception:  # unreadable: the run reports it when it reaches the file
-        return None
 
 
 def plan_for_run(config: RunConfig, inputs: Iterable[Path], window: int = 0) -> MemoryPlan | None:

@@ -26,7 +26,7 @@ from ..atomic import Claim
 from ..errors import RsvlError
 from ..progress import ProgressCallback
 from ..scene import WindowBlender, plan_windows
-from ..scene_io import SceneSource, row_sink
+from ..scene_io import SceneSource, header_size, row_sink
 from .jobs import (
     STORAGE_ERRORS,
     JobEvents,
@@ -104,20 +104,10 @@ def claim_scene(source: Path, target: Path, geotiff: bool, options: JobOptions, 
     return ClaimedScene(source, target, geotiff, claim)
 
 
-def output_pixels(source: Path, geotiff: bool, scale: int) -> int:
+def output_pixels(source: Path, scale: int) -> int:
     """Output pixels of an input, from its header (0 when unreadable: executing it reports why)."""
-    try:
-        if geotiff or source.suffix.lower() in (".tif", ".tiff"):
-            from ..geo import open_raster
-
-            with open_raster(source) as ds:
-                return ds.width * ds.height * scale * scale
-        from PIL import Image
-
-        with Image.open(source) as image:
-            return image.width * image.height * scale * scale
-    except Exception:  # noqa: BLE001 - any unreadable header: the item's own error names the problem
-        return 0
+    size = header_size(source)
+    return size[0] * size[1] * scale * scale if size else 0
 
 
 def plan_items(scene: ClaimedScene, config: RunConfig, options: JobOptions, assembler: Assembler) -> list[WorkItem]:
