@@ -5,8 +5,11 @@ Imported only by `comfy_entrypoint` (inside ComfyUI). The node logic lives in `l
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
+import time
 from typing import Any
 
 import torch
@@ -104,7 +107,7 @@ class ComfyHost:
             return None
 
     def send_text(self, node_id: str | None, text: str) -> None:
-        """Show `text` on the node while it runs (the pack's web extension listens to progress_text)."""
+        """Show `text` on the node while it runs (progress_text: the frontend shows it in its own overlay)."""
         if node_id is None:
             return
         try:
@@ -128,34 +131,57 @@ def _seed(node_id: str, tooltip: str | None = None):
     return setting_input("seed", node_id, tooltip, control_after_generate=True)
 
 
-# Display names, one style ("RSVL ..."), and the words a user may search the node library with. ComfyUI 0.8's
-# frontend searches node ids and display names only, so the words that matter are in the display names too;
-# newer ComfyUI schemas take `search_aliases`, passed where the installed schema has that field.
+# Display names and the words users search the node library with. Frontends find a node by a word only near the
+# start of its id or display name (fuzzy match, threshold 0.3, distance 100: about the first 30 characters), and
+# ComfyUI 0.8's bundled frontend (1.35.9) searches nothing else. So the two stages open with what users type
+# ("Upscale ... aerial/satellite ... SR3", "Super Resolution ... SUPIR"); newer frontends (1.58+) also search
+# `search_aliases`, which are sent too (through the schema where it has the field, else added to the node info).
 DISPLAY_NAMES = {
     "LoadRSVLModels": "RSVL Load Models",
-    "Stage1FidelitySR": "RSVL SR3 Upscale: Super-Resolution Stage 1",
-    "LlavaRSCaption": "RSVL Caption (LLaVA remote sensing)",
-    "ControlNetRefine": "RSVL SUPIR Refine: Super-Resolution Stage 2 (SDXL)",
+    "Stage1FidelitySR": "Upscale Aerial/Satellite: SR3 (RSVL stage 1)",
+    "LlavaRSCaption": "RSVL Caption: remote sensing (LLaVA)",
+    "ControlNetRefine": "Super Resolution Refine: SUPIR (RSVL stage 2)",
     "DynamicStepScheduler": "RSVL Dynamic Step Scheduler",
     "RSVLUncertainty": "RSVL Uncertainty: where to trust the pixels (N samples, guard)",
 }
 SEARCH_ALIASES = {
     "LoadRSVLModels": ["rsvl", "super resolution models", "upscale models", "sr3", "supir", "llava"],
-    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite", "aerial"],
-    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing", "satellite", "aerial"],
+    "Stage1FidelitySR": ["super resolution", "upscale", "upscaler", "sr3", "remote sensing", "satellite", "aerial",
+                         "rsvl"],
+    "LlavaRSCaption": ["caption", "vlm", "llava", "describe image", "remote sensing", "satellite", "aerial", "rsvl"],
     "ControlNetRefine": ["super resolution", "upscale", "refine", "supir", "sdxl", "restore", "remote sensing",
-                         "satellite", "aerial"],
-    "DynamicStepScheduler": ["steps", "cache", "scheduler", "speed up"],
-    "RSVLUncertainty": ["uncertainty", "hallucination", "guard", "std map", "confidence", "samples"],
+                         "satellite", "aerial", "rsvl"],
+    "DynamicStepScheduler": ["steps", "cache", "scheduler", "speed up", "rsvl"],
+    "RSVLUncertainty": ["uncertainty", "hallucination", "guard", "std map", "confidence", "samples", "rsvl"],
 }
 
 
+@functools.cache
+def schema_class() -> type:
+    """io.Schema where it takes `search_aliases`; on ComfyUI 0.8, whose schema has no such field, a subclass whose
+    node info carries them anyway, so a newer frontend served by it (1.58 through --front-end-root) searches them."""
+    if "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}) or not hasattr(io, "NodeInfoV1"):
+        return io.Schema
+
+    @dataclasses.dataclass
+    class NodeInfoWithAliases(io.NodeInfoV1):
+        search_aliases: list[str] = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass
+    class SchemaWithAliases(io.Schema):
+        search_aliases: list[str] = dataclasses.field(default_factory=list)
+
+        def get_v1_info(self, cls) -> NodeInfoWithAliases:
+            info = super().get_v1_info(cls)
+            return NodeInfoWithAliases(**dataclasses.asdict(info), search_aliases=list(self.search_aliases))
+
+    return SchemaWithAliases
+
+
 def _schema(node_id: str, **fields) -> io.Schema:
-    """io.Schema with our display name, category and search aliases (where this ComfyUI supports them)."""
-    extra = {"search_aliases": SEARCH_ALIASES[node_id]} \
-        if "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}) else {}
-    return io.Schema(node_id=node_id, display_name=DISPLAY_NAMES[node_id], category=CATEGORY,
-                     hidden=[io.Hidden.unique_id], **extra, **fields)
+    """io.Schema with our display name, category and search aliases."""
+    return schema_class()(node_id=node_id, display_name=DISPLAY_NAMES[node_id], category=CATEGORY,
+                          hidden=[io.Hidden.unique_id], search_aliases=SEARCH_ALIASES[node_id], **fields)
 
 
 class RSVLNode(io.ComfyNode):
@@ -342,8 +368,8 @@ class Stage1FidelitySR(RSVLNode):
 
     @classmethod
     def validate_inputs(cls, tile_size=None, tile_overlap=None) -> bool | str:
-        """Reject bad tile settings when the prompt is queued (before anything runs), with the typed values.
-        (ComfyUI lists the message once per argument named here: only the two tile inputs.)"""
+        """Reject a tile_overlap that does not fit tile_size when the prompt is queued (before anything runs),
+        with the typed values (see logic.stage1_settings_problem for what is left to ComfyUI and to the run)."""
         problem = logic.stage1_settings_problem(tile_size, tile_overlap)
         return True if problem is None else f"{cls.label()}: {problem}"
 
@@ -381,7 +407,15 @@ class Stage1FidelitySR(RSVLNode):
                     HOST.send_text(node_id, line)
 
             progress = logic.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
-            result = model.upscale(pixels, factor, options, seed, progress)
+            started = time.monotonic()
+            try:
+                result = model.upscale(pixels, factor, options, seed, progress)
+            except BaseException:
+                if notes:  # an estimate is on the node: replace it, or it stays after a Cancel
+                    HOST.send_text(node_id, logic.cpu_time_end_note(label, time.monotonic() - started, False))
+                raise
+            if notes:
+                HOST.send_text(node_id, logic.cpu_time_end_note(label, time.monotonic() - started, True))
             if model.kind == "sr3":
                 ran = logic.describe_stage1_run(options, schedule, sampler, steps)
             else:

@@ -644,11 +644,20 @@ def refine_options(schedule: StepSettings | None = None, **inputs: Any):
 
 
 def stage1_settings_problem(tile_size: int | None, tile_overlap: int | None) -> str | None:
-    """What is wrong with these Stage1FidelitySR tile values (None = fine or not known yet: a linked input).
+    """What is wrong with this pair of Stage1FidelitySR tile values (None = fine, not known yet, or not a problem
+    of the pair).
 
-    Run by the node's `validate_inputs`, so ComfyUI rejects the prompt before anything runs."""
-    if None in (tile_size, tile_overlap):
+    Run by the node's `validate_inputs`, so ComfyUI rejects the prompt before anything runs. ComfyUI lists the
+    answer under each input the check names, so only a problem of the two together is answered here (it is
+    listed under both, as either can fix it). A value below its input's minimum is ComfyUI's own range check,
+    listed once under that input; a tile_size under the smallest tile is refused in one line when the node
+    runs, before anything loads."""
+    if None in (tile_size, tile_overlap) or tile_size < 0 or tile_overlap < 0:
         return None
+    try:
+        stage1_options(tile_size=tile_size, tile_overlap=0)
+    except ValueError:
+        return None  # tile_size alone is wrong: said once, by the node
     try:
         stage1_options(tile_size=tile_size, tile_overlap=tile_overlap)
     except ValueError as exc:
@@ -819,6 +828,14 @@ def cpu_time_warning(label: str, seconds_left: float, total: int, elapsed_per_st
     return (f"{label}: running on the CPU: {total} steps at ~{elapsed_per_step:.1f} s/step, about "
             f"{format_duration(seconds_left)} left; for a quick result connect a DynamicStepScheduler with "
             f"ddim/dpmpp and fewer steps, or use a GPU")
+
+
+def cpu_time_end_note(label: str, seconds: float, finished: bool) -> str:
+    """The line that replaces a CPU time estimate on the node when the run ends: the frontend keeps the last
+    progress text on the node until another arrives, so without it "about 6 min left" would stay after a
+    Cancel (or after the run)."""
+    how = "finished in" if finished else "stopped (cancelled or failed) after"
+    return f"{label}: {how} {format_duration(seconds)}"
 
 
 # The image the shipped templates' LoadImage names: the bundled sample, copied into ComfyUI's input folder.

@@ -1,16 +1,27 @@
 // rsvl node pack: what the nodes report is shown on the nodes themselves.
 //  - LlavaRSCaption's caption, ControlNetRefine's report and Stage1FidelitySR's "what ran" line arrive as
-//    `ui.text` (ComfyUI's PreviewText) and are shown in a read-only text box on the node after each run;
-//    progress_text messages (e.g. the CPU time warning) are shown in the same box while the node runs.
+//    `ui.text` (ComfyUI's PreviewText) and are shown in a labelled, read-only text box on the node.
+//  - The box is part of the node from the moment it is created, with a fixed height (long texts scroll), so the
+//    node has its final size before a run and does not grow over its neighbours after one.
+//  - The box is our own widget type: the classic canvas and "Modern Node Design (Nodes 2.0)" both show our
+//    element itself. (A core type such as "customtext" is drawn by Nodes 2.0 with its own text area, which
+//    does not see a value set here.)
+//  - Texts sent while a node runs (progress_text, e.g. the CPU time estimate) are the frontend's own: it shows
+//    them in its overlay, so they are not repeated here.
 //  - With a DynamicStepScheduler connected, the widgets it replaces are relabelled "... (set by schedule)".
-//  - Only the frontend's public extension API is used: `app`, `api` and the node's own `addDOMWidget`.
+//  - Only the frontend's public extension API is used: `app` and the node's own `addDOMWidget`.
 import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
 
-const TEXT_NODES = new Set(["LlavaRSCaption", "ControlNetRefine", "Stage1FidelitySR"]);
 const TEXT_WIDGET = "rsvl_text";
-// what the text box is called on the node (the classic canvas and "Nodes 2.0" show the label, not the name)
-const TEXT_LABELS = { LlavaRSCaption: "caption", ControlNetRefine: "report", Stage1FidelitySR: "ran" };
+const TEXT_TYPE = "rsvl_text";
+// what the box is called on each node, and how many lines it shows before it scrolls
+const TEXT_BOXES = {
+  LlavaRSCaption: { label: "caption", lines: 5 },
+  ControlNetRefine: { label: "report", lines: 4 },
+  Stage1FidelitySR: { label: "ran", lines: 3 },
+};
+const LINE_PX = 16;
+const LABEL_PX = 18;
 // widgets a connected schedule replaces, per node type
 const SCHEDULED = { Stage1FidelitySR: ["sampler", "steps"], ControlNetRefine: ["steps"] };
 
@@ -19,28 +30,57 @@ function textOf(value) {
   return value == null ? "" : String(value);
 }
 
+function boxStyle() {
+  if (document.getElementById("rsvl-text-style")) return;
+  const style = document.createElement("style");
+  style.id = "rsvl-text-style";
+  style.textContent = `
+    .rsvl-text { display: flex; flex-direction: column; gap: 2px; width: 100%; height: 100%; box-sizing: border-box;
+                 min-height: 0; }
+    .rsvl-text-label { font-size: 11px; line-height: ${LABEL_PX - 4}px; opacity: 0.75; padding: 0 4px;
+                       white-space: nowrap; }
+    .rsvl-text textarea { flex: 1 1 auto; min-height: 0; width: 100%; box-sizing: border-box; resize: none;
+                          font-size: 11px; line-height: ${LINE_PX - 2}px; white-space: pre-wrap;
+                          overflow-y: auto; }`;
+  document.head.appendChild(style);
+}
+
+function addTextBox(node, kind) {
+  const spec = TEXT_BOXES[kind];
+  boxStyle();
+  const box = document.createElement("div");
+  box.className = "rsvl-text";
+  box.dataset.rsvlText = kind;
+  const label = document.createElement("div");
+  label.className = "rsvl-text-label";
+  label.textContent = spec.label;
+  const area = document.createElement("textarea");
+  area.className = "comfy-multiline-input";
+  area.readOnly = true;
+  area.rows = spec.lines;
+  area.placeholder = `${spec.label}: shown after a run`;
+  area.setAttribute("aria-label", spec.label);
+  box.append(label, area);
+  const height = LABEL_PX + spec.lines * LINE_PX + 12;
+  box.style.height = `${height}px`;
+  const widget = node.addDOMWidget(TEXT_WIDGET, TEXT_TYPE, box, {
+    getValue: () => area.value,
+    setValue: (value) => { area.value = textOf(value); },
+    getMinHeight: () => height,
+    getMaxHeight: () => height,
+    getHeight: () => height,
+    serialize: false, // not saved in the workflow, not sent to the server
+  });
+  widget.serialize = false;
+  widget.label = spec.label;
+  widget.textArea = area;
+  return widget;
+}
+
 function showText(node, text) {
-  let widget = node.widgets?.find((w) => w.name === TEXT_WIDGET);
-  if (!widget) {
-    const element = document.createElement("textarea");
-    element.className = "comfy-multiline-input";
-    element.readOnly = true;
-    element.rows = 4;
-    element.dataset.rsvlText = node.comfyClass ?? node.type;
-    element.dataset.rsvlNode = String(node.id);
-    widget = node.addDOMWidget(TEXT_WIDGET, "customtext", element, {
-      getValue: () => element.value,
-      setValue: (value) => { element.value = value; },
-      serialize: false, // not saved in the workflow, not sent to the server
-    });
-    widget.serialize = false;
-    widget.label = TEXT_LABELS[node.comfyClass ?? node.type] ?? "text";
-    // make room for the text box once, by at most 120 px (a node must not grow far over what is placed below it)
-    const wanted = node.computeSize();
-    node.setSize([Math.max(node.size[0], wanted[0]), Math.max(node.size[1], Math.min(wanted[1], node.size[1] + 120))]);
-  }
-  widget.value = text;
-  if (widget.element) widget.element.value = text;
+  const widget = node.widgets?.find((w) => w.name === TEXT_WIDGET);
+  if (!widget) return;
+  widget.textArea.value = text;
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -74,29 +114,14 @@ function markScheduled(node) {
 
 app.registerExtension({
   name: "rsvl.NodeText",
-  async setup() {
-    // texts sent while a node runs (the CPU time warning) are transient: a new run or Cancel clears them
-    const transient = new Set();
-    api.addEventListener("progress_text", ({ detail }) => {
-      const node = app.graph?.getNodeById(Number(detail?.nodeId));
-      if (node && TEXT_NODES.has(node.comfyClass ?? node.type)) {
-        showText(node, detail.text);
-        transient.add(node.id);
-      }
-    });
-    const clearTransient = () => {
-      for (const id of transient) {
-        const node = app.graph?.getNodeById(id);
-        if (node) showText(node, "");
-      }
-      transient.clear();
-    };
-    api.addEventListener("execution_start", clearTransient);
-    api.addEventListener("execution_interrupted", clearTransient);
-    api.addEventListener("executed", ({ detail }) => transient.delete(Number(detail?.node)));
-  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (TEXT_NODES.has(nodeData.name)) {
+    if (TEXT_BOXES[nodeData.name]) {
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        addTextBox(this, nodeData.name);
+        return result;
+      };
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);

@@ -38,7 +38,7 @@ pytestmark = [
                        reason="no Playwright: pip install playwright (never `playwright install`)"),
 ]
 
-STAGE1 = "RSVL SR3 Upscale: Super-Resolution Stage 1"
+STAGE1 = "Upscale Aerial/Satellite: SR3 (RSVL stage 1)"
 # widget values a user would set to try a template on the tiny demo models on a CPU
 TINY = {
     "DynamicStepScheduler": {"stage1_sampler": "ddim", "stage1_steps": 2, "refine_steps": 3, "cache_preset": "fast"},
@@ -296,8 +296,8 @@ def open_search_box(page, tries: int = 6):
     raise AssertionError(f"the node search box did not open after {tries} double clicks on the empty canvas")
 
 
-CAPTION = "RSVL Caption (LLaVA remote sensing)"
-REFINE = "RSVL SUPIR Refine: Super-Resolution Stage 2 (SDXL)"
+CAPTION = "RSVL Caption: remote sensing (LLaVA)"
+REFINE = "Super Resolution Refine: SUPIR (RSVL stage 2)"
 
 
 @pytest.mark.parametrize("query, expected", [("upscale", STAGE1), ("super resolution", STAGE1), ("sr3", STAGE1),

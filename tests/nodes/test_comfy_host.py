@@ -195,8 +195,13 @@ def test_invalid_tiles_rejected_at_validation_naming_node_and_value(server):
     assert status == 400
     details = [e["details"] for e in answer["node_errors"]["3"]["errors"]]
     assert sorted(d.split(" - ")[0] for d in details) == ["tile_overlap", "tile_size"]  # one per checked input
-    assert any("RSVL SR3 Upscale: Super-Resolution Stage 1 #3: stage-1 tile_overlap 200 is more than half of "
+    assert any("Upscale Aerial/Satellite: SR3 (RSVL stage 1) #3: stage-1 tile_overlap 200 is more than half of "
                "tile_size 224: use at most 112" in d for d in details), details
+    api["3"]["inputs"].update({"tile_size": -8, "tile_overlap": 32})  # one input's own range: listed once
+    status, answer = post_prompt(server, api)
+    errors = answer["node_errors"]["3"]["errors"]
+    assert status == 400 and len(errors) == 1, errors
+    assert errors[0]["extra_info"]["input_name"] == "tile_size" and "-8" in errors[0]["details"], errors
     api["3"]["inputs"].update({"tile_size": 64, "tile_overlap": 32})  # the rule's edge is valid
     api["2"]["inputs"]["sr3_model"] = server["choices"]["sr3_model"]
     api["3"]["inputs"].update({"scale": "2", "sampler": "ddim", "steps": 2})

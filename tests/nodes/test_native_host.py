@@ -302,7 +302,7 @@ def test_native_out_of_memory_halves_the_tile_once_then_fails_in_one_line(server
     assert images["rsvl"].shape == reference.shape == (256, 384, 3)
     assert np.abs(images["rsvl"].astype(int) - reference.astype(int)).mean() < 2  # blended tiles, not a new image
     error = queue_error(server, upscale_graph("4", oom_above=8 * 8), "oom_fail", [crop])
-    assert error.splitlines()[0].startswith("RSVL SR3 Upscale: Super-Resolution Stage 1 #5: stage 1 (spandrel): "
+    assert error.splitlines()[0].startswith("Upscale Aerial/Satellite: SR3 (RSVL stage 1) #5: stage 1 (spandrel): "
                                             "out of memory even with 16-pixel tiles"), error
     assert len(error.strip().splitlines()) == 1
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nodes_testing import OUR_NODES, REPO
+from nodes_testing import OUR_NODES, REPO, Interrupted
 
-STAGE1 = "RSVL SR3 Upscale: Super-Resolution Stage 1"
+STAGE1 = "Upscale Aerial/Satellite: SR3 (RSVL stage 1)"
 
 
 def as_comfy_runs_it(cls, unique_id: str):
@@ -127,7 +127,7 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
             stage1(comfy, sr3, big, scale="8")  # tile_size 0
         assert sr3.model is None  # refused before the model loaded
         with pytest.raises(comfy.logic.NodeError,
-                           match=r"RSVL SUPIR Refine: Super-Resolution Stage 2 .*needs about .* GiB"):
+                           match=r"Super Resolution Refine: SUPIR \(RSVL stage 2\): .*needs about .* GiB"):
             refine(comfy, refiner, torch.zeros(1, 1, 1, 3).expand(1, 4096, 4096, 3), min_size=8192)
         assert refiner.model is None
     finally:
@@ -150,6 +150,29 @@ def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, capl
     assert warnings[0] in out.ui.as_dict()["text"][0]
 
 
+def test_cpu_estimate_on_the_node_is_replaced_when_the_run_ends_or_is_cancelled(comfy, demo_models, monkeypatch):
+    """The frontend keeps the last progress text on a node: after the estimate, the run's end is sent too."""
+    logic, host = comfy.logic, comfy.nodes.HOST
+    sent: list[str] = []
+    monkeypatch.setattr(host, "send_text", lambda node_id, text: sent.append(text), raising=False)
+    monkeypatch.setattr(logic, "CPU_WARN_SECONDS", 0.0)
+    sr3 = load(comfy, demo_models[1])[0]
+    node = as_comfy_runs_it(comfy.node("Stage1FidelitySR"), "4")
+    stage1(comfy, sr3, torch.rand(1, 8, 8, 3), node, steps=5)
+    assert len(sent) == 2 and sent[0].startswith(f"{STAGE1} #4: running on the CPU: 5 steps"), sent
+    assert sent[1].startswith(f"{STAGE1} #4: finished in "), sent
+    sent.clear()
+    comfy.state.updates.clear()
+    comfy.state.interrupt_after = 2
+    try:
+        with pytest.raises(Interrupted):
+            stage1(comfy, sr3, torch.rand(1, 8, 8, 3), node, steps=20)
+    finally:
+        comfy.state.interrupt_after = None
+    assert "running on the CPU: 20 steps" in sent[0], sent
+    assert "stopped (cancelled or failed) after" in sent[-1] and "left" not in sent[-1], sent
+
+
 def test_sample_image_reaches_the_input_folder_without_overwriting(comfy, tmp_path):
     from PIL import Image
 
@@ -167,12 +190,31 @@ def test_sample_image_reaches_the_input_folder_without_overwriting(comfy, tmp_pa
 
 
 def test_display_names_and_search_words(comfy):
+    """Each word users type is found by ComfyUI 0.8's frontend, which searches ids and display names only and
+    finds a word only near the start (fuzzy: threshold 0.3, distance 100, so within about 30 characters); the
+    newer frontends' aliases are in the node info too."""
     info = comfy.object_info()
     names = {node: info[node]["display_name"] for node in OUR_NODES}
-    assert all(name.startswith("RSVL ") for name in names.values()), names
-    searchable = {node: (node + " " + name).lower() for node, name in names.items()}
-    for words in (("upscale",), ("super", "resolution")):  # 0.8's frontend searches id and display name
-        assert any(all(w in text for w in words) for text in searchable.values()), words
-    # the words early in the name: the frontend's fuzzy search ranks a match by its distance from the start
-    stage1 = names["Stage1FidelitySR"].lower()
-    assert stage1.index("upscale") < 10 and stage1.index("super") < 20 and stage1.index("resolution") < 25
+    assert all("RSVL" in name for name in names.values()), names
+    words = {"upscale": "Stage1FidelitySR", "sr3": "Stage1FidelitySR", "aerial": "Stage1FidelitySR",
+             "satellite": "Stage1FidelitySR", "super resolution": "ControlNetRefine", "supir": "ControlNetRefine",
+             "caption": "LlavaRSCaption", "remote sensing": "LlavaRSCaption", "uncertainty": "RSVLUncertainty"}
+    for query, node in words.items():
+        name = names[node].lower()
+        starts = [name.find(word) for word in query.split()]
+        assert all(0 <= start <= 26 for start in starts), (query, names[node], starts)
+    aliases = comfy.nodes.SEARCH_ALIASES
+    assert all("rsvl" in aliases[node] for node in OUR_NODES)
+    for query, node in words.items():
+        assert query in aliases[node] or query in names[node].lower(), (query, node)
+
+
+def test_tile_check_at_queue_time_answers_only_problems_of_the_pair(comfy):
+    """ComfyUI lists a validate_inputs answer under every input it names: only the pair's own problem is
+    answered there; one input's problems are said once, by ComfyUI's range check or by the node as it runs."""
+    problem = comfy.logic.stage1_settings_problem
+    assert problem(224, 200) == "stage-1 tile_overlap 200 is more than half of tile_size 224: use at most 112 " \
+        "(or tile_size 0 = no tiling)"
+    assert problem(-8, 32) is None and problem(64, -8) is None  # below the input's minimum: ComfyUI's own check
+    assert problem(16, 0) is None  # tile_size alone: the node refuses it when it runs (test_bad_settings...)
+    assert problem(64, 32) is None and problem(0, 500) is None and problem(None, 32) is None

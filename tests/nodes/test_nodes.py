@@ -56,7 +56,7 @@ def test_bad_settings_are_one_line_errors(comfy, demo_models):
     with pytest.raises(comfy.logic.NodeError) as error:
         comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2", sampler="ddim",
                                                steps=2, seed=0, tile_size=16, tile_overlap=0)
-    assert str(error.value).startswith("RSVL SR3 Upscale: Super-Resolution Stage 1: stage-1 tile_size") \
+    assert str(error.value).startswith("Upscale Aerial/Satellite: SR3 (RSVL stage 1): stage-1 tile_size") \
         and "\n" not in str(error.value)
     assert sr3.model is None  # settings are checked before anything loads
 
