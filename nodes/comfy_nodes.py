@@ -61,6 +61,15 @@ class ComfyHost:
 
         return int(getattr(args, "preview_size", 512) or 512)
 
+    @property
+    def previews(self) -> bool:
+        """Whether step previews are wanted: ComfyUI's preview method (--preview-method, or the one the
+        frontend sends with a prompt) is not "none", as for core's samplers."""
+        from comfy.cli_args import args
+
+        method = getattr(args, "preview_method", "none")
+        return str(getattr(method, "value", method)) != "none"
+
     def torch_device(self, choice: str) -> torch.device:
         import comfy.model_management as mm
 
@@ -549,7 +558,8 @@ class ControlNetRefine(RSVLNode):
                 for index in range(pixels.shape[0]):
                     single = pixels[index:index + 1]
                     number = len(lines)
-                    progress = logic.ProgressReporter(HOST, logic.fit_latent_preview(model, single))
+                    preview_map = logic.fit_latent_preview(model, single) if HOST.previews else None
+                    progress = logic.ProgressReporter(HOST, preview_map)
                     # each image its own noise (seed + its number): a repeated batch gives N samples
                     # (RSVLUncertainty); the first image is the seed's run
                     result, report = refine_image(model, single, captions[number], options, seed=seed + number,

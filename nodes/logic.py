@@ -83,6 +83,7 @@ class Host(Protocol):
     def check_interrupt(self) -> None: ...
     def intermediate_device(self) -> torch.device: ...
     preview_size: int
+    previews: bool  # step previews wanted (ComfyUI's preview method is not "none")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -553,12 +554,14 @@ class ProgressReporter:
     called as well, so a run stops within one step either way.
     """
 
-    def __init__(self, host: Host, latent_preview: LatentPreview | None = None, previews: bool = True,
+    def __init__(self, host: Host, latent_preview: LatentPreview | None = None, previews: bool | None = None,
                  slow_warning: Callable[[float, int, int], None] | None = None) -> None:
         self.host = host
         self.bar = None
         self.latent_preview = latent_preview
-        self.previews = previews
+        # as core's samplers: step previews only when the user's preview method asks for them (a preview image
+        # also makes the frontend grow the node to show it)
+        self.previews = host.previews if previews is None else previews
         self.stages: list[str] = []
         self.slow_warning = slow_warning  # called once, after the first step, with (seconds left, step, total)
         self.started = time.monotonic()

@@ -106,3 +106,24 @@ def _sdxl_shaped_states() -> dict[str, dict[str, torch.Tensor]]:
     half = {k: {n: t.detach().half() for n, t in v.items()} for k, v in
             {"sdxl_core": sdxl, "supir": supir, "text": text}.items()}
     return {"sdxl_core": half["sdxl_core"], "sdxl": {**half["sdxl_core"], **half["text"]}, "supir": half["supir"]}
+
+
+def native_workflow_values(host: dict) -> dict[str, dict]:
+    """The shipped ComfyUI-native workflow's inputs, by node type, set to the test models: the SDXL-shaped files
+    are linked into the server's model folders (core Load Checkpoint gets the one without text encoders, so
+    Load RSVL Models names the SDXL file whose encoders then encode the caption), tiny sizes for the CPU."""
+    files = sdxl_shaped_files()
+    models = host["root"] / "models"
+    for key, folder in (("sdxl", "checkpoints"), ("sdxl_core", "checkpoints"), ("supir", "rsvl/supir")):
+        link = models / folder / files[key].name
+        if not link.exists():
+            link.symlink_to(files[key])
+    return {
+        "CheckpointLoaderSimple": {"ckpt_name": files["sdxl_core"].name},
+        "UpscaleModelLoader": {"model_name": "4x_tiny_esrgan.pth"},
+        "LoadRSVLModels": {"llava_model": host["choices"]["llava_model"], "llava_adapter": "none",
+                           "sdxl_checkpoint": files["sdxl"].name, "supir_model": files["supir"].name},
+        "Stage1FidelitySR": {"scale": "2"},
+        "LlavaRSCaption": {"max_new_tokens": 4},
+        "ControlNetRefine": {"steps": 2, "min_size": 64, "latent_tile_size": 0},
+    }

@@ -199,7 +199,7 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
 
     utils.ProgressBar = ProgressBar
     cli_args = types.ModuleType("comfy.cli_args")
-    cli_args.args = types.SimpleNamespace(preview_size=512)
+    cli_args.args = types.SimpleNamespace(preview_size=512, preview_method="auto")  # ComfyUI: an enum
     comfy = types.ModuleType("comfy")
     comfy.model_management, comfy.model_patcher, comfy.utils, comfy.cli_args = mm, patcher_mod, utils, cli_args
 

@@ -171,9 +171,15 @@ def run(page, server: dict, timeout: float = 300) -> dict:  # noqa: F811
 
 
 def node_boxes(page) -> list[dict]:
-    """Each node's box on the canvas, title bar included, as the frontend has it now (after previews grew it)."""
+    """Each node's box as drawn now (after previews grew it), title bar included: from the graph in the classic
+    canvas, from the node elements in "Nodes 2.0" (screen pixels: the same scale for every node)."""
     return page.evaluate(
         """() => app.graph.nodes.map(n => {
+            const element = document.querySelector(`[data-node-id='${n.id}']`);
+            if (element) {
+                const r = element.getBoundingClientRect();
+                return {id: n.id, type: n.type, x: r.x, y: r.y, w: r.width, h: r.height};
+            }
             const title = LiteGraph.NODE_TITLE_HEIGHT;
             return {id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title};
         })""")
@@ -216,10 +222,80 @@ def use_demo_models(server: dict, name: str) -> dict:  # noqa: F811
 
 def text_on_node(page, node_type: str) -> str | None:
     """The text of the pack's read-only text box on the first node of this type, if it is visible."""
-    box = page.locator(f"textarea[data-rsvl-text='{node_type}']").first
+    box = page.locator(f"[data-rsvl-text='{node_type}'] textarea").first
     if box.count() == 0 or not box.is_visible():
         return None
     return box.input_value()
+
+
+TEXT_LABELS = {"Stage1FidelitySR": "ran", "LlavaRSCaption": "caption", "ControlNetRefine": "report"}
+
+
+def use_nodes_2(page, on: bool) -> None:
+    """Switch "Modern Node Design (Nodes 2.0)" on or off, as the setting does; with nodes on the canvas, wait
+    until they are drawn by the chosen renderer."""
+    page.evaluate("on => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)", on)
+    page.wait_for_function("on => app.graph.nodes.length === 0 || !!document.querySelector('[data-node-id]') === on",
+                           arg=on, timeout=30_000)
+    page.wait_for_timeout(500)
+
+
+def shown_texts(page) -> dict[str, dict]:
+    """Each of our text boxes, by node type: its label and text, whether it is visible, how many lines fit."""
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('[data-rsvl-text]')].map(box => {
+            const area = box.querySelector('textarea'), label = box.querySelector('.rsvl-text-label');
+            const r = area.getBoundingClientRect(), style = getComputedStyle(area);
+            const visible = r.width > 20 && r.height > 10 && box.checkVisibility();
+            return [box.dataset.rsvlText, {label: label?.innerText?.trim(), text: area.value, visible,
+                                           lines: Math.floor(area.clientHeight / parseFloat(style.lineHeight))}];
+        }))""")
+
+
+def node_sizes(page, types) -> dict[int, list[float]]:
+    return page.evaluate("ts => Object.fromEntries(app.graph.nodes.filter(n => ts.includes(n.type))"
+                         ".map(n => [n.id, [Math.round(n.size[0]), Math.round(n.size[1])]]))", list(types))
+
+
+def check_native_workflow(page, server, artifacts, run_in_nodes_2: bool, tag: str) -> None:
+    """The shipped ComfyUI-native workflow dropped and run in one renderer, then looked at in the other: each
+    text box shows the node's text under its label (the refine report has room for 3 lines), our nodes have
+    the size they had before the run, and no node overlaps another."""
+    from native_models import native_workflow_values
+
+    page.evaluate("() => { app.graph.clear(); }")
+    use_nodes_2(page, run_in_nodes_2)
+    drop_workflow(page, WORKFLOWS / "rsvl_native_comfy_models.json")
+    use_nodes_2(page, run_in_nodes_2)
+    set_widgets(page, native_workflow_values(server))
+    before = node_sizes(page, TEXT_LABELS)
+    entry = run(page, server)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    ids = page.evaluate("() => Object.fromEntries(app.graph.nodes.map(n => [n.type, String(n.id)]))")
+    expected = {kind: "\n".join(entry["outputs"][ids[kind]]["text"]) for kind in TEXT_LABELS}
+    assert expected["Stage1FidelitySR"].startswith("ran: ") and "UNet calls" in expected["ControlNetRefine"]
+    for nodes_2 in (run_in_nodes_2, not run_in_nodes_2):
+        use_nodes_2(page, nodes_2)
+        page.wait_for_function("want => Object.entries(want).every(([kind, text]) => [...document.querySelectorAll("
+                               "`[data-rsvl-text='${kind}'] textarea`)].some(a => a.value === text))",
+                               arg=expected, timeout=30_000)
+        renderer = "nodes2" if nodes_2 else "classic"
+        shot(page, artifacts, f"{tag}_native_{renderer}")
+        shown = shown_texts(page)
+        for kind, label in TEXT_LABELS.items():
+            assert shown[kind]["label"] == label and shown[kind]["text"] == expected[kind], (renderer, shown)
+            assert shown[kind]["visible"], (renderer, kind, shown[kind])
+        assert shown["ControlNetRefine"]["lines"] >= 3, (renderer, shown)
+        if nodes_2 == run_in_nodes_2:
+            assert node_sizes(page, TEXT_LABELS) == before  # the run did not grow our nodes
+        boxes = node_boxes(page)
+        assert overlaps(boxes) == [], (renderer, boxes)
+    assert page.page_errors == []
+
+
+def test_native_browser_workflow_runs_in_classic_then_shows_in_nodes_2(page, server, artifacts):  # noqa: F811
+    """Frontend 1.35.9 (ComfyUI 0.8's own): run in the classic canvas, then looked at in Nodes 2.0."""
+    check_native_workflow(page, server, artifacts, run_in_nodes_2=False, tag="fe135")
 
 
 @pytest.mark.parametrize("name", ["rsvl_full_two_stage", "rsvl_stage1_only", "rsvl_refine_handwritten_caption"])
@@ -244,7 +320,7 @@ def test_browser_workflow_runs_and_shows_its_results(page, server, artifacts, na
         caption_id = next(k for k, v in entry["outputs"].items() if "text" in v and "UNet calls" not in
                           v["text"][0] and not v["text"][0].startswith("ran:"))
         caption = entry["outputs"][caption_id]["text"][0]
-        page.wait_for_function("t => [...document.querySelectorAll(\"textarea[data-rsvl-text='LlavaRSCaption']\")]"
+        page.wait_for_function("t => [...document.querySelectorAll(\"[data-rsvl-text='LlavaRSCaption'] textarea\")]"
                                ".some(e => e.value === t)", arg=caption, timeout=10_000)
         assert caption.strip() and text_on_node(page, "LlavaRSCaption") == caption
     if name != "rsvl_stage1_only":
@@ -300,18 +376,28 @@ CAPTION = "RSVL Caption: remote sensing (LLaVA)"
 REFINE = "Super Resolution Refine: SUPIR (RSVL stage 2)"
 
 
-@pytest.mark.parametrize("query, expected", [("upscale", STAGE1), ("super resolution", STAGE1), ("sr3", STAGE1),
-                                             ("SUPIR", REFINE), ("caption", CAPTION),
-                                             ("remote sensing", CAPTION)])
-def test_browser_node_search_finds_the_nodes(page, artifacts, query, expected):
-    """The words users type find the node (ComfyUI 0.8's frontend searches node ids and display names; "aerial"
-    and "satellite" are search aliases, which only newer ComfyUI servers send)."""
+# The words users type, the node each must find, and how near the top it must be (for "upscale" after
+# ComfyUI's own six "Upscale ..." nodes, whose names start with the word and are shorter).
+SEARCHES = [("upscale", STAGE1, 7), ("super resolution", REFINE, 3), ("sr3", STAGE1, 3), ("SUPIR", REFINE, 3),
+            ("aerial", STAGE1, 3), ("satellite", STAGE1, 3), ("remote sensing", CAPTION, 3), ("caption", CAPTION, 3)]
+
+
+def search_ranks(page, artifacts, query: str, expected: str, prefix: str) -> list[str]:
+    """Type `query` into the node search box of an empty canvas; the result titles, in order, once `expected`
+    shows."""
     page.evaluate("() => { app.graph.clear(); app.graph.setDirtyCanvas(true, true); }")  # an empty canvas
     search = open_search_box(page)
     search.fill(query)
-    page.get_by_role("option").filter(has_text=expected).first.wait_for(state="visible", timeout=10_000)
-    shot(page, artifacts, f"search_{query.replace(' ', '_')}")
+    page.get_by_role("option").filter(has_text=expected).first.wait_for(state="visible", timeout=15_000)
+    shot(page, artifacts, f"{prefix}_{query.replace(' ', '_')}")
     found = [o.split("\n")[0].strip() for o in page.get_by_role("option").all_inner_texts()]
-    # in the result list (for "upscale" after ComfyUI's own "Upscale ..." nodes, which the frontend ranks first)
-    assert expected in found[:12], " | ".join(found)
     page.keyboard.press("Escape")
+    return [title for title in found if title]  # 1.35.9 lists an empty option first
+
+
+@pytest.mark.parametrize("query, expected, within", SEARCHES)
+def test_browser_node_search_finds_the_nodes(page, artifacts, query, expected, within):
+    """The words users type find the node near the top (ComfyUI 0.8's frontend searches node ids and display
+    names only, so each word is near the start of a display name)."""
+    found = search_ranks(page, artifacts, query, expected, "search")
+    assert any(expected in title for title in found[:within]), " | ".join(found)

@@ -312,7 +312,7 @@ def test_native_workflow_validates_and_runs(server):  # noqa: F811
     Refine over core's MODEL/CLIP/VAE -> Preview as Text + Save Image): its UI version gives its API version
     under the server's own definitions, and it runs on the test models (the test checkpoint has no CLIP, so
     LoadRSVLModels names the SDXL-shaped file whose text encoders then encode the caption)."""
-    from native_models import sdxl_shaped_files
+    from native_models import native_workflow_values
     from nodes_testing import WORKFLOWS, ui_to_api
     from test_comfy_host import get
 
@@ -320,22 +320,12 @@ def test_native_workflow_validates_and_runs(server):  # noqa: F811
     api = json.loads((WORKFLOWS / "api" / "rsvl_native_comfy_models.json").read_text(encoding="utf-8"))
     ui = json.loads((WORKFLOWS / "rsvl_native_comfy_models.json").read_text(encoding="utf-8"))
     assert ui_to_api(ui, info) == api
-    files = sdxl_shaped_files()
-    models = server["root"] / "models"
-    for key, folder in (("sdxl", "checkpoints"), ("sdxl_core", "checkpoints"), ("supir", "rsvl/supir")):
-        link = models / folder / files[key].name
-        if not link.exists():
-            link.symlink_to(files[key])
+    values = native_workflow_values(server)
     crop = upload_crop(server, "rsvl_native_crop.png", 96, 64)
     by_type = {node["class_type"]: node["inputs"] for node in api.values()}
     by_type["LoadImage"]["image"] = "rsvl_native_crop.png"
-    by_type["CheckpointLoaderSimple"]["ckpt_name"] = files["sdxl_core"].name
-    by_type["UpscaleModelLoader"]["model_name"] = "4x_tiny_esrgan.pth"
-    by_type["LoadRSVLModels"].update(llava_model=server["choices"]["llava_model"], llava_adapter="none",
-                                     sdxl_checkpoint=files["sdxl"].name, supir_model=files["supir"].name)
-    by_type["Stage1FidelitySR"]["scale"] = "2"
-    by_type["LlavaRSCaption"]["max_new_tokens"] = 4
-    by_type["ControlNetRefine"].update(steps=2, min_size=64, latent_tile_size=0)
+    for kind, inputs in values.items():
+        by_type[kind].update(inputs)
     history, images = queue(server, api, "native_workflow", [crop])  # the server validates it as queued
     assert images["refined"].shape == (128, 192, 3)
     preview = next(k for k, v in api.items() if v["class_type"] == "PreviewAny")

@@ -54,8 +54,7 @@ def test_tile_settings_that_follow_the_rule_pass_validation_and_run(comfy, demo_
 @pytest.mark.parametrize(("tile_size", "tile_overlap", "words"), [
     (224, 200, ["tile_overlap 200", "tile_size 224", "at most 112"]),
     (32, 32, ["tile_overlap 32", "tile_size 32", "at most 16"]),
-    (16, 0, ["tile_size must be 0 (no tiling) or >= 32, got 16"]),
-])
+])  # a tile_size under 32 alone is refused as the node runs, in one line (test_bad_settings_are_one_line_errors)
 def test_invalid_tiles_are_rejected_at_validation_with_the_typed_values(comfy, tile_size, tile_overlap, words):
     node = as_comfy_runs_it(comfy.node("Stage1FidelitySR"), "7")
     message = node.validate_inputs(tile_size=tile_size, tile_overlap=tile_overlap)
@@ -218,3 +217,16 @@ def test_tile_check_at_queue_time_answers_only_problems_of_the_pair(comfy):
     assert problem(-8, 32) is None and problem(64, -8) is None  # below the input's minimum: ComfyUI's own check
     assert problem(16, 0) is None  # tile_size alone: the node refuses it when it runs (test_bad_settings...)
     assert problem(64, 32) is None and problem(0, 500) is None and problem(None, 32) is None
+
+
+def test_step_previews_follow_comfyuis_preview_method(comfy, demo_models, monkeypatch):
+    """As core's samplers: no preview images when the preview method is "none" (ComfyUI 0.8's default), so the
+    frontend has nothing to grow the node for; previews with any other method."""
+    sr3 = load(comfy, demo_models[1])[0]
+    args = comfy.modules["comfy.cli_args"].args
+    for method, shown in (("none", False), ("auto", True)):
+        monkeypatch.setattr(args, "preview_method", method)
+        comfy.state.updates.clear()
+        stage1(comfy, sr3, torch.rand(1, 8, 8, 3), steps=3)
+        previews = [u for u in comfy.state.updates if u[2] is not None]
+        assert len(comfy.state.updates) == 3 and bool(previews) == shown, (method, comfy.state.updates)
