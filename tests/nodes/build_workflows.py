@@ -208,6 +208,67 @@ def api_to_ui(api: dict, positions: dict, info: dict) -> dict:
             "config": {}, "extra": {"ds": {"scale": ZOOM, "offset": [0, 0]}}, "version": 0.4}
 
 
+# What each template does, shown in a note on its canvas (the frontend lists a pack's templates by file name
+# only), with where its weights go: a shipped name that is not on disk is answered by ComfyUI with a bare
+# "Value not in list".
+PURPOSES = {
+    "rsvl_native_comfy_models": "ComfyUI-native: your SDXL from core **Load Checkpoint** and an upscale model from "
+                                "core **Load Upscale Model** → stage 1 (one pass of that model) → caption → SUPIR "
+                                "refine over the checkpoint's MODEL/CLIP/VAE: one SDXL in memory.",
+    "rsvl_full_two_stage": "The paper's pipeline: SR3 stage 1 (no text, no guidance: it cannot invent objects) → "
+                           "LLaVA caption → SUPIR/SDXL refine guided by the caption, colour-fixed against stage 1; "
+                           "the scheduler sets steps and the step cache.",
+    "rsvl_stage1_only": "SR3 stage 1 alone: 2×/4×/8× super-resolution from the low-resolution image, with no text "
+                        "and no guidance.",
+    "rsvl_refine_handwritten_caption": "Stage 1, then the SUPIR/SDXL refiner guided by a caption you write in the "
+                                       "text node (no captioner needed).",
+    "rsvl_uncertainty_guard": "N refined samples of one scene → a per-pixel spread map (where the model invented "
+                              "detail) and a guarded image that falls back to stage 1 there.",
+}
+# model folder of each weights input of the templates (ComfyUI/models/...)
+WEIGHT_FOLDERS = {
+    ("LoadRSVLModels", "sr3_model"): "`rsvl/sr3/` (SR3 generator)",
+    ("LoadRSVLModels", "llava_model"): "`rsvl/llava/<model folder>/` (LLaVA-NeXT, Hugging Face layout)",
+    ("LoadRSVLModels", "sdxl_checkpoint"): "`checkpoints/` (SDXL base, single file)",
+    ("LoadRSVLModels", "supir_model"): "`rsvl/supir/` or `model_patches/` (SUPIR v0Q/v0F)",
+    ("CheckpointLoaderSimple", "ckpt_name"): "`checkpoints/` (SDXL base, single file)",
+    ("UpscaleModelLoader", "model_name"): "`upscale_models/` (e.g. a 4x ESRGAN)",
+}
+NOTE_SIZE = (400, 330)
+
+
+def template_note(name: str, api: dict) -> str:
+    """The note text of template `name`: what it does, and the folders its weights go in."""
+    folders = []
+    for node in api.values():
+        for (kind, field), folder in WEIGHT_FOLDERS.items():
+            if node["class_type"] == kind and node["inputs"].get(field, "none") != "none" and folder not in folders:
+                folders.append(folder)
+    return (f"## rsvl: {name}\n\n{PURPOSES[name]}\n\n**Weights** (pick your files in the loaders), in "
+            "`ComfyUI/models/`:\n\n" + "".join(f"- {folder}\n" for folder in folders)
+            + "\nA file name shown on a loader but not on disk makes ComfyUI answer *Value not in list*. "
+            "Details: the pack's README, section *ComfyUI → Where the weights go*.")
+
+
+def add_note(ui: dict, text: str) -> None:
+    """A MarkdownNote (frontend-only: not queued) in the first free place of rows 1 and 2, from the last column
+    leftwards (in view at the saved zoom), else right of the graph."""
+    columns = sorted({n["pos"][0] for n in ui["nodes"]}, reverse=True)
+    places = [(x, TOP + ROWS[row]) for x in columns for row in (1, 2)] + [(columns[0] + COLUMN, TOP)]
+
+    def free(x: float, y: float) -> bool:
+        return all(x + NOTE_SIZE[0] <= n["pos"][0] or n["pos"][0] + n["size"][0] <= x
+                   or y + NOTE_SIZE[1] + 40 <= n["pos"][1] or n["pos"][1] + n["size"][1] + 40 <= y
+                   for n in ui["nodes"])
+
+    x, y = next(place for place in places if free(*place))
+    note_id = ui["last_node_id"] + 1
+    ui["nodes"].append({"id": note_id, "type": "MarkdownNote", "pos": [x, y], "size": list(NOTE_SIZE),
+                        "flags": {}, "order": len(ui["nodes"]), "mode": 0, "inputs": [], "outputs": [],
+                        "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
+    ui["last_node_id"] = note_id
+
+
 def thumbnail(ui: dict, path: Path) -> None:
     """A small diagram of the graph (boxes and links), drawn with PIL, with the sample image in the loader box."""
     scale = 0.22
@@ -220,6 +281,10 @@ def thumbnail(ui: dict, path: Path) -> None:
         x, y = n["pos"][0] * scale + 10, n["pos"][1] * scale + 10
         box = (x, y, x + n["size"][0] * scale, y + n["size"][1] * scale)
         boxes[n["id"]] = box
+        if n["type"] == "MarkdownNote":
+            draw.rounded_rectangle(box, 4, fill=(100, 80, 50), outline=(200, 200, 200))
+            draw.text((box[0] + 3, box[1] + 2), "Note", fill=(240, 240, 240))
+            continue
         ours = n["type"] in ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine",
                              "DynamicStepScheduler", "RSVLUncertainty")
         draw.rounded_rectangle(box, 4, fill=(52, 84, 120) if ours else (70, 70, 74), outline=(200, 200, 200))
@@ -244,6 +309,7 @@ def main() -> None:
     (WORKFLOWS / "api").mkdir(parents=True, exist_ok=True)
     for name, (api, positions) in spec().items():
         ui = api_to_ui(api, positions, info)
+        add_note(ui, template_note(name, api))
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n", encoding="utf-8")
         (WORKFLOWS / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n", encoding="utf-8")
         thumbnail(ui, WORKFLOWS / f"{name}.jpg")

@@ -332,11 +332,17 @@ def widget_names(info: dict) -> list[tuple[str, dict, Any]]:
     return out
 
 
+# Nodes that live in the frontend only (notes): saved in UI workflows, never queued.
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+
+
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """What the ComfyUI frontend queues for a UI-format workflow (widgets_values -> inputs, links -> [id, slot])."""
     links = {link[0]: link for link in workflow["links"]}
     api = {}
     for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
         info = object_info[node["type"]]
         inputs: dict[str, Any] = {}
         values = list(node.get("widgets_values", []))

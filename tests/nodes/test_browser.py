@@ -268,6 +268,15 @@ def check_native_workflow(page, server, artifacts, run_in_nodes_2: bool, tag: st
     drop_workflow(page, WORKFLOWS / "rsvl_native_comfy_models.json")
     use_nodes_2(page, run_in_nodes_2)
     set_widgets(page, native_workflow_values(server))
+    # core's upscale model is connected to stage 1: its SR3 sampler settings are marked unused, the seed fixed
+    stage1 = page.evaluate("""() => {
+        const n = app.graph.nodes.find(n => n.type === 'Stage1FidelitySR');
+        const seed = n.widgets.find(w => w.name === 'seed');
+        return {labels: n.widgets.filter(w => ['sampler', 'steps', 'seed'].includes(w.name)).map(w => w.label),
+                control: (seed.linkedWidgets ?? []).map(w => w.value)};
+    }""")
+    assert stage1["labels"] == [f"{w} (unused by an upscale model)" for w in ("sampler", "steps", "seed")], stage1
+    assert stage1["control"] == ["fixed"], stage1
     before = node_sizes(page, TEXT_LABELS)
     entry = run(page, server)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]

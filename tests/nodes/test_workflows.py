@@ -54,3 +54,23 @@ def test_workflow_matches_definitions(name, object_info):
         target_node = next(n for n in ui["nodes"] if n["id"] == target)
         assert link_id in source_node["outputs"][slot]["links"] and source_node["outputs"][slot]["type"] == kind
         assert target_node["inputs"][target_slot]["link"] == link_id
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_template_note_says_what_it_does_and_where_its_weights_go(name):
+    """The frontend lists a pack's templates by file name only: each carries a note on its canvas, and a missing
+    weights file (ComfyUI's bare "Value not in list") is explained there, with the README section to read."""
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1, name
+    text = notes[0]["widgets_values"][0]
+    loaders = {n["class_type"]: n["inputs"] for n in api.values()}
+    expected = {"rsvl/sr3/": loaders.get("LoadRSVLModels", {}).get("sr3_model", "none") != "none",
+                "rsvl/supir/": loaders.get("LoadRSVLModels", {}).get("supir_model", "none") != "none",
+                "upscale_models/": "UpscaleModelLoader" in loaders}
+    for folder, needed in expected.items():
+        assert (f"`{folder}" in text) == needed, (name, folder, text)
+    assert "Value not in list" in text and "Where the weights go" in text
+    readme = (WORKFLOWS.parent / "README.md").read_text(encoding="utf-8")
+    assert "### Where the weights go" in readme
