@@ -90,8 +90,8 @@ function showText(node, text) {
 const ONE_PASS_UNUSED = ["sampler", "steps", "seed"];
 
 function isLinked(node, name) {
-  const slot = node.inputs?.find((input) => input.name === name);
-  return slot != null && slot.link != null;
+  const index = node.inputs?.findIndex((input) => input.name === name) ?? -1;
+  return index >= 0 && node.isInputConnected(index);
 }
 
 function markScheduled(node) {

@@ -66,7 +66,8 @@ def browser():
 
 @pytest.fixture()
 def page(browser, server):  # noqa: F811
-    settings = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True}
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True,
+                "Comfy.VueNodes.Enabled": False}  # each test starts in the classic canvas (a test may switch)
     post(server, "/settings", settings)
     context = browser.new_context(viewport={"width": 1600, "height": 1000}, reduced_motion="reduce")
     # No animations: a busy machine can stall a CSS leave transition, leaving PrimeVue's block mask over the page

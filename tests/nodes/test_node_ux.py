@@ -3,6 +3,8 @@ the refine report, the schedule's override, the size guard, the CPU warning, the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from nodes_testing import OUR_NODES, REPO, Interrupted
@@ -230,3 +232,14 @@ def test_step_previews_follow_comfyuis_preview_method(comfy, demo_models, monkey
         stage1(comfy, sr3, torch.rand(1, 8, 8, 3), steps=3)
         previews = [u for u in comfy.state.updates if u[2] is not None]
         assert len(comfy.state.updates) == 3 and bool(previews) == shown, (method, comfy.state.updates)
+
+
+def test_frontend_extension_imports_only_the_public_api():
+    """The extension imports the frontend's `app` only (newer frontends flag other `scripts/*` modules, e.g.
+    widgets.js, as internal), and makes its text box with the node's own addDOMWidget under its own widget type
+    (a core type such as customtext is redrawn by Nodes 2.0 with a text area that does not see our value)."""
+    source = (REPO / "web" / "rsvl_nodes.js").read_text(encoding="utf-8")
+    imports = re.findall(r"^import .* from \"([^\"]+)\";$", source, flags=re.MULTILINE)
+    assert imports == ["../../scripts/app.js"], imports
+    assert "addDOMWidget(TEXT_WIDGET, TEXT_TYPE," in source and 'const TEXT_TYPE = "rsvl_text";' in source
+    assert ".link " not in source and ".link)" not in source  # connectivity through node.isInputConnected
