@@ -651,10 +651,10 @@ def stage1_settings_problem(tile_size: int | None, tile_overlap: int | None) -> 
     of the pair).
 
     Run by the node's `validate_inputs`, so ComfyUI rejects the prompt before anything runs. ComfyUI lists the
-    answer under each input the check names, so only a problem of the two together is answered here (it is
-    listed under both, as either can fix it). A value below its input's minimum is ComfyUI's own range check,
-    listed once under that input; a tile_size under the smallest tile is refused in one line when the node
-    runs, before anything loads."""
+    answer under each input the check names (and leaves those inputs' range checks to it), so only a problem of
+    the two together is answered here, listed under both as either can fix it. A problem of one value (below
+    zero, a tile_size under the smallest tile) is refused in one line when the node starts, before anything
+    loads."""
     if None in (tile_size, tile_overlap) or tile_size < 0 or tile_overlap < 0:
         return None
     try:

@@ -197,11 +197,11 @@ def test_invalid_tiles_rejected_at_validation_naming_node_and_value(server):
     assert sorted(d.split(" - ")[0] for d in details) == ["tile_overlap", "tile_size"]  # one per checked input
     assert any("Upscale Aerial/Satellite: SR3 (RSVL stage 1) #3: stage-1 tile_overlap 200 is more than half of "
                "tile_size 224: use at most 112" in d for d in details), details
-    api["3"]["inputs"].update({"tile_size": -8, "tile_overlap": 32})  # one input's own range: listed once
+    # one input's own problem is not answered here (ComfyUI would list it under both checked inputs): the node
+    # refuses it in one line as it starts (test_bad_settings_are_one_line_errors)
+    api["3"]["inputs"].update({"tile_size": -8, "tile_overlap": 32})
     status, answer = post_prompt(server, api)
-    errors = answer["node_errors"]["3"]["errors"]
-    assert status == 400 and len(errors) == 1, errors
-    assert errors[0]["extra_info"]["input_name"] == "tile_size" and "-8" in errors[0]["details"], errors
+    assert "3" not in answer.get("node_errors", {}), answer
     api["3"]["inputs"].update({"tile_size": 64, "tile_overlap": 32})  # the rule's edge is valid
     api["2"]["inputs"]["sr3_model"] = server["choices"]["sr3_model"]
     api["3"]["inputs"].update({"scale": "2", "sampler": "ddim", "steps": 2})

@@ -216,7 +216,7 @@ def test_tile_check_at_queue_time_answers_only_problems_of_the_pair(comfy):
     problem = comfy.logic.stage1_settings_problem
     assert problem(224, 200) == "stage-1 tile_overlap 200 is more than half of tile_size 224: use at most 112 " \
         "(or tile_size 0 = no tiling)"
-    assert problem(-8, 32) is None and problem(64, -8) is None  # below the input's minimum: ComfyUI's own check
+    assert problem(-8, 32) is None and problem(64, -8) is None  # one value below zero: the node, as it starts
     assert problem(16, 0) is None  # tile_size alone: the node refuses it when it runs (test_bad_settings...)
     assert problem(64, 32) is None and problem(0, 500) is None and problem(None, 32) is None
 

@@ -51,13 +51,15 @@ def test_loader_is_lazy_and_none_is_a_clear_error(comfy, demo_models):
         load(comfy, choices, sr3_model="missing.pth")
 
 
-def test_bad_settings_are_one_line_errors(comfy, demo_models):
+@pytest.mark.parametrize(("tile_size", "tile_overlap", "words"), [
+    (16, 0, "tile_size must be 0 (no tiling) or >= 32, got 16"), (-8, 0, "got -8"), (64, -8, "got -8")])
+def test_bad_settings_are_one_line_errors(comfy, demo_models, tile_size, tile_overlap, words):
     sr3 = load(comfy, demo_models[1])[0]
     with pytest.raises(comfy.logic.NodeError) as error:
         comfy.node("Stage1FidelitySR").execute(image=torch.rand(1, 8, 8, 3), sr3=sr3, scale="2", sampler="ddim",
-                                               steps=2, seed=0, tile_size=16, tile_overlap=0)
-    assert str(error.value).startswith("Upscale Aerial/Satellite: SR3 (RSVL stage 1): stage-1 tile_size") \
-        and "\n" not in str(error.value)
+                                               steps=2, seed=0, tile_size=tile_size, tile_overlap=tile_overlap)
+    assert str(error.value).startswith("Upscale Aerial/Satellite: SR3 (RSVL stage 1): stage-1 tile_") \
+        and words in str(error.value) and "\n" not in str(error.value)
     assert sr3.model is None  # settings are checked before anything loads
 
 
