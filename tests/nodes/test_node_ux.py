@@ -212,7 +212,7 @@ def test_display_names_and_search_words(comfy):
 
 def test_tile_check_at_queue_time_answers_only_problems_of_the_pair(comfy):
     """ComfyUI lists a validate_inputs answer under every input it names: only the pair's own problem is
-    answered there; one input's problems are said once, by ComfyUI's range check or by the node as it runs."""
+    answered there; one input's problems are said once, by the node as it starts."""
     problem = comfy.logic.stage1_settings_problem
     assert problem(224, 200) == "stage-1 tile_overlap 200 is more than half of tile_size 224: use at most 112 " \
         "(or tile_size 0 = no tiling)"
