@@ -303,9 +303,10 @@ def check_native_workflow(page, server, artifacts, run_in_nodes_2: bool, tag: st
     assert page.page_errors == []
 
 
-def test_native_browser_workflow_runs_in_classic_then_shows_in_nodes_2(page, server, artifacts):  # noqa: F811
-    """Frontend 1.35.9 (ComfyUI 0.8's own): run in the classic canvas, then looked at in Nodes 2.0."""
-    check_native_workflow(page, server, artifacts, run_in_nodes_2=False, tag="fe135")
+@pytest.mark.parametrize("run_in", ["classic", "nodes_2"])
+def test_native_browser_workflow_runs_and_shows_its_texts(page, server, artifacts, run_in):  # noqa: F811
+    """Frontend 1.35.9 (ComfyUI 0.8's own): run in one renderer, then looked at in the other."""
+    check_native_workflow(page, server, artifacts, run_in_nodes_2=run_in == "nodes_2", tag=f"fe135_{run_in}")
 
 
 @pytest.mark.parametrize("name", ["rsvl_full_two_stage", "rsvl_stage1_only", "rsvl_refine_handwritten_caption"])

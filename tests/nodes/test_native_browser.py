@@ -61,7 +61,8 @@ def test_native_browser_newest_frontend_search_finds_the_nodes(page, artifacts, 
     assert any(expected in title for title in found[:within]), " | ".join(found)
 
 
-def test_native_browser_newest_frontend_workflow_runs_in_nodes_2_then_shows_in_classic(page, server,  # noqa: F811
-                                                                                        artifacts):  # noqa: F811
-    """Frontend 1.58.1: run in "Modern Node Design (Nodes 2.0)", then looked at in the classic canvas."""
-    check_native_workflow(page, server, artifacts, run_in_nodes_2=True, tag="fe158")
+@pytest.mark.parametrize("run_in", ["classic", "nodes_2"])
+def test_native_browser_newest_frontend_workflow_runs_and_shows_its_texts(page, server, artifacts,  # noqa: F811
+                                                                           run_in):
+    """Frontend 1.58.1: run in one renderer, then looked at in the other."""
+    check_native_workflow(page, server, artifacts, run_in_nodes_2=run_in == "nodes_2", tag=f"fe158_{run_in}")
