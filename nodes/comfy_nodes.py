@@ -361,7 +361,8 @@ class Stage1FidelitySR(RSVLNode):
                                                "ddim / dpmpp: fast solvers."),
                 setting_input("steps", node, "SR3 only: sampling steps; 0 = the sampler's default (500 faithful, "
                                              "50 ddim/dpmpp)."),
-                _seed(node),
+                _seed(node, "SR3 noise seed; image k of a batch uses seed + k (a repeated image gives N samples, "
+                            "as `rsvl upscale --samples N`). Unused by a one-pass upscale model."),
                 setting_input("tile_size", node, "Stage-1 tile edge in output pixels (224 = SR3's training size); "
                                                  "0 = whole image at once, else at least 32. Tiles bound memory."),
                 setting_input("tile_overlap", node, "Output pixels shared by neighbouring tiles, blended: at most "
@@ -418,7 +419,14 @@ class Stage1FidelitySR(RSVLNode):
             progress = logic.ProgressReporter(HOST, slow_warning=slow if model.kind == "sr3" else None)
             started = time.monotonic()
             try:
-                result = model.upscale(pixels, factor, options, seed, progress)
+                if model.kind == "sr3":
+                    # image k of a batch gets seed + k, as in ControlNetRefine and in the CLI's uncertainty samples:
+                    # each image equals a one-image run with its seed (a repeated image gives the CLI's N samples)
+                    runs = [model.upscale(pixels[k:k + 1], factor, options, seed + k,
+                                          logic.batch_progress(progress, k, batch)) for k in range(batch)]
+                    result = dataclasses.replace(runs[0], image=torch.cat([run.image for run in runs]))
+                else:
+                    result = model.upscale(pixels, factor, options, seed, progress)
             except BaseException:
                 if notes:  # an estimate is on the node: replace it, or it stays after a Cancel
                     HOST.send_text(node_id, logic.cpu_time_end_note(label, time.monotonic() - started, False))

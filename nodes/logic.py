@@ -584,6 +584,16 @@ class ProgressReporter:
         self.bar.update_absolute(min(step, total), max(total, 1), image)
 
 
+def batch_progress(progress: Callable, index: int, batch: int) -> Callable:
+    """The callback for image `index` of a batch run one image at a time: its steps continue the batch's one
+    bar (and one time estimate) instead of starting it again."""
+
+    def callback(step: int, total: int, stage: str, preview: torch.Tensor | None = None) -> None:
+        progress(index * total + step, batch * total, stage, preview)
+
+    return callback
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # options from node inputs
 

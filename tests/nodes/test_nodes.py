@@ -74,7 +74,8 @@ def test_two_stage_graph_progress_previews_and_host_memory(comfy, demo_models):
     up = comfy.node("Stage1FidelitySR").execute(image=image, sr3=sr3, scale="2", sampler="faithful", steps=500,
                                                 seed=0, tile_size=224, tile_overlap=32, schedule=schedule).args[0]
     assert up.shape == (2, 32, 48, 3) and up.device.type == "cpu" and 0 <= up.min() and up.max() <= 1
-    assert [u[1] for u in state.updates] == [2, 2]  # the schedule's 2 ddim steps, not the node's 500
+    # the schedule's 2 ddim steps, not the node's 500, for each image (seed + k each) on one bar of 4
+    assert [u[:2] for u in state.updates] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     kind, preview, size = state.updates[-1][2]
     assert kind == "JPEG" and preview.size == (48, 32) and size == 512
     assert state.loads[-1][0].model.unet is sr3.model.modules()["unet"] and state.loads[-1][2] is True
@@ -183,3 +184,21 @@ def test_engine_every_setting_is_reachable_from_the_nodes(comfy):
         values = comfy.logic.setting_values(node, {name: widget})
         config = RunConfig.from_values(**values, **NEEDS.get(setting, {}))
         assert read(config) == EXPECTED.get(setting, value), setting
+
+
+def test_stage1_batch_image_k_is_a_one_image_run_with_seed_plus_k(comfy, demo_models):
+    """As ControlNetRefine and the CLI's uncertainty samples (pipeline.run: sample k uses seed + k): a batch of
+    copies of one image gives N different samples, each equal to a one-image run with its seed."""
+    sr3 = load(comfy, demo_models[1])[0]
+    image = torch.rand(1, 12, 12, 3, generator=torch.Generator().manual_seed(3))
+
+    def run(pixels, seed):
+        return comfy.node("Stage1FidelitySR").execute(image=pixels, sr3=sr3, scale="2", sampler="ddim", steps=3,
+                                                      seed=seed, tile_size=0, tile_overlap=0).args[0]
+
+    batch = run(image.repeat(3, 1, 1, 1), 7)
+    singles = [run(image, 7 + k)[0] for k in range(3)]
+    assert batch.shape == (3, 24, 24, 3)
+    for k in range(3):
+        assert torch.equal(batch[k], singles[k]), k
+    assert (batch[0] - batch[1]).abs().max() > 1e-3  # different noise: N samples, not N copies
