@@ -379,7 +379,7 @@ class Stage1FidelitySR(RSVLNode):
     @classmethod
     def validate_inputs(cls, tile_size=None, tile_overlap=None) -> bool | str:
         """Reject a tile_overlap that does not fit tile_size when the prompt is queued (before anything runs),
-        with the typed values (see logic.stage1_settings_problem for what is left to ComfyUI and to the run)."""
+        with the typed values (see logic.stage1_settings_problem for what is left to the run)."""
         problem = logic.stage1_settings_problem(tile_size, tile_overlap)
         return True if problem is None else f"{cls.label()}: {problem}"
 
