@@ -108,16 +108,22 @@ def _sdxl_shaped_states() -> dict[str, dict[str, torch.Tensor]]:
     return {"sdxl_core": half["sdxl_core"], "sdxl": {**half["sdxl_core"], **half["text"]}, "supir": half["supir"]}
 
 
-def native_workflow_values(host: dict) -> dict[str, dict]:
-    """The shipped ComfyUI-native workflow's inputs, by node type, set to the test models: the SDXL-shaped files
-    are linked into the server's model folders (core Load Checkpoint gets the one without text encoders, so
-    Load RSVL Models names the SDXL file whose encoders then encode the caption), tiny sizes for the CPU."""
+def link_sdxl_shaped_files(host: dict) -> dict[str, Path]:
+    """The SDXL-shaped files (see `sdxl_shaped_files`), linked into the test server's model folders."""
     files = sdxl_shaped_files()
     models = host["root"] / "models"
     for key, folder in (("sdxl", "checkpoints"), ("sdxl_core", "checkpoints"), ("supir", "rsvl/supir")):
         link = models / folder / files[key].name
         if not link.exists():
             link.symlink_to(files[key])
+    return files
+
+
+def native_workflow_values(host: dict) -> dict[str, dict]:
+    """The shipped ComfyUI-native workflow's inputs, by node type, set to the test models: the SDXL-shaped files
+    are linked into the server's model folders (core Load Checkpoint gets the one without text encoders, so
+    Load RSVL Models names the SDXL file whose encoders then encode the caption), tiny sizes for the CPU."""
+    files = link_sdxl_shaped_files(host)
     return {
         "CheckpointLoaderSimple": {"ckpt_name": files["sdxl_core"].name},
         "UpscaleModelLoader": {"model_name": "4x_tiny_esrgan.pth"},

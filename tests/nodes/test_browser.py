@@ -222,11 +222,9 @@ def use_demo_models(server: dict, name: str) -> dict:  # noqa: F811
 
 
 def text_on_node(page, node_type: str) -> str | None:
-    """The text of the pack's read-only text box on the first node of this type, if it is visible."""
-    box = page.locator(f"[data-rsvl-text='{node_type}'] textarea").first
-    if box.count() == 0 or not box.is_visible():
-        return None
-    return box.input_value()
+    """The text of the pack's read-only text box on the node of this type, if it is visible."""
+    box = shown_texts(page).get(node_type)
+    return box["text"] if box and box["visible"] else None
 
 
 TEXT_LABELS = {"Stage1FidelitySR": "ran", "LlavaRSCaption": "caption", "ControlNetRefine": "report"}

@@ -173,14 +173,9 @@ def test_native_core_checkpoint_refines_with_one_sdxl_copy(server):  # noqa: F81
     """Core Load Checkpoint (an SDXL-shaped file) -> ControlNetRefine: the pack loads only SUPIR's parts (and,
     with CLIP absent, the text encoders of LoadRSVLModels' SDXL file); the UNet and VAE are ComfyUI's own tensors.
     RSS grows by those parts only, against SDXL + SUPIR for LoadRSVLModels' own path; both give the same image."""
-    from native_models import sdxl_shaped_files
+    from native_models import link_sdxl_shaped_files
 
-    files = sdxl_shaped_files()
-    models = server["root"] / "models"
-    for key, folder in (("sdxl", "checkpoints"), ("sdxl_core", "checkpoints"), ("supir", "rsvl/supir")):
-        link = models / folder / files[key].name
-        if not link.exists():
-            link.symlink_to(files[key])
+    files = link_sdxl_shaped_files(server)
     crop = upload_crop(server, "rsvl_native_refine.png", 48, 32)
     # core loads its checkpoint first: the baseline holds ComfyUI's SDXL (UNet + VAE, CLIP absent)
     warm = {"10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": files["sdxl_core"].name}},
