@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from rsvl_testing import FIXTURES
 
 import rsvl_core  # noqa: F401  (installs the torchvision import guard before any test module imports spandrel)
+from rsvl_core.batch.cluster import LOCAL_ONLY_ENV
+
+# Ray reads its single-machine switch when it is imported: set before any test module imports ray, so the local
+# Ray of the tests (and of `rsvl batch --ray auto` in-process) listens on 127.0.0.1 only.
+os.environ.update(LOCAL_ONLY_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,22 @@ def crop_geotiff(source: Path, target: Path, width: int, height: int) -> Path:
         with rasterio.open(target, "w", **profile) as dst:
             dst.write(src.read(window=window))
     return target
+
+
+def assert_records_close(a, b, tolerances: dict[str, float], where: str = "record", key: str = "") -> None:
+    """Two run records (nested dicts/lists from JSON) that crossed a process, a thread count or a window split:
+    the same keys and the same non-float values; a float within `tolerances[key]` (absolute, by its key's name),
+    else within 1e-6 relative (what float32 sums in another order give)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert sorted(a) == sorted(b), f"{where}: keys differ: {sorted(a)} != {sorted(b)}"
+        for name in a:
+            assert_records_close(a[name], b[name], tolerances, f"{where}.{name}", name)
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), f"{where}: {len(a)} != {len(b)} items"
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_records_close(x, y, tolerances, f"{where}[{k}]", key)
+    elif isinstance(a, float) or isinstance(b, float):
+        allowed = tolerances.get(key, 1e-6 * max(1.0, abs(a), abs(b)))
+        assert abs(a - b) <= allowed, f"{where}: {a} and {b} differ by {abs(a - b):.3g} (allowed {allowed:.3g})"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

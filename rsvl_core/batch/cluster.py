@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ..errors import RsvlError
@@ -17,7 +18,7 @@ class ClusterOptions:
     """Where the actors run and how many there are.
 
     address: "auto" joins the Ray cluster running on this machine (`ray start`), else starts a local one (every
-        local GPU, or the CPUs), as `ray.init()` does; "HOST:PORT" joins that cluster.
+        local GPU, or the CPUs) that listens on 127.0.0.1 only; "HOST:PORT" joins that cluster.
     actors: how many actors (default: one per GPU in the cluster; without GPUs, CPUs // cpus_per_actor).
     cpus_per_actor: CPU cores (and torch threads) per CPU actor.
     retries: how often an item whose actor died (killed, out of memory) is tried again on another actor.
@@ -42,7 +43,18 @@ class ClusterOptions:
             raise RsvlError(f"--retries must be >= 0, got {self.retries}")
 
 
-def import_ray():
+LOOPBACK = "127.0.0.1"
+# Ray's own switch for a cluster of one machine: read when ray is imported, by this process and by every process
+# Ray starts (they inherit the environment); with it the node address stays loopback, so the GCS, the raylet, the
+# object manager and each worker listen on 127.0.0.1 and nothing on an external interface.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def import_ray(local_only: bool = False):
+    """The ray module; `local_only` sets Ray's single-machine switch first (it only counts before the import)."""
+    if local_only:
+        for name, value in LOCAL_ONLY_ENV.items():
+            os.environ.setdefault(name, value)
     try:
         import ray
     except ImportError:
@@ -51,12 +63,18 @@ def import_ray():
 
 
 def connect(options: ClusterOptions):
-    """Ray, initialised: reused when this process already is a driver, else started or joined as asked."""
-    ray = import_ray()
+    """Ray, initialised: reused when this process already is a driver, else started (on loopback) or joined."""
+    ray = import_ray(local_only=options.address == "auto")
     if ray.is_initialized():
         return ray
     if options.address == "auto":
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        host = ray.get_runtime_context().gcs_address.rpartition(":")[0]
+        if host != LOOPBACK:  # ray was imported before the switch was set: its servers listen beyond loopback
+            ray.shutdown()
+            raise RsvlError(f"--ray auto: the local Ray came up on {host}, not {LOOPBACK}; set "
+                            + " ".join(f"{k}={v}" for k, v in LOCAL_ONLY_ENV.items())
+                            + " before Ray is imported (or pass --ray HOST:PORT to join a cluster)")
     else:
         try:
             ray.init(address=options.address, log_to_driver=False, configure_logging=False)

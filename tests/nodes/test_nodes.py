@@ -199,6 +199,6 @@ def test_stage1_batch_image_k_is_a_one_image_run_with_seed_plus_k(comfy, demo_mo
     batch = run(image.repeat(3, 1, 1, 1), 7)
     singles = [run(image, 7 + k)[0] for k in range(3)]
     assert batch.shape == (3, 24, 24, 3)
-    for k in range(3):
-        assert torch.equal(batch[k], singles[k]), k
+    for k in range(3):  # a batch of 3 and a batch of 1 may take other kernel paths: float32 rounding apart
+        assert (batch[k] - singles[k]).abs().max() <= 1e-5, k
     assert (batch[0] - batch[1]).abs().max() > 1e-3  # different noise: N samples, not N copies
