@@ -1,7 +1,8 @@
 """The pack in a real ComfyUI (comfy_host, CPU): it imports, /object_info lists our nodes, the shipped
 workflows validate against the server's definitions, and the API workflows run on the tiny demo models.
 
-Runs when a ComfyUI is found through the shared scripts' settings (COMFY_DIR, COMFY_PY); skips otherwise.
+Every test runs once per host (ids comfy080 / comfy0201, see hosts.py); a missing host fails under CI and skips
+elsewhere, with one line saying how to install it.
 """
 
 from __future__ import annotations
@@ -16,18 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hosts import HOSTS, TOOLS, Host, require
 from nodes_testing import OUR_NODES, REPO, WORKFLOWS, check_api_workflow, normalize, place_demo_models, ui_to_api
 
-TOOLS = Path(os.environ.get("RSVL_COMFY_TOOLS", REPO.parent / "shared" / "tools" / "comfy_host"))
-COMFY_DIR = Path(os.environ.get("COMFY_DIR", Path.home() / "comfy-host" / "ComfyUI"))
-COMFY_PY = Path(os.environ.get("COMFY_PY", Path.home() / "comfy-host" / "venv" / "bin" / "python"))
 PACK_FILES = ("__init__.py", "nodes", "rsvl_core", "workflows", "web", "pyproject.toml")
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not ((COMFY_DIR / "main.py").is_file() and COMFY_PY.is_file() and (TOOLS / "start.sh").is_file()),
-    reason=f"no ComfyUI found (COMFY_DIR={COMFY_DIR}, COMFY_PY={COMFY_PY}, tools {TOOLS}); "
-           "see ../shared/tools/comfy_host/README.md",
-)]
+pytestmark = [pytest.mark.slow]
 
 # tiny CPU settings on top of the shipped workflows (which carry the real defaults)
 TINY = {
@@ -39,14 +34,17 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    yield from start_server(tmp_path_factory.mktemp("comfy"))
+@pytest.fixture(scope="module", params=list(HOSTS))
+def server(request, tmp_path_factory):
+    """The pack in a fresh server of each host in turn (one server per host and test module)."""
+    host = HOSTS[request.param]
+    require(host.missing())
+    yield from start_server(tmp_path_factory.mktemp(f"comfy_{host.id}"), host)
 
 
-def start_server(root: Path, extra_args: str = ""):
-    """The pack (symlinked) in a fresh ComfyUI on a free port, with the demo models; yields what tests need and
-    stops the server afterwards. `extra_args`: more ComfyUI arguments (e.g. --front-end-root)."""
+def start_server(root: Path, host: Host, extra_args: str = ""):
+    """The pack (symlinked) in a fresh ComfyUI of `host` on a free port, with the demo models; yields what tests
+    need and stops the server afterwards. `extra_args`: more ComfyUI arguments (e.g. --front-end-root)."""
     pack = root / "rsvl"  # ComfyUI names the pack after its folder
     pack.mkdir()
     for name in PACK_FILES:
@@ -64,7 +62,8 @@ def start_server(root: Path, extra_args: str = ""):
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text("rsvl_test:\n  base_path: " + str(models) + "\n"
                     + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
-    env = {**os.environ, "COMFY_DIR": str(COMFY_DIR), "COMFY_PY": str(COMFY_PY), "COMFY_STATE_DIR": str(root / "s"),
+    env = {**os.environ, "COMFY_DIR": str(host.comfy_dir), "COMFY_PY": str(host.python),
+           "COMFY_STATE_DIR": str(root / "s"),
            "COMFY_EXTRA_ARGS": f"--extra-model-paths-config {yaml} {extra_args}".strip(),
            "COMFY_EXTRA_PACKS": str(REPO / "tests" / "nodes" / "comfy_probe")}  # test-only nodes (OOM injection)
     for _ in range(3):  # a port found free can be taken before the server binds it: try another one
@@ -75,7 +74,7 @@ def start_server(root: Path, extra_args: str = ""):
             break
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        yield {"root": root, "choices": choices, "env": env, "log": started.stdout, "port": port}
+        yield {"root": root, "choices": choices, "env": env, "log": started.stdout, "port": port, "host": host}
     finally:
         subprocess.run(["bash", str(TOOLS / "stop.sh"), str(port)], env=env, capture_output=True, timeout=60)
 

@@ -1,7 +1,7 @@
-"""The pack in the newest ComfyUI frontend on PyPI (1.58.1) served by ComfyUI 0.8 through --front-end-root:
+"""The pack in the newest ComfyUI frontend on PyPI (1.58.1) served by ComfyUI 0.20.1 through --front-end-root:
 the extension loads (public API only, no page errors) and the node search finds our nodes by the words users
 type. The frontend package is downloaded once with pip into the test cache (RSVL_FRONTEND_158 names a folder
-holding its `static` files instead); the tests skip when neither is possible.
+holding its `static` files instead); when neither is possible the tests fail under CI and skip elsewhere.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hosts import HOSTS, require
 from native_models import CACHE
 from test_browser import SEARCHES, artifacts, browser, check_native_workflow, page, search_ranks, shot  # noqa: F401
 from test_browser import pytestmark as browser_marks
 from test_comfy_host import start_server
 
 pytestmark = browser_marks
+HOST = HOSTS["comfy0201"]  # the newest frontend on the newest host (1.35.9 stays with 0.8, test_browser.py)
 VERSION = "1.58.1"
 
 
@@ -34,7 +36,8 @@ def frontend() -> Path:
                                  timeout=600)
             wheels = list(Path(scratch).glob("*.whl"))
             if got.returncode != 0 or not wheels:
-                pytest.skip(f"comfyui-frontend-package {VERSION} could not be downloaded: {got.stderr[-300:]}")
+                require(f"comfyui-frontend-package {VERSION} could not be downloaded ({got.stderr.strip()[-200:]}); "
+                        f"download it with: pip download --no-deps comfyui-frontend-package=={VERSION}")
             partial = folder.with_name(folder.name + f".{os.getpid()}.partial")
             with zipfile.ZipFile(wheels[0]) as wheel:
                 members = [m for m in wheel.namelist() if m.startswith("comfyui_frontend_package/static/")]
@@ -45,7 +48,8 @@ def frontend() -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, frontend):
-    yield from start_server(tmp_path_factory.mktemp("comfy158"), f"--front-end-root {frontend}")
+    require(HOST.missing())
+    yield from start_server(tmp_path_factory.mktemp("comfy158"), HOST, f"--front-end-root {frontend}")
 
 
 def test_native_browser_newest_frontend_loads_the_extension(page, server):  # noqa: F811
