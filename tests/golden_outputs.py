@@ -3,7 +3,9 @@
 `python3 tests/golden_outputs.py` records them into tests/golden/outputs.npz (recorded before the engine
 redesign, issue 12; the windowed case re-recorded when window noise became keyed by scene position, issue 13);
 `tests/test_outputs_unchanged.py` reruns the same cases and compares. Everything is
-seeded: the tiny models (write_demo_models, seed 0), the input crop, the samplers.
+seeded: the tiny models (write_demo_models, seed 0), the input crop, the samplers. Images are recorded
+rounded to 8 bits (uint8 HWC, as written to PNG), captions as text; the comparison allows another
+machine's float32 rounding (see test_outputs_unchanged.py).
 """
 
 from __future__ import annotations

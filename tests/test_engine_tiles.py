@@ -142,6 +142,8 @@ def test_engine_one_blender_strip_equals_the_whole_canvas():
         if i + 1 == len(tiles) or tiles[i + 1].y0 != t.y0:
             later = [s for s in starts if s > t.y0]
             taken.append(strip.take(later[0] if later else 90))
+    # exact: the same tiles, weights and order of adds on both sides, per pixel only IEEE add/mul/div (no sums over
+    # pixels), so only the buffer's shape differs and no kernel path or thread count can change a bit
     assert torch.equal(torch.cat(taken, dim=-2), whole)
     assert max(held) <= 32 + 32 - 8  # never the whole canvas: at most a row of tiles and the rows still open
     with pytest.raises(ValueError, match="taken already"):
@@ -159,6 +161,8 @@ def test_engine_scene_windows_blend_through_the_one_blender():
     whole = _blend(_scaled(tiles, scale), 37 * scale, 53 * scale, Feather(windows.overlap * scale),
                    lambda i, t: outputs[i])
     expected = np.clip(np.round(whole[0].permute(1, 2, 0).numpy() * 255.0), 0, 255).astype(np.uint8)
+    # exact: the same windows on both sides (a strip buffer against the whole canvas), per pixel the same IEEE
+    # add/mul/div in the same order and the same rounding to 8 bits
     assert sink.rows_written == 37 * scale and np.array_equal(sink.array, expected)
 
 

@@ -317,4 +317,5 @@ def test_engine_eval_reads_bands_and_runs_windows_as_upscale_does(models_dir, tm
     upscaled = np.asarray(Image.open(tmp_path / "up" / "lr_x2.png"))
     evaluated = np.asarray(Image.open(output / "images" / "all" / "scene" / "stage1.png"))
     assert upscaled.shape == evaluated.shape == (48, 48, 3)
+    # exact: one process, the same LR (8-bit), windows, seed and tensor shapes on both sides: the same float32 ops
     assert np.array_equal(upscaled, evaluated)

@@ -25,7 +25,10 @@ def test_outputs_are_unchanged_for_the_same_seeds(outputs):
     assert sorted(outputs) == sorted(recorded)
     for key, want in recorded.items():
         got = outputs[key]
-        if want.ndim == 0:  # a caption
+        if want.ndim == 0:
+            # a caption: discrete tokens, compared exactly. Each token drawn at temperature 0.2 won its draw
+            # (torch.multinomial: argmax of p / q) by a log-margin >= 1.16 (measured on the recorded cases), far
+            # beyond what float32 rounding on another kernel path moves the scaled logits (~3e-5 measured).
             assert str(got) == str(want), key
             continue
         assert got.shape == want.shape, key

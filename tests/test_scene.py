@@ -34,7 +34,13 @@ def test_windows_reassemble_a_deterministic_process_exactly():
     # window starts on multiples of 8 input pixels (8 // gcd(8, 3)): 0, 8, 16, 21 down; 0, 8, ..., 32, 37 across
     assert count == 4 * 6 and sink.rows_written == 111
     expected = np.clip(np.round(_nearest(scene, 3)[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
-    assert np.array_equal(sink.array, expected)
+    # Whole scene against windows: where windows overlap, the blend sum(v * w) / sum(w) of equal values v is v only
+    # within a few float32 ulps (up to 4 windows: <= 6 roundings, 4e-7 relative, 1e-4 of an 8-bit level), which
+    # moves a value lying that close to a rounding boundary by one level: at most 1 level, on at most 0.1 % of the
+    # values (expected under 0.02 %; measured: none). Windows read one pixel off move 90 % of the values (random
+    # values: by up to 252 levels).
+    diff = np.abs(sink.array.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, f"max {diff.max()}, {(diff > 0).mean():.3%} differ"
 
 
 def test_window_options_are_checked():

@@ -16,7 +16,17 @@ from pathlib import Path
 import pytest
 from hosts import HOSTS, require
 from native_models import CACHE
-from test_browser import SEARCHES, artifacts, browser, check_native_workflow, page, search_ranks, shot  # noqa: F401
+from test_browser import (  # noqa: F401
+    SEARCHES,
+    SHIPPED,
+    artifacts,
+    browser,
+    check_native_workflow,
+    check_widgets_survive,
+    page,
+    search_ranks,
+    shot,
+)
 from test_browser import pytestmark as browser_marks
 from test_comfy_host import start_server
 
@@ -70,3 +80,8 @@ def test_native_browser_newest_frontend_workflow_runs_and_shows_its_texts(page, 
                                                                            run_in):
     """Frontend 1.58.1: run in one renderer, then looked at in the other."""
     check_native_workflow(page, server, artifacts, run_in_nodes_2=run_in == "nodes_2", tag=f"fe158_{run_in}")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_native_browser_newest_frontend_shipped_workflow_widgets_survive(page, name):  # noqa: F811
+    check_widgets_survive(page, name)
