@@ -210,7 +210,10 @@ def test_ray_driver_killed_then_rerun_resumes(ray_cluster, models, tmp_path):
         driver.wait(timeout=60)
     done = {t: t.stat().st_mtime_ns for t in targets if is_complete(t)}
     assert 1 <= len(done) < 6
-    time.sleep(2)  # Ray stops the dead driver's actors
+    deadline = time.monotonic() + 120  # Ray stops the dead driver's actors: their CPUs come back
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.2)
     assert main([*argv[:-4], "--ray", "auto", "--actors", "2"]) == 0
     assert all(is_complete(t) for t in targets)
     assert {t: t.stat().st_mtime_ns for t in done} == done  # finished before the kill: not redone

@@ -229,7 +229,21 @@ def use_nodes_2(page, on: bool) -> None:
     page.evaluate("on => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)", on)
     page.wait_for_function("on => app.graph.nodes.length === 0 || !!document.querySelector('[data-node-id]') === on",
                            arg=on, timeout=30_000)
-    page.wait_for_timeout(500)
+    settle(page)
+
+
+def settle(page) -> None:
+    """Wait (polling, not a fixed delay) until node sizes and the drawn node elements stay the same for three
+    frames in a row: the layout after a run or a renderer switch is final."""
+    page.evaluate("""() => new Promise(done => {
+        const look = () => JSON.stringify([app.graph.nodes.map(n => [n.id, ...n.size]),
+            [...document.querySelectorAll('[data-node-id]')].map(e => { const r = e.getBoundingClientRect();
+                                                                        return [r.x, r.y, r.width, r.height]; })]);
+        let last = look(), same = 0;
+        const tick = () => { const now = look(); same = now === last ? same + 1 : 0; last = now;
+                             if (same >= 3) done(); else requestAnimationFrame(tick); };
+        requestAnimationFrame(tick);
+    })""")
 
 
 def shown_texts(page) -> dict[str, dict]:
@@ -370,7 +384,7 @@ def test_browser_workflow_runs_and_shows_its_results(page, server, artifacts, na
         assert report and "UNet calls" in report and "no steps run" not in report and report in outputs
     stage1_text = text_on_node(page, "Stage1FidelitySR")
     assert stage1_text and stage1_text.startswith("ran: ddim, 2 steps")
-    page.wait_for_timeout(500)
+    settle(page)
     shot(page, artifacts, f"{name}_after_run")
     boxes = node_boxes(page)
     assert overlaps(boxes) == [], boxes

@@ -215,12 +215,14 @@ def test_run_time_errors_name_the_node_not_a_clone_class(server):
     status, answer = post_prompt(server, api)
     assert status == 200, answer
     prompt_id = answer["prompt_id"]
-    for _ in range(120):
+    import time
+
+    deadline = time.monotonic() + 300  # poll: a busy machine takes its time
+    while True:
         history = get(server, f"/history/{prompt_id}")
         if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
             break
-        import time
-
+        assert time.monotonic() < deadline, f"prompt {prompt_id} not finished within 300 s"
         time.sleep(0.5)
     messages = dict(history[prompt_id]["status"]["messages"])
     error = messages["execution_error"]
