@@ -50,6 +50,9 @@ SR3Handle = io.Custom("RSVL_SR3")
 CaptionerHandle = io.Custom("RSVL_CAPTIONER")
 RefinerHandle = io.Custom("RSVL_REFINER")
 ScheduleHandle = io.Custom("RSVL_SCHEDULE")
+# core's MODEL_PATCH socket (ModelPatchLoader): io.ModelPatch where comfy_api has it, io.MODEL_PATCH in older builds,
+# else the same socket type by name; detected, never by version
+ModelPatchInput = getattr(io, "ModelPatch", None) or getattr(io, "MODEL_PATCH", None) or io.Custom("MODEL_PATCH")
 
 
 class ComfyHost:
@@ -519,6 +522,12 @@ class ControlNetRefine(RSVLNode):
                 io.Vae.Input("vae", optional=True, tooltip="The VAE of the same Load Checkpoint (with model)."),
                 ScheduleHandle.Input("schedule", optional=True,
                                      tooltip="Optional DynamicStepScheduler: replaces steps and sets the step cache."),
+                ModelPatchInput.Input("model_patch", optional=True,
+                                      tooltip="Optional SUPIR MODEL_PATCH from core's ModelPatchLoader (a SUPIR file "
+                                              "in models/model_patches, ComfyUI with core SUPIR): its control "
+                                              "network, connectors and denoise encoder run as they are, nothing of "
+                                              "SUPIR is loaded again (LoadRSVLModels' supir_model is not read). "
+                                              "Needs model and vae."),
             ],
             outputs=[io.Image.Output(display_name="image", is_output_list=True,
                                      tooltip="The refined images, one batch per input batch (a list like the "
@@ -528,7 +537,7 @@ class ControlNetRefine(RSVLNode):
 
     @classmethod
     def execute(cls, image, refiner, caption, steps, seed, schedule=None, model=None, clip=None, vae=None,
-                **settings) -> io.NodeOutput:
+                model_patch=None, **settings) -> io.NodeOutput:
         """Inputs arrive as lists (`is_input_list`): batches of images, captions, and one value per widget."""
         label = cls.label()
         with logic.user_errors(label):
@@ -546,12 +555,17 @@ class ControlNetRefine(RSVLNode):
                                 HOST.free_ram(), f"working size for min_size {options.min_size}")
             tile = options.latent_tile_size or 128
             memory = 2 * tile * tile * 64 * 4 * 64
-            model, clip, vae = (logic.first(x) if x is not None else None for x in (model, clip, vae))
+            model, clip, vae, model_patch = (logic.first(x) if x is not None else None
+                                             for x in (model, clip, vae, model_patch))
             weights_line = None
             if model is not None:
                 prompts = [*(positive_prompt(c, options) for c in captions), options.negative_prompt]
                 model, weights_line = logic.refiner_over_host_sdxl(HOST, refiner, model, vae, clip,
-                                                                   memory_required=memory, prompts=prompts)
+                                                                   memory_required=memory, prompts=prompts,
+                                                                   model_patch=model_patch)
+            elif model_patch is not None:
+                raise NodeError("model_patch is connected but model is not: SUPIR's parts run over an SDXL, connect "
+                                "the MODEL and VAE of core's Load Checkpoint")
             elif clip is not None or vae is not None:
                 raise NodeError("clip / vae are connected but model is not: connect the MODEL of the same Load "
                                 "Checkpoint (or none of the three)")

@@ -47,6 +47,7 @@ from ..rsvl_core.pipeline.components import (
 )
 from ..rsvl_core.pipeline.memory_plan import plan_memory
 from ..rsvl_core.weights import WEIGHTS
+from .model_patch import supir_parts_from_patch
 
 log = logging.getLogger("rsvl")
 
@@ -400,14 +401,17 @@ class _Stage:
 
 
 def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any, clip: Any = None,
-                           memory_required: int = 0, prompts: Sequence[str] = ()):
+                           memory_required: int = 0, prompts: Sequence[str] = (), model_patch: Any = None):
     """The refiner over core's MODEL / VAE (and CLIP): ComfyUI places and patches its own SDXL weights, our
     modules take those tensors (no second copy), and only SUPIR's parts (once) and, without a CLIP, the text
     encoders of the SDXL file chosen in LoadRSVLModels (only those tensors) are loaded and registered.
+    `model_patch`: core's SUPIR MODEL_PATCH (ModelPatchLoader): SUPIR's parts are then its modules, loaded by
+    ComfyUI with the MODEL, and LoadRSVLModels' SUPIR file is not read (nodes/model_patch.py).
     `prompts`: the texts the run will encode; with a CLIP they are encoded first (see HostClipText.prepare).
     Returns the refiner and the report line saying what is shared and what was loaded."""
-    if "supir" not in handle.sources:
-        raise NodeError("no SUPIR model chosen: pick supir_model in LoadRSVLModels")
+    if model_patch is None and "supir" not in handle.sources:
+        raise NodeError("no SUPIR model chosen: pick supir_model in LoadRSVLModels, or connect model_patch (core's "
+                        "ModelPatchLoader with a SUPIR file)")
     if vae is None:
         raise NodeError("model is connected but vae is not: connect the VAE of the same Load Checkpoint")
     if clip is None and not handle.sources.get("sdxl"):
@@ -422,38 +426,55 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
     if clip is not None:
         text = HostClipText(clip)
         text.prepare(list(prompts))
-    if "supir" not in handle.shared:  # SUPIR's parts are built for the host's UNet and VAE (their shapes)
-        unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
-        dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
-        log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
-        handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
-        handle.load_count += 1
-        del unet_ldm, vae_ldm
-        release_freed_host_memory()
-    parts = handle.shared["supir"]
-    handle.placement.acquire("supir", parts, memory_required)
+    stages = []  # our registered stages this run uses
+    if model_patch is not None:  # SUPIR's parts are the patch's modules (built once per patch)
+        parts = supir_parts_from_patch(model_patch, unet_module.state_dict(), vae_module.state_dict())
+        if handle.shared.get("model_patch") is not parts:  # another patch: its own denoise encoder to register
+            handle.shared["model_patch"] = parts
+            handle.placement.patchers.pop("model_patch", None)
+        stages.append("model_patch")
+    else:
+        if "supir" not in handle.shared:  # SUPIR's parts are built for the host's UNet and VAE (their shapes)
+            unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
+            dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
+            log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
+            handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
+            handle.load_count += 1
+            del unet_ldm, vae_ldm
+            release_freed_host_memory()
+        parts = handle.shared["supir"]
+        stages.append("supir")
+    handle.placement.acquire(stages[0], parts, memory_required)
     if clip is None:
         if "text" not in handle.shared:
             log.info("rsvl: loading only the text encoders of %s (no CLIP connected)", handle.sources["sdxl"])
             handle.shared["text"] = _Stage(text=load_sdxl_text_encoders(handle.sources["sdxl"]))
             release_freed_host_memory()
         handle.placement.acquire("text", handle.shared["text"])
+        stages.append("text")
         text = handle.shared["text"].modules()["text"]
     # ComfyUI's weights and ours, loaded in one call (none evicts another), placed and patched by ComfyUI; the
     # refiner is built over the tensors as they are now, on every run: nothing stale is kept between runs
-    ours = [p for p in handle.placement.patchers.values() if p is not None]
-    host.load([model, vae.patcher, *ours], memory_required)
+    ours = [handle.placement.patchers[s] for s in stages if handle.placement.patchers.get(s) is not None]
+    host.load([model, vae.patcher, *([model_patch] if model_patch is not None else []), *ours], memory_required)
     unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
-    sources = {"sdxl": "MODEL/VAE of the connected checkpoint", "supir": str(handle.sources["supir"])}
+    supir = str(parts.path) if model_patch is not None else str(handle.sources["supir"])
+    sources = {"sdxl": "MODEL/VAE of the connected checkpoint", "supir": supir}
     refiner = refiner_over(parts, unet_ldm, vae_ldm, text, sources)
-    loaded = parts.parameter_bytes()
+    loaded = parts.parameter_bytes() if model_patch is None else 0
     if clip is None:
         loaded += sum(p.numel() * p.element_size() for p in text.parameters())
+    if model_patch is None:
+        what = "SUPIR parts" + (")" if clip is not None else " + text encoders)")
+    else:
+        what = ("text encoders)" if clip is None else "nothing)") + "; SUPIR: the connected model_patch's control " \
+            "network, connectors and denoise encoder (not loaded again" + (
+                f"; its denoise encoder converted to the VAE's precision, {parts.copied_bytes / MIB:.0f} MiB)"
+                if parts.copied_bytes else ")")
     line = (f"weights: SDXL UNet + VAE {shared_bytes(refiner, unet_ldm, vae_ldm) / MIB:.0f} MiB shared with the "
-            f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB (SUPIR parts"
-            + (")" if clip is not None else " + text encoders)") + "; caption encoded by "
-            + ("the connected CLIP" if clip is not None else f"the text encoders of "
-               f"{os.path.basename(handle.sources['sdxl'])}"))
+            f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB ({what}; caption encoded "
+            "by " + ("the connected CLIP" if clip is not None else f"the text encoders of "
+                     f"{os.path.basename(handle.sources['sdxl'])}"))
     return refiner, line
 
 

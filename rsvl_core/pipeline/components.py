@@ -15,7 +15,14 @@ from ..caption.config import ATTENTIONS, QUANTIZATIONS
 from ..checkpoint import first_line, headers_only, read_state_dict
 from ..errors import CheckpointError
 from ..refine.refiner import RefineOptions, Refiner, load_refiner, positive_prompt, refine_image, working_size
-from ..refine.shared_sdxl import SupirParts, load_sdxl_text_encoders, load_supir_parts, refiner_over, shared_bytes
+from ..refine.shared_sdxl import (
+    SupirParts,
+    load_sdxl_text_encoders,
+    load_supir_parts,
+    refiner_over,
+    shared_bytes,
+    supir_parts_over,
+)
 from ..refine.text import TextEmbedding
 from ..stage1 import SpandrelStage1, load_stage1
 from ..stage1.sampler import SR3SamplerOptions
@@ -24,7 +31,7 @@ __all__ = [
     "ATTENTIONS", "QUANTIZATIONS", "CaptionOptions", "Captioner", "RefineOptions", "Refiner", "SR3SamplerOptions",
     "SpandrelStage1", "SupirParts", "TextEmbedding", "collapse_whitespace", "integer_weights", "load_captioner",
     "load_problems", "load_refiner", "load_sdxl_text_encoders", "load_stage1", "load_supir_parts", "positive_prompt",
-    "refine_image", "refiner_over", "shared_bytes", "working_size",
+    "refine_image", "refiner_over", "shared_bytes", "supir_parts_over", "working_size",
 ]
 
 

@@ -3,13 +3,15 @@
 A host that already has the SDXL UNet and VAE in memory hands us their state dicts in the single-file (LDM)
 layout; the refiner's modules are built on the meta device and take those very tensors by assignment (the key
 maps are pure renames and views), so no second SDXL copy exists. What the SUPIR file adds — the control network,
-the 12 connectors and the denoise encoder — is loaded once into `SupirParts` and reused on every run; the
+the 12 connectors and the denoise encoder — is loaded once into `SupirParts` and reused on every run (or, where
+the host holds SUPIR too, e.g. ComfyUI's core MODEL_PATCH, taken from the host's modules: `supir_parts_over`); the
 text encoders come from the host's CLIP (through an object with `SDXLTextEncoder`'s `encode_pair` and
 `pooled_dim`) or from an SDXL file read for its text-encoder tensors only (`load_sdxl_text_encoders`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,20 +44,30 @@ CONNECTORS = "project_modules."
 @dataclass
 class SupirParts:
     """SUPIR's own networks, loaded once from the SUPIR file and kept: control network, connectors, denoise
-    encoder. `config` is the refiner architecture read from the host's UNet and the SUPIR file together."""
+    encoder. `config` is the refiner architecture read from the host's UNet and the SUPIR file together.
 
-    control: GLVControl
+    `host_owned`: the control network and connectors are the host's modules (`supir_parts_over`), placed by the
+    host with its own object: `modules()` then lists only the denoise encoder."""
+
+    control: GLVControl | Callable[..., list[torch.Tensor]]
     connectors: nn.ModuleList
     denoise_encoder: nn.Module
     config: RefinerConfig
     path: Path
+    host_owned: bool = False
+    copied_bytes: int | None = None  # host-owned parts: bytes that had to be converted (not the host's tensors)
 
     def modules(self) -> dict[str, nn.Module]:
-        """The parts to place or offload (all of them ours; the SDXL weights are the host's)."""
+        """The parts to place or offload (all of them ours, the host's SUPIR modules excepted; the SDXL weights
+        are the host's)."""
+        if self.host_owned:
+            return {"denoise_encoder": self.denoise_encoder}
         return {"control": self.control, "connectors": self.connectors, "denoise_encoder": self.denoise_encoder}
 
     def parameter_bytes(self) -> int:
-        """Bytes of the parameters the SUPIR file added."""
+        """Bytes of the parameters the SUPIR file added (host-owned parts: only what had to be converted)."""
+        if self.copied_bytes is not None:
+            return self.copied_bytes
         return sum(p.numel() * p.element_size() for m in self.modules().values() for p in m.parameters())
 
 
@@ -87,11 +99,45 @@ def load_supir_parts(supir_path: str | Path, unet_ldm: dict[str, torch.Tensor], 
     return SupirParts(control, unet.project_modules, vae.denoise_encoder, config, path)
 
 
+def supir_parts_over(control: Callable[..., list[torch.Tensor]], connectors: nn.ModuleList,
+                     denoise_state: dict[str, torch.Tensor], unet_ldm: dict[str, torch.Tensor],
+                     vae_ldm: dict[str, torch.Tensor], source: str | Path) -> SupirParts:
+    """SUPIR's parts from modules the host already holds (nothing of SUPIR is read again).
+
+    Args:
+        control: called as GLVControl is: (hint, sample, timestep, encoder_hidden_states, y) -> the feature list.
+        connectors: the 12 ZeroSFT / ZeroCrossAttn modules in checkpoint order (`project_modules.<i>` names and
+            shapes), called as ours are: ZeroSFT (control, skip, decoder=None, control_scale), ZeroCrossAttn
+            (control, h, control_scale).
+        denoise_state: the denoise encoder's tensors, LDM names without `first_stage_model.denoise_encoder.`;
+            our encoder module takes them by assignment (converted only where the VAE's precision differs:
+            the refiner's VAE never runs in fp16).
+        unet_ldm / vae_ldm: the host's SDXL UNet and VAE states (LDM names, no prefixes): the architecture.
+        source: what to name in messages (the host's model, not a file).
+    """
+    path = Path(str(source))
+    connector_state = {CONNECTORS + k: v for k, v in connectors.state_dict().items()}
+    if not connector_state:
+        raise CheckpointError(path, "has no connectors (project_modules)", EXPECTED_SUPIR)
+    config = infer_refiner_config({**unet_ldm, **connector_state})
+    denoise = {VAE_PREFIX + "denoise_encoder." + k: v for k, v in denoise_state.items()}
+    if not denoise:
+        raise CheckpointError(path, "has no denoise encoder (first_stage_model.denoise_encoder.*)", EXPECTED_SUPIR)
+    first_stage = {VAE_PREFIX + k: v for k, v in vae_ldm.items()}
+    encoder = load_refiner_vae({**first_stage, **denoise}, path, dtype=_dtype_of(vae_ldm)).denoise_encoder
+    given = {t.untyped_storage().data_ptr() for t in denoise_state.values()}
+    copied = sum(p.numel() * p.element_size() for p in encoder.parameters()
+                 if p.untyped_storage().data_ptr() not in given)
+    return SupirParts(control, connectors, encoder, config, path, host_owned=True, copied_bytes=copied)
+
+
 def refiner_over(parts: SupirParts, unet_ldm: dict[str, torch.Tensor], vae_ldm: dict[str, torch.Tensor],
                  text: Any, sources: dict[str, str]) -> Refiner:
     """A `Refiner` whose UNet and VAE are the host's tensors (assigned, not copied) and whose SUPIR parts and
     text encoder are `parts` and `text`. Cheap: build it again after the host moves or patches its weights."""
-    connectors = {CONNECTORS + k: v for k, v in parts.connectors.state_dict().items()}
+    # the connectors' names and shapes only (meta): the UNet's own are replaced by `parts.connectors` below, so no
+    # tensor of theirs is converted to the UNet's precision just to be dropped
+    connectors = {CONNECTORS + k: v.to("meta") for k, v in parts.connectors.state_dict().items()}
     unet = build_unet(parts.config, {**unet_ldm, **connectors}, parts.path, _dtype_of(unet_ldm), parts.path)
     unet.project_modules = parts.connectors
     first_stage = {VAE_PREFIX + k: v for k, v in vae_ldm.items()}

@@ -29,9 +29,13 @@ def tiny_refiner_config() -> RefinerConfig:
                          num_head_channels=64, context_dim=128, adm_in_channels=64 + 6 * 256, zero_sft_hidden=16)
 
 
-def tiny_refiner(seed: int = 0) -> Refiner:
-    """A seeded random tiny refiner (UNet, control, VAE with denoise encoder, text encoders)."""
-    config = tiny_refiner_config()
+def tiny_refiner(seed: int = 0, config: RefinerConfig | None = None) -> Refiner:
+    """A seeded random tiny refiner (UNet, control, VAE with denoise encoder, text encoders).
+
+    `config`: another UNet/control size (default `tiny_refiner_config()`); its context and vector widths must
+    stay those of the tiny text encoders (128, 64 + 6 x 256).
+    """
+    config = config or tiny_refiner_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet, control = RefinerUNet(config), GLVControl(config)
@@ -40,11 +44,15 @@ def tiny_refiner(seed: int = 0) -> Refiner:
     return Refiner(unet.eval().requires_grad_(False), control.eval().requires_grad_(False), vae, text, config)
 
 
-def write_tiny_refiner_files(sdxl_dir: Path, supir_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write a tiny SDXL single file and a tiny SUPIR checkpoint (split as the real releases are)."""
-    sdxl_state, supir_state = refiner_single_files(tiny_refiner(seed))
+def write_tiny_refiner_files(sdxl_dir: Path, supir_dir: Path, seed: int = 0, refiner: Refiner | None = None,
+                             names: tuple[str, str] = (TINY_SDXL_NAME, TINY_SUPIR_NAME)) -> tuple[Path, Path]:
+    """Write a tiny SDXL single file and a tiny SUPIR checkpoint (split as the real releases are).
+
+    `refiner`: the refiner to write (default `tiny_refiner(seed)`); `names`: the two file names.
+    """
+    sdxl_state, supir_state = refiner_single_files(refiner or tiny_refiner(seed))
     paths = []
-    for folder, name, state in ((sdxl_dir, TINY_SDXL_NAME, sdxl_state), (supir_dir, TINY_SUPIR_NAME, supir_state)):
+    for folder, name, state in ((sdxl_dir, names[0], sdxl_state), (supir_dir, names[1], supir_state)):
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / name
         with atomic_path(target) as tmp:

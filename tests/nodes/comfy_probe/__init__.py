@@ -1,5 +1,7 @@
 """A test-only ComfyUI node pack (loaded beside rsvl by the host tests through COMFY_EXTRA_PACKS, never shipped):
-an upscale model that runs out of memory on large inputs, to drive the out-of-memory retry in a real ComfyUI."""
+an upscale model that runs out of memory on large inputs, to drive the out-of-memory retry in a real ComfyUI; and
+core's own SUPIR classes as a MODEL_PATCH at a test file's size (core's ModelPatchLoader builds only the full
+SDXL size), for ControlNetRefine's model_patch input."""
 
 from __future__ import annotations
 
@@ -40,4 +42,23 @@ class RsvlTestOutOfMemoryAbove:
         return (wrapped,)
 
 
-NODE_CLASS_MAPPINGS = {"RsvlTestOutOfMemoryAbove": RsvlTestOutOfMemoryAbove}
+class RsvlTestCoreSupirPatch:
+    """A SUPIR file (any size) -> the MODEL_PATCH core's ModelPatchLoader would give for it, built from core's
+    own classes (see core_supir.py). ComfyUI >= 0.20 only (comfy.ldm.supir)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL_PATCH",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, path):
+        from .core_supir import core_supir_patch
+
+        return (core_supir_patch(path),)
+
+
+NODE_CLASS_MAPPINGS = {"RsvlTestOutOfMemoryAbove": RsvlTestOutOfMemoryAbove,
+                       "RsvlTestCoreSupirPatch": RsvlTestCoreSupirPatch}
