@@ -121,6 +121,22 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
         "8": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
         "9": save(["7", 0], "rsvl/refined"),
     }
+    # For users of core SUPIR (ComfyUI >= 0.20): core Load Checkpoint + core Load Model Patch (a SUPIR file in
+    # models/model_patches) -> our SR3 stage 1, caption and refiner; the pack reads nothing of SUPIR or SDXL.
+    core_supir = {
+        "1": load_image(),
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": MODELS["sdxl_checkpoint"]}},
+        "3": {"class_type": "ModelPatchLoader", "inputs": {"name": MODELS["supir_model"]}},
+        "4": loader(sdxl_checkpoint="none", supir_model="none"),
+        "5": stage1(["1", 0], ["4", 0]),
+        "6": {"class_type": "LlavaRSCaption", "inputs": {"image": ["5", 0], "captioner": ["4", 1],
+                                                         "prompt": SEED_PROMPT, "max_new_tokens": 256,
+                                                         "temperature": 0.2, "seed": 0}},
+        "7": refine(["5", 0], ["4", 2], ["6", 0], model=["2", 0], clip=["2", 1], vae=["2", 2],
+                    model_patch=["3", 0]),
+        "8": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
+        "9": save(["7", 0], "rsvl/refined"),
+    }
     # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
     # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
     full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
@@ -131,7 +147,9 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
                "8": col(5), "9": col(5, 1)}
     native_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1, 1), "5": col(1), "6": col(2),
                   "8": col(2, 1), "7": col(3), "9": col(4)}
-    return {"rsvl_native_comfy_models": (native, native_pos),
+    core_supir_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1, 1), "5": col(1), "6": col(2),
+                      "8": col(2, 1), "7": col(3), "9": col(4)}
+    return {"rsvl_native_comfy_models": (native, native_pos), "rsvl_core_supir": (core_supir, core_supir_pos),
             "rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
             "rsvl_refine_handwritten_caption": (handwritten, hw_pos), "rsvl_uncertainty_guard": (uncertainty, unc_pos)}
 
@@ -144,8 +162,8 @@ ROWS = (0, 700, 1060)  # y offsets in a column: below LoadImage or Stage 1 (with
 SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepScheduler": (400, 240),
          "Stage1FidelitySR": (400, 580), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
          "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200), "CheckpointLoaderSimple": (400, 160),
-         "UpscaleModelLoader": (400, 100), "PreviewAny": (400, 300), "RepeatImageBatch": (400, 120),
-         "RSVLUncertainty": (400, 420)}
+         "UpscaleModelLoader": (400, 100), "ModelPatchLoader": (400, 100), "PreviewAny": (400, 300),
+         "RepeatImageBatch": (400, 120), "RSVLUncertainty": (400, 420)}
 ZOOM = 0.6
 
 
@@ -215,6 +233,10 @@ PURPOSES = {
     "rsvl_native_comfy_models": "ComfyUI-native: your SDXL from core **Load Checkpoint** and an upscale model from "
                                 "core **Load Upscale Model** → stage 1 (one pass of that model) → caption → SUPIR "
                                 "refine over the checkpoint's MODEL/CLIP/VAE: one SDXL in memory.",
+    "rsvl_core_supir": "**Needs ComfyUI ≥ 0.20** (core SUPIR; older ComfyUI says *node ModelPatchLoader does not "
+                       "exist*). Your SDXL from core **Load Checkpoint** and SUPIR from core **Load Model Patch** "
+                       "(the same files core's SUPIR Apply uses) → SR3 stage 1 → caption → SUPIR refine: SDXL and "
+                       "SUPIR are loaded once, by ComfyUI.",
     "rsvl_full_two_stage": "The paper's pipeline: SR3 stage 1 (no text, no guidance: it cannot invent objects) → "
                            "LLaVA caption → SUPIR/SDXL refine guided by the caption, colour-fixed against stage 1; "
                            "the scheduler sets steps and the step cache.",
@@ -233,6 +255,7 @@ WEIGHT_FOLDERS = {
     ("LoadRSVLModels", "supir_model"): "`rsvl/supir/` or `model_patches/` (SUPIR v0Q/v0F)",
     ("CheckpointLoaderSimple", "ckpt_name"): "`checkpoints/` (SDXL base, single file)",
     ("UpscaleModelLoader", "model_name"): "`upscale_models/` (e.g. a 4x ESRGAN)",
+    ("ModelPatchLoader", "name"): "`model_patches/` (SUPIR v0Q/v0F)",
 }
 NOTE_SIZE = (400, 330)
 

@@ -104,7 +104,7 @@ def node_info(cls) -> dict:
     }
 
 
-# Built-in nodes the shipped workflows use, as ComfyUI 0.8's /object_info lists them (widget parts only).
+# Built-in nodes the shipped workflows use, as ComfyUI's /object_info lists them (widget parts only).
 BUILTIN_INFO = {
     "LoadImage": {"input": {"required": {"image": [[], {"image_upload": True}]}, "optional": {}},
                   "input_order": {"required": ["image"]}, "output": ["IMAGE", "MASK"]},
@@ -117,6 +117,10 @@ BUILTIN_INFO = {
     "UpscaleModelLoader": {"input": {"required": {"model_name": ["COMBO", {"options": []}]}, "optional": {}},
                            "input_order": {"required": ["model_name"]}, "output": ["UPSCALE_MODEL"],
                            "output_name": ["UPSCALE_MODEL"]},
+    # ComfyUI >= 0.20 only (core SUPIR): listed as 0.20.1's /object_info lists it
+    "ModelPatchLoader": {"input": {"required": {"name": [[], {}]}, "optional": {}},
+                         "input_order": {"required": ["name"]}, "output": ["MODEL_PATCH"],
+                         "output_name": ["MODEL_PATCH"]},
     "PreviewAny": {"input": {"required": {"source": ["*", {}]}, "optional": {}},
                    "input_order": {"required": ["source"]}, "output": []},
     "PrimitiveStringMultiline": {"input": {"required": {"value": ["STRING", {"multiline": True}]}, "optional": {}},

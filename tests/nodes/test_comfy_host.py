@@ -58,7 +58,7 @@ def start_server(root: Path, host: Host, extra_args: str = ""):
     torch.save(tiny_esrgan(), models / "upscale_models" / "4x_tiny_esrgan.pth")  # any spandrel SR model
     folders = {"checkpoints": "checkpoints", "rsvl_sr3": "rsvl/sr3", "rsvl_llava": "rsvl/llava",
                "rsvl_llava_adapter": "rsvl/llava_adapter", "rsvl_supir": "rsvl/supir",
-               "upscale_models": "upscale_models", "text_encoders": "text_encoders"}
+               "upscale_models": "upscale_models", "text_encoders": "text_encoders", "model_patches": "model_patches"}
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text("rsvl_test:\n  base_path: " + str(models) + "\n"
                     + "".join(f"  {k}: {v}/\n" for k, v in folders.items()))
