@@ -233,10 +233,10 @@ PURPOSES = {
     "rsvl_native_comfy_models": "ComfyUI-native: your SDXL from core **Load Checkpoint** and an upscale model from "
                                 "core **Load Upscale Model** → stage 1 (one pass of that model) → caption → SUPIR "
                                 "refine over the checkpoint's MODEL/CLIP/VAE: one SDXL in memory.",
-    "rsvl_core_supir": "**Needs ComfyUI ≥ 0.20** (core SUPIR; older ComfyUI says *node ModelPatchLoader does not "
-                       "exist*). Your SDXL from core **Load Checkpoint** and SUPIR from core **Load Model Patch** "
-                       "(the same files core's SUPIR Apply uses) → SR3 stage 1 → caption → SUPIR refine: SDXL and "
-                       "SUPIR are loaded once, by ComfyUI.",
+    "rsvl_core_supir": "**Needs ComfyUI ≥ 0.20** (core SUPIR: on older ComfyUI, Load Model Patch cannot read a "
+                       "SUPIR file and the run stops there). Your SDXL from core **Load Checkpoint** and SUPIR "
+                       "from core **Load Model Patch** (the same files core's SUPIR Apply uses) → SR3 stage 1 → "
+                       "caption → SUPIR refine: SDXL and SUPIR are loaded once, by ComfyUI.",
     "rsvl_full_two_stage": "The paper's pipeline: SR3 stage 1 (no text, no guidance: it cannot invent objects) → "
                            "LLaVA caption → SUPIR/SDXL refine guided by the caption, colour-fixed against stage 1; "
                            "the scheduler sets steps and the step cache.",
