@@ -84,6 +84,9 @@ class ComfyHost:
         return torch.device("cpu") if choice == "cpu" else mm.unet_offload_device()
 
     def register(self, module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+        """A classic ModelPatcher, never CoreModelPatcher (ComfyUI's dynamic-VRAM patcher where comfy-aimdo is on):
+        our modules are plain torch layers, which a dynamic patcher would move whole anyway, and it refuses the full
+        load `load` asks for (nodes/dynamic_vram.py)."""
         from comfy.model_patcher import ModelPatcher
 
         return ModelPatcher(module, load_device=load_device, offload_device=offload_device)
@@ -91,7 +94,8 @@ class ComfyHost:
     def load(self, patchers: list, memory_required: int = 0) -> None:
         import comfy.model_management as mm
 
-        # Our modules are plain torch modules (no comfy.ops weight casting): load them whole.
+        # Our modules are plain torch modules (no comfy.ops weight casting): load them whole. A dynamic patcher of
+        # core's in the list (MODEL_PATCH) is loaded its own way: force_full_load never reaches its load().
         mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
 
     def progress_bar(self, total: int):

@@ -47,6 +47,7 @@ from ..rsvl_core.pipeline.components import (
 )
 from ..rsvl_core.pipeline.memory_plan import plan_memory
 from ..rsvl_core.weights import WEIGHTS
+from .dynamic_vram import HostView, is_dynamic
 from .model_patch import supir_parts_from_patch
 
 log = logging.getLogger("rsvl")
@@ -408,6 +409,8 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
     `model_patch`: core's SUPIR MODEL_PATCH (ModelPatchLoader): SUPIR's parts are then its modules, loaded by
     ComfyUI with the MODEL, and LoadRSVLModels' SUPIR file is not read (nodes/model_patch.py).
     `prompts`: the texts the run will encode; with a CLIP they are encoded first (see HostClipText.prepare).
+    A MODEL / VAE under ComfyUI's dynamic VRAM keeps its tensors on the offload device: the refiner then takes them
+    through views placed by a classic patcher of ours for this run (nodes/dynamic_vram.py).
     Returns the refiner and the report line saying what is shared and what was loaded."""
     if model_patch is None and "supir" not in handle.sources:
         raise NodeError("no SUPIR model chosen: pick supir_model in LoadRSVLModels, or connect model_patch (core's "
@@ -454,13 +457,22 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
         stages.append("text")
         text = handle.shared["text"].modules()["text"]
     # ComfyUI's weights and ours, loaded in one call (none evicts another), placed and patched by ComfyUI; the
-    # refiner is built over the tensors as they are now, on every run: nothing stale is kept between runs
+    # refiner is built over the tensors as they are now, on every run: nothing stale is kept between runs. A
+    # dynamic-VRAM MODEL / VAE leaves its tensors on the offload device: the refiner then takes them through a
+    # view loaded by a classic patcher of ours, for this run (nodes/dynamic_vram.py)
     ours = [handle.placement.patchers[s] for s in stages if handle.placement.patchers.get(s) is not None]
-    host.load([model, vae.patcher, *([model_patch] if model_patch is not None else []), *ours], memory_required)
-    unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
+    held = {"unet": (model, unet_module), "vae": (vae.patcher, vae_module)}
+    views = {name: HostView(host.register, patcher, module) for name, (patcher, module) in held.items()
+             if is_dynamic(patcher)}
+    core = [views[name].patcher if name in views else patcher for name, (patcher, _) in held.items()]
+    host.load([*core, *([model_patch] if model_patch is not None else []), *ours], memory_required)
+    unet_ldm, vae_ldm = (views[name].state_dict() if name in views else module.state_dict()
+                         for name, (_, module) in held.items())
     supir = str(parts.path) if model_patch is not None else str(handle.sources["supir"])
     sources = {"sdxl": "MODEL/VAE of the connected checkpoint", "supir": supir}
     refiner = refiner_over(parts, unet_ldm, vae_ldm, text, sources)
+    if views:  # the views (and their device copies) live as long as the refiner built over them: this run
+        weakref.finalize(refiner, views.clear)
     loaded = parts.parameter_bytes() if model_patch is None else 0
     if clip is None:
         loaded += sum(p.numel() * p.element_size() for p in text.parameters())
@@ -475,6 +487,12 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
             f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB ({what}; caption encoded "
             "by " + ("the connected CLIP" if clip is not None else f"the text encoders of "
                      f"{os.path.basename(handle.sources['sdxl'])}"))
+    if views:
+        patched = sum(len(v.patched) for v in views.values())
+        names = " and ".join({"unet": "UNet", "vae": "VAE"}[n] for n in views)
+        line += (f"; dynamic VRAM: the {names} tensors placed on the device for this run by the pack's own patcher "
+                 "over a view of them (no host-RAM copy"
+                 + (f"; {patched} weight patch{'es' if patched != 1 else ''} (LoRA) applied)" if patched else ")"))
     return refiner, line
 
 
