@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import RsvlError
 from ..pipeline.acceleration import Acceleration
+
+if TYPE_CHECKING:
+    from ..pipeline.memory_plan import MemoryPlan
 
 RAY_HINT = ("rsvl batch runs on Ray: pass --ray auto (start Ray on this machine: its GPUs, or CPU actors) or "
             "--ray HOST:PORT (join a cluster started with `ray start --head`); for one process without Ray use "
@@ -33,6 +37,7 @@ class ClusterOptions:
     placement: str = "auto"
     vae_dtype: str | None = None
     acceleration: Acceleration = field(default_factory=Acceleration)  # compile, fp8, ... (as --accelerate)
+    memory_plan: MemoryPlan | None = None  # --max-vram: each actor places and stores its models by this plan
 
     def check(self) -> None:
         if self.actors is not None and self.actors < 1:

@@ -30,7 +30,7 @@ class SceneWorker:
         if threads:
             torch.set_num_threads(threads)
         models = PipelineModels.from_files(files, resolve_device(cluster.device), cluster.dtype, cluster.placement,
-                                           cluster.vae_dtype, cluster.acceleration)
+                                           cluster.vae_dtype, cluster.acceleration, cluster.memory_plan)
         models.preload()  # a wrong weights file fails here, before any item
         self.executor = ItemExecutor(config, options, models, model_files)
 

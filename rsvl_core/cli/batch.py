@@ -10,7 +10,14 @@ from pathlib import Path
 from ..errors import RsvlError
 from .bars import say
 from .commands import COMMANDS
-from .upscale import acceleration_from_args, add_job_arguments, config_from_args, job_options_from_args
+from .upscale import (
+    acceleration_from_args,
+    add_job_arguments,
+    add_memory_flag,
+    config_from_args,
+    job_options_from_args,
+    planned_config,
+)
 
 
 def add_batch_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +26,7 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
                                        "one actor per GPU (or CPU actors), models loaded once per actor. Inputs, "
                                        "outputs and model files must be on storage every node sees.")
     add_job_arguments(batch)
+    add_memory_flag(batch)
     group = batch.add_argument_group("cluster (Ray)")
     group.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
                        help="auto: the Ray cluster running on this machine, else a new local one (its GPUs, or CPU "
@@ -45,11 +53,12 @@ def run_batch_command(args: argparse.Namespace):
         acceleration = acceleration_from_args(args)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
-    cluster = ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.retries, args.device, args.dtype,
-                             args.placement, args.vae_dtype, acceleration)
-    cluster.check()
     inputs = [*args.inputs, *args.input_img, *args.image_dir]
-    collect_inputs(inputs, args.recursive)  # a missing input fails first
+    sources = collect_inputs(inputs, args.recursive)  # a missing input fails first
+    config, plan = planned_config(config, sources, options.scene.windows.size)  # --max-vram, for every actor
+    cluster = ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.retries, args.device, args.dtype,
+                             args.placement, args.vae_dtype, acceleration, plan)
+    cluster.check()
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
                                comfyui_dir=args.comfyui_dir)

@@ -1,7 +1,8 @@
 """`rsvl caption IMAGE... --models-dir DIR`: describe images with the captioner (LLaVA-NeXT + LoRA).
 
 The captioner is found where `rsvl upscale` finds it (the one weights lookup), and the images are read as
-`rsvl upscale` reads them (`pipeline.caption_job`: GeoTIFF bands and stretch, large scenes as an overview).
+`rsvl upscale` reads them (`pipeline.caption_job`, run by the job loop of `rsvl upscale`: GeoTIFF bands and
+stretch, large scenes as an overview; with -o FILE, a rerun skips the inputs FILE's record already has).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import atomic_path
 from ..errors import RsvlError
 from ..pipeline.options import ATTENTIONS, QUANTIZATIONS
 from ..weights import MODELS_DIR_ENV
@@ -20,7 +20,7 @@ from .commands import COMMANDS
 from .settings import add_setting_flags, setting_flag, setting_values
 
 if TYPE_CHECKING:  # the engine loads when the command runs, not to parse its flags
-    from ..pipeline import CaptionSummary, PipelineModels
+    from ..pipeline import CaptionSummary, MemoryPlan, PipelineModels
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,10 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("--no-adapter", action="store_true", help="caption with the base model only")
     cap.add_argument("--merge-adapter", action="store_true", help="merge the LoRA into the weights (faster)")
     cap.add_argument("-o", "--output", type=Path, default=None,
-                     help="write `name: caption` lines to this file instead of printing them")
+                     help="write `name: caption` lines to this file instead of printing them (a record of them "
+                          "goes beside it, FILE.json: a rerun with the same settings skips the inputs in it)")
+    cap.add_argument("--overwrite", action="store_true",
+                     help="caption again the inputs --output's record already has (default: skip them)")
     add_setting_flags(cap, ("caption_prompt", "caption_temperature", "caption_max_tokens", "seed"),
                       aliases={"caption_prompt": ("--prompt",), "caption_max_tokens": ("--max-new-tokens",),
                                "caption_temperature": ("--temperature",)})
@@ -51,6 +54,7 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
     cap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     setting_flag(cap, "dtype")
+    setting_flag(cap, "max_vram")
     cap.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
                      help="8bit/4bit need the optional bitsandbytes package and CUDA")
     cap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
@@ -58,8 +62,9 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def captioner_models(args: argparse.Namespace) -> PipelineModels:
-    """The captioner, found where `rsvl upscale` finds it, as the only stage of a PipelineModels (loaded lazily)."""
+def captioner_models(args: argparse.Namespace, plan: MemoryPlan | None = None) -> PipelineModels:
+    """The captioner, found where `rsvl upscale` finds it, as the only stage of a PipelineModels (loaded lazily);
+    with a --max-vram plan, stored and placed as the plan says."""
     from ..devices import resolve_device
     from ..pipeline import PipelineModels, StageSpec, locate_caption_files
     from ..pipeline.components import load_captioner
@@ -67,16 +72,33 @@ def captioner_models(args: argparse.Namespace) -> PipelineModels:
     folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
                                            with_adapter=not args.no_adapter, comfyui_dir=args.comfyui_dir)
     device = resolve_device(args.device)
+    storage = plan.caption_storage if plan is not None else "none"
 
     def load(where):
         try:
             return load_captioner(folder, adapter, device=where, dtype=args.dtype, quantization=args.quantization,
-                                  attention=args.attention, merge_adapter=args.merge_adapter)
+                                  attention=args.attention, merge_adapter=args.merge_adapter, storage=storage)
         except ValueError as exc:
             raise RsvlError(str(exc)) from None
 
     spec = StageSpec("caption", load, [folder] + ([adapter] if adapter else []))
-    return PipelineModels(device, "resident", captioner=spec)
+    models = PipelineModels(device, "resident" if plan is None else plan.placement_for(device), captioner=spec)
+    if plan is not None:  # as `rsvl upscale`: loaded on the host, stored low-bit there, then moved
+        models.memory_plan, models.load_on_host = plan.record(), True
+    return models
+
+
+def caption_plan(args: argparse.Namespace) -> MemoryPlan | None:
+    """--max-vram: the captioner's plan for the largest input's overview (said on the start line); else None."""
+    from ..pipeline import RunConfig, collect_inputs, plan_for_captions
+    from ..scene_io import OVERVIEW_SIDE
+
+    if not args.max_vram:
+        return None
+    config = RunConfig.from_values(stage1_only=True, **setting_values(args))
+    plan = plan_for_captions(config, collect_inputs(args.inputs), OVERVIEW_SIDE)
+    say(plan.describe())
+    return plan
 
 
 def run_caption(args: argparse.Namespace) -> CaptionSummary:
@@ -89,17 +111,15 @@ def run_caption(args: argparse.Namespace) -> CaptionSummary:
         scene = SceneOptions(args.bands, args.stretch, args.percentiles)
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
+    models = captioner_models(args, caption_plan(args))
     events = CaptionBars(args.quiet)
     try:
-        summary = caption_job(args.inputs, options, captioner_models(args), scene, events)
+        summary = caption_job(args.inputs, options, models, scene, events, args.output, args.overwrite)
     finally:
         events.close()
-    lines = "".join(f"{source.name}: {caption}\n" for source, caption in summary.captions)
     if args.output is None:
-        sys.stdout.write(lines)
+        sys.stdout.write("".join(f"{source.name}: {caption}\n" for source, caption in summary.captions))
         return summary
-    with atomic_path(args.output) as tmp:
-        tmp.write_text(lines, encoding="utf-8")
     if not args.quiet:
         print(f"wrote {len(summary.captions)} caption(s) to {args.output}", file=sys.stderr)
     return summary

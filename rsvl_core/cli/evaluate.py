@@ -18,6 +18,7 @@ from .commands import COMMANDS
 from .settings import config_from_args, setting_flag
 from .upscale import (
     acceleration_from_args,
+    add_memory_flag,
     add_model_options,
     add_refine_options,
     add_run_settings,
@@ -27,6 +28,7 @@ from .upscale import (
 
 if TYPE_CHECKING:  # the evaluation loads when the command runs, not to parse its flags
     from ..evaluation import EvalSummary
+    from ..pipeline import PipelineModels
 
 DEFAULT_METHODS = "bicubic,stage1,full"
 PRESETS = SETTINGS["preset"].choices
@@ -53,6 +55,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--degrade-jpeg", type=int, default=0, help="JPEG quality 1..95 applied to the LR image "
                     "(default 0: none)")
     add_model_options(ev)
+    add_memory_flag(ev)
     add_run_settings(ev)
     add_scene_flags(ev)
     add_refine_options(ev)
@@ -94,7 +97,6 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
 def run_eval(args: argparse.Namespace) -> EvalSummary:
     from ..devices import resolve_device
     from ..evaluation import DegradeOptions, EvalOptions, PerceptualScorer, find_perceptual_weights, run_evaluation
-    from ..pipeline import PipelineModels, locate_model_files
     from .progress import EvalBars
 
     try:
@@ -110,20 +112,41 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
     device = resolve_device(args.device)
-    models = None
-    pipeline = [c for c in methods.values() if c is not None]
-    if pipeline:
-        widest = next((c for c in pipeline if c.refine is not None), pipeline[0])  # find every file it needs
-        files = locate_model_files(widest, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
-                                   captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
-                               comfyui_dir=args.comfyui_dir)
-        models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype, acceleration)
+    methods, models = eval_models(args, methods, device, acceleration)
+    options = replace(options, methods=methods)
     weights = find_perceptual_weights(args.models_dir, args.lpips_weights, args.dists_weights, args.clip_model)
     events = EvalBars(args.quiet)
     try:
         return run_evaluation(args.hr_dir, options, models, PerceptualScorer(weights, args.models_dir, device), events)
     finally:
         events.close()
+
+
+def eval_models(args: argparse.Namespace, methods: dict[str, RunConfig | None], device,
+                acceleration) -> tuple[dict[str, RunConfig | None], PipelineModels | None]:
+    """The pipeline methods' models (None for baselines only), found as `rsvl upscale` finds them, placed by the
+    --max-vram plan that every method fits (planned on the largest HR image's LR input)."""
+    from ..evaluation import collect_dataset
+    from ..pipeline import PipelineModels, locate_model_files, plan_for_configs
+    from ..pipeline.memory_plan import largest_input_size
+
+    pipeline = [c for c in methods.values() if c is not None]
+    if not pipeline:
+        return methods, None
+    widest = next((c for c in pipeline if c.refine is not None), pipeline[0])  # find every file it needs
+    files = locate_model_files(widest, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
+                               captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
+                               comfyui_dir=args.comfyui_dir)
+    plan = None
+    if widest.max_vram:
+        hr = largest_input_size([image.path for image in collect_dataset(args.hr_dir)])
+        lr = (max(1, hr[0] // args.scale), max(1, hr[1] // args.scale))
+        window = args.window_size
+        plan = plan_for_configs(pipeline, (min(lr[0], window or lr[0]), min(lr[1], window or lr[1])))
+        say(plan.describe())
+        methods = {name: None if c is None else plan.apply(c) for name, c in methods.items()}
+    models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype, acceleration, plan)
+    return methods, models
 
 
 def print_eval_summary(summary: EvalSummary, output: Path) -> int:

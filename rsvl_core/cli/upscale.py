@@ -22,7 +22,7 @@ from .settings import (
 )
 
 if TYPE_CHECKING:  # the engine loads when a command runs, not to parse its flags (a usage error answers at once)
-    from ..pipeline import Acceleration, JobOptions, JobSummary, SceneOptions
+    from ..pipeline import Acceleration, JobOptions, JobSummary, MemoryPlan, RunConfig, SceneOptions
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_upscale_parser(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upscale", help=COMMANDS["upscale"])
     add_job_arguments(up)
-    setting_flag(up, "max_vram")  # planned for one process; `rsvl batch` actors place models with --placement
+    add_memory_flag(up)
+
+
+def add_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """--max-vram (the memory plan), on every command that loads models; from the one SETTINGS table."""
+    setting_flag(parser, "max_vram")
 
 
 def add_job_arguments(up: argparse.ArgumentParser) -> None:
@@ -142,8 +147,20 @@ def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
     return Acceleration.from_names(args.accelerate)
 
 
+def planned_config(config: RunConfig, sources: list[Path], window: int) -> tuple[RunConfig, MemoryPlan | None]:
+    """--max-vram: the plan for the largest input (said on the start line) and the options it sets; else none."""
+    from ..pipeline import plan_for_run
+    from .bars import say
+
+    plan = plan_for_run(config, sources, window)
+    if plan is None:
+        return config, None
+    say(plan.describe())
+    return plan.apply(config), plan
+
+
 def run_upscale(args: argparse.Namespace) -> JobSummary:
-    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, plan_for_run, run_job
+    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, run_job
     from .progress import CliEvents, say
 
     try:
@@ -157,10 +174,7 @@ def run_upscale(args: argparse.Namespace) -> JobSummary:
     files = locate_model_files(config, args.models_dir, args.stage1_model, args.sdxl, args.supir, notify=say,
                                captioner=args.llava, adapter=args.adapter, ckpt_dir=args.ckpt_pth,
                                comfyui_dir=args.comfyui_dir)
-    plan = plan_for_run(config, sources, options.scene.windows.size)  # --max-vram; None without it
-    if plan is not None:
-        config = plan.apply(config)
-        say(plan.describe())
+    config, plan = planned_config(config, sources, options.scene.windows.size)
     models = PipelineModels.from_files(files, device, args.dtype, args.placement, args.vae_dtype,
                                        acceleration, plan)
     return run_job(inputs, config, models, options, CliEvents(args.quiet, config.scale))

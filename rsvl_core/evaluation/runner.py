@@ -21,10 +21,14 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import Claim
 from ..errors import RsvlError
 from ..image import list_images, write_image_atomic
 from ..pipeline import PipelineModels, RunConfig
 from ..pipeline.jobs import (
+    STORAGE_ERRORS,
+    JobEvents,
+    JobSummary,
     SceneOptions,
     model_files_record,
     prepare_output_folder,
@@ -32,6 +36,7 @@ from ..pipeline.jobs import (
     read_input,
     upscale_image,
 )
+from ..pipeline.work import Assembler, ClaimedScene, WorkItem, run_local
 from ..progress import ProgressCallback
 from .degrade import BASELINES, DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
 from .hallucination import CORRECTNESS_METRICS, correctness, opensr_test_version
@@ -186,8 +191,37 @@ def _quantised(image: torch.Tensor) -> torch.Tensor:
     return image.float().clamp(0, 1).mul(255).round().div(255)
 
 
+@dataclass
+class EvalScene(ClaimedScene):
+    """One HR image claimed by this run: its finished pairs (read back), the pairs to compute, HR and LR."""
+
+    image: EvalImage | None = None
+    paths: _Paths | None = None
+    expected: dict[str, str] = field(default_factory=dict)
+    finished: dict[str, dict | None] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+    hr: torch.Tensor | None = None
+    lr: torch.Tensor | None = None
+    grid: object = None
+    shared: dict = field(default_factory=dict)   # stage-1 results of full runs, by (stage-1 settings, seed)
+    computed: int = 0
+
+
+@dataclass
+class EvalItem(WorkItem):
+    """One image x method pair (`method`), or the image's closing item (`kind` "image": rows and the sheet)."""
+
+    method: str = ""
+
+    def call(self) -> tuple:
+        return self.kind, self.scene, self.method
+
+
 class Evaluation:
-    """One evaluation run over a dataset (see the module doc); `run()` returns the summary."""
+    """One evaluation run over a dataset (see the module doc); `run()` returns the summary. A job of the work-item
+    loop (`pipeline.work.run_local`): each HR image is claimed (or skipped: every pair finished with these
+    settings), planned as its pairs (HR read and degraded once), each pair executed (the method's seeds, this
+    class's `execute`) and scored by the sink (`EvalSink`)."""
 
     def __init__(self, hr_dir: Path, options: EvalOptions, models: PipelineModels | None,
                  perceptual: PerceptualScorer, events: EvalEvents | None = None) -> None:
@@ -197,6 +231,7 @@ class Evaluation:
         self.hr_dir, self.options, self.models, self.perceptual = Path(hr_dir), options, models, perceptual
         self.events = events or EvalEvents()
         self.summary = EvalSummary()
+        self.job = JobSummary()  # the loop's own tally (the storage stop); the evaluation's is `summary`
         self.models_ready = False
         self.crops: dict[str, list[int]] = {}
         self.reads: dict[str, dict] = {}  # how each HR file was read (GeoTIFF bands, stretch), for the pair records
@@ -210,56 +245,73 @@ class Evaluation:
         for line in self.perceptual.skipped:
             self.events.note(line)
         self.events.begin(len(images) * len(self.options.methods))
-        for image in images:
-            self._evaluate_image(image)
+        run_local(images, self._claim, lambda: (self, EvalSink(self)), self._plan, JobEvents(), self.job)
         self.summary.files.update(self._write_report())
         return self.summary
 
-    # 2. one image
-    def _evaluate_image(self, image: EvalImage) -> None:
+    # 2. one image: claimed (or skipped), planned as its pairs
+    def _claim(self, image: EvalImage) -> EvalScene | None:
         options, paths = self.options, _Paths(self.options.output_dir, image)
         expected = {m: fingerprint(options, m, self.perceptual.names) for m in options.methods}
-        records = {m: None if options.overwrite else _finished(paths.pair(m), expected[m]) for m in options.methods}
-        pending = [m for m, r in records.items() if r is None]
+        finished = {m: None if options.overwrite else _finished(paths.pair(m), expected[m]) for m in options.methods}
+        pending = [m for m, r in finished.items() if r is None]
+        scene = EvalScene(image.path, paths.pairs, False, Claim(paths.pairs), image=image, paths=paths,
+                          expected=expected, finished=finished, pending=pending)
+        if pending or not paths.sheet.is_file():
+            paths.pairs.parent.mkdir(parents=True, exist_ok=True)
+            holder = scene.claim.acquire()
+            if holder is None:
+                return scene
+            self.events.note(f"{image.image_id}: being evaluated by another run ({holder}): left to it")
+            scene.pending = []
+        self._close_image(scene)  # every pair finished before (or another run's): read back
+        return None
+
+    def _plan(self, scene: EvalScene, _sink) -> list[EvalItem]:
+        """HR read and degraded once (a bad image fails its pending pairs), then one item per pending pair
+        (full runs first: a stage-1 method takes their stage-1 result) and the image's closing item."""
+        options, paths = self.options, scene.paths
         try:
-            hr, grid = self._read_hr(image) if pending or not paths.sheet.is_file() else (None, None)
-            lr = degrade(hr, options.scale, options.degrade, image_seed(options.seed, image.image_id)) \
-                if hr is not None else None
-            if lr is not None:
-                write_image_atomic(lr, paths.images / "lr.png")
+            scene.hr, scene.grid = self._read_hr(scene.image)
+            scene.lr = degrade(scene.hr, options.scale, options.degrade,
+                               image_seed(options.seed, scene.image.image_id))
+            write_image_atomic(scene.lr, paths.images / "lr.png")
         except (RsvlError, ValueError, OSError) as exc:
-            self._fail(image.image_id, str(exc), count=len(pending))
-            pending = []
-            hr = None
-        if any(options.methods[m] is not None for m in pending) and not self.models_ready:
+            self._fail(scene.image.image_id, str(exc), count=len(scene.pending))
+            scene.pending, scene.hr = [], None
+        if any(options.methods[m] is not None for m in scene.pending) and not self.models_ready:
             self.models.preload()  # a wrong weights file stops the run here, before any result
             self.models_ready = True
-        shared: dict[tuple[str, int], torch.Tensor] = {}
-        order = sorted(pending, key=lambda m: {"full": 0, "stage1": 1, "baseline": 2}[
+        order = sorted(scene.pending, key=lambda m: {"full": 0, "stage1": 1, "baseline": 2}[
             method_kind(options.methods[m])])
-        outputs: dict[str, torch.Tensor] = {}
-        for method in order:
-            started = time.perf_counter()
-            try:
-                record, outputs[method] = self._evaluate_pair(image, method, hr, lr, grid, paths, shared)
-            except (RsvlError, ValueError, OSError) as exc:
-                self._fail(f"{image.image_id} {method}", str(exc), count=1)
-                continue
-            record.update(fingerprint=expected[method], seconds=round(time.perf_counter() - started, 3))
-            write_text_atomic(paths.pair(method), json.dumps(json_safe(record), indent=2, ensure_ascii=False) + "\n")
-            records[method] = record
-            self.summary.computed.append(f"{image.image_id} {method}")
-            self.events.pair_done(image.image_id, method, skipped=False)
-        for method, record in records.items():
-            if record is not None and method not in pending:
+        return [*(EvalItem("pair", scene, method=m) for m in order), EvalItem("image", scene)]
+
+    # 3. one pair: the method's samples (the executor's call), then scored by the sink
+    def execute(self, kind: str, scene: EvalScene, method: str, callback=None) -> dict | None:
+        if kind != "pair":
+            return None
+        started = time.perf_counter()
+        config = self.options.methods[method]
+        if config is None:
+            samples, extra = [upsample_baseline(scene.lr, self.options.scale, BASELINES[method])], {}
+        else:
+            samples, extra = self._run_method(scene.image, method, config, scene.lr, scene.shared)
+        return {"samples": samples, "extra": extra, "started": started}
+
+    def _close_image(self, scene: EvalScene) -> None:
+        """After an image's pairs: pairs read back are reported, its rows kept (in --methods order), the sheet
+        drawn when something changed."""
+        image, paths = scene.image, scene.paths
+        for method, record in scene.finished.items():
+            if record is not None and method not in scene.pending:
                 self.summary.skipped.append(f"{image.image_id} {method}")
                 self.events.pair_done(image.image_id, method, skipped=True)
-        for method in options.methods:  # rows in the order the methods were asked for
-            if records[method] is not None:
+        for method in self.options.methods:  # rows in the order the methods were asked for
+            if scene.finished[method] is not None:
                 self.summary.rows.append({"image": image.image_id, "class": image.image_class, "method": method,
-                                          **{k: v for k, v in records[method]["metrics"].items()}})
-        if hr is not None and (outputs or not paths.sheet.is_file()):
-            self._sheet(image, hr, paths)
+                                          **{k: v for k, v in scene.finished[method]["metrics"].items()}})
+        if scene.hr is not None and (scene.computed or not paths.sheet.is_file()):
+            self._sheet(image, scene.hr, paths)
 
     def _read_hr(self, image: EvalImage) -> tuple[torch.Tensor, object]:
         """The HR image cropped to a multiple of the scale (said, never silent), and its GeoTIFF grid or None."""
@@ -279,21 +331,17 @@ class Evaluation:
         grid = scene.geo[0] if scene.geo is not None else None
         return hr.float(), grid
 
-    # 3. one image x method
-    def _evaluate_pair(self, image: EvalImage, method: str, hr: torch.Tensor, lr: torch.Tensor, grid,
-                       paths: _Paths, shared: dict) -> tuple[dict, torch.Tensor]:
-        options = self.options
+    def score(self, scene: EvalScene, method: str, samples: list[torch.Tensor], extra: dict) -> dict:
+        """The sink's part of a pair: the first sample as saved (8-bit), its metrics against HR and the LR, the
+        maps of a pipeline method; the pair's record."""
+        options, image, hr, lr = self.options, scene.image, scene.hr, scene.lr
         config = options.methods[method]
         record: dict = {"image": printable(image.image_id), "class": printable(image.image_class), "method": method,
                         "source": printable(str(image.path)), "hr_size": [hr.shape[-1], hr.shape[-2]],
-                        "hr_crop_rows_cols": self.crops.get(image.image_id), "hr_read": self.reads.get(image.image_id)}
-        if config is None:
-            samples = [upsample_baseline(lr, options.scale, BASELINES[method])]
-        else:
-            samples, extra = self._run_method(image, method, config, lr, shared)
-            record.update(extra)
+                        "hr_crop_rows_cols": self.crops.get(image.image_id), "hr_read": self.reads.get(image.image_id),
+                        **extra}
         sr = _quantised(samples[0])
-        write_image_atomic(sr, paths.images / f"{method}.png")
+        write_image_atomic(sr, scene.paths.images / f"{method}.png")
         metrics = reference_metrics(sr, hr, options.scale)
         metrics.update(consistency_metrics(sr, lr, options.scale))
         verdict = correctness(lr, sr, hr, options.scale)
@@ -306,8 +354,8 @@ class Evaluation:
         if config is not None:
             class_maps = [verdict.classes] + [correctness(lr, _quantised(s), hr, options.scale).classes
                                               for s in samples[1:]]
-            record["maps"] = self._write_maps(method, samples, class_maps, hr, grid, paths)
-        return record, sr
+            record["maps"] = self._write_maps(method, samples, class_maps, hr, scene.grid, scene.paths)
+        return record
 
     def _run_method(self, image: EvalImage, method: str, config: RunConfig, lr: torch.Tensor,
                     shared: dict) -> tuple[list[torch.Tensor], dict]:
@@ -403,6 +451,38 @@ class Evaluation:
             files["chart"] = write_summary_chart(options.output_dir / "summary_chart.png", rows, metrics,
                                                  list(options.methods))
         return files
+
+
+class EvalSink(Assembler):
+    """Eval's scoring as the job loop's sink: each pair's samples scored and its record written (the resume point),
+    the image's rows and sheet when its closing item arrives; a failed pair fails that pair only."""
+
+    def __init__(self, evaluation: Evaluation) -> None:  # its own state, not an upscaling job's
+        self.evaluation, self.summary, self.events = evaluation, evaluation.job, JobEvents()
+
+    def take(self, item: EvalItem, value: dict | None) -> None:
+        run, scene = self.evaluation, item.scene
+        if item.kind == "image":
+            scene.done = True
+            run._close_image(scene)
+            return
+        record = run.score(scene, item.method, value["samples"], value["extra"])
+        record.update(fingerprint=scene.expected[item.method], seconds=round(time.perf_counter() - value["started"], 3))
+        write_text_atomic(scene.paths.pair(item.method), json.dumps(json_safe(record), indent=2,
+                                                                     ensure_ascii=False) + "\n")
+        scene.finished[item.method] = record
+        scene.computed += 1
+        run.summary.computed.append(f"{scene.image.image_id} {item.method}")
+        run.events.pair_done(scene.image.image_id, item.method, skipped=False)
+
+    def failed(self, item: EvalItem, cause: BaseException) -> None:
+        run, scene = self.evaluation, item.scene
+        if item.kind == "image":
+            run._fail(f"{scene.image.image_id} sheet", str(cause), count=0)
+            return
+        run._fail(f"{scene.image.image_id} {item.method}", str(cause), count=1)
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRORS:
+            self.summary.stopped = f"{cause}; evaluation stopped with {len(run.summary.computed)} pair(s) computed"
 
 
 def _default_correctness() -> str:

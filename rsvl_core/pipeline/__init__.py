@@ -9,10 +9,11 @@ from ..lazy import lazy_exports
 
 _HOMES = {
     "Acceleration": "acceleration",
-    "CaptionSummary": "jobs", "JobEvents": "jobs", "JobOptions": "jobs", "JobSummary": "jobs",
-    "SceneOptions": "jobs", "caption_job": "jobs", "collect_inputs": "jobs", "locate_caption_files": "jobs",
+    "CaptionSummary": "work", "JobEvents": "jobs", "JobOptions": "jobs", "JobSummary": "jobs",
+    "SceneOptions": "jobs", "caption_job": "work", "collect_inputs": "jobs", "locate_caption_files": "jobs",
     "locate_model_files": "jobs", "output_path": "jobs",
-    "MemoryBudgetError": "memory_plan", "MemoryPlan": "memory_plan", "plan_for_run": "memory_plan",
+    "MemoryBudgetError": "memory_plan", "MemoryPlan": "memory_plan", "plan_for_captions": "memory_plan",
+    "plan_for_configs": "memory_plan", "plan_for_run": "memory_plan",
     "ModelFiles": "models", "PipelineModels": "models", "StageSpec": "models", "module_bytes": "models",
     "PLACEMENTS": "placement",
     "SETTINGS": "options", "RunConfig": "options", "Setting": "options", "StepSettings": "options",

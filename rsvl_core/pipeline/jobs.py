@@ -1,9 +1,9 @@
 """The job API's parts: input files and folders + a run configuration + models -> output files and run records.
 
 Options (`JobOptions`, `SceneOptions`), the events protocol faces implement (`JobEvents`), input collection and
-output naming (`plan_job`), completeness (resume), one scene through the pipeline whole or by windows, run
-records, and `caption_job` (`rsvl caption`: items that stop after the caption). The work-item flow that
-`rsvl upscale` and `rsvl batch` share (plan -> execute -> assemble) is in `work.py`.
+output naming (`plan_job`), completeness (resume), one scene through the pipeline whole or by windows, and run
+records. The work-item flow every job runs (plan -> claim -> execute -> assemble: `rsvl upscale`, `rsvl batch`,
+`rsvl caption`, `rsvl eval`) is in `work.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path, check_output_folder, remove_stale_temporaries
-from ..caption import CaptionOptions, collapse_whitespace
+from ..caption import collapse_whitespace
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
 from ..progress import ProgressCallback
@@ -246,46 +246,11 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
                             "run record beside it): name the original images")
     for stale in prepare_output_folder(options.output_dir):
         events.note(stale, "removed a temporary file left by an interrupted run")
-    geotiffs = [_is_geotiff(source, options.scene) for source in sources]
+    geotiffs = [is_geotiff(source, options.scene) for source in sources]
     targets = plan_outputs(sources, options.output_dir, scale, geotiffs, [sub for _, sub in collected])
     for folder in {target.parent for target in targets} - {options.output_dir}:
         folder.mkdir(parents=True, exist_ok=True)
     return list(zip(sources, targets, geotiffs, strict=True))
-
-
-@dataclass
-class CaptionSummary:
-    """What `caption_job` produced: one caption per readable input, and the failures."""
-
-    captions: list[tuple[Path, str]] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def caption_job(inputs: Iterable[Path], options: CaptionOptions, models: PipelineModels,
-                scene: SceneOptions | None = None, events: JobEvents | None = None) -> CaptionSummary:
-    """`rsvl caption`: a job whose items stop after the caption. Each input is read as `rsvl upscale` reads it
-    (GeoTIFF bands and stretch, any band count and data type; a large scene as an overview of at most 1024 px a
-    side, read decimated) and captioned; a bad file is reported and the rest go on."""
-    events = events or JobEvents()
-    scene = scene or SceneOptions()
-    sources = collect_inputs(inputs)
-    events.begin(sources)
-    captioner = models.get("caption")
-    summary = CaptionSummary()
-    for source in sources:
-        try:
-            opened = open_input(source, _is_geotiff(source, scene), scene, windowed=True)
-            for note in opened.notes:
-                events.note(source, note)
-            text = captioner.caption(opened.overview(), options, events.progress(source))[0]
-        except (RsvlError, ValueError, OSError) as exc:
-            message = os_error_message(exc, source) if isinstance(exc, OSError) else str(exc)
-            summary.failed.append((source, message))
-            events.failed(source, message)
-            continue
-        summary.captions.append((source, collapse_whitespace(text)))
-    models.release("caption")
-    return summary
 
 
 def upscale_to(source: Path, target: Path, geotiff: bool, config: RunConfig, models: PipelineModels,
@@ -317,7 +282,7 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _is_geotiff(source: Path, scene: SceneOptions) -> bool:
+def is_geotiff(source: Path, scene: SceneOptions) -> bool:
     """GeoTIFF inputs give GeoTIFF outputs (georeferencing kept); everything else gives PNG."""
     try:
         return is_geotiff_input(source, scene.bands, scene.stretch)
@@ -379,7 +344,7 @@ def upscale_scene(scene: SceneSource, config: RunConfig, models: PipelineModels,
 
 def read_input(source: Path, scene_options: SceneOptions) -> SceneSource:
     """An input read whole, as `rsvl upscale` reads it (GeoTIFF bands, stretch and nodata by the same rules)."""
-    return open_input(source, _is_geotiff(source, scene_options), scene_options, windowed=False)
+    return open_input(source, is_geotiff(source, scene_options), scene_options, windowed=False)
 
 
 @dataclass

@@ -250,6 +250,7 @@ class MemorySetting:
     storage: Storage = field(default_factory=Storage)
     placement: str = "sequential"  # resident | sequential
     swap_blocks: int = 0           # 0: the refiner's UNet and control net whole; K: at most K blocks on the device
+    only: tuple[str, ...] = ()     # the stages that run (empty: what the options above run; `rsvl caption`: caption)
 
     @property
     def stage1_size(self) -> tuple[int, int]:
@@ -385,8 +386,8 @@ class Estimator:
 
     def estimate(self, setting: MemorySetting) -> MemoryEstimate:
         """Every stage the setting runs (stage 1 alone when `refine` is None; no caption when `caption` is)."""
-        stages = [s for s in STAGES if s == "stage1" or setting.refine is not None
-                  and (s == "refine" or setting.caption is not None)]
+        stages = list(setting.only) or [s for s in STAGES if s == "stage1" or setting.refine is not None
+                                        and (s == "refine" or setting.caption is not None)]
         weights = {s: self.stage_weights(s, setting) for s in stages}
         out = {}
         for stage in stages:

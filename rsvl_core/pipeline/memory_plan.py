@@ -15,7 +15,7 @@ The plan is shown on the CLI's start line and kept in the run record (`record()`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,8 +91,10 @@ class MemoryPlan:
         return {"max_vram": self.budget_text, "plan": self.rung.describe(), **self.estimate.record()}
 
     def apply(self, config: RunConfig) -> RunConfig:
-        """The run's options with the plan's tiles (only smaller than the user's, never larger)."""
-        return replace(config, refine=self.estimate.setting.refine) if config.refine is not None else config
+        """A run's options with the plan's tiles (only smaller than the user's, never larger)."""
+        if config.refine is None or not self.rung.small_tiles:
+            return config
+        return replace(config, refine=small_refine_tiles(config))
 
     def acceleration(self, base: Acceleration | None = None) -> Acceleration:
         """`base` with fp8 refiner weights when the plan stores them so."""
@@ -131,8 +133,9 @@ def setting_for(config: RunConfig, rung: Rung, input_size: tuple[int, int]) -> M
 
 
 def plan_memory(config: RunConfig, input_size: tuple[int, int] = PAPER_INPUT, budget: str | None = None,
-                estimator: Estimator | None = None) -> MemoryPlan:
-    """The first rung whose predicted peak fits `budget` (default: `config.max_vram`); MemoryBudgetError if none."""
+                estimator: Estimator | None = None, caption_only: bool = False) -> MemoryPlan:
+    """The first rung whose predicted peak fits `budget` (default: `config.max_vram`); MemoryBudgetError if none.
+    `caption_only`: the captioner alone, on `input_size` (`rsvl caption`)."""
     text = budget or config.max_vram
     if not text:
         raise ValueError("max_vram: a budget is needed to plan, e.g. 12G")
@@ -140,7 +143,10 @@ def plan_memory(config: RunConfig, input_size: tuple[int, int] = PAPER_INPUT, bu
     estimator = estimator or Estimator()
     estimate = None
     for rung in ladder():
-        estimate = estimator.estimate(setting_for(config, rung, input_size))
+        setting = setting_for(config, rung, input_size)
+        if caption_only:
+            setting = replace(setting, only=("caption",), scale=1, caption=config.caption)
+        estimate = estimator.estimate(setting)
         if estimate.peak <= limit * BUDGET_SHARE:
             return MemoryPlan(limit, text, rung, estimate)
     worst = max(estimate.stages.values(), key=lambda s: s.peak)
@@ -173,3 +179,24 @@ def plan_for_run(config: RunConfig, inputs: Iterable[Path], window: int = 0) -> 
     if not config.max_vram:
         return None
     return plan_memory(config, largest_input_size(inputs, window))
+
+
+def plan_for_configs(configs: Sequence[RunConfig], input_size: tuple[int, int]) -> MemoryPlan | None:
+    """One plan that every configuration fits (`rsvl eval`'s methods share their models): the slowest rung any
+    of them needs (None without `--max-vram`)."""
+    configs = [c for c in configs if c.max_vram]
+    if not configs:
+        return None
+    rungs = ladder()
+    plans = [plan_memory(c, input_size) for c in configs]
+    return max(plans, key=lambda p: (rungs.index(p.rung), p.predicted_peak))
+
+
+def plan_for_captions(config: RunConfig, inputs: Iterable[Path], overview: int) -> MemoryPlan | None:
+    """The plan of `rsvl caption --max-vram` (None without one): the captioner alone, on the largest input's
+    overview (at most `overview` pixels a side, as the job reads it)."""
+    if not config.max_vram:
+        return None
+    height, width = largest_input_size(inputs)
+    shrink = min(1.0, overview / max(height, width))
+    return plan_memory(config, (max(1, round(height * shrink)), max(1, round(width * shrink))), caption_only=True)

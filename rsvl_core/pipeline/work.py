@@ -1,20 +1,25 @@
-"""Work items: the one flow every upscaling face runs (`rsvl upscale`'s local loop here, `rsvl batch`'s Ray loop).
+"""Work items: the one flow every job runs (`run_local` here: `rsvl upscale`, `rsvl caption`, `rsvl eval`;
+`rsvl batch`'s Ray loop over the same items).
 
     plan      inputs -> claimed scenes (resume: finished outputs, and outputs another run is computing, are
-              skipped) -> work items: a whole image | a scene caption | a window of a scene
+              skipped) -> work items: a whole image | a scene caption | a window of a scene | an input's caption
+              alone (`rsvl caption`) | an eval pair (`rsvl eval`, its items planned by `rsvl_core.evaluation`)
     execute   one item on loaded models -> plain data (a record; a window's image): `ItemExecutor.execute`,
               the same call in this process and in a Ray actor
     assemble  one `Assembler` takes results in any order: it blends windows in plan order through the one
               blender into the output's row sink, writes run records, releases claims, reports events, and
               stops the job when the output storage fails
 
-`run_job` is the local loop over these; `rsvl_core.batch` the Ray loop over the same items.
+`run_local` is the local loop over these (`run_job`, `caption_job` and the evaluation are its jobs);
+`rsvl_core.batch` the Ray loop over the same items.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ..atomic import Claim
+from ..atomic import Claim, atomic_path
+from ..caption import CaptionOptions, collapse_whitespace
 from ..errors import RsvlError
 from ..progress import ProgressCallback
 from ..scene import WindowBlender, plan_windows
@@ -32,13 +38,17 @@ from .jobs import (
     JobEvents,
     JobOptions,
     JobSummary,
+    SceneOptions,
+    collect_inputs,
     input_record,
     is_complete,
+    is_geotiff,
     is_windowed,
     model_files_record,
     open_input,
     os_error_message,
     plan_job,
+    printable,
     run_window,
     scene_caption,
     upscale_to,
@@ -149,6 +159,8 @@ class ItemExecutor:
         """whole: the output and its run record written -> {record, seconds}; caption: the scene's shared
         caption (or None); window: {image, record, seconds} of window `index`."""
         start = time.perf_counter()
+        if kind == "describe":
+            return {"caption": self.describe(source, geotiff, callback), "seconds": time.perf_counter() - start}
         if kind == "whole":
             record = upscale_to(source, target, geotiff, self.config, self.models, self.options, self.model_files,
                                 self.events)
@@ -159,6 +171,15 @@ class ItemExecutor:
         tile = plan_windows(scene.height, scene.width, self.options.scene.windows, self.config.scale)[index]
         image, record, spread = run_window(scene, tile, self.config, self.models, callback, caption)
         return {"image": image, "record": record, "spread": spread, "seconds": time.perf_counter() - start}
+
+    def describe(self, source: Path, geotiff: bool, callback: ProgressCallback | None) -> str:
+        """`rsvl caption`'s item: the input read as `rsvl upscale` reads it (a large scene as an overview of at
+        most 1024 px a side, read decimated), captioned."""
+        scene = open_input(source, geotiff, self.options.scene, windowed=True)
+        for note in scene.notes:
+            self.events.note(source, note)
+        return collapse_whitespace(self.models.get("caption").caption(scene.overview(), self.config.caption,
+                                                                      callback)[0])
 
     def scene(self, source: Path, geotiff: bool) -> SceneSource:
         """An input opened for windows, kept open for the next windows of the same scene."""
@@ -270,6 +291,29 @@ class Assembler:
         scene.claim.release()
 
 
+def run_local(planned: Iterable, claim: Callable[[Any], ClaimedScene | None],
+              begin: Callable[[], tuple[ItemExecutor, Assembler]],
+              plan: Callable[[ClaimedScene, Assembler], list[WorkItem]], events: JobEvents,
+              summary: JobSummary) -> None:
+    """The local loop of every job: claim each planned unit (or skip it: done already, or taken by another run),
+    plan its items, execute them in order in this process and hand each result to the assembler; stop when the
+    output storage fails. `begin` runs once, before the first item (it loads the models: a wrong weights file
+    stops the job there)."""
+    started: tuple[ItemExecutor, Assembler] | None = None
+    for unit in planned:
+        if summary.stopped:
+            break
+        scene = claim(unit)
+        if scene is None:
+            continue
+        try:
+            started = started or begin()
+            executor, assembler = started
+            run_items(plan(scene, assembler), executor, assembler, events)
+        finally:
+            Assembler.close(scene)
+
+
 def run_job(inputs, config: RunConfig, models: PipelineModels, options: JobOptions,
             events: JobEvents | None = None) -> JobSummary:
     """Upscale every input into `options.output_dir` (outputs + run records, resume, failures): the local loop
@@ -279,24 +323,131 @@ def run_job(inputs, config: RunConfig, models: PipelineModels, options: JobOptio
     planned = plan_job(inputs, config.scale, options, events)
     summary = JobSummary()
     events.begin([source for source, _, _ in planned])
-    executor = assembler = None
-    for source, target, geotiff in planned:
-        if summary.stopped:
-            break
-        scene = claim_scene(source, target, geotiff, options, summary, events)
-        if scene is None:
-            continue
-        try:
-            if executor is None:
-                models.preload()  # once, before the first image: a wrong weights file stops the run here
-                model_files = model_files_record(models, options.hash_models)
-                executor = ItemExecutor(config, options, models, model_files, events)
-                assembler = Assembler(config, options, events, summary, model_files, str(models.device),
-                                      models.device)
-            run_items(plan_items(scene, config, options, assembler), executor, assembler, events)
-        finally:
-            Assembler.close(scene)
+
+    def begin() -> tuple[ItemExecutor, Assembler]:
+        models.preload()  # once, before the first image: a wrong weights file stops the run here
+        model_files = model_files_record(models, options.hash_models)
+        return (ItemExecutor(config, options, models, model_files, events),
+                Assembler(config, options, events, summary, model_files, str(models.device), models.device))
+
+    run_local(planned, lambda unit: claim_scene(*unit, options, summary, events), begin,
+              lambda scene, assembler: plan_items(scene, config, options, assembler), events, summary)
     return summary
+
+
+@dataclass
+class CaptionSummary(JobSummary):
+    """What `caption_job` produced: each input's caption in input order (computed now, or read back from the
+    output's record), and the failures (`written`: inputs captioned now; `skipped`: read back)."""
+
+    captions: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class CaptionStore:
+    """`rsvl caption -o FILE`'s outputs: `name: caption` lines in FILE and a record beside it (`FILE.json`: each
+    input's caption and the settings that made it), both rewritten (atomically) after every caption, so an
+    interrupted run keeps what it did and a rerun with the same settings skips it. Without a file: memory only."""
+
+    def __init__(self, output: Path | None, settings: dict, overwrite: bool) -> None:
+        self.output, self.settings, self.captions = output, settings, {}
+        self.record = None if output is None else output.with_name(output.name + ".json")
+        self.earlier: dict[str, str] = {} if overwrite or self.record is None else self.read_earlier()
+
+    def read_earlier(self) -> dict[str, str]:
+        try:
+            record = json.loads(self.record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(record, dict) or record.get("settings") != self.settings:
+            return {}  # other settings are another job: caption again
+        return {k: v for k, v in record.get("captions", {}).items() if isinstance(v, str)}
+
+    @staticmethod
+    def key(source: Path) -> str:
+        return printable(str(Path(source).resolve()))
+
+    def done(self, source: Path) -> str | None:
+        """The caption an earlier run with the same settings made of this input, else None."""
+        return self.earlier.get(self.key(source))
+
+    def add(self, source: Path, caption: str, order: list[Path]) -> None:
+        self.captions[source] = caption
+        self.write(order)
+
+    def lines(self, order: list[Path]) -> str:
+        return "".join(f"{source.name}: {self.captions[source]}\n" for source in order if source in self.captions)
+
+    def write(self, order: list[Path]) -> None:
+        if self.output is None:
+            return
+        captions = {self.key(s): self.captions[s] for s in order if s in self.captions}
+        record = {"settings": self.settings, "captions": captions}
+        with atomic_path(self.record) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with atomic_path(self.output) as tmp:
+            tmp.write_text(self.lines(order), encoding="utf-8")
+
+
+class CaptionAssembler(Assembler):
+    """`rsvl caption`'s sink: each input's caption into the store (FILE and its record rewritten)."""
+
+    def __init__(self, store: CaptionStore, order: list[Path], *args) -> None:
+        super().__init__(*args)
+        self.store, self.order = store, order
+
+    def take(self, item: WorkItem, value: Any) -> None:
+        self.store.add(item.scene.source, value["caption"], self.order)
+        self.finish(item.scene, {"caption": value["caption"]}, value["seconds"])
+
+
+def caption_job(inputs: Iterable[Path], options: CaptionOptions, models: PipelineModels,
+                scene: SceneOptions | None = None, events: JobEvents | None = None, output: Path | None = None,
+                overwrite: bool = False) -> CaptionSummary:
+    """`rsvl caption`: a job whose items stop after the caption, run by the same loop as `rsvl upscale`. Each
+    input is read as `rsvl upscale` reads it (GeoTIFF bands and stretch, any band count and data type; a large
+    scene as an overview of at most 1024 px a side, read decimated) and captioned; a bad file is reported and
+    the rest go on. With `output`, the lines are written there (and resumed from its record, see `CaptionStore`)."""
+    events, scene = events or JobEvents(), scene or SceneOptions()
+    sources = collect_inputs(inputs)
+    config = RunConfig(caption=options, refine=None, preset=None)
+    job = JobOptions(Path(output).parent if output is not None else Path("."), overwrite, scene=scene)
+    store = CaptionStore(output, caption_settings(options, scene, models), overwrite)
+    summary = CaptionSummary()
+    held = Claim(output) if output is not None else None
+    if held is not None and (holder := held.acquire()) is not None:
+        raise RsvlError(f"{output}: another caption run is writing it ({holder})")
+    events.begin(sources)
+
+    def claim(source: Path) -> ClaimedScene | None:
+        earlier = store.done(source)
+        if earlier is None:
+            return ClaimedScene(source, source, is_geotiff(source, scene), Claim(source))  # the job holds `output`
+        store.captions[source] = earlier
+        summary.skipped.append(source)
+        events.skipped(source, source)
+        return None
+
+    def begin() -> tuple[ItemExecutor, Assembler]:
+        models.preload()
+        return (ItemExecutor(config, job, models, {}, events),
+                CaptionAssembler(store, sources, config, job, events, summary, {}, str(models.device)))
+
+    try:
+        run_local(sources, claim, begin, lambda claimed, _: [WorkItem("describe", claimed)], events, summary)
+        store.write(sources)  # the lines read back too, when nothing was captioned now
+    finally:
+        models.release("caption")
+        if held is not None:
+            held.release()
+    summary.captions = [(source, store.captions[source]) for source in sources if source in store.captions]
+    return summary
+
+
+def caption_settings(options: CaptionOptions, scene: SceneOptions, models: PipelineModels) -> dict:
+    """What a caption depends on (a caption made with other settings is made again): the captioner's options, how
+    inputs are read, the model files."""
+    files = {stage: [printable(str(Path(f).resolve())) for f in paths] for stage, paths in models.files().items()}
+    return json.loads(json.dumps({"caption": repr(options), "scene": repr(scene), "models": files}))
 
 
 def run_items(items: list[WorkItem], executor: ItemExecutor, assembler: Assembler, events: JobEvents) -> None:
@@ -310,6 +461,6 @@ def run_items(items: list[WorkItem], executor: ItemExecutor, assembler: Assemble
         try:
             value = executor.execute(*item.call(), callback=callback)
         except FAILURES as exc:
-            assembler.failed(item, exc)
-            return
+            assembler.failed(item, exc)  # fails the scene (an eval pair: that pair only)
+            continue
         assembler.accept(item, value)
