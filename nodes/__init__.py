@@ -1,4 +1,4 @@
-"""ComfyUI nodes: thin adapters from ComfyUI types to `rsvl_core` (one registration form: V3).
+"""ComfyUI nodes: rsvl's node pack over `rsvl_core` (one registration form: V3); not yet thin, see comfy_nodes.
 
 `comfy_nodes` imports ComfyUI's modules, so it is imported only when ComfyUI asks for the extension;
 `logic` holds the node logic and is tested without ComfyUI.

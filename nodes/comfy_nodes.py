@@ -1,6 +1,9 @@
-"""The rsvl nodes for ComfyUI (V3 schema). Thin adapters: ComfyUI types in, `rsvl_core` calls, ComfyUI types out.
+"""The rsvl nodes for ComfyUI (V3 schema): their schemas, the ComfyUI host, and each node's own run over `logic`.
 
-Imported only by `comfy_entrypoint` (inside ComfyUI). The node logic lives in `logic.py`.
+Not thin yet: besides schemas and type conversion, the stage nodes run their own loops (image k of a batch gets
+seed + k), guess the memory they ask ComfyUI for, and report progress and previews through `ComfyHost` (ComfyUI's
+memory manager, progress bar, interrupt flag and devices). Loading, placement and option building live in
+`logic.py`. Imported only by `comfy_entrypoint` (inside ComfyUI).
 """
 
 from __future__ import annotations

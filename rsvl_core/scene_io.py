@@ -39,10 +39,6 @@ class SceneSource:
     image: torch.Tensor | None = None             # the whole scene, when it was read at once
     geo: object = None                            # (RasterInfo, Stretch, valid mask or None) for GeoTIFFs
 
-    @property
-    def output_suffix(self) -> str:
-        return ".tif" if self.geo is not None else ".png"
-
     def read(self, tile: Tile) -> torch.Tensor:
         if self.image is not None:
             return self.image[..., tile.y0:tile.y1, tile.x0:tile.x1]

@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from .weights import (
 
 PIP_HINT = 'pip install "huggingface_hub>=0.23"   (or: pip install "rsvl[download]")'
 HASH_CHUNK = 8 * 1024 * 1024
+LoadCheck = Callable[[Mapping[str, Path]], Mapping[str, str]]  # weights id -> path  =>  id -> why it will not load
 DOWNLOAD_TMP = ".rsvl-download"  # beside the destination; an interrupted download resumes from it
 
 
@@ -233,10 +234,14 @@ def _compare_known(entry: WeightsEntry, item: FileCheck) -> None:
 
 
 def check_weights(rows: list[WeightsRow] | None = None, *, sha256: bool = False,
-                  progress: ProgressCallback | None = None, **search) -> list[CheckResult]:
+                  progress: ProgressCallback | None = None, load_check: LoadCheck | None = None,
+                  **search) -> list[CheckResult]:
     """Check every found item: readable, non-empty, a sane header (safetensors header parses and matches the file
     size, a torch checkpoint is a zip with data.pkl, a model folder has valid config JSON and its shards), the
-    published size, and with `sha256=True` the sha256 (streamed; `progress` gets the bytes hashed)."""
+    published size, and with `sha256=True` the sha256 (streamed; `progress` gets the bytes hashed).
+
+    `load_check` (the pipeline's `load_problems`, passed in by `rsvl weights check`: this module sits below the
+    pipeline) probes whether the sound files will load; without it the loading is not checked."""
     rows = list_weights(**search) if rows is None else rows
     results = []
     for row in rows:
@@ -274,18 +279,17 @@ def check_weights(rows: list[WeightsRow] | None = None, *, sha256: bool = False,
             result.files.append(item)
         if sha256 and path.is_dir():
             result.notes.append("no published hashes for this folder's files")
-    _check_loading(results)
+    if load_check is not None:
+        _check_loading(results, load_check)
     return results
 
 
-def _check_loading(results: list[CheckResult]) -> None:
+def _check_loading(results: list[CheckResult], load_check: LoadCheck) -> None:
     """"ok" means "will load": the sound files go through their stage's own loader, on meta tensors (headers only:
     names, shapes, dtypes against the architecture), and a refusal becomes the entry's problem, in the loader's
     own words. A refiner file is only probed when both of its files (SDXL, SUPIR) are present."""
-    from .pipeline.components import load_problems
-
     sound = {r.id: Path(r.row.path) for r in results if r.ok}
-    problems = load_problems(sound)
+    problems = load_check(sound)
     for result in results:
         if (problem := problems.get(result.id)) is not None:
             result.problems.append(f"will not load: {problem}")

@@ -15,6 +15,7 @@ import pytest
 from rsvl_core.cli.weights import add_weights_parser, run_weights
 from rsvl_core.demo import write_demo_models
 from rsvl_core.errors import RsvlError
+from rsvl_core.pipeline import load_problems
 from rsvl_core.weights import WEIGHTS, KnownFile, find_weights, search_roots
 from rsvl_core.weights_manager import (
     check_weights,
@@ -146,7 +147,7 @@ def test_ambiguous_and_invalid_places_are_reported(demo_models, clean, tmp_path)
 
 def test_check_passes_on_sound_files_and_hashes_match_hashlib(demo_models, clean, capsys):
     calls = []
-    results = {r.id: r for r in check_weights(models_dir=demo_models, sha256=True,
+    results = {r.id: r for r in check_weights(models_dir=demo_models, sha256=True, load_check=load_problems,
                                                  progress=lambda *a, **k: calls.append(a))}
     assert all(results[s].ok for s in ALL), {s: (r.problems, [f.problem for f in r.files]) for s, r in results.items()}
     sdxl = results["sdxl"].files[0]

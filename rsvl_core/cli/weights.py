@@ -180,9 +180,12 @@ def run_weights(args: argparse.Namespace) -> int:
             print_list(rows, args.models_dir)
             return 0
         if args.weights_command == "check":
+            from ..pipeline import load_problems  # the stages' loaders, on meta tensors: "ok" means "will load"
+
             bar = _HashBar(args.quiet)
             try:
-                results = check_weights(sha256=args.sha256, progress=bar, **_search_kwargs(args))
+                results = check_weights(sha256=args.sha256, progress=bar, load_check=load_problems,
+                                        **_search_kwargs(args))
             finally:
                 bar.close()
             print_check(results, args.models_dir)

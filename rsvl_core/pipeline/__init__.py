@@ -14,6 +14,7 @@ _HOMES = {
     "locate_model_files": "jobs", "output_path": "jobs",
     "MemoryBudgetError": "memory_plan", "MemoryPlan": "memory_plan", "plan_for_captions": "memory_plan",
     "plan_for_configs": "memory_plan", "plan_for_run": "memory_plan",
+    "load_problems": "components",
     "ModelFiles": "models", "PipelineModels": "models", "StageSpec": "models", "module_bytes": "models",
     "PLACEMENTS": "placement",
     "SETTINGS": "options", "RunConfig": "options", "Setting": "options", "StepSettings": "options",

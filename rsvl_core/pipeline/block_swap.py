@@ -74,10 +74,6 @@ class BlockSwap:
         for key in list(self.on_device):
             self._evict(key)
 
-    def is_on_device(self, block: nn.Module) -> bool:
-        """Whether `block`'s weights are on the device now."""
-        return id(block) in self.on_device
-
     def _before(self, block: nn.Module, args) -> None:
         key = id(block)
         if key in self.on_device:

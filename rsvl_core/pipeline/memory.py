@@ -413,8 +413,3 @@ def _full_on_meta(stage: str, dtype: torch.dtype) -> Any:
     if stage == "refine":  # the VAE in the dtype the pipeline gives it (fp16 runs in fp32: SDXL's VAE overflows)
         return full_refiner("meta", dtype, resolve_vae_dtype(dtype))
     return {"stage1": full_stage1, "caption": full_captioner}[stage]("meta", dtype)
-
-
-def estimate_memory(setting: MemorySetting, estimator: Estimator | None = None) -> MemoryEstimate:
-    """Per-stage predicted peaks of one run at full size (see the module doc)."""
-    return (estimator or Estimator()).estimate(setting)

@@ -1,5 +1,8 @@
-"""Run configuration in one place: every user-facing setting (where it goes, default, range, help), the one
-builder from plain values to typed options, step settings, presets.
+"""Run configuration: the per-run settings that CLI flags and node inputs share (`SETTINGS`), and their one builder.
+
+`SETTINGS` holds each shared setting's target, default, range and help; the step settings and presets live here
+too. Job-level options (inputs and outputs, device, placement, windows, the captioner's attention and
+quantization, eval's methods, Ray) are each face's own flags, not in this table.
 
 The command line's flags and the ComfyUI nodes' inputs are generated from `SETTINGS`; both hand plain values to
 `RunConfig.from_values` (or, for one node's part of a run, `stage1_options_from` / `caption_options_from` /

@@ -1,5 +1,7 @@
-"""Work items: the one flow every job runs (`run_local` here: `rsvl upscale`, `rsvl caption`, `rsvl eval`;
-`rsvl batch`'s Ray loop over the same items).
+"""Work items and `run_local`, the job loop of the CLI faces (upscale, demo, caption, eval); batch runs them on Ray.
+
+The ComfyUI nodes do not come through here: they call the stages directly. An eval item upscales through
+`jobs.upscale_image` (whole, or by its own windows), not through window items.
 
     plan      inputs -> claimed scenes (resume: finished outputs, and outputs another run is computing, are
               skipped) -> work items: a whole image | a scene caption | a window of a scene | an input's caption

@@ -78,10 +78,6 @@ class RefinerConfig:
     def has_attention(self, level: int) -> bool:
         return 2**level in self.attention_resolutions
 
-    @property
-    def time_embed_dim(self) -> int:
-        return 4 * self.model_channels
-
     def encoder_channels(self) -> list[int]:
         """Channels of each encoder output pushed on the skip stack (= each control feature but the last)."""
         widths = self.block_out_channels
