@@ -60,7 +60,8 @@ def browser():
 @pytest.fixture()
 def page(browser, server):  # noqa: F811
     settings = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True,
-                "Comfy.VueNodes.Enabled": False}  # each test starts in the classic canvas (a test may switch)
+                "Comfy.VueNodes.Enabled": False,  # each test starts in the classic canvas (a test may switch)
+                "Comfy.RightSidePanel.IsOpen": False}  # newer frontends keep their side panel open between pages
     post(server, "/settings", settings)
     context = browser.new_context(viewport={"width": 1600, "height": 1000}, reduced_motion="reduce")
     # No animations: a busy machine can stall a CSS leave transition, leaving PrimeVue's block mask over the page
@@ -450,7 +451,11 @@ def search_ranks(page, artifacts, query: str, expected: str, prefix: str) -> lis
     page.evaluate("() => { app.graph.clear(); app.graph.setDirtyCanvas(true, true); }")  # an empty canvas
     search = open_search_box(page)
     search.fill(query)
-    page.get_by_role("option").filter(has_text=expected).first.wait_for(state="visible", timeout=15_000)
+    try:
+        page.get_by_role("option").filter(has_text=expected).first.wait_for(state="visible", timeout=15_000)
+    except playwright_api.TimeoutError:
+        shot(page, artifacts, f"{prefix}_{query.replace(' ', '_')}_not_found")
+        raise
     shot(page, artifacts, f"{prefix}_{query.replace(' ', '_')}")
     found = [o.split("\n")[0].strip() for o in page.get_by_role("option").all_inner_texts()]
     page.keyboard.press("Escape")
