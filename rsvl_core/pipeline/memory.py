@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -142,6 +142,17 @@ def stage1_work(stage1: SR3Stage1, input_size: tuple[int, int], scale: int, opti
     eps = eps_model(sample, 0.5)
     sample = sample - eps * 0.1  # the sampler's update: the next sample exists beside the old one
     del kept
+
+
+def one_pass_work(stage1: Any, input_size: tuple[int, int], options: SR3SamplerOptions) -> None:
+    """A one-pass (spandrel) stage 1 at its peak: its largest tile through the network (the blend buffers of the
+    output are the run's images, counted by the caller)."""
+    tiling = stage1.tiling(options)
+    height, width = (min(side, tiling.tile_size) if tiling.tile_size else side for side in input_size)
+    network = stage1.model.descriptor.model
+    weight = next(network.parameters())
+    tile = torch.zeros(tiling.tile_batch, 3, height, width, device=weight.device, dtype=weight.dtype)
+    network(tile)
 
 
 def caption_prompt_shape(processor: Any, image_size: tuple[int, int], options: CaptionOptions,
@@ -298,13 +309,29 @@ class MemoryEstimate:
                 "storage": {"caption": self.setting.storage.caption, "refine": self.setting.storage.refine}}
 
 
-def fake_copy(model: Any, fake_mode) -> Any:
-    """A copy of a stage model whose weights are fake tensors on the CPU (shapes and dtypes kept)."""
-    meta = copy.deepcopy(model) if not _is_meta(model) else model
+def fake_copy(model: Any, fake_mode, dtype: torch.dtype | None = None) -> Any:
+    """A copy of a stage model whose weights are fake tensors on the CPU (shapes and dtypes kept).
+
+    A loaded model is copied with its weights on the meta device (no weight data is copied): estimating with a
+    multi-GB model held by a host costs no second copy of it. `dtype`: its floating weights in that dtype."""
+    meta = copy.deepcopy(model, meta_memo(model, dtype)) if not _is_meta(model) else model
     with fake_mode:
         for module in parts(meta):
             module.to_empty(device="cpu")
     return meta
+
+
+def meta_memo(model: Any, dtype: torch.dtype | None = None) -> dict[int, Any]:
+    """A deepcopy memo mapping each weight of the model's declared modules to an empty copy on the meta device
+    (floating weights in `dtype` when given)."""
+    memo: dict[int, Any] = {}
+    for module in parts(model):
+        for tensor in (*module.parameters(), *module.buffers()):
+            cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+            meta = tensor.detach().to("meta", dtype=cast)
+            memo[id(tensor)] = torch.nn.Parameter(meta, tensor.requires_grad) \
+                if isinstance(tensor, torch.nn.Parameter) else meta
+    return memo
 
 
 def _is_meta(model: Any) -> bool:
@@ -341,11 +368,7 @@ class Estimator:
             base = self.given.get(stage)
             if base is None:
                 base = _full_on_meta(stage, dtype)
-            elif not _is_meta(base):
-                base = copy.deepcopy(base)
-                for module in parts(base):
-                    module.to(dtype)
-            fake = fake_copy(base, self.fake_mode)
+            fake = fake_copy(base, self.fake_mode, dtype)
             with self.fake_mode:
                 apply_storage(stage, fake, storage, dtype, fake=True)
             self._models[key] = fake
@@ -370,7 +393,9 @@ class Estimator:
         return self._activations[key]
 
     def _work(self, stage: str, model: Any, setting: MemorySetting) -> None:
-        if stage == "stage1":
+        if stage == "stage1" and getattr(model, "kind", "sr3") != "sr3":
+            one_pass_work(model, setting.input_size, setting.stage1)
+        elif stage == "stage1":
             stage1_work(model, setting.input_size, setting.scale, setting.stage1)
         elif stage == "caption":
             tokens, pixels = self.prompt_shape(model, setting)
@@ -413,3 +438,23 @@ def _full_on_meta(stage: str, dtype: torch.dtype) -> Any:
     if stage == "refine":  # the VAE in the dtype the pipeline gives it (fp16 runs in fp32: SDXL's VAE overflows)
         return full_refiner("meta", dtype, resolve_vae_dtype(dtype))
     return {"stage1": full_stage1, "caption": full_captioner}[stage]("meta", dtype)
+
+
+_ESTIMATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stage_activations(stage: str, model: Any, setting: MemorySetting) -> int:
+    """Peak activation bytes of one image through this very model (its fake copy, built once per model): what a
+    host's memory manager is asked to keep free beside the weights, and what a CPU run needs in RAM."""
+    try:
+        estimator = _ESTIMATORS.get(model)
+    except TypeError:  # not weak-referenceable: estimated without a cache
+        estimator = None
+    if estimator is None:
+        estimator = Estimator({stage: model})
+        try:
+            _ESTIMATORS[model] = estimator
+        except TypeError:
+            pass
+    dtype = next((t.dtype for t in weights_of(model) if t.is_floating_point()), torch.float32)
+    return estimator.activations(stage, replace(setting, dtype=dtype))

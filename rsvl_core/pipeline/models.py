@@ -100,17 +100,25 @@ class PipelineModels:
     def has(self, stage: str) -> bool:
         return self.specs.get(stage) is not None
 
-    def get(self, stage: str):
-        """The stage's model, loaded if needed and placed where it runs."""
+    def load(self, stage: str):
+        """The stage's model, loaded on first use (not placed)."""
         spec = self.specs.get(stage)
         if spec is None:
             raise ValueError(f"no model configured for stage {stage!r}")
         if stage not in self.loaded:
             self.loaded[stage] = spec.loader(torch.device("cpu") if self.load_on_host else self.device)
             accelerate_stage(stage, self.loaded[stage], self.acceleration)
-        model = self.loaded[stage]
-        self.placement.acquire(stage, model)
+        return self.loaded[stage]
+
+    def get(self, stage: str, memory_required: int | Callable[[], int] = 0):
+        """The stage's model, loaded if needed and placed where it runs."""
+        model = self.load(stage)
+        self.placement.acquire(stage, model, memory_required)
         return model
+
+    def source(self, stage: str) -> StageHandle:
+        """One stage of these models as a stage run takes it (`stage_runs.StageSource`)."""
+        return StageHandle(self, stage)
 
     def preload(self) -> None:
         """Load every configured stage now (a wrong file fails before any image is processed)."""
@@ -123,3 +131,20 @@ class PipelineModels:
         """After a stage: the placement may move its model away (the sequential plan sends it to the CPU)."""
         if stage in self.loaded:
             self.placement.release(stage, self.loaded[stage])
+
+
+@dataclass
+class StageHandle:
+    """A stage of `PipelineModels` as `stage_runs.StageSource`: load, place with the run's estimate, release."""
+
+    models: PipelineModels
+    stage: str
+
+    def load(self):
+        return self.models.load(self.stage)
+
+    def place(self, need: Callable[[], int]):
+        return self.models.get(self.stage, need)
+
+    def release(self) -> None:
+        self.models.release(self.stage)

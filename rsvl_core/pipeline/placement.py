@@ -15,6 +15,7 @@ A stage's parts are what its `modules()` declares (`rsvl_core.stages`); nothing 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -30,8 +31,9 @@ class Placement(Protocol):
 
     device: torch.device
 
-    def acquire(self, stage: str, model: Any, memory_required: int = 0) -> None:
-        """Before `stage` runs: its modules on `device` (with `memory_required` bytes of room for activations)."""
+    def acquire(self, stage: str, model: Any, memory_required: int | Callable[[], int] = 0) -> None:
+        """Before `stage` runs: its modules on `device`, with room for its activations: `memory_required` bytes,
+        or a callable giving them (an estimate, computed only by a placement that uses it)."""
 
     def release(self, stage: str, model: Any) -> None:
         """After `stage` ran: the placement may move its modules away."""
@@ -77,7 +79,7 @@ class LocalPlacement:
     def plan(self) -> str:
         return self.current
 
-    def acquire(self, stage: str, model: Any, memory_required: int = 0) -> None:
+    def acquire(self, stage: str, model: Any, memory_required: int | Callable[[], int] = 0) -> None:
         first = stage not in self.placed
         self.placed[stage] = model
         move(model, self.device)

@@ -13,10 +13,11 @@ import torch
 from ..cache.policy import CacheReport
 from ..caption import collapse_whitespace
 from ..progress import ProgressCallback
-from ..refine.refiner import RefineReport, refine_image
+from ..refine.refiner import RefineReport
 from .models import PipelineModels
 from .options import RunConfig
-from .uncertainty import reduce_samples
+from .stage_runs import run_caption, run_refine, run_stage1
+from .uncertainty import deterministic_stage1, reduce_samples, zero_spread_text
 
 
 @dataclass
@@ -68,19 +69,16 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
     seconds: dict[str, float] = {}
     _peak_reset(models.device)
     seeds = config.sample_seeds  # one per sample: seed, seed + 1, ... (windows key their noise by it too)
-    sample_seconds = [0.0] * len(seeds)
 
-    # 1. stage 1: from the image alone (once per sample)
+    # 1. stage 1: from the image alone (once per sample: image k of the batch gets seed + k)
     start = time.perf_counter()
-    stage1_model = models.get("stage1")
-    stage1_runs = []
-    for k, seed in enumerate(seeds):
-        began = time.perf_counter()
-        stage1_runs.append(stage1_model.upscale(image, config.scale, config.stage1, seed, callback, origin))
-        sample_seconds[k] += time.perf_counter() - began
-    models.release("stage1")
+    samples = image.expand(len(seeds), -1, -1, -1)
+    stage1_run = run_stage1(models.source("stage1"), samples, config.scale, config.stage1, seeds[0], callback, origin)
+    sample_seconds = list(stage1_run.seconds)
     seconds["stage1"] = time.perf_counter() - start
-    stage1 = stage1_runs[0]
+    stage1 = stage1_run.stage1
+    first_stage1 = stage1.image[:1]
+    one_pass = deterministic_stage1(models.load("stage1"))  # its samples are one run's image (see run_stage1)
 
     # 2. caption (only when the refiner will use it): once, from the first sample's stage-1 image
     caption, source = None, None
@@ -91,30 +89,26 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
         elif scene_caption is not None:
             caption, source = scene_caption, "scene overview"
         else:
-            caption = collapse_whitespace(models.get("caption").caption(stage1.image, config.caption, callback)[0])
-            source = "captioner"
-            models.release("caption")
+            captions = run_caption(models.source("caption"), first_stage1, config.caption, callback).captions
+            caption, source = collapse_whitespace(captions[0]), "captioner"
         seconds["caption"] = time.perf_counter() - start
 
     # 3. refine, guided by the caption (once per sample)
-    outputs, refine_report = [run.image for run in stage1_runs], None
+    outputs, refine_report = list(stage1.image.split(1)), None
     if config.refine is not None:
         start = time.perf_counter()
-        refiner = models.get("refine")
         at = None if origin is None else (origin[0] * config.scale, origin[1] * config.scale)
-        for k, (seed, run) in enumerate(zip(seeds, stage1_runs, strict=True)):
-            began = time.perf_counter()
-            outputs[k], report = refine_image(refiner, run.image, caption, config.refine, seed, callback, at)
-            refine_report = refine_report or report
-            sample_seconds[k] += time.perf_counter() - began
-        models.release("refine")
+        refined = run_refine(models.source("refine"), stage1.image, [caption] * len(seeds), config.refine, seeds[0],
+                             callback, at)
+        outputs, refine_report = list(refined.images.split(1)), refined.reports[0]
+        sample_seconds = [a + b for a, b in zip(sample_seconds, refined.seconds, strict=True)]
         seconds["refine"] = time.perf_counter() - start
 
     # 4. N samples -> the combined (and guarded) output and its spread
     result, spread, uncertainty = outputs[0], None, None
     if len(seeds) > 1:
         start = time.perf_counter()
-        reduced = reduce_samples(torch.cat([o.float().cpu() for o in outputs]), stage1.image.float().cpu(),
+        reduced = reduce_samples(torch.cat([o.float().cpu() for o in outputs]), first_stage1.float().cpu(),
                                  config.uncertainty)
         result, spread = reduced.image, reduced.spread
         seconds["uncertainty"] = time.perf_counter() - start
@@ -124,8 +118,12 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
                        "guard": {"threshold": config.uncertainty.guard, "feather": config.uncertainty.feather,
                                  "fallback": "the first sample's stage-1 image",
                                  "fraction_replaced": round(reduced.fraction_replaced, 6)}}
+        if one_pass:
+            uncertainty["stage1_runs"] = 1  # the other samples reuse its image
+            if config.refine is None:
+                uncertainty["deterministic"] = zero_spread_text(len(seeds))
 
     peak, kind = peak_memory(models.device)
-    return PipelineResult(result.float().cpu(), stage1.image.float().cpu(), caption, source, seconds, peak, kind,
+    return PipelineResult(result.float().cpu(), first_stage1.float().cpu(), caption, source, seconds, peak, kind,
                           models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled(),
                           spread, uncertainty, getattr(models, "memory_plan", None))
