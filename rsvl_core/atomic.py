@@ -5,10 +5,13 @@
   remove what a killed run left behind (`remove_stale_temporaries`) without touching a live run's files.
 - `claim`: an exclusive claim file beside an output (`.<name>.claim`) while one run computes it, so
   concurrent runs into one folder split the work; a claim whose process is gone is taken over.
+- `fit_name`: every name written here stays within the file system's name limit (255 bytes on most): a longer
+  stem is cut and ends in `~<hash>` of the full name, so the same long name always gives the same short one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -19,6 +22,38 @@ from pathlib import Path
 
 _HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 _OWNER = re.compile(r"\.rsvl-(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)\.")
+NAME_MAX = 255     # bytes of one file name on most file systems (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
+MKSTEMP_RANDOM = 8  # characters tempfile.mkstemp puts between prefix and suffix
+HASH_CHARS = 10    # `~` + this many hex digits of the full name end a shortened stem
+
+
+def name_limit(folder: str | Path) -> int:
+    """The longest file name (bytes) `folder`'s file system takes (NAME_MAX when it does not say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def _cut(text: str, size: int) -> str:
+    """`text` cut to at most `size` bytes of UTF-8, never mid-character (undecodable bytes dropped)."""
+    return os.fsencode(text)[:max(size, 0)].decode("utf-8", "ignore")
+
+
+def fit_stem(stem: str, room: int) -> str:
+    """`stem` if it takes at most `room` bytes, else its head + `~<hash of the whole stem>` in `room` bytes."""
+    if len(os.fsencode(stem)) <= room:
+        return stem
+    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:HASH_CHARS]
+    return _cut(stem, room - HASH_CHARS - 1) + "~" + digest
+
+
+def fit_name(name: str, reserve: int = 0, limit: int = NAME_MAX) -> str:
+    """`name` (stem + suffix) shortened, if needed, so that it plus `reserve` more bytes fits `limit`."""
+    path = Path(name)
+    suffix = path.suffix if len(os.fsencode(path.suffix)) <= 16 else ""
+    stem = name[:len(name) - len(suffix)] if suffix else name
+    return fit_stem(stem, limit - reserve - len(os.fsencode(suffix))) + suffix
 
 
 def _default_mode() -> int:
@@ -45,7 +80,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{owner_tag()}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
+    fixed = len(os.fsencode(f"..{owner_tag()}.{path.suffix}.tmp")) + MKSTEMP_RANDOM
+    stem = fit_stem(path.stem, name_limit(path.parent) - fixed)  # a long output name: a short temp name
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{owner_tag()}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -98,7 +135,8 @@ class Claim:
 
     def __init__(self, target: Path) -> None:
         self.target = Path(target)
-        self.path = self.target.with_name(f".{self.target.name}.claim")
+        limit = name_limit(self.target.parent) if self.target.parent.is_dir() else NAME_MAX
+        self.path = self.target.with_name(f".{fit_name(self.target.name, len('..claim'), limit)}.claim")
         self.held = False
 
     def acquire(self) -> str | None:

@@ -4,7 +4,8 @@ job API, the ComfyUI nodes) finds a model file the same way, from the same data.
 `WEIGHTS` has one `WeightsEntry` per kind of model file: its folder name, the flag that names it, what counts as
 one (files by suffix, a folder by the file it holds), where ComfyUI and the seed's release keep it, where it is
 downloaded from and the published hashes. `find_weights(id, ...)` looks for one entry in these places, in order,
-and stops at the first place that has it (or has it ambiguously / broken, which is reported):
+and stops at the first place that has it (or has it ambiguously / broken, which is reported). A folder named
+by a flag (--models-dir, --comfyui-dir, --ckpt-pth) must be one: a typo or a file is refused, never passed over:
 
     1. an explicit path (`--sr3`, `--llava`, `--adapter`, `--sdxl`, `--supir`)    -- no fallback when given
     2. `--models-dir D`                  D/<subdir>
@@ -12,7 +13,8 @@ and stops at the first place that has it (or has it ambiguously / broken, which 
     4. `./models`                        ./models/<subdir>
     5. ComfyUI (`--comfyui-dir C`, then `$COMFYUI_DIR`)
                                          C/models/rsvl/<subdir>; SDXL and SUPIR also in C/models/checkpoints/
-                                         (by name there: juggernautXL*v8*, SUPIR-v0Q*/SUPIR-v0F*)
+                                         (by name there: juggernautXL*v8*, SUPIR-v0Q*/SUPIR-v0F*); stage 1 also
+                                         in C/models/upscale_models/ (the one model there, else name it)
     6. the seed's release layout         `--ckpt-pth DIR` (the CKPT_PTH folder or the folder holding it),
                                          then ./CKPT_PTH, ./pretrained_model/CKPT_PTH, <models roots>/CKPT_PTH:
                                          CKPT_PTH/Llava-next/ = the LoRA adapter, CKPT_PTH/v0Q.ckpt (else
@@ -126,6 +128,7 @@ class WeightsEntry:
     configs: tuple[str, ...] = ()
     extensions: tuple[str, ...] = WEIGHT_SUFFIXES
     comfy_checkpoints: tuple[str, ...] = ()
+    comfy_models: tuple[str, ...] = ()  # other ComfyUI model folders that hold this kind (stage 1: upscale_models)
     prefer: tuple[str, ...] = ()
     seed: SeedPlace | None = None
     seed_absent: str = ""
@@ -173,7 +176,7 @@ WEIGHTS: dict[str, WeightsEntry] = {entry.id: entry for entry in (
         "sr3", "stage1", "SR3 generator (stage 1, 8x, trained 28->224 on AID)", "stage 1", True,
         "any *.pth / *.ckpt / *.safetensors (the seed's I<iter>_E<epoch>_gen.pth)",
         what="stage-1 SR3 weights", put="the SR3 generator checkpoint (the seed's *_gen.pth)",
-        subdir="sr3", flag="--sr3", comfy_folder="rsvl_sr3",
+        subdir="sr3", flag="--sr3", comfy_folder="rsvl_sr3", comfy_models=("upscale_models",),
         seed=SeedPlace(patterns=("*_gen.pth",)),
         manual=_seed_zip_steps("copy the *_gen.pth file found under CKPT_PTH/ into <models>/sr3/"),
     ),
@@ -325,8 +328,10 @@ class FoundWeights:
         if self.status != "missing":
             return f"{entry.what}: {self.message}"
         first = self.looked[0] if self.looked else Look("", Path(entry.subdir), "not looked for")
-        others = len(self.looked) - 1
+        named = [look for look in self.looked[1:] if "(--" in look.label]  # places a flag of this command named
+        others = len(self.looked) - 1 - len(named)
         where = (f"{entry.what} not found: nothing usable in {first.path} ({first.outcome})"
+                 + "".join(f", nor in {look.path} ({look.outcome}; {look.label})" for look in named)
                  + (f" nor in the {others} other places `rsvl weights list` names" if others > 0 else ""))
         skip = f", or {entry.skip}" if entry.skip else ""
         get = (f"to download it: {fix_command(entry, self.models_dir)}" if entry.downloadable
@@ -426,7 +431,13 @@ def _in_models_folder(entry: WeightsEntry, folder: Path) -> Outcome:
         return "found", folder, "found (diffusers folder)", []
     forms = sorted(p for p in folder.iterdir() if p.is_dir() and entry.holds(p)) if entry.folder_form else []
     suffixes = "/".join(s for s in (".safetensors", ".pth", ".ckpt") if s in entry.extensions)
-    return _pick(entry, entry.files_in(folder) + forms, f"no {suffixes} file")
+    candidates = entry.files_in(folder) + forms
+    posing = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in entry.extensions
+                    and not p.name.startswith(".") and p not in candidates)
+    if not candidates and posing:  # a folder (or a broken link) named like a weights file: say so, not "not found"
+        return "invalid", None, (f"{posing[0]} is named like a weights file but is a folder or a broken link; put "
+                                 f"{entry.put} there as a file, or pass {entry.flag} PATH"), []
+    return _pick(entry, candidates, f"no {suffixes} file")
 
 
 def _in_comfy_checkpoints(entry: WeightsEntry, folder: Path) -> Outcome:
@@ -477,11 +488,33 @@ def _explicit(entry: WeightsEntry, path: Path, models_dir: Path | None) -> Found
                         f"{entry.flag} {path}: {problem} (expected {entry.accepts})", models_dir=models_dir)
 
 
+def check_search_folders(models_dir: Path | None = None, comfyui_dir: Path | None = None,
+                         ckpt_dir: Path | None = None) -> None:
+    """A folder a flag names must be a folder (a typo must not fall back to $RSVL_MODELS_DIR or ./models, nor a
+    file be read as an empty folder): RsvlError naming the flag, what it should hold and what to do."""
+    holds = {"--models-dir": f"a models folder with {', '.join(f'{e.subdir}/' for e in WEIGHTS.values())} subfolders",
+             "--comfyui-dir": "a ComfyUI install (its models/ folder: rsvl/, checkpoints/, upscale_models/)",
+             "--ckpt-pth": f"the seed's unzipped {SEED_CKPT_DIR} folder (or the folder holding it)"}
+    for flag, value in (("--models-dir", models_dir), ("--comfyui-dir", comfyui_dir), ("--ckpt-pth", ckpt_dir)):
+        if value is None or Path(value).expanduser().is_dir():
+            continue
+        path = Path(value)
+        if path.exists() or path.is_symlink():
+            what = "is a file, not a folder" if path.is_file() else "is not a folder (a broken link?)"
+            single = " (a single weights file goes to --sr3 / --sdxl / --supir)" if path.is_file() else ""
+            raise RsvlError(f"{flag} {path}: {what}; name {holds[flag]}{single}")
+        raise RsvlError(f"{flag} {path}: no such folder; expected {holds[flag]} (check the path, or leave the "
+                        "flag out to search the default places)")
+    if comfyui_dir is not None and not (Path(comfyui_dir).expanduser() / "models").is_dir():
+        raise RsvlError(f"--comfyui-dir {comfyui_dir}: has no models/ folder; expected {holds['--comfyui-dir']}")
+
+
 def find_weights(item: str, *, explicit: Path | None = None, models_dir: Path | None = None,
                  comfyui_dir: Path | None = None, ckpt_dir: Path | None = None,
                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> FoundWeights:
     """Look for one table entry in the documented order; every place looked in is recorded in the answer."""
     entry = weights_entry(item)
+    check_search_folders(models_dir, comfyui_dir, ckpt_dir)
     if explicit is not None:
         return _explicit(entry, explicit, models_dir)
     looked: list[Look] = []
@@ -492,6 +525,7 @@ def find_weights(item: str, *, explicit: Path | None = None, models_dir: Path | 
             places = [(root.path / "models" / "rsvl" / entry.subdir, _in_models_folder)]
             if entry.comfy_checkpoints:
                 places.append((root.path / "models" / "checkpoints", _in_comfy_checkpoints))
+            places += [(root.path / "models" / sub, _in_models_folder) for sub in entry.comfy_models]
         else:
             places = [(root.path, _in_seed_release)]
         for folder, look_in in places:

@@ -229,7 +229,7 @@ def test_fault_a_models_dir_that_does_not_exist_is_an_error(tmp_path, capsys):
     inputs = write_inputs(tmp_path / "in", ["a.png"])
     assert main(["upscale", str(inputs), "-o", str(tmp_path / "o"), "--models-dir", str(tmp_path / "modles"),
                  *FAST]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --models-dir {tmp_path / 'modles'}: no such folder"
+    assert capsys.readouterr().err.strip().startswith(f"error: --models-dir {tmp_path / 'modles'}: no such folder")
 
 
 def test_fault_caption_with_stage1_only_is_refused(models_dir, tmp_path, capsys):

@@ -42,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> int:
     from . import batch, caption, demo, upscale, weights
-    from .progress import print_summary
 
     if args.command in ("upscale", "batch"):
         summary = upscale.run_upscale(args) if args.command == "upscale" else batch.run_batch_command(args)
+        from .progress import print_summary  # the engine's events: loaded once the run's values are checked
+
         print_summary(summary)
         return 2 if summary.stopped else 1 if summary.failed else 0
     if args.command == "caption":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
+
+LINE_INTERVAL = 10.0  # seconds: the longest a log file waits for a progress line while work advances
 
 
 def progress_bar(**options) -> tqdm | LineBar:
@@ -17,19 +20,21 @@ def progress_bar(**options) -> tqdm | LineBar:
 
 
 class LineBar:
-    """The part of tqdm's interface the command line uses, printing one line at each quarter and at the end."""
+    """The part of tqdm's interface the command line uses, printing one line at each quarter, at least every
+    `interval` seconds while it advances (a slow CPU run is never silent for minutes), and at the end."""
 
-    def __init__(self, desc: str, total: float | None, unit: str) -> None:
-        self.desc, self.total, self.unit, self.n = desc, total, unit, 0
-        self.start, self.said, self.closed = time.monotonic(), 0, False
+    def __init__(self, desc: str, total: float | None, unit: str, interval: float = LINE_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.desc, self.total, self.unit, self.n, self.interval, self.clock = desc, total, unit, 0, interval, clock
+        self.start, self.said, self.closed = clock(), 0, False
+        self.last = self.start
 
     def update(self, count: float = 1) -> None:
         self.n += count
-        if self.total:
-            quarter = min(4, int(4 * self.n / self.total + 1e-9))
-            if quarter > self.said:
-                self.said = quarter
-                self.line()
+        quarter = min(4, int(4 * self.n / self.total + 1e-9)) if self.total else 0
+        if quarter > self.said or (count and self.clock() - self.last >= self.interval):
+            self.said = max(self.said, quarter)
+            self.line()
 
     def reset(self, total: float | None = None) -> None:
         self.total, self.n, self.said = total, 0, 0
@@ -42,7 +47,8 @@ class LineBar:
     def line(self) -> None:
         done = f"{self.n:g}/{self.total:g}" if self.total else f"{self.n:g}"
         share = f"{100 * self.n / self.total:.0f}% " if self.total else ""
-        print(f"{self.desc}: {share}({done} {self.unit}, {time.monotonic() - self.start:.1f} s)", file=sys.stderr,
+        self.last = self.clock()
+        print(f"{self.desc}: {share}({done} {self.unit}, {self.last - self.start:.1f} s)", file=sys.stderr,
               flush=True)
 
 

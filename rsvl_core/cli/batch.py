@@ -10,14 +10,7 @@ from pathlib import Path
 from ..errors import RsvlError
 from .bars import say
 from .commands import COMMANDS
-from .upscale import (
-    acceleration_from_args,
-    add_job_arguments,
-    add_memory_flag,
-    config_from_args,
-    job_options_from_args,
-    planned_config,
-)
+from .upscale import add_job_arguments, add_memory_flag, checked_run, planned_config
 
 
 def add_batch_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +34,7 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_batch_command(args: argparse.Namespace):
+    config, options, acceleration = checked_run(args)  # before Ray and the engine load
     from ..batch import ClusterOptions, run_batch
     from ..batch.cluster import RAY_HINT
     from ..pipeline import collect_inputs, locate_model_files
@@ -48,11 +42,6 @@ def run_batch_command(args: argparse.Namespace):
 
     if args.ray is None:
         raise RsvlError(RAY_HINT)
-    try:
-        config, options = config_from_args(args), job_options_from_args(args)
-        acceleration = acceleration_from_args(args)
-    except ValueError as exc:
-        raise RsvlError(str(exc)) from None
     inputs = [*args.inputs, *args.input_img, *args.image_dir]
     sources = collect_inputs(inputs, args.recursive)  # a missing input fails first
     config, plan = planned_config(config, sources, options.scene.windows.size)  # --max-vram, for every actor

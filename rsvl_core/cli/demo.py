@@ -33,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         say(f"demo passed: {summary.written[0]}")
     if args.models_dir is not None:
-        say(f"tiny models kept in {args.models_dir}; try: rsvl upscale IMAGE --output DIR "
-            f"--models-dir {args.models_dir}")
+        say(f"tiny models kept in {args.models_dir}; try (minutes on a CPU): rsvl upscale IMAGE --output DIR "
+            f"--models-dir {args.models_dir} --preset cpu-quick")
     return 0

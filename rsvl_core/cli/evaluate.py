@@ -15,7 +15,7 @@ from ..evaluation.degrade import BASELINES
 from ..pipeline import SETTINGS, RunConfig
 from .bars import say
 from .commands import COMMANDS
-from .settings import config_from_args, setting_flag
+from .settings import config_from_args, positive_int, setting_flag
 from .upscale import (
     acceleration_from_args,
     add_memory_flag,
@@ -44,7 +44,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--methods", default=DEFAULT_METHODS,
                     help=f"comma-separated: {', '.join(BASELINES)}, stage1, full, or a refiner preset "
                          f"({', '.join(sorted(PRESETS))}) (default {DEFAULT_METHODS})")
-    ev.add_argument("--samples", type=int, default=1,
+    ev.add_argument("--samples", type=positive_int, default=1,
                     help="seeds per pipeline method (seed, seed+1, ...); 2 or more also write std maps and score "
                          "how well the spread predicts the error (Spearman rho, error in the most vs least uncertain "
                          "tenth) (default 1)")

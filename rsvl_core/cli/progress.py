@@ -93,7 +93,9 @@ class CliEvents(CountedEvents):
         say(f"{source.name} -> {target} ({width * self.scale}x{height * self.scale}, {seconds:.1f} s: {stages}; "
             f"peak {peak:.2f} GiB {record['peak_memory_kind']})")
         spread = record.get("uncertainty")
-        if spread and "mean_std" in spread:
+        if spread and spread.get("deterministic"):
+            say(f"{source.name}: {spread['deterministic']}")
+        elif spread and "mean_std" in spread:
             guard = spread["guard"]
             acted = f"; guard {guard['threshold']:g} replaced {100 * guard['fraction_replaced']:.1f}%" \
                 if guard["threshold"] > 0 else ""
@@ -121,6 +123,9 @@ class CliEvents(CountedEvents):
 def print_summary(summary) -> None:
     """`N written, N skipped, N failed` and one line per failure, on stderr."""
     line = f"{len(summary.written)} written, {len(summary.skipped)} skipped (already exist; --overwrite replaces)"
+    claimed = getattr(summary, "claimed", [])
+    if claimed:
+        line += f", {len(claimed)} claimed by another run (left to it; rerun once it ends to check them)"
     line += f", {len(summary.failed)} failed"
     print(line, file=sys.stderr)
     for source, reason in summary.failed:

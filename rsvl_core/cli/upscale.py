@@ -11,6 +11,7 @@ from ..errors import RsvlError
 from ..pipeline.placement import PLACEMENTS
 from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
+from .bars import say
 from .commands import COMMANDS
 from .settings import (
     REFINE_SETTINGS,
@@ -18,6 +19,8 @@ from .settings import (
     UNCERTAINTY_SETTINGS,
     add_setting_flags,
     config_from_args,
+    cpu_advice,
+    cpu_precision,
     setting_flag,
 )
 
@@ -150,7 +153,6 @@ def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
 def planned_config(config: RunConfig, sources: list[Path], window: int) -> tuple[RunConfig, MemoryPlan | None]:
     """--max-vram: the plan for the largest input (said on the start line) and the options it sets; else none."""
     from ..pipeline import plan_for_run
-    from .bars import say
 
     plan = plan_for_run(config, sources, window)
     if plan is None:
@@ -159,15 +161,25 @@ def planned_config(config: RunConfig, sources: list[Path], window: int) -> tuple
     return plan.apply(config), plan
 
 
-def run_upscale(args: argparse.Namespace) -> JobSummary:
-    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, run_job
-    from .progress import CliEvents, say
-
+def checked_run(args: argparse.Namespace) -> tuple[RunConfig, JobOptions, Acceleration]:
+    """The run's values checked before the engine's heavy modules load (a bad value answers in about as long as a
+    usage error); half precision on a CPU turned to fp32 and the CPU's cost said first."""
+    device = resolve_device(args.device)
+    cpu_precision(args, device.type, say)
     try:
-        config, options = config_from_args(args), job_options_from_args(args)
-        acceleration = acceleration_from_args(args)
+        config, acceleration = config_from_args(args), acceleration_from_args(args)
+        options = job_options_from_args(args)  # the job API (and so the stages' libraries) loads here
     except ValueError as exc:
         raise RsvlError(str(exc)) from None
+    cpu_advice(args, device.type, say)
+    return config, options, acceleration
+
+
+def run_upscale(args: argparse.Namespace) -> JobSummary:
+    config, options, acceleration = checked_run(args)
+    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, run_job
+    from .progress import CliEvents
+
     inputs = [*args.inputs, *args.input_img, *args.image_dir]
     sources = collect_inputs(inputs, args.recursive)  # a missing input fails first, before any model is looked for
     device = resolve_device(args.device)

@@ -221,8 +221,9 @@ def _run_download(args: argparse.Namespace) -> int:
         for stage, entry in WEIGHTS.items():
             if entry.downloadable:
                 continue
-            rows = list_weights(models_dir=args.models_dir, items=(stage,), env={**os.environ})
-            if rows[0].status != "found":
+            there = args.models_dir is None or args.models_dir.is_dir()  # nothing downloaded: no folder yet
+            rows = list_weights(models_dir=args.models_dir, items=(stage,), env={**os.environ}) if there else []
+            if not rows or rows[0].status != "found":
                 extra = "" if entry.required else " (optional)"
                 print(f"{stage}{extra}: by hand: {fix_command(entry, args.models_dir)}", file=sys.stderr)
     return 1 if failed else 0

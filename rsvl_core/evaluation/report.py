@@ -110,6 +110,9 @@ def write_tables(output_dir: Path, rows: list[dict], metrics: Sequence[str], pro
                 f"Protocol: {provenance['protocol']['degradation']}; {provenance['protocol']['conventions']}", "",
                 "## Overall (mean over images)", "", markdown_table(overall, ["method", "n", *metrics]),
                 "## Per class", "", markdown_table(per_class, ["class", "method", "n", *metrics])]
+    if provenance.get("deterministic_methods"):
+        markdown += ["## Deterministic methods (uncertainty columns empty: no spread to rank errors by)", ""]
+        markdown += [f"- {name}: {text}" for name, text in provenance["deterministic_methods"].items()] + [""]
     if provenance.get("skipped_metrics"):
         markdown += ["## Skipped metrics", ""] + [f"- {line}" for line in provenance["skipped_metrics"]] + [""]
     if provenance.get("failures"):

@@ -36,6 +36,7 @@ from ..pipeline.jobs import (
     read_input,
     upscale_image,
 )
+from ..pipeline.uncertainty import deterministic_stage1, zero_spread_text
 from ..pipeline.work import Assembler, ClaimedScene, WorkItem, run_local
 from ..progress import ProgressCallback
 from .degrade import BASELINES, DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
@@ -236,6 +237,7 @@ class Evaluation:
         self.crops: dict[str, list[int]] = {}
         self.reads: dict[str, dict] = {}  # how each HR file was read (GeoTIFF bands, stretch), for the pair records
         self.correctness_implementation: str | None = None
+        self.deterministic: dict[str, str] = {}  # methods whose samples are one image (no spread to rank by)
 
     # 1. the run
     def run(self) -> EvalSummary:
@@ -307,6 +309,8 @@ class Evaluation:
                 self.summary.skipped.append(f"{image.image_id} {method}")
                 self.events.pair_done(image.image_id, method, skipped=True)
         for method in self.options.methods:  # rows in the order the methods were asked for
+            if scene.finished[method] is not None and scene.finished[method].get("deterministic"):
+                self.deterministic[method] = scene.finished[method]["deterministic"]
             if scene.finished[method] is not None:
                 self.summary.rows.append({"image": image.image_id, "class": image.image_class, "method": method,
                                           **{k: v for k, v in scene.finished[method]["metrics"].items()}})
@@ -363,7 +367,9 @@ class Evaluation:
         upscale` runs a scene); a stage-1 result that a full run of this image
         already made with the same stage-1 settings and seed is taken from it instead of recomputed."""
         samples, captions, reused, windows = [], [], 0, None
-        for k in range(self.options.samples):
+        one_pass = config.refine is None and deterministic_stage1(self.models.get("stage1"))
+        count = 1 if one_pass else self.options.samples  # a deterministic method: every seed gives one image
+        for k in range(count):
             seed = self.options.seed + k
             key = (repr(config.stage1), seed)
             if config.refine is None and key in shared:
@@ -377,8 +383,12 @@ class Evaluation:
             samples.append(run.image)
             captions.append(run.caption)
             windows = run.record.get("windows")
-        extra = {"seeds": [self.options.seed + k for k in range(self.options.samples)],
-                 "kind": method_kind(config)}
+        extra = {"seeds": [self.options.seed + k for k in range(count)], "kind": method_kind(config)}
+        if one_pass and self.options.samples > 1:
+            extra["deterministic"] = zero_spread_text(self.options.samples)
+            if method not in self.deterministic:
+                self.events.note(f"{method}: {extra['deterministic']}; its uncertainty columns stay empty")
+            self.deterministic[method] = extra["deterministic"]
         if reused:
             extra["stage1_taken_from_full_run"] = reused
         if windows is not None:
@@ -439,7 +449,7 @@ class Evaluation:
                          "hr_crop": "HR cropped at the bottom/right to a multiple of the scale",
                          "hr_cropped_images": self.crops, "conventions": CONVENTIONS,
                          "correctness": self.correctness_implementation or _default_correctness()},
-            "skipped_metrics": self.perceptual.skipped,
+            "skipped_metrics": self.perceptual.skipped, "deterministic_methods": self.deterministic,
             "failures": [{"image": w, "message": m} for w, m in self.summary.failed],
             "versions": package_versions(), "python": platform.python_version(),
             "model_files": model_files_record(self.models, options.hash_models)

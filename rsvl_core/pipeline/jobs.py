@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_path, check_output_folder, remove_stale_temporaries
+from ..atomic import atomic_path, check_output_folder, fit_name, remove_stale_temporaries
 from ..caption import collapse_whitespace
 from ..errors import RsvlError
 from ..image import IMAGE_SUFFIXES, list_images
@@ -26,7 +26,7 @@ from ..progress import ProgressCallback
 from ..scene import ArraySink, RowSink, WindowOptions, blend_windows, plan_windows
 from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
 from ..tiling import Tile
-from ..weights import find_weights
+from ..weights import check_search_folders, find_weights
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
 from .run import PipelineResult, peak_memory, run_pipeline
@@ -61,7 +61,8 @@ class JobOptions:
 @dataclass
 class JobSummary:
     written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)   # complete already, or being computed by another run
+    skipped: list[Path] = field(default_factory=list)   # complete already
+    claimed: list[Path] = field(default_factory=list)   # being computed by another run (its claim is live)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     stopped: str | None = None                          # why the run stopped early (the output storage failed)
 
@@ -140,8 +141,17 @@ def broken_link(link: Path) -> str:
     return f"symbolic link to {os.readlink(link)}, which does not exist"
 
 
+def broken_links(folder: Path, recursive: bool = False) -> list[Path]:
+    """Links named like images in a folder that lead nowhere (a loop, a missing target): reported, never skipped
+    silently."""
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists())
+
+
 def output_path(output_dir: Path, source: Path, scale: int, suffix: str = ".png") -> Path:
-    return output_dir / f"{source.stem}_x{scale}{suffix}"
+    """`<stem>_x<scale><suffix>`, shortened (`~<hash>`) where it or its companions (`.json`, `_uncertainty`) would
+    pass the file system's name limit."""
+    return output_dir / fit_name(f"{source.stem}_x{scale}{suffix}", reserve=len("_uncertainty") + 1)
 
 
 def locate_caption_files(models_dir: Path | None = None, captioner: Path | None = None, adapter: Path | None = None,
@@ -165,8 +175,7 @@ def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1
     """Every file the run needs, found by the one weights lookup (`rsvl_core.weights.find_weights`) before any
     heavy work; only the stages `config` uses. `notify` hears where a file found outside the first place came from.
     A `models_dir` the caller names must exist (a typo must not fall back to $RSVL_MODELS_DIR or ./models)."""
-    if models_dir is not None and not Path(models_dir).is_dir():
-        raise RsvlError(f"--models-dir {models_dir}: no such folder")
+    check_search_folders(models_dir, comfyui_dir, ckpt_dir)
 
     def find(item: str, explicit: Path | None) -> Path:
         return find_weights(item, explicit=explicit, models_dir=models_dir, ckpt_dir=ckpt_dir,
@@ -209,9 +218,9 @@ def plan_outputs(sources: list[Path], output_dir: Path, scale: int, geotiffs: li
 def is_complete(target: Path) -> bool:
     """An output is done only when its image and its run record are both there and the record names it."""
     sidecar = target.with_suffix(".json")
-    if not (target.is_file() and sidecar.is_file()):
-        return False
-    try:
+    try:  # (a name at the file system's limit has no room for `.json`: OSError, so not complete)
+        if not (target.is_file() and sidecar.is_file()):
+            return False
         record = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
@@ -233,7 +242,10 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
     """(input, output, is GeoTIFF) for every input, after the output folder is checked and our stale temps
     are removed: the start every face of the job API shares. Earlier rsvl outputs among the inputs (an output
     folder that is also the input folder) are never inputs: they are left out, and that is said once."""
+    inputs = [Path(item) for item in inputs]
     collected = collect_sources(inputs, options.recursive)
+    for link in (link for item in inputs if item.is_dir() for link in broken_links(item, options.recursive)):
+        events.note(link, f"{broken_link(link)}: skipped (remove the link or fix its target)")
     ours = [source for source, _ in collected if is_complete(source) or is_complete(layer_owner(source))]
     if ours:
         collected = [(source, sub) for source, sub in collected if source not in ours]
@@ -250,6 +262,10 @@ def plan_job(inputs: Iterable[Path], scale: int, options: JobOptions,
     targets = plan_outputs(sources, options.output_dir, scale, geotiffs, [sub for _, sub in collected])
     for folder in {target.parent for target in targets} - {options.output_dir}:
         folder.mkdir(parents=True, exist_ok=True)
+    for source, target in zip(sources, targets, strict=True):
+        if "~" in target.stem and not target.stem.startswith(source.stem):
+            events.note(source, f"output named {printable(target.name)}: the full name passes the file system's "
+                                "255-byte limit (the run record names the input)")
     return list(zip(sources, targets, geotiffs, strict=True))
 
 

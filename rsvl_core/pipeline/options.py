@@ -25,6 +25,9 @@ from ..stage1.sampler import SAMPLERS, SR3SamplerOptions
 from ..stage1.upscaler import SCALES
 from .uncertainty import COMBINES, DEFAULT_FEATHER, UncertaintyOptions
 
+# What a preset sets beyond the refiner (given values still win): cpu-quick's fast SR3 solver and short caption.
+PRESET_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu-quick": {"stage1_sampler": "dpmpp", "stage1_steps": 20, "caption_max_tokens": 64}}
 STAGE1_CACHES = ("off", "fast")  # stage 1 takes only our guarded policy (the seed has no stage-1 cache)
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -86,7 +89,9 @@ SETTINGS: dict[str, Setting] = {
                                    "0 = greedy decoding", "caption.temperature", min=0.0, max=2.0, step=0.01),
     "caption_prompt": Setting(SEED_PROMPT, "the captioner's instruction; <image> marks where the image goes "
                               "(default: the seed's analyst prompt)", "caption.prompt"),
-    "preset": Setting("paper", "refiner settings preset (paper: the seed's infer.py settings)", "refine.preset",
+    "preset": Setting("paper", "settings preset (paper: the seed's infer.py settings; cpu-quick: a CPU run in "
+                      "minutes: dpmpp 20 SR3 steps, 8 refiner steps at the stage-1 size, 64 caption tokens)",
+                      "refine.preset",
                       choices=tuple(sorted(PRESETS))),
     "refine_steps": Setting(_REFINE.sampler.steps, "refiner sampling steps (seed: 50)", "schedule.refine_steps",
                             min=1, max=1000, step=1, preset_default=True),
@@ -279,6 +284,7 @@ class RunConfig:
     def from_values(cls, *, stage1_only: bool = False, caption_text: str | None = None, **values: Any) -> RunConfig:
         """The run's options from plain values named as in `SETTINGS` (None or absent = the default)."""
         given = given_values(values)
+        given = {**PRESET_RUN_DEFAULTS.get(given.get("preset", ""), {}), **given}
         schedule = schedule_from(given)
         preset = given.get("preset", default("preset"))
         return cls(scale=int(given.get("scale", default("scale"))), seed=given.get("seed", default("seed")),

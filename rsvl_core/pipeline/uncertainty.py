@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 COMBINES = ("first", "median", "mean")
+ONE_PASS_KINDS = ("spandrel",)  # stage-1 kinds that are deterministic: the same input gives the same output
 LEVELS = 255.0          # output units: 8-bit levels
 DEFAULT_FEATHER = 8     # output pixels over which the guard's fallback fades out around replaced pixels
 LEGEND_HEIGHT = 28      # pixels of the heat map's legend strip (gradient bar + labels)
@@ -72,6 +73,17 @@ class UncertaintyOptions:
     def enabled(self) -> bool:
         """Whether the run takes several samples (and so writes an uncertainty layer)."""
         return self.samples >= 2
+
+
+def deterministic_stage1(stage1_model: object) -> bool:
+    """Whether a loaded stage-1 model gives every seed the same image (a one-pass upscale model, not SR3)."""
+    return getattr(stage1_model, "kind", None) in ONE_PASS_KINDS
+
+
+def zero_spread_text(samples: int) -> str:
+    """What a run of N samples of a deterministic method is (said and recorded instead of a spread)."""
+    return (f"deterministic: the stage-1 upscale model runs alone, so all {samples} samples would be the same "
+            f"image and the spread is zero by construction; {samples - 1} run(s) skipped")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from .models import PipelineModels
 from .options import RunConfig
 from .run import peak_memory
 from .uncertainty_layer import SpreadCanvas, write_layer
+from .window_memory import window_memory_check
 
 OPEN_SCENES = 2  # scenes an executor keeps open (their stretch computed once): windows of one scene arrive together
 FAILURES = (RsvlError, ValueError, OSError)  # what fails one input (reported; the rest go on)
@@ -107,10 +108,16 @@ def claim_scene(source: Path, target: Path, geotiff: bool, options: JobOptions, 
                 events: JobEvents) -> ClaimedScene | None:
     """Claim an output for this run, or skip it (complete already, or being computed by another run)."""
     claim = Claim(target)
+    try:
+        holder = claim.acquire()
+    except OSError as exc:  # the folder refuses the claim file: this input fails, the rest go on
+        summary.failed.append((source, os_error_message(exc, target)))
+        events.failed(source, os_error_message(exc, target))
+        return None
     # checked after claiming: a concurrent run may have just finished it
-    if claim.acquire() is not None or (is_complete(target) and not options.overwrite):
+    if holder is not None or (is_complete(target) and not options.overwrite):
         claim.release()
-        summary.skipped.append(target)
+        (summary.skipped if holder is None else summary.claimed).append(target)
         events.skipped(source, target)
         return None
     return ClaimedScene(source, target, geotiff, claim)
@@ -135,6 +142,13 @@ def plan_items(scene: ClaimedScene, config: RunConfig, options: JobOptions, asse
     pixels = scene.scene.height * scene.scene.width * config.scale ** 2
     if not is_windowed(scene.scene, windows):
         return [WorkItem("whole", scene, pixels=pixels)]
+    refusal, advice = window_memory_check(scene.scene.height, scene.scene.width, config.scale, windows,
+                                          scene.scene.geo is not None, config.uncertainty.samples)
+    if refusal is not None:  # before the first window: not after the machine starts swapping
+        assembler.fail(scene, f"{printable(str(scene.source))}: {refusal}")
+        return []
+    if advice is not None:
+        assembler.events.note(scene.source, advice)
     for note in scene.scene.notes:
         assembler.events.note(scene.source, note)
     items = []
