@@ -19,6 +19,7 @@ from ..devices import torch_dtype
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import Feather, TileFit, TileGrid
+from .backends import TileRunner, tile_runner
 from .registry import load_architecture
 from .upscaler import check_image_batch
 
@@ -38,10 +39,15 @@ _PURPOSE_WORDS = {
 
 @dataclass
 class SpandrelModel:
-    """A loaded spandrel SR model (eval mode, no gradients) and the file it came from."""
+    """A loaded spandrel SR model (eval mode, no gradients), the file it came from and where its forward runs."""
 
     descriptor: spandrel.ImageModelDescriptor
     path: Path | None = None
+    backend: str | None = None  # one of backends.BACKENDS; None: RSVL_STAGE1_BACKEND, else "auto"
+
+    def runner(self) -> TileRunner:
+        """The forward on one batch of tiles, on the backend chosen for this model (built once, cached)."""
+        return tile_runner(self.descriptor, self.backend)
 
     @property
     def architecture(self) -> str:
@@ -172,7 +178,8 @@ def upscale_spandrel(
     Returns:
         (B, 3, H * scale, W * scale) float32 in [0, 1] on the model's device, and the run-record entry:
         architecture, native_scale, applied_scale (native), resampled, resample_filter, tiles, tiling (the
-        tile size used: halved from the one asked while the model ran out of memory, see `TileFit`).
+        tile size used: halved from the one asked while the model ran out of memory, see `TileFit`), backend
+        (which runtime ran the network, `backends.py`) and backend_fallback (why another did not, if asked for).
     """
     # 1. check inputs
     options = options or SpandrelOptions()
@@ -181,11 +188,12 @@ def upscale_spandrel(
     check_image_batch(image)
     native = model.native_scale
     height, width = image.shape[-2:]
+    runner = model.runner()
 
     # 2. the network at its native scale, tile by tile
     with torch.inference_mode():
         lowres = image.to(device=model.device, dtype=model.dtype)
-        native_out, tiles, fit = _run_native(model.descriptor, lowres, native, options, callback)
+        native_out, tiles, fit = _run_native(model.descriptor, runner, lowres, native, options, callback)
 
     # 3. to the requested scale; outside inference mode, so the caller gets an ordinary tensor that
     # later in-place operations may modify (an inference tensor would refuse them)
@@ -206,12 +214,14 @@ def upscale_spandrel(
         "resample_filter": RESAMPLE_FILTER if resampled else None,
         "tiles": tiles,
         "tiling": fit.record(),
+        **runner.record(),
     }
     return out, info
 
 
 def _run_native(
     descriptor: spandrel.ImageModelDescriptor,
+    runner: TileRunner,
     lowres: torch.Tensor,
     native: int,
     options: SpandrelOptions,
@@ -235,7 +245,7 @@ def _run_native(
     def tiled(tile_size: int, overlap: int) -> tuple[torch.Tensor, int]:
         grid = TileGrid.plan(height, width, _tile_size_for(requirements, tile_size), overlap, options.tile_batch,
                              scale=native, feather=Feather.guarded(overlap, native))
-        out = grid.blend((descriptor(batch) for batch in grid.batches(lowres)),
+        out = grid.blend((runner.run(batch) for batch in grid.batches(lowres)),
                          on_tile=lambda done, total: report(callback, done, total, "stage1"))
         return out, len(grid.tiles)
 
