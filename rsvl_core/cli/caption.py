@@ -17,7 +17,7 @@ from ..pipeline.options import ATTENTIONS, QUANTIZATIONS
 from ..weights import MODELS_DIR_ENV
 from .bars import say
 from .commands import COMMANDS
-from .settings import add_setting_flags, setting_flag, setting_values
+from .settings import add_setting_flags, cpu_precision, setting_flag, setting_values
 
 if TYPE_CHECKING:  # the engine loads when the command runs, not to parse its flags
     from ..pipeline import CaptionSummary, MemoryPlan, PipelineModels
@@ -72,6 +72,7 @@ def captioner_models(args: argparse.Namespace, plan: MemoryPlan | None = None) -
     folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
                                            with_adapter=not args.no_adapter, comfyui_dir=args.comfyui_dir)
     device = resolve_device(args.device)
+    cpu_precision(args, device.type, say)
     storage = plan.caption_storage if plan is not None else "none"
 
     def load(where):

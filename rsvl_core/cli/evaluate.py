@@ -15,7 +15,7 @@ from ..evaluation.degrade import BASELINES
 from ..pipeline import SETTINGS, RunConfig
 from .bars import say
 from .commands import COMMANDS
-from .settings import config_from_args, positive_int, setting_flag
+from .settings import config_from_args, cpu_precision, positive_int, setting_flag
 from .upscale import (
     acceleration_from_args,
     add_memory_flag,
@@ -99,6 +99,7 @@ def run_eval(args: argparse.Namespace) -> EvalSummary:
     from ..evaluation import DegradeOptions, EvalOptions, PerceptualScorer, find_perceptual_weights, run_evaluation
     from .progress import EvalBars
 
+    cpu_precision(args, resolve_device(args.device).type, say)  # before the methods' configs record the dtype
     try:
         methods = method_configs(args)
         options = EvalOptions(args.output, args.scale, methods,
