@@ -15,24 +15,38 @@ band and value plan, never a silent guess:
   low/high values used are returned (`Stretch`) so a caller can record them (sidecar, GeoTIFF tags)
   and, for a scene read in windows, compute them once for the whole scene and pass them to every
   window (`scene_stretch`, `read_window`).
-- **nodata**: a pixel is nodata when *all* the selected bands equal the raster's nodata value (or
-  are NaN for float data): the per-dataset rule of GDAL masks. Such pixels are filled with 0 before
-  the model and come back as the `valid` mask; the writers set the scaled-up mask (each input pixel
-  → a scale × scale block) back to nodata, and nudge any valid output pixel that would equal the
-  nodata value in every band by one level so it is not read back as nodata.
+- **Validity** (the `valid` mask): every mask GDAL knows, as one. A pixel is invalid when *all* the
+  selected bands equal the raster's nodata value (the per-dataset rule of GDAL masks), when any selected
+  band is NaN or ±Inf, or when the file's mask says so: an internal mask, an external `.msk`, or an alpha
+  band (also when `--bands` leaves the alpha band out). Invalid pixels are 0 in `read_raster`'s image;
+  `fill_invalid` fills them from their valid neighbours for the model (so no dark rim forms along a
+  nodata collar). The writers set the scaled-up mask (each input pixel → a scale × scale block) back to
+  nodata, and move any valid value that equals nodata in a band by one level, so no valid pixel is read
+  back as nodata in any band's mask. A source whose validity nodata cannot carry (a mask, alpha, NaN
+  without a declared nodata) gets an internal mask band in the output too.
+- **Georeferencing**: a geotransform and CRS, or ground control points (GCPs), or rational polynomial
+  coefficients (RPCs): all three are kept. GCPs are scaled to the output grid (pixel/line × scale); RPCs
+  get their line/sample offset and scale adjusted for the scale (pixel centres: offset × scale +
+  (scale − 1) / 2, scale × scale). Nothing is warped.
 
 Writing keeps the CRS, scales the geotransform by 1/scale (same bounds, pixel size / scale), keeps
 nodata, band descriptions and the dataset's tags (band statistics are dropped: they describe the
 input), and writes a tiled (512 × 512), deflate-compressed GeoTIFF to a temporary file that is renamed
 on success (`write_geotiff_atomic`, or `GeoTiffWindowWriter` for a scene written window by window).
+A write GDAL reports as failed (it may report a full disk only in its log, and close "successfully")
+raises `OSError` (ENOSPC when the file system is full), and nothing is renamed into place.
 Output values: `uint8` (x·255, the default), or `source`: the stretch inverted into the input's
 data type (low + x·(high − low)). A single-band input is written back as one band (the mean of RGB).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -54,6 +68,8 @@ COG_BLOCK = 512  # COG internal tile side (rio-cogeo's default)
 # pixels read (per band) to compute a whole scene's percentiles: a decimated read of a large scene
 STATS_MAX_PIXELS = 1024 * 1024
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
+RPC_TAG = 50844  # RPCCoefficientTag: RPC georeferencing inside a TIFF
+RPC_SIDECARS = (".RPB", ".rpb", "_RPC.TXT", "_rpc.txt")  # RPCs beside a raster (GDAL reads them)
 INSTALL_HINT = 'GeoTIFF support needs rasterio: pip install "rsvl[geo]"'
 
 
@@ -79,7 +95,7 @@ def has_georeference(path: str | Path) -> bool:
     from .image import GDAL_ONLY_SUFFIXES
 
     path = Path(path)
-    if path.suffix.lower() in GDAL_ONLY_SUFFIXES:
+    if path.suffix.lower() in GDAL_ONLY_SUFFIXES or _rpc_sidecar(path):
         return rasterio_available() and _gdal_georeferenced(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
@@ -92,21 +108,28 @@ def has_georeference(path: str | Path) -> bool:
     try:
         with Image.open(path) as img:
             tags = getattr(img, "tag_v2", {})
-            return any(tag in tags for tag in GEOTIFF_TAGS)
+            return any(tag in tags for tag in (*GEOTIFF_TAGS, RPC_TAG))
     except Exception:  # unreadable by Pillow (e.g. 16-bit RGB, 8 bands): ask GDAL if we have it
         return rasterio_available() and _gdal_georeferenced(path)
     finally:
         tiff_log.disabled = quiet
 
 
+def _rpc_sidecar(path: Path) -> bool:
+    """Whether RPCs lie beside `path` (`name.RPB`, `name_RPC.TXT`): Pillow does not see them, GDAL does."""
+    return any(path.with_name(path.stem + end).is_file() for end in RPC_SIDECARS)
+
+
 def _gdal_georeferenced(path: Path) -> bool:
-    """Whether GDAL sees a CRS or a non-identity geotransform (False for a file it cannot open: reading reports it)."""
+    """Whether GDAL sees a CRS, a non-identity geotransform, GCPs or RPCs (False for a file it cannot open: reading
+    reports it)."""
     rasterio = _rasterio()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
-                return ds.crs is not None or not ds.transform.is_identity
+                return (ds.crs is not None or not ds.transform.is_identity or bool(ds.gcps[0])
+                        or ds.rpcs is not None)
     except Exception:
         return False
 
@@ -226,6 +249,18 @@ class RasterInfo:
     bands: tuple[int, ...]  # source bands used (1-based)
     tags: dict[str, str] = field(default_factory=dict)  # dataset tags (band statistics left out)
     scale: int = 1  # 1 for the source grid; s for a grid scaled by `scaled(s)`
+    gcps: tuple = ()  # ground control points (rasterio GroundControlPoint) when the raster is georeferenced by GCPs
+    gcps_crs: Any = None  # their CRS
+    rpcs: Any = None  # rational polynomial coefficients (rasterio RPC), when the raster carries them
+    mask_source: str | None = None  # validity beyond nodata/NaN: "internal mask", ".msk file", "alpha band 4"
+    masked: bool = False  # the output gets a mask band (validity that nodata alone cannot carry)
+
+    @property
+    def georeferencing(self) -> str:
+        """How the grid is placed: "geotransform", "GCPs", "RPCs" (or several, joined by "+"), or "none"."""
+        kinds = [name for name, present in (("geotransform", self.crs is not None or not self.transform.is_identity),
+                                            ("GCPs", bool(self.gcps)), ("RPCs", self.rpcs is not None)) if present]
+        return "+".join(kinds) or "none"
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -248,7 +283,26 @@ class RasterInfo:
         t = self.transform  # = t * Affine.scale(1 / scale): same origin, pixel size / scale
         transform = Affine(t.a / scale, t.b / scale, t.c, t.d / scale, t.e / scale, t.f)
         return replace(self, transform=transform, width=self.width * scale, height=self.height * scale,
-                       scale=self.scale * scale)
+                       scale=self.scale * scale, gcps=tuple(scale_gcp(g, scale) for g in self.gcps),
+                       rpcs=scale_rpcs(self.rpcs, scale) if self.rpcs is not None else None)
+
+
+def scale_gcp(gcp, scale: int):
+    """A ground control point on the `scale`× grid: pixel/line (corner convention) × scale, same ground point."""
+    from rasterio.control import GroundControlPoint
+
+    return GroundControlPoint(row=gcp.row * scale, col=gcp.col * scale, x=gcp.x, y=gcp.y, z=gcp.z, id=gcp.id,
+                              info=gcp.info)
+
+
+def scale_rpcs(rpcs, scale: int):
+    """RPCs for the `scale`× grid. RPC line/sample are pixel-centre coordinates: a centre u of the input is corner
+    u + 0.5, which is corner s·(u + 0.5) of the output, centre s·u + (s − 1)/2; so offset → s·offset + (s − 1)/2
+    and scale → s·scale (the polynomials are unchanged)."""
+    shift = (scale - 1) / 2
+    return type(rpcs)(**{**rpcs.to_dict(), "line_off": rpcs.line_off * scale + shift,
+                         "samp_off": rpcs.samp_off * scale + shift, "line_scale": rpcs.line_scale * scale,
+                         "samp_scale": rpcs.samp_scale * scale})
 
 
 @dataclass
@@ -284,9 +338,49 @@ def open_raster(path: str | Path):
 
 def _info(ds, bands: tuple[int, ...]) -> RasterInfo:
     descriptions = tuple(ds.descriptions[b - 1] for b in bands)
+    gcps, gcps_crs = ds.gcps
+    source = mask_source(ds, bands)
+    dtype = ds.dtypes[bands[0] - 1]
+    # a mask, or NaN/Inf in float data without a nodata value to write them as: the output needs a mask band
+    masked = source is not None or (ds.nodata is None and np.dtype(dtype).kind == "f")
     return RasterInfo(crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height, count=ds.count,
-                      dtype=ds.dtypes[bands[0] - 1], nodata=ds.nodata, descriptions=descriptions, bands=bands,
-                      tags=dict(ds.tags()))
+                      dtype=dtype, nodata=ds.nodata, descriptions=descriptions, bands=bands,
+                      tags=dict(ds.tags()), gcps=tuple(gcps), gcps_crs=gcps_crs if gcps else None, rpcs=ds.rpcs,
+                      mask_source=source, masked=masked)
+
+
+def mask_source(ds, bands: tuple[int, ...]) -> str | None:
+    """Where the selected bands' validity comes from beyond nodata and NaN: "alpha band N" (also when --bands
+    leaves it out), ".msk file" or "internal mask" (GDAL's per-dataset masks); None when there is none."""
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    flags = set().union(*(ds.mask_flag_enums[b - 1] for b in bands))
+    if MaskFlags.alpha in flags:
+        alpha = [i for i, interp in enumerate(ds.colorinterp, start=1) if interp == ColorInterp.alpha]
+        return f"alpha band {alpha[0]}" if alpha else "alpha band"
+    if MaskFlags.per_dataset in flags:
+        return ".msk file" if Path(f"{ds.name}.msk").is_file() else "internal mask"
+    return None
+
+
+def _validity(ds, data: np.ndarray, nodata: float | None, bands: tuple[int, ...], window=None,
+              out_shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The one validity mask of `data` (read from `ds` at `window`, decimated to `out_shape`): nodata, NaN/Inf and
+    the file's mask or alpha band together; None when the raster can have no invalid pixel."""
+    valid = _valid_mask(data, nodata)
+    if mask_source(ds, bands) is None:
+        return valid
+    kwargs: dict[str, Any] = {}
+    if window is not None:
+        kwargs["window"] = _window(window)
+    if out_shape is not None:
+        kwargs["out_shape"] = tuple(out_shape)
+    from rasterio.enums import MaskFlags
+
+    kinds = {MaskFlags.alpha, MaskFlags.per_dataset}
+    band = next(b for b in bands if kinds & set(ds.mask_flag_enums[b - 1]))
+    mask = ds.read_masks(band, **kwargs) > 0  # a per-dataset mask or alpha: the same for every band
+    return mask if valid is None else valid & mask
 
 
 def _type_range(dtype: str, nbits: int | None = None) -> tuple[float, float]:
@@ -331,13 +425,13 @@ def palette_stretch(ds, bands: tuple[int, ...], plan: BandPlan) -> Stretch | Non
 
 
 def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """(bands, H, W) -> (H, W) bool: False where every band is nodata (or NaN)."""
+    """(bands, H, W) -> (H, W) bool: False where every band is nodata, or any band is NaN or ±Inf."""
     invalid = None
-    if nodata is not None:
-        invalid = np.all(np.isnan(data), axis=0) if np.isnan(nodata) else np.all(data == nodata, axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        invalid = np.all(data == nodata, axis=0)
     if data.dtype.kind == "f":
-        nan = np.all(np.isnan(data), axis=0)
-        invalid = nan if invalid is None else invalid | nan
+        bad = ~np.all(np.isfinite(data), axis=0)
+        invalid = bad if invalid is None else invalid | bad
     return None if invalid is None else ~invalid
 
 
@@ -428,13 +522,16 @@ def scene_radiometry(path: str | Path, plan: BandPlan | None = None,
         shape = (len(bands), max(1, round(ds.height / step)), max(1, round(ds.width / step)))
         data = ds.read(list(bands), out_shape=shape)
         nbits = declared_bits(ds)
-    valid = _valid_mask(data, info.nodata)
+        valid = _validity(ds, data, info.nodata, bands, out_shape=shape[1:])
     stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
     return stretch, info, [stretch_note(stretch, nbits), *radiometry_warnings(data, valid, stretch, nbits)]
 
 
-def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int | None = None) -> RasterRead:
+def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int | None = None,
+                plain: bool = False) -> RasterRead:
     """Read a whole raster (GeoTIFF or anything GDAL opens) as (1, 3, H, W) in [0, 1] with its georeferencing.
+
+    `plain`: the result goes to a plain image (no georeferencing), which has no nodata (said in the notes).
 
     Rasters over `max_pixels` (default `rsvl_core.image.MAX_INPUT_PIXELS`) are refused with a clear
     error: read those in windows (`scene_stretch` + `read_window` + `GeoTiffWindowWriter`).
@@ -453,13 +550,16 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
         nbits = declared_bits(ds)
         try:
             data = ds.read(list(bands))
+            valid = _validity(ds, data, info.nodata, bands)
         except Exception as exc:  # rasterio raises RasterioIOError / CPLE_* for truncated data
             raise InputImageError(f"{path}: raster data could not be read ({str(exc).splitlines()[0][:160]})") from None
         palette = palette_stretch(ds, bands, plan)
-    valid = _valid_mask(data, info.nodata)
+    # read whole, the mask band is needed only where a pixel is invalid and nodata cannot say so
+    info = replace(info, masked=info.mask_source is not None
+                   or (info.nodata is None and valid is not None and not valid.all()))
     if palette is not None:
         return RasterRead(_normalise(data, valid, palette), valid, info, palette,
-                          [palette.note(), *_nodata_notes(valid, info)])
+                          [palette.note(), *_nodata_notes(valid, info, plain)])
     stretch = compute_stretch(data, valid, bands, dtype, method, plan.percentiles, nbits)
     notes = []
     if dtype != "uint8" or method != "none":
@@ -472,7 +572,7 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
         notes.append(f"band {bands[0]} replicated to RGB")
     elif bands != (1, 2, 3) or info.count != 3:
         notes.append(f"bands {_fmt(bands)} of {info.count} used as R,G,B")
-    notes.extend(_nodata_notes(valid, info))
+    notes.extend(_nodata_notes(valid, info, plain))
     return RasterRead(_normalise(data, valid, stretch), valid, info, stretch, notes)
 
 
@@ -481,11 +581,25 @@ def stretch_note(stretch: Stretch, nbits: int | None) -> str:
     return stretch.note() + (f" (the file declares {nbits}-bit data)" if nbits else "")
 
 
-def _nodata_notes(valid: np.ndarray | None, info: RasterInfo) -> list[str]:
+def _nodata_notes(valid: np.ndarray | None, info: RasterInfo, plain: bool = False) -> list[str]:
+    """How many pixels are invalid and why (nodata value, NaN/Inf, the file's mask), and what the run does
+    with them."""
     if valid is None or valid.all():
         return []
-    return [f"{int((~valid).sum())} nodata pixel(s) ({info.nodata:g}) filled with 0 for the model, "
-            f"restored as nodata in the output"]
+    why = [f"nodata {info.nodata:g}"] if info.nodata is not None and not np.isnan(info.nodata) else []
+    if np.dtype(info.dtype).kind == "f":
+        why.append("NaN/Inf")
+    if info.mask_source is not None:
+        why.append(f"the file's {info.mask_source}")
+    if plain:
+        after = "a plain image has no nodata: they come out as the model makes them"
+    elif info.masked:
+        after = ("masked in the output's mask band" if info.nodata is None
+                 else "written back as nodata and in the output's mask band")
+    else:
+        after = "restored as nodata in the output"
+    return [f"{int((~valid).sum())} nodata pixel(s) ({', '.join(why)}) filled from their valid neighbours for the "
+            f"model, {after}"]
 
 
 def radiometry_warnings(data: np.ndarray, valid: np.ndarray | None, stretch: Stretch,
@@ -520,8 +634,9 @@ def read_window(path: str | Path, window, stretch: Stretch, nodata: float | None
     """One window of a scene, normalised with the scene's `stretch` (from `scene_stretch` or `read_raster`).
 
     `window`: a rasterio Window or (col_off, row_off, width, height) in source pixels. Returns
-    ((1, 3, h, w) in [0, 1], valid mask or None). `nodata` defaults to the file's. `out_size` (h, w): read
-    it decimated to that size (averaging; GDAL uses the file's overviews when it has them).
+    ((1, 3, h, w) in [0, 1], valid mask or None: nodata, NaN/Inf and the file's mask or alpha, as `read_raster`).
+    `nodata` defaults to the file's. `out_size` (h, w): read it decimated to that size (averaging; GDAL uses the
+    file's overviews when it has them).
     """
     with open_raster(path) as ds:
         if out_size is None:
@@ -532,13 +647,36 @@ def read_window(path: str | Path, window, stretch: Stretch, nodata: float | None
             data = ds.read(list(stretch.bands), window=_window(window), out_shape=(len(stretch.bands), *out_size),
                            resampling=Resampling.average)
         nodata = ds.nodata if nodata is None else nodata
-    valid = _valid_mask(data, nodata)
+        valid = _validity(ds, data, nodata, stretch.bands, window, out_size)
     return _normalise(data, valid, stretch), valid
 
 
 def upscale_mask(valid: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour: each input pixel's validity becomes a scale × scale block."""
     return np.repeat(np.repeat(valid, scale, axis=0), scale, axis=1)
+
+
+def fill_invalid(image: torch.Tensor, valid: np.ndarray | None) -> torch.Tensor:
+    """(1, C, H, W) with its invalid pixels filled from their valid neighbours (pull-push: valid-weighted 2 × 2
+    averages over ever coarser levels, pushed back down), so the model sees no edge along a nodata collar; valid
+    pixels are returned unchanged, an all-invalid image as it is."""
+    if valid is None or valid.all() or not valid.any():
+        return image
+    weight = torch.from_numpy(np.ascontiguousarray(valid, dtype=np.float32))[None, None]
+    filled = _pull_push(image.float() * weight, weight)
+    return torch.where(torch.from_numpy(np.ascontiguousarray(valid))[None, None], image, filled.to(image.dtype))
+
+
+def _pull_push(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`values` (premultiplied by `weight`, the share of valid pixels under each cell) filled where weight < 1."""
+    height, width = values.shape[-2:]
+    if height == 1 and width == 1:
+        return values / weight.clamp_min(1e-12)
+    kernel = (2 if height > 1 else 1, 2 if width > 1 else 1)
+    pool = torch.nn.functional.avg_pool2d
+    coarse = _pull_push(pool(values, kernel, ceil_mode=True), pool(weight, kernel, ceil_mode=True))
+    up = coarse.repeat_interleave(kernel[0], dim=-2).repeat_interleave(kernel[1], dim=-1)[..., :height, :width]
+    return values + (1 - weight.clamp(0, 1)) * up
 
 
 def _output_dtype(info: RasterInfo, dtype: str) -> str:
@@ -586,6 +724,7 @@ class GeoTiffWindowWriter:
             self.mode, self.dtype = "uint8", "uint8"
         self.nodata = _output_nodata(info.nodata, self.dtype)
         self.count = 1 if len(info.bands) == 1 and (stretch is None or stretch.palette is None) else 3
+        self.masked = info.masked  # an internal mask band: the source's validity that nodata cannot carry
         self._stack: ExitStack | None = None
         self._ds = None
 
@@ -597,6 +736,8 @@ class GeoTiffWindowWriter:
             "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "compress": "deflate",
             "predictor": 3 if np.dtype(self.dtype).kind == "f" else 2, "interleave": "pixel", "BIGTIFF": "IF_SAFER",
         }
+        if "geotransform" not in info.georeferencing and (info.gcps or info.rpcs is not None):
+            del profile["crs"], profile["transform"]  # placed by its GCPs or RPCs, written after opening
         if self.count == 3 and self.dtype in ("uint8", "uint16"):
             profile["photometric"] = "RGB"
         return profile
@@ -606,6 +747,9 @@ class GeoTiffWindowWriter:
         self._stack = ExitStack()
         try:
             tmp = self._stack.enter_context(atomic_path(self.path))
+            self._stack.enter_context(gdal_write_guard(self.path))
+            if self.masked:  # the mask band inside the file, not a .msk beside it
+                self._stack.enter_context(rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True))
             self._ds = self._stack.enter_context(rasterio.open(tmp, "w", **self.profile()))
             self._write_metadata()
         except BaseException:
@@ -625,6 +769,10 @@ class GeoTiffWindowWriter:
         if self.stretch is not None:
             tags["RSVL_STRETCH"] = json.dumps(self.stretch.to_dict())
         ds.update_tags(**tags)
+        if info.gcps:
+            ds.gcps = (list(info.gcps), info.gcps_crs)
+        if info.rpcs is not None:
+            ds.rpcs = info.rpcs
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         stack, self._stack, self._ds = self._stack, None, None
@@ -674,17 +822,25 @@ class GeoTiffWindowWriter:
             if valid.ndim != 2 or valid.shape[0] * factor != height or valid.shape[1] * factor != width:
                 raise ValueError(f"valid mask of shape {valid.shape} does not fit the {width}x{height} image")
             valid = upscale_mask(valid, factor)
+        if valid is None:
+            valid = np.ones((height, width), dtype=bool)
         if self.nodata is not None:
             fill = np.asarray(self.nodata).astype(self.dtype)
-            if valid is None:
-                valid = np.ones((height, width), dtype=bool)
-            # a valid pixel equal to nodata in every band would read back as nodata: move it one level
-            collide = valid & np.all(data == fill, axis=0)
+            # a valid value equal to nodata would read back as nodata in that band's mask: move it one level
+            collide = valid[None] & (data == fill)
             if collide.any() and not np.isnan(self.nodata):
-                step = -1 if np.dtype(self.dtype).kind in "ui" and fill == np.iinfo(self.dtype).max else 1
-                data[:, collide] = (data[:, collide].astype(np.float64) + step).astype(self.dtype)
+                if np.dtype(self.dtype).kind == "f":
+                    data[collide] = np.nextafter(fill, np.inf if fill < np.finfo(self.dtype).max else -np.inf)
+                else:
+                    step = -1 if fill == np.iinfo(self.dtype).max else 1
+                    data[collide] = (data[collide].astype(np.float64) + step).astype(self.dtype)
             data[:, ~valid] = fill
-        self._ds.write(data, window=win)
+        elif self.masked:
+            data[:, ~valid] = 0
+        with gdal_write_guard(self.path):  # a failed write here is the file's (a full disk: ENOSPC)
+            self._ds.write(data, window=win)
+            if self.masked:
+                self._ds.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=win)
 
 
 def write_geotiff_atomic(image: torch.Tensor, path: str | Path, info: RasterInfo, *,
@@ -703,6 +859,102 @@ def write_geotiff_atomic(image: torch.Tensor, path: str | Path, info: RasterInfo
     return Path(path)
 
 
+@dataclass(frozen=True)
+class OutputPlace:
+    """How a written output is placed (geotransform, or GCPs/RPCs) and masked: what a layer written beside it, or a
+    rewrite of it with one more band, must carry too."""
+
+    gcps: tuple
+    gcps_crs: Any
+    rpcs: Any
+    masked: bool  # the output has a mask band (per-dataset mask)
+
+    @classmethod
+    def of(cls, ds) -> OutputPlace:
+        """The place of an open output dataset."""
+        from rasterio.enums import MaskFlags
+
+        gcps, crs = ds.gcps
+        return cls(tuple(gcps), crs, ds.rpcs, MaskFlags.per_dataset in ds.mask_flag_enums[0])
+
+    def profile(self, profile: dict[str, Any]) -> dict[str, Any]:
+        """`profile` without the identity grid when GCPs or RPCs place the output (`apply` writes them)."""
+        if self.gcps or (self.rpcs is not None and profile.get("crs") is None):
+            return {k: v for k, v in profile.items() if k not in ("crs", "transform")}
+        return profile
+
+    def env(self):
+        """The GDAL settings to write with: a mask band inside the file, not a .msk beside it."""
+        return _rasterio().Env(GDAL_TIFF_INTERNAL_MASK=True)
+
+    def apply(self, ds, valid: np.ndarray) -> None:
+        """Give an open new dataset the same GCPs, RPCs and mask band (`valid`, (H, W) bool)."""
+        if self.gcps:
+            ds.gcps = (list(self.gcps), self.gcps_crs)
+        if self.rpcs is not None:
+            ds.rpcs = self.rpcs
+        if self.masked:
+            ds.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+
+
+# what makes a GDAL error a failed write (libtiff reports a full disk as failed strip/tile/directory writes and seeks)
+GDAL_WRITE_ERROR = re.compile(r"write|seek|flush|i/o error|no space|disk", re.IGNORECASE)
+FULL_BELOW = 16 * 1024 * 1024  # bytes free on the target's file system under which a failed write is a full disk
+
+
+class _GdalErrors(logging.Handler):
+    """Collects the write errors GDAL reports through rasterio's log (some are never raised: see `gdal_write_guard`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "error" in text.lower() and GDAL_WRITE_ERROR.search(text):
+            found = re.search(r"msg='(.*)'", text)
+            self.errors.append(found.group(1) if found else text)
+
+
+@contextmanager
+def gdal_write_guard(path: str | Path) -> Iterator[None]:
+    """Around a GDAL write of `path` (opening, writing and closing the dataset): a failure GDAL raises, or only logs
+    (libtiff's failed writes when a dataset closes: the file is then incomplete though closing "succeeded"),
+    becomes an `OSError` naming `path`: ENOSPC when its file system is full (a job then stops, as for a PNG),
+    EIO otherwise. Raised inside the caller's temp-file block, so nothing is renamed into place."""
+    rasterio = _rasterio()
+    from rasterio._err import CPLE_BaseError
+
+    logger = logging.getLogger("rasterio._env")  # where rasterio reports every GDAL error, at INFO
+    handler, level = _GdalErrors(), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        try:
+            yield
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+            raise write_error(path, [*handler.errors, str(exc).splitlines()[0] if str(exc) else type(exc).__name__])\
+                from None
+        if handler.errors:
+            raise write_error(path, handler.errors)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def write_error(path: str | Path, messages: Sequence[str]) -> OSError:
+    """The `OSError` for a failed GDAL write of `path`: ENOSPC when its file system has (almost) no space left."""
+    detail = f"GDAL: {messages[0][:160]}" if messages else "GDAL reported a failed write"
+    try:
+        full = shutil.disk_usage(Path(path).parent).free < FULL_BELOW
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({detail})", str(path))
+    return OSError(errno.EIO, f"write failed ({detail})", str(path))
+
+
 COG_HINT = "--cog needs rio-cogeo: pip install 'rsvl[geo]' (or pip install rio-cogeo)"
 
 
@@ -711,7 +963,9 @@ def cloud_optimised(path: str | Path, enabled: bool = True) -> Iterator[Path]:
     """Yield the path a GeoTIFF writer should write to; on success that file becomes a Cloud-Optimised GeoTIFF
     at `path` (rio-cogeo: 512 px internal tiles, average-resampled overviews, deflate), renamed into place.
 
-    Nothing is left behind on failure: the plain intermediate is an owner-tagged temp beside `path`.
+    Nothing is left behind on failure: the plain intermediate is an owner-tagged temp beside `path`. A GeoTIFF
+    placed by GCPs or RPCs is made a COG by GDAL's COG driver (same layout), which keeps them (rio-cogeo drops
+    GCPs and refuses RPCs without a CRS). A failed write names `path`, not the intermediate.
     """
     path = Path(path)
     if not enabled:
@@ -726,10 +980,27 @@ def cloud_optimised(path: str | Path, enabled: bool = True) -> Iterator[Path]:
     fd, plain = tempfile.mkstemp(prefix=f".{path.stem}.{owner_tag()}.", suffix=".plain.tif.tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(plain)
+        try:
+            yield Path(plain)
+        except OSError as exc:
+            if exc.filename != plain:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         profile = cog_profiles.get("deflate")
         profile.update(blockxsize=COG_BLOCK, blockysize=COG_BLOCK, BIGTIFF="IF_SAFER")
-        with atomic_path(path) as tmp:
-            cog_translate(plain, str(tmp), profile, overview_resampling="average", in_memory=False, quiet=True)
+        with atomic_path(path) as tmp, gdal_write_guard(path):
+            if _placed_by_points(plain):
+                from rasterio.shutil import copy
+
+                copy(plain, str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK,
+                     OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER")
+            else:
+                cog_translate(plain, str(tmp), profile, overview_resampling="average", in_memory=False, quiet=True)
     finally:
         Path(plain).unlink(missing_ok=True)
+
+
+def _placed_by_points(path: str | Path) -> bool:
+    """Whether a GeoTIFF is georeferenced by GCPs or RPCs."""
+    with open_raster(path) as ds:
+        return bool(ds.gcps[0]) or ds.rpcs is not None

@@ -1,10 +1,12 @@
 """Where a scene comes from and where its result goes: plain images, or GeoTIFFs with their georeferencing.
 
-`open_scene` picks the reader: a georeferenced raster (GeoTIFF, JPEG 2000, VRT, Imagine; any TIFF when
-bands/stretch are given) goes through rasterio (`geo.py`: bands, stretch, palette, nodata, CRS) and gives a
-GeoTIFF; a TIFF or GDAL-only raster without georeferencing is read by rasterio too and gives a plain image;
-everything else goes through Pillow (`image.py`). The matching writer keeps the georeferencing (pixel size /
-scale, same bounds) and writes atomically, whole or row strip by row strip for windowed runs.
+`open_scene` picks the reader: a georeferenced raster (GeoTIFF, JPEG 2000, VRT, Imagine; geotransform, GCPs or
+RPCs; any TIFF when bands/stretch are given) goes through rasterio (`geo.py`: bands, stretch, palette, validity
+mask, georeferencing) and gives a GeoTIFF; a TIFF or GDAL-only raster without georeferencing is read by rasterio
+too and gives a plain image; everything else goes through Pillow (`image.py`). Invalid pixels (nodata, NaN/Inf,
+the file's mask or alpha) reach the model filled from their valid neighbours (`geo.fill_invalid`), whole or window
+by window. The matching writer keeps the georeferencing (pixel size / scale, same bounds; GCPs and RPCs scaled)
+and the mask, and writes atomically, whole or row strip by row strip for windowed runs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InputImageError
-from .geo import rasterio_available
+from .geo import RasterInfo, rasterio_available
 from .image import GDAL_ONLY_SUFFIXES, read_image, write_array_atomic, write_image_atomic
 from .scene import ArraySink
 from .tiling import Tile
@@ -42,11 +44,11 @@ class SceneSource:
     def read(self, tile: Tile) -> torch.Tensor:
         if self.image is not None:
             return self.image[..., tile.y0:tile.y1, tile.x0:tile.x1]
-        from .geo import read_window
+        from .geo import fill_invalid, read_window
 
         _, stretch, _ = self.geo
-        window, _ = read_window(self.path, (tile.x0, tile.y0, tile.x1 - tile.x0, tile.y1 - tile.y0), stretch)
-        return window
+        window, valid = read_window(self.path, (tile.x0, tile.y0, tile.x1 - tile.x0, tile.y1 - tile.y0), stretch)
+        return fill_invalid(window, valid)
 
     def overview(self, max_side: int = OVERVIEW_SIDE) -> torch.Tensor:
         """The whole scene shrunk (area average) to at most `max_side` pixels a side, without reading it whole."""
@@ -56,11 +58,11 @@ class SceneSource:
         size = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
         if self.image is not None:
             return torch.nn.functional.interpolate(self.image, size=size, mode="area")
-        from .geo import read_window
+        from .geo import fill_invalid, read_window
 
         _, stretch, _ = self.geo
-        overview, _ = read_window(self.path, (0, 0, self.width, self.height), stretch, out_size=size)
-        return overview
+        overview, valid = read_window(self.path, (0, 0, self.width, self.height), stretch, out_size=size)
+        return fill_invalid(overview, valid)
 
     def whole(self) -> torch.Tensor:
         if self.image is None:
@@ -111,7 +113,7 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
             return _plain_raster(path)
         image, notes = read_image(path)
         return SceneSource(path, image.shape[-2], image.shape[-1], notes, image=image)
-    from .geo import BandPlan, read_raster, scene_radiometry
+    from .geo import BandPlan, fill_invalid, read_raster, scene_radiometry
 
     plan = BandPlan.parse(bands=bands, stretch=stretch, percentiles=percentiles)
     if windowed:
@@ -120,23 +122,34 @@ def open_scene(path: Path, bands: str | None = None, stretch: str | None = None,
     else:
         raster = read_raster(path, plan)
         info, stretch_used = raster.info, raster.stretch
-        source = SceneSource(path, info.height, info.width, list(raster.notes), image=raster.image,
-                             geo=(info, stretch_used, raster.valid))
-    source.record = {"stretch": stretch_used.to_dict(),
-                     "georeference": {"crs": str(info.crs), "bounds": list(info.bounds), "pixel_size": list(info.res),
-                                      "bands": list(info.bands), "nodata": info.nodata}}
+        source = SceneSource(path, info.height, info.width, list(raster.notes),
+                             image=fill_invalid(raster.image, raster.valid), geo=(info, stretch_used, raster.valid))
+    source.record = {"stretch": stretch_used.to_dict(), "georeference": georeference_record(info)}
     return source
+
+
+def georeference_record(info: RasterInfo) -> dict:
+    """What the run record says about an input's place: CRS and grid, or its GCPs or RPCs, and its validity."""
+    record = {"crs": str(info.crs), "bounds": list(info.bounds), "pixel_size": list(info.res),
+              "bands": list(info.bands), "nodata": info.nodata, "kind": info.georeferencing}
+    if info.gcps:
+        record["gcps"] = {"count": len(info.gcps), "crs": str(info.gcps_crs)}
+    if info.rpcs is not None:
+        record["rpcs"] = "kept, line/sample offset and scale adjusted for the output grid"
+    if info.mask_source is not None:
+        record["mask"] = info.mask_source
+    return record
 
 
 def _plain_raster(path: Path) -> SceneSource:
     """A TIFF (or JPEG 2000, VRT, ...) without georeferencing, read through rasterio: 16-bit and float data are
     stretched as for GeoTIFFs (not cut to their high byte, nor clipped), bands and palettes as for GeoTIFFs; the
     output is a plain image."""
-    from .geo import BandPlan, read_raster
+    from .geo import BandPlan, fill_invalid, read_raster
 
-    raster = read_raster(path, BandPlan())
+    raster = read_raster(path, BandPlan(), plain=True)
     return SceneSource(path, raster.info.height, raster.info.width, list(raster.notes), {"stretch":
-                       raster.stretch.to_dict()}, image=raster.image)
+                       raster.stretch.to_dict()}, image=fill_invalid(raster.image, raster.valid))
 
 
 def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int, cog: bool = False) -> None:

@@ -30,7 +30,7 @@ from ..weights import check_search_folders, find_weights
 from .models import ModelFiles, PipelineModels
 from .options import RunConfig
 from .run import PipelineResult, peak_memory, run_pipeline
-from .uncertainty_layer import SpreadCanvas, layer_owner, merge_window_records, write_layer
+from .uncertainty_layer import SpreadCanvas, layer_notes, layer_owner, merge_window_records, write_layer
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ def upscale_file(source: Path, target: Path, geotiff: bool, config: RunConfig, m
                  scene_options: SceneOptions, events: JobEvents, cog: bool = False) -> dict:
     """One input file -> `target` (atomically); returns its run record (without settings and model files)."""
     scene = open_input(source, geotiff, scene_options)
-    for note in scene.notes:
+    for note in [*scene.notes, *layer_notes(scene, config.uncertainty)]:
         events.note(source, note)
     record = upscale_scene(scene, config, models, scene_options.windows, events.progress(source), target, cog)
     record["input"] = input_record(source, scene)

@@ -67,8 +67,27 @@ def merge_window_records(records: list[dict]) -> dict[str, Any] | None:
     return merged
 
 
+def layer_notes(scene: SceneSource, options: UncertaintyOptions) -> list[str]:
+    """What to say before a run about the layer: `--uncertainty-band` on a plain image writes the PNG layer instead."""
+    if options.enabled and options.band and scene.geo is None:
+        return ["--uncertainty-band adds a band to GeoTIFF outputs only: this plain image's uncertainty is written "
+                f"as the colour-mapped PNG layer beside it (<output>{LAYER_SUFFIX}.png) instead"]
+    return []
+
+
 def write_layer(scene: SceneSource, spread: torch.Tensor, target: Path, options: UncertaintyOptions,
                 cog: bool = False) -> dict[str, Any]:
+    """`_write_layer`; when the layer cannot be written (a full disk), the output goes too: without its layer it is
+    not complete, and a rerun redoes both."""
+    try:
+        return _write_layer(scene, spread, target, options, cog)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _write_layer(scene: SceneSource, spread: torch.Tensor, target: Path, options: UncertaintyOptions,
+                 cog: bool = False) -> dict[str, Any]:
     """Write the spread (1, 1, H, W) levels of the output at `target` (written already); returns the record's
     summary part: mean and p95 std, fraction above the guard threshold, where the layer is."""
     if scene.geo is None:
@@ -96,13 +115,14 @@ def _write_geotiff_layer(target: Path, values: np.ndarray, cog: bool) -> tuple[P
     """A one-band float32 GeoTIFF with the output's CRS, transform and nodata; nodata where the output has it."""
     import rasterio  # a GeoTIFF output was just written with it
 
-    from ..geo import cloud_optimised
+    from ..geo import OutputPlace, cloud_optimised, gdal_write_guard
 
     with rasterio.open(target) as out:
         profile = {"driver": "GTiff", "width": out.width, "height": out.height, "count": 1, "dtype": "float32",
                    "crs": out.crs, "transform": out.transform, "nodata": out.nodata, "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 3}
         valid = out.dataset_mask() > 0
+        place = OutputPlace.of(out)  # GCPs, RPCs and mask band of the output: the layer's too
     data = values.astype(np.float32)
     if out.nodata is not None:
         fill = np.float32(out.nodata)
@@ -110,8 +130,10 @@ def _write_geotiff_layer(target: Path, values: np.ndarray, cog: bool) -> tuple[P
         data[collide] = np.nextafter(fill, np.float32(np.inf))
         data[~valid] = fill
     path = layer_path(target)
-    with cloud_optimised(path, cog) as plain, atomic_path(plain) as tmp, rasterio.open(tmp, "w", **profile) as ds:
+    with cloud_optimised(path, cog) as plain, atomic_path(plain) as tmp, gdal_write_guard(plain), place.env(), \
+            rasterio.open(tmp, "w", **place.profile(profile)) as ds:
         ds.write(data[None])
+        place.apply(ds, valid)
         ds.set_band_description(1, "uncertainty: std across samples (8-bit levels)")
         ds.update_tags(RSVL_LAYER="uncertainty", RSVL_UNITS="8-bit output levels")
     return path, valid
@@ -120,13 +142,15 @@ def _write_geotiff_layer(target: Path, values: np.ndarray, cog: bool) -> tuple[P
 def _add_band(target: Path, values: np.ndarray, cog: bool) -> tuple[np.ndarray, int]:
     """Rewrite the output with the spread as one more band (rounded to whole levels in the output's type)."""
     import rasterio  # a GeoTIFF output was just written with it
+    from rasterio.enums import ColorInterp
 
-    from ..geo import cloud_optimised
+    from ..geo import OutputPlace, cloud_optimised, gdal_write_guard
 
     with rasterio.open(target) as out:
         data, profile, tags = out.read(), dict(out.profile), out.tags()
-        descriptions = list(out.descriptions)
+        descriptions, interps = list(out.descriptions), list(out.colorinterp)
         valid = out.dataset_mask() > 0
+        place = OutputPlace.of(out)  # GCPs, RPCs and mask band of the output: kept
     limits = np.iinfo(data.dtype) if data.dtype.kind in "ui" else None
     band = np.round(values) if limits is not None else values
     if limits is not None:
@@ -134,10 +158,16 @@ def _add_band(target: Path, values: np.ndarray, cog: bool) -> tuple[np.ndarray, 
     band = band.astype(data.dtype)
     if profile.get("nodata") is not None:
         band[~valid] = np.asarray(profile["nodata"]).astype(data.dtype)
-    profile.update(count=data.shape[0] + 1, driver="GTiff")
+    # the extra band is data, not alpha: GDAL would take a 4th RGB band as alpha (the mask = the std band)
+    profile.update(count=data.shape[0] + 1, driver="GTiff", alpha="unspecified")
     profile.pop("photometric", None)
-    with cloud_optimised(target, cog) as plain, atomic_path(plain) as tmp, rasterio.open(tmp, "w", **profile) as ds:
+    if data.shape[0] == 3 and data.dtype in (np.uint8, np.uint16):
+        profile["photometric"] = "RGB"
+    with cloud_optimised(target, cog) as plain, atomic_path(plain) as tmp, gdal_write_guard(plain), place.env(), \
+            rasterio.open(tmp, "w", **place.profile(profile)) as ds:
         ds.write(np.concatenate([data, band[None]]))
+        ds.colorinterp = [*interps, ColorInterp.undefined]
+        place.apply(ds, valid)
         for i, text in enumerate([*descriptions, "uncertainty: std across samples (8-bit levels)"], start=1):
             if text:
                 ds.set_band_description(i, text)

@@ -60,7 +60,7 @@ from .jobs import (
 from .models import PipelineModels
 from .options import RunConfig
 from .run import peak_memory
-from .uncertainty_layer import SpreadCanvas, write_layer
+from .uncertainty_layer import SpreadCanvas, layer_notes, write_layer
 from .window_memory import window_memory_check
 
 OPEN_SCENES = 2  # scenes an executor keeps open (their stretch computed once): windows of one scene arrive together
@@ -149,7 +149,7 @@ def plan_items(scene: ClaimedScene, config: RunConfig, options: JobOptions, asse
         return []
     if advice is not None:
         assembler.events.note(scene.source, advice)
-    for note in scene.scene.notes:
+    for note in [*scene.scene.notes, *layer_notes(scene.scene, config.uncertainty)]:
         assembler.events.note(scene.source, note)
     items = []
     if config.refine is not None and config.caption_text is None and windows.caption == "scene":
