@@ -257,6 +257,14 @@ def test_the_paper_settings_on_a_cpu_say_what_they_cost_and_cpu_quick_is_minutes
     assert (quick.stage1.sampler, quick.stage1.steps, quick.refine.sampler.steps, quick.refine.min_size) == \
         ("dpmpp", 20, 8, 0)
     assert RunConfig.from_values(preset="cpu-quick", stage1_steps=4).stage1.steps == 4  # given values win
+    from rsvl_core.cli import build_parser
+    from rsvl_core.cli.settings import config_from_args
+
+    args = build_parser().parse_args(["upscale", "x.png", "-o", "o", "--preset", "cpu-quick"])
+    config = config_from_args(args)  # the flags' own defaults do not override the preset's
+    assert (config.stage1.sampler, config.stage1.steps, config.caption.max_new_tokens) == ("dpmpp", 20, 64)
+    args = build_parser().parse_args(["upscale", "x.png", "-o", "o", "--preset", "cpu-quick", "--sampler", "ddim"])
+    assert config_from_args(args).stage1.sampler == "ddim"
 
 
 def test_a_value_error_answers_before_the_engine_loads(tmp_path):

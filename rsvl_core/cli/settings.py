@@ -56,9 +56,15 @@ def add_setting_flags(parser, names: tuple[str, ...], aliases: dict[str, tuple[s
 
 
 def setting_values(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
-    """The plain values of every setting the command has flags for (None = not given), with overrides."""
+    """The plain values of every setting the command has flags for (None = not given), with overrides. A flag left
+    at its table default is "not given" where the preset sets that setting (cpu-quick's SR3 steps)."""
+    from ..pipeline.options import PRESET_RUN_DEFAULTS
+
     values = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
     values.update(overrides)
+    for name in PRESET_RUN_DEFAULTS.get(values.get("preset") or "", {}):
+        if values.get(name) == SETTINGS[name].default:
+            values[name] = None
     return values
 
 
