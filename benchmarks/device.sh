@@ -33,6 +33,9 @@ PY
 if [[ $what != memory ]]; then
   if [[ $size == --full ]]; then cost=(--device cuda --repeat 3 --size 96); else cost=(--device cpu --repeat 1 --size 24); fi
   python3 "$root/benchmarks/uncertainty_cost.py" "${cost[@]}" --out "$out" 2>&1 | tee "$out/uncertainty_cost.log"
+  # stage 1 with upscale models (issue 33): fp32 / fp16 / bf16, NCHW / channels-last forward times on the GPU
+  if [[ $size == --full ]]; then s1=(--device cuda --size 512); else s1=(--smoke --threads 1); fi
+  python3 "$root/benchmarks/stage1_models.py" "${s1[@]}" --out "$out" 2>&1 | tee "$out/stage1_models.log"
   name=pipeline_speed_${size#--}
   python3 "$root/benchmarks/pipeline_speed.py" "$size" --out "$out" 2>&1 | tee "$out/$name.log"
 fi

@@ -8,7 +8,6 @@ SDXL UNet, 1 the trained model.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 from torch.nn import functional as F
 
@@ -79,6 +78,8 @@ class ZeroCrossAttn(nn.Module):
         heads = query_dim // head_dim
         if heads < 1:
             raise ValueError(f"ZeroCrossAttn query_dim {query_dim} is smaller than its head width {head_dim}")
+        from diffusers.models.attention_processor import Attention  # on use: seconds to import
+
         self.attn = Attention(query_dim, cross_attention_dim=context_dim, heads=heads, dim_head=head_dim,
                               bias=False, out_bias=True)
         self.norm1 = GroupNorm32(norm_groups, query_dim, eps=1e-5)

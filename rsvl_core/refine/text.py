@@ -25,13 +25,16 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..checkpoint import check_state, own_module_memory
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:  # annotations only; the classes are imported where they are built
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 EXPECTED = "an SDXL checkpoint with CLIP ViT-L and OpenCLIP ViT-bigG text encoders"
 EXPECTED_DIFFUSERS = "a diffusers SDXL folder with text_encoder/ and text_encoder_2/"
@@ -109,6 +112,8 @@ def load_shipped_tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer]:
     for file in (vocab, merges):
         if not file.is_file():
             raise CheckpointError(file, "file not found", "the CLIP tokenizer shipped with rsvl (reinstall rsvl)")
+    from transformers import CLIPTokenizer  # on use: transformers takes seconds to import
+
     tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_LENGTH)
     tokenizer_2 = CLIPTokenizer(str(vocab), str(merges), pad_token="!", model_max_length=MAX_LENGTH)
     return tokenizer, tokenizer_2
@@ -366,6 +371,8 @@ def text_encoder_config(which: int, **sizes: int) -> CLIPTextConfig:
     hidden = options["hidden_size"]
     if "num_attention_heads" not in sizes:
         options["num_attention_heads"] = hidden // HEAD_DIM
+    from transformers import CLIPTextConfig
+
     return CLIPTextConfig(**options)
 
 
@@ -411,6 +418,7 @@ def build_empty_text_encoders(
 ) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
     """Both encoders with parameters on the meta device (no memory), ready for `load_state_dict(assign=True)`."""
     from accelerate import init_empty_weights
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     # Buffers (position_ids) stay real: they are not in the checkpoint and must survive the assign-load.
     with init_empty_weights(include_buffers=False):
@@ -475,6 +483,8 @@ def load_text_encoder_from_diffusers(
     for sub in ("text_encoder", "text_encoder_2"):
         if not (folder / sub / "config.json").is_file():
             raise CheckpointError(folder / sub, "config.json not found", EXPECTED_DIFFUSERS)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
     shipped = load_shipped_tokenizers()
     models: list[nn.Module] = []
     for sub, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):

@@ -13,7 +13,6 @@ step cache can look at the encoder output before paying for the decoder:
 from __future__ import annotations
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch import nn
 
 from .config import RefinerConfig
@@ -58,6 +57,8 @@ class SDXLEncoderModule(nn.Module):
     def __init__(self, config: RefinerConfig) -> None:
         super().__init__()
         self.config = config
+        from diffusers import UNet2DConditionModel  # on use: seconds to import
+
         parts = UNet2DConditionModel(**config.to_diffusers_unet_kwargs())
         names = ("conv_in", "time_proj", "time_embedding", "add_embedding", "down_blocks", "mid_block")
         for name in names + self.extra_parts:

@@ -19,17 +19,19 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution, Encoder
 from torch import nn
 
 from ..checkpoint import check_state, own_module_memory
 from ..errors import CheckpointError
 from ..progress import ProgressCallback, report
 from ..tiling import TileFit, run_tiled
+
+if TYPE_CHECKING:  # annotations only; the classes are imported where they are built
+    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.vae import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +240,8 @@ class RefinerVAE(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RefinerVAE:
         """Build with random weights from AutoencoderKL kwargs (use under `torch.device("meta")` to skip init)."""
+        from diffusers import AutoencoderKL  # on use: seconds to import
+
         return cls(AutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")}))
 
     @property
@@ -288,6 +292,8 @@ class RefinerVAE(nn.Module):
             (B, 4, H/8, W/8) float32.
         """
         moments = self._moments(self.denoise_encoder, image, tile_size, overlap, callback, tiles)
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
         return DiagonalGaussianDistribution(moments).mode() * self.scaling_factor
 
     @torch.no_grad()
@@ -313,6 +319,8 @@ class RefinerVAE(nn.Module):
             (B, 4, H/8, W/8) float32.
         """
         moments = self._moments(self.vae.encoder, image, tile_size, overlap, callback, tiles)
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
         posterior = DiagonalGaussianDistribution(moments)
         latent = posterior.sample(generator=generator) if sample else posterior.mode()
         return latent * self.scaling_factor
@@ -519,6 +527,8 @@ def load_refiner_vae_from_diffusers(
     vae_folder = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
     if not (vae_folder / "config.json").is_file():
         raise CheckpointError(folder, "has no vae/config.json", EXPECTED_DIFFUSERS)
+    from diffusers import AutoencoderKL
+
     try:
         vae = AutoencoderKL.from_pretrained(str(vae_folder), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
