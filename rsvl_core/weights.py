@@ -489,9 +489,10 @@ def _explicit(entry: WeightsEntry, path: Path, models_dir: Path | None) -> Found
 
 
 def check_search_folders(models_dir: Path | None = None, comfyui_dir: Path | None = None,
-                         ckpt_dir: Path | None = None) -> None:
+                         ckpt_dir: Path | None = None, missing_ok: bool = False) -> None:
     """A folder a flag names must be a folder (a typo must not fall back to $RSVL_MODELS_DIR or ./models, nor a
-    file be read as an empty folder): RsvlError naming the flag, what it should hold and what to do."""
+    file be read as an empty folder): RsvlError naming the flag, what it should hold and what to do. `missing_ok`:
+    a folder not made yet passes (the lookup records "no such folder"; `rsvl weights list` prints the fix into it)."""
     holds = {"--models-dir": f"a models folder with {', '.join(f'{e.subdir}/' for e in WEIGHTS.values())} subfolders",
              "--comfyui-dir": "a ComfyUI install (its models/ folder: rsvl/, checkpoints/, upscale_models/)",
              "--ckpt-pth": f"the seed's unzipped {SEED_CKPT_DIR} folder (or the folder holding it)"}
@@ -503,9 +504,12 @@ def check_search_folders(models_dir: Path | None = None, comfyui_dir: Path | Non
             what = "is a file, not a folder" if path.is_file() else "is not a folder (a broken link?)"
             single = " (a single weights file goes to --sr3 / --sdxl / --supir)" if path.is_file() else ""
             raise RsvlError(f"{flag} {path}: {what}; name {holds[flag]}{single}")
+        if missing_ok:
+            continue
         raise RsvlError(f"{flag} {path}: no such folder; expected {holds[flag]} (check the path, or leave the "
                         "flag out to search the default places)")
-    if comfyui_dir is not None and not (Path(comfyui_dir).expanduser() / "models").is_dir():
+    if comfyui_dir is not None and Path(comfyui_dir).expanduser().is_dir() \
+            and not (Path(comfyui_dir).expanduser() / "models").is_dir():
         raise RsvlError(f"--comfyui-dir {comfyui_dir}: has no models/ folder; expected {holds['--comfyui-dir']}")
 
 
@@ -514,7 +518,7 @@ def find_weights(item: str, *, explicit: Path | None = None, models_dir: Path | 
                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> FoundWeights:
     """Look for one table entry in the documented order; every place looked in is recorded in the answer."""
     entry = weights_entry(item)
-    check_search_folders(models_dir, comfyui_dir, ckpt_dir)
+    check_search_folders(models_dir, comfyui_dir, ckpt_dir, missing_ok=True)
     if explicit is not None:
         return _explicit(entry, explicit, models_dir)
     looked: list[Look] = []

@@ -97,7 +97,6 @@ def test_samples_of_a_deterministic_upscale_model_are_one_run(tmp_path, upscale_
     assert "std mean" not in err  # not reported as a measured spread of 0
     u = json.loads((out / "p_x2.json").read_text())["uncertainty"]
     assert u["stage1_runs"] == 1 and "zero by construction" in u["deterministic"]
-    assert u["seconds_per_sample"][1:] == [0.0, 0.0]
 
 
 def test_eval_marks_a_deterministic_method_instead_of_ranking_on_zero_std(tmp_path, upscale_model_dir, capsys):
@@ -133,13 +132,16 @@ def test_a_bad_models_dir_is_refused_the_same_way_by_weights_list_and_upscale(tm
     bad = tmp_path / "nonexistent"
     if kind == "file":
         bad.write_bytes(b"weights")
-    assert main(["weights", "list", "--models-dir", str(bad)]) == 2
-    listed = capsys.readouterr()
-    assert "I1_E1_gen.pth" not in listed.out  # not the ./models files
     image = patch(tmp_path / "p.png")
     assert main(["upscale", str(image), "-o", str(tmp_path / "o"), "--models-dir", str(bad), *STAGE1]) == 2
     refused = capsys.readouterr().err.strip()
-    assert refused == listed.err.strip() and refused.startswith(f"error: --models-dir {bad}: ")
+    assert refused.startswith(f"error: --models-dir {bad}: ")
+    listed = main(["weights", "list", "--models-dir", str(bad)])
+    said = capsys.readouterr()
+    if kind == "file":  # refused alike by both commands
+        assert listed == 2 and said.err.strip() == refused
+    else:  # a folder not made yet: the list prints the fixes into it, and says upscale refuses it until it exists
+        assert listed == 0 and f"--models-dir {bad}: no such folder (yet); `rsvl upscale` refuses it" in said.err
     expected = "is a file, not a folder" if kind == "file" else "no such folder; expected a models folder with sr3/"
     assert expected in refused and "download" not in refused
 

@@ -98,7 +98,7 @@ def test_comfyui_layout_is_found(demo_models, clean, monkeypatch, tmp_path):
     assert rows["supir"].path == checkpoints / "SUPIR-v0Q.safetensors"
     # --comfyui-dir is looked at before $COMFYUI_DIR
     labels = [look.label for look in find_weights("sr3", comfyui_dir=tmp_path / "other").looked]
-    assert labels[:3] == ["./models", "ComfyUI (--comfyui-dir)", "ComfyUI ($COMFYUI_DIR)"]
+    assert list(dict.fromkeys(labels))[:3] == ["./models", "ComfyUI (--comfyui-dir)", "ComfyUI ($COMFYUI_DIR)"]
 
 
 def test_seed_ckpt_pth_layout_is_found(demo_models, clean, tmp_path, capsys):

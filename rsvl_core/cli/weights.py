@@ -176,6 +176,10 @@ def run_weights(args: argparse.Namespace) -> int:
     """0: all well; 1: something missing or bad (the fix is printed); 2: an error (printed on stderr)."""
     try:
         if args.weights_command == "list":
+            if args.models_dir is not None and not args.models_dir.exists():
+                print(f"note: --models-dir {args.models_dir}: no such folder (yet); `rsvl upscale` refuses it "
+                      "until it exists: files listed from other places are not used with it, the fixes below put "
+                      "them there", file=sys.stderr)
             rows = list_weights(**_search_kwargs(args))
             print_list(rows, args.models_dir)
             return 0
