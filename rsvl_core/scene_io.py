@@ -152,9 +152,10 @@ def _plain_raster(path: Path) -> SceneSource:
                        raster.stretch.to_dict()}, image=fill_invalid(raster.image, raster.valid))
 
 
-def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int, cog: bool = False) -> None:
+def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: int, cog: bool = False,
+                dtype: str = "uint8") -> None:
     """Write a whole result: PNG (or the target's image format), or a GeoTIFF with the scaled georeferencing
-    (a Cloud-Optimised GeoTIFF with `cog`)."""
+    (a Cloud-Optimised GeoTIFF with `cog`; `dtype` "source": the input's data type through its stretch)."""
     if source.geo is None:
         write_image_atomic(image, target)
         return
@@ -163,7 +164,7 @@ def write_whole(source: SceneSource, image: torch.Tensor, target: Path, scale: i
     info, stretch, valid = source.geo
     mask = upscale_mask(valid, scale) if valid is not None else None
     with cloud_optimised(target, cog) as path:
-        write_geotiff_atomic(image, path, info.scaled(scale), valid=mask, stretch=stretch)
+        write_geotiff_atomic(image, path, info.scaled(scale), valid=mask, stretch=stretch, dtype=dtype)
 
 
 class _GeoRowSink:
