@@ -1,17 +1,14 @@
-"""ComfyUI nodes: rsvl's node pack over `rsvl_core` (one registration form: V3); not yet thin, see comfy_nodes.
-
-`comfy_nodes` imports ComfyUI's modules, so it is imported only when ComfyUI asks for the extension;
-`logic` holds the node logic and is tested without ComfyUI.
-"""
+"""ComfyUI nodes over `rsvl_core` (V3 schema): one file per feature, each node a schema and one call into the engine.
+A new node is one file here and one line in `pack.NODE_CLASSES` (imported only when ComfyUI asks for the pack)."""
 
 from __future__ import annotations
 
 NODE_IDS = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler",
-            "RSVLUncertainty")
+            "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF")
 
 
 async def comfy_entrypoint():
     """Return the ComfyExtension ComfyUI asks for (only callable inside ComfyUI)."""
-    from .comfy_nodes import RSVLExtension
+    from .pack import RSVLExtension
 
     return RSVLExtension()

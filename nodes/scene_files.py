@@ -26,7 +26,6 @@ class RSVLLoadScene(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        upload = getattr(getattr(io, "UploadType", None), "image", None)  # the frontend's upload button
         return node_schema(
             cls.NODE_ID,
             description="Reads a GeoTIFF (or JPEG 2000, VRT, any image) from ComfyUI's input folder as `rsvl "
@@ -34,9 +33,10 @@ class RSVLLoadScene(RSVLNode):
                         "Connect geo to RSVL Save GeoTIFF to write the result back in the same place.",
             is_output_node=True,
             inputs=[
-                io.Combo.Input("scene", options=input_choices(folder_paths()), upload=upload,
-                               tooltip="A raster in ComfyUI's input folder (upload .tif/.tiff/.jp2/.vrt through "
-                                       "/upload/image or the upload button); names outside it are refused."),
+                io.Combo.Input("scene", options=input_choices(folder_paths()),
+                               tooltip="A raster in ComfyUI's input folder (.tif/.tiff/.jp2/.vrt, or an image; put "
+                                       "it there or upload it through /upload/image); names outside it are "
+                                       "refused."),
                 io.String.Input("bands", default="", tooltip="Bands used as R,G,B, 1-based (e.g. 3,2,1; one band "
                                 "is replicated to RGB); empty: 1,2,3, or 1 for a one-band raster (rsvl upscale "
                                 "--bands)."),

@@ -1,52 +1,45 @@
-"""The RSVLUncertainty node's logic, without ComfyUI: a batch of N samples of one scene -> combined image,
-heat-mapped spread, summary line; the guard falls back to a stage-1 image (`rsvl_core.pipeline.uncertainty`)."""
+"""RSVLUncertainty: where N samples of one scene disagree (combined image, heat map, summary; optional guard)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from comfy_api.latest import io, ui
 
-import numpy as np
-import torch
-
-from ..rsvl_core.pipeline import uncertainty as engine
-from .logic import NodeError, setting_values
+from ..rsvl_core.hosted.samples import uncertainty_outputs
+from .host import HOST, to_bchw, to_bhwc, user_errors
+from .schema import RSVLNode, node_schema, setting_input
 
 
-@dataclass
-class UncertaintyOutputs:
-    image: torch.Tensor       # (1, 3, H, W) in [0, 1]: combined, guarded
-    heat_map: torch.Tensor    # (1, 3, H + legend, W) in [0, 1]
-    summary: str
+class RSVLUncertainty(RSVLNode):
+    NODE_ID = "RSVLUncertainty"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
+        return node_schema(
+            node,
+            description="Takes N samples of the same scene (an IMAGE batch: e.g. RepeatImageBatch before the stage "
+                        "nodes, each element gets its own noise) and shows where they disagree: the combined image, "
+                        "a heat map of the per-pixel std (8-bit levels) and a summary. With guard > 0, pixels whose "
+                        "std exceeds it fall back to the stage-1 image (feathered).",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("samples", tooltip="N >= 2 samples of one scene, as one IMAGE batch."),
+                setting_input("combine", node),
+                setting_input("guard", node),
+                setting_input("feather", node),
+                io.Image.Input("stage_1", optional=True,
+                               tooltip="The stage-1 image of the scene: the guard's fallback (first of a batch)."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="uncertainty"),
+                     io.String.Output(display_name="summary")],
+        )
 
 
-def uncertainty_outputs(samples: torch.Tensor, stage1: torch.Tensor | None = None, **inputs) -> UncertaintyOutputs:
-    """samples (N, 3, H, W) in [0, 1], N >= 2; stage1 (1 or N, 3, H, W): the guard's fallback (its first image).
-
-    `inputs` are the node's widgets (combine, guard, feather), turned into the engine's options as the CLI's are.
-    """
-    count = samples.shape[0]
-    if count < 2:
-        raise NodeError(f"samples: got a batch of {count} image; the spread needs N >= 2 samples of the same scene "
-                        "(e.g. RepeatImageBatch before the stage-1 node: each element gets its own noise)")
-    values = setting_values("RSVLUncertainty", inputs)
-    options = engine.UncertaintyOptions(samples=count, combine=values.get("combine", "first"),
-                                        guard=float(values.get("guard", 0.0)),
-                                        feather=int(values.get("guard_feather", engine.DEFAULT_FEATHER)))
-    if stage1 is None:
-        if options.guard > 0:
-            raise NodeError("guard > 0 needs the stage_1 image input (the fallback where the samples disagree)")
-        fallback = samples[:1]
-    else:
-        if tuple(stage1.shape[-2:]) != tuple(samples.shape[-2:]):
-            raise NodeError(f"stage_1 image is {stage1.shape[-1]}x{stage1.shape[-2]}, the samples are "
-                            f"{samples.shape[-1]}x{samples.shape[-2]}: connect the stage-1 output of the same scene")
-        fallback = stage1[:1]
-    reduced = engine.reduce_samples(samples.float().cpu(), fallback.float().cpu(), options)
-    summary = engine.summarise_spread(reduced.spread, options.guard)
-    picture = engine.heat_map(reduced.spread, options.guard)
-    heat = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None].float() / 255
-    lines = [f"{count} samples, combined by {options.combine}", summary.text()]
-    if options.guard > 0:
-        lines.append(f"guard {options.guard:g} levels: {100 * reduced.fraction_replaced:.2f}% of pixels replaced by "
-                     f"the stage-1 image (feathered over {options.feather} px)")
-    return UncertaintyOutputs(reduced.image, heat, "\n".join(lines))
+    @classmethod
+    def execute(cls, samples, combine, guard, feather, stage_1=None) -> io.NodeOutput:
+        with user_errors(cls.label()):
+            out = uncertainty_outputs(to_bchw(samples), None if stage_1 is None else to_bchw(stage_1),
+                                      combine=combine, guard=guard, feather=feather)
+            device = HOST.intermediate_device()
+            return io.NodeOutput(to_bhwc(out.image, device), to_bhwc(out.heat_map, device), out.summary,
+                                 ui=ui.PreviewText(out.summary))

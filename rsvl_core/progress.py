@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from PIL import Image
 
 
 class ProgressCallback(Protocol):
@@ -29,3 +30,17 @@ def report(
     """Call ``callback`` if there is one (keeps the samplers free of ``if callback`` noise)."""
     if callback is not None:
         callback(step, total, stage, preview)
+
+
+def preview_image(image: torch.Tensor, max_size: int) -> Image.Image:
+    """(B, 3, H, W) or (3, H, W) in [0, 1] -> the first image as RGB PIL, shrunk to at most max_size."""
+    if image.ndim == 4:
+        image = image[0]
+    image = image.detach().float().clamp(0, 1)
+    height, width = image.shape[-2:]
+    factor = max_size / max(height, width) if max_size else 1.0
+    if factor < 1:
+        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+    array = (image.movedim(0, -1) * 255).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array, "RGB")

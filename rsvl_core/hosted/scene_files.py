@@ -26,6 +26,9 @@ SCENE_SUFFIXES = (".tif", ".tiff", *GDAL_ONLY_SUFFIXES, ".png", ".jpg", ".jpeg",
 STRETCH_CHOICES = ("auto", "percentile", "none")  # auto: as the CLI without --stretch (none for 8-bit, else percentile)
 FORMATS = ("GeoTIFF", "COG", "PNG", "TIFF")
 BIT_DEPTHS = ("8", "16")
+# The GeoTIFF the shipped scene template's Load Scene names: the bundled sample, georeferenced, copied into input/
+SAMPLE_SCENE = "rsvl_sample_scene.tif"
+SAMPLE_SCENE_SOURCE = str(Path(__file__).resolve().parents[1] / "samples" / "osbs_029_lr100.tif")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ on the device it runs on) before the call and to `release` it after. Two impleme
   `resident` (every model stays on the device once loaded), `sequential` (a model is on the device only while
   its stage runs, then back on the CPU: the seed needs two GPUs, this fits one) or `auto` (resident while the
   models fit in free memory with headroom, else sequential; always resident on a CPU).
-- the ComfyUI node pack's host placement (`nodes/logic.py`): ModelPatcher + `load_models_gpu`, so ComfyUI's
+- the ComfyUI node pack's host placement (`rsvl_core/hosted/handles.py`): ModelPatcher + `load_models_gpu`, so ComfyUI's
   memory manager owns every weight.
 
 A stage's parts are what its `modules()` declares (`rsvl_core.stages`); nothing is found by probing.
@@ -92,7 +92,7 @@ class LocalPlacement:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def decide(self, current: str) -> None:
+    def decide(self, stage: str) -> None:
         """auto: stay resident while every placed model fits with headroom; otherwise go sequential."""
         free, _ = torch.cuda.mem_get_info(self.device)
         on_device = sum(module_bytes(*parts(m)) for m in self.placed.values())  # all placed models are there now
@@ -100,6 +100,6 @@ class LocalPlacement:
             self.current = "resident" if on_device * HEADROOM < free + on_device else "sequential"
         if self.current == "sequential":
             for name, model in self.placed.items():
-                if name != current:
+                if name != stage:
                     move(model, torch.device("cpu"))
             torch.cuda.empty_cache()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -23,6 +23,7 @@ from ..stages import Stage1Result
 from .memory import MemorySetting, stage_activations
 
 GIB = 1024 ** 3
+MEASURED_OUTPUT_PIXELS = 1024 ** 2  # estimates run the stage on fake tensors up to this size, and extrapolate above
 
 
 class StageMemoryError(RsvlError):
@@ -65,28 +66,56 @@ def batch_progress(callback: ProgressCallback | None, index: int, batch: int) ->
 def check_fits(what: str, need: int, free: int | None, advice: str) -> None:
     """Refuse, in one line and before anything is allocated, a stage whose estimated peak exceeds `free` bytes."""
     if free is not None and need > free:
-        raise StageMemoryError(f"{what} needs about {need / GIB:.1f} GiB of memory for its activations, "
-                               f"{free / GIB:.1f} GiB free: {advice}")
+        raise StageMemoryError(f"{what} needs about {need / GIB:.1f} GiB of memory, {free / GIB:.1f} GiB free: "
+                               f"{advice}")
 
 
 def stage1_need(model: Any, images: torch.Tensor, scale: int, options: Any) -> int:
     """Bytes stage 1 needs beside its weights for this batch: one image's activations, and the batch's outputs."""
     height, width = images.shape[-2:]
-    setting = MemorySetting(input_size=(height, width), scale=scale, stage1=options, caption=None, refine=None)
-    outputs = images.shape[0] * 3 * height * scale * width * scale * 4
-    return stage_activations("stage1", model, setting) + outputs
+
+    def measure(size: tuple[int, int]) -> int:
+        setting = MemorySetting(input_size=size, scale=scale, stage1=options, caption=None, refine=None)
+        return stage_activations("stage1", model, setting)
+
+    return extrapolated(measure, (height, width), MEASURED_OUTPUT_PIXELS // scale ** 2) + output_bytes(images, scale)
+
+
+def output_bytes(images: torch.Tensor, scale: int) -> int:
+    """The float32 outputs of a batch at `scale`: the part of a stage's need known before any model loads."""
+    batch, _, height, width = images.shape
+    return batch * 3 * height * scale * width * scale * 4
+
+
+def extrapolated(measure: Callable[[tuple[int, int]], int], size: tuple[int, int], largest: int) -> int:
+    """`measure(size)` where it has at most `largest` pixels; above, the line through two measured sizes of the same
+    aspect (a quarter of `largest`, and `largest`): a stage's activations grow linearly with its image's pixels
+    (tiles and per-pixel buffers), while measuring a huge image would run every one of its tiles."""
+    height, width = size
+    if height * width <= largest:
+        return measure(size)
+    points = []
+    for area in (largest // 4, largest):
+        factor = (area / (height * width)) ** 0.5
+        small = (max(1, round(height * factor)), max(1, round(width * factor)))
+        points.append((small[0] * small[1], measure(small)))
+    (p1, m1), (p2, m2) = points
+    return int(m2 + (m2 - m1) / max(p2 - p1, 1) * (height * width - p2))
 
 
 def run_stage1(source: StageSource, images: torch.Tensor, scale: int, options: Any, seed: int,
                callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None,
                free_memory: int | None = None) -> BatchRun:
     """Stage 1 over (B, 3, H, W): image k with seed + k (a one-pass model: the whole batch in one call, no seed)."""
-    model = source.load()
     batch, _, height, width = images.shape
+    what = f"stage 1 ({batch}x {width}x{height} -> x{scale})"
+    advice = "use a smaller scale, " + ("turn tiles on (tile_size > 0), " if options.tile_size == 0 else "") + \
+        "crop or split the image (large scenes: `rsvl upscale --window-size` processes them in windows)"
+    check_fits(what, output_bytes(images, scale), free_memory, advice)  # before anything loads
+    model = source.load()
     need = _once(lambda: stage1_need(model, images, scale, options))
     if free_memory is not None and model.device.type == "cpu":
-        check_fits(f"stage 1 ({batch}x {width}x{height} -> x{scale})", need(), free_memory,
-                   "use a smaller scale, turn tiles on, or split the image (large scenes: windows)")
+        check_fits(what, need(), free_memory, advice)
     model = source.place(need)
     try:
         if model.kind != "sr3":  # deterministic: one call over the batch; a repeated image (N samples) runs once
@@ -121,10 +150,16 @@ def run_caption(source: StageSource, images: torch.Tensor, options: Any,
 
 
 def refine_need(model: Any, images: torch.Tensor, options: RefineOptions) -> int:
-    """Bytes the refiner needs beside its weights for one image of this size (images run one at a time)."""
-    height, width = images.shape[-2:]
-    setting = MemorySetting(input_size=(height, width), scale=1, caption=None, refine=options, only=("refine",))
-    return stage_activations("refine", model, setting)
+    """Bytes the refiner needs beside its weights for one image of this size (images run one at a time); `model`
+    None (built only when placed, over a host's SDXL): the full-size refiner of the real configs."""
+    work = working_size(*images.shape[-2:], options.min_size, options.size_unit)
+
+    def measure(size: tuple[int, int]) -> int:  # at a working size as it is (min_size 0: no resize)
+        setting = MemorySetting(input_size=size, scale=1, caption=None, refine=replace(options, min_size=0),
+                                only=("refine",))
+        return stage_activations("refine", model, setting)
+
+    return extrapolated(measure, work, MEASURED_OUTPUT_PIXELS)
 
 
 def run_refine(source: StageSource, images: torch.Tensor, captions: Sequence[str], options: RefineOptions,
@@ -135,12 +170,14 @@ def run_refine(source: StageSource, images: torch.Tensor, captions: Sequence[str
     batch, _, height, width = images.shape
     if len(captions) != batch:
         raise ValueError(f"{len(captions)} captions for {batch} images")
-    model = source.load()
-    need = _once(lambda: refine_need(model, images, options) if model is not None else 0)
+    work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
+    what = f"refine ({batch}x {width}x{height}, working size {work_w}x{work_h} for min_size {options.min_size})"
+    advice = "lower min_size, crop or split the image (large scenes: `rsvl upscale --window-size`)"
+    check_fits(what, 3 * work_h * work_w * 4 * 2 + output_bytes(images, 1), free_memory, advice)  # before loading
+    model = source.load()  # None: built when placed (over a host's SDXL)
+    need = _once(lambda: refine_need(model, images, options))
     if free_memory is not None and model is not None and model.device.type == "cpu":
-        work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
-        check_fits(f"refine ({batch}x {width}x{height}, working size {work_w}x{work_h})", need(), free_memory,
-                   "lower min_size or latent_tile_size, or split the image (large scenes: windows)")
+        check_fits(what, need(), free_memory, advice)
     model = source.place(need)
     try:
         outputs, reports, seconds = [], [], []

@@ -24,6 +24,7 @@ from nodes_testing import REPO, WORKFLOWS, FakeComfy, widget_names  # noqa: E402
 MODELS = {"sr3_model": "I640000_E37_gen.pth", "llava_model": "llama3-llava-next-8b-hf",
           "llava_adapter": "rs_llava_lora", "sdxl_checkpoint": "juggernautXL_v8Rundiffusion.safetensors",
           "supir_model": "SUPIR-v0Q.ckpt"}
+SAMPLE_SCENE = "rsvl_sample_scene.tif"  # the bundled sample as a GeoTIFF (RSVLLoadScene), copied to input/ too
 SAMPLE = "rsvl_sample.png"  # copy an image of yours to ComfyUI's input/ folder, or pick one in LoadImage
 UPSCALE_MODEL = "RealESRGAN_x4plus.pth"  # any x4 model in models/upscale_models
 HANDWRITTEN = "dense pine forest crossed by a dirt road, a small clearing with two farm buildings"
@@ -137,6 +138,21 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
         "8": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
         "9": save(["7", 0], "rsvl/refined"),
     }
+    # A georeferenced scene in, a GeoTIFF out: Load Scene's geo carries the place to Save GeoTIFF.
+    geotiff_scene = {
+        "1": {"class_type": "RSVLLoadScene", "inputs": {"scene": SAMPLE_SCENE, "bands": "", "stretch": "auto",
+                                                        "percentiles": "2,98"}},
+        "2": loader(),
+        "3": stage1(["1", 0], ["2", 0]),
+        "4": {"class_type": "LlavaRSCaption", "inputs": {"image": ["3", 0], "captioner": ["2", 1],
+                                                         "prompt": SEED_PROMPT, "max_new_tokens": 256,
+                                                         "temperature": 0.2, "seed": 0}},
+        "5": refine(["3", 0], ["2", 2], ["4", 0]),
+        "6": {"class_type": "RSVLSaveGeoTIFF", "inputs": {"image": ["5", 0], "geo": ["1", 1],
+                                                          "filename_prefix": "rsvl/scene", "format": "GeoTIFF",
+                                                          "bit_depth": "8"}},
+    }
+    geotiff_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(2), "5": col(3), "6": col(4)}
     # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
     # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
     full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
@@ -151,7 +167,8 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
                       "8": col(2, 1), "7": col(3), "9": col(4)}
     return {"rsvl_native_comfy_models": (native, native_pos), "rsvl_core_supir": (core_supir, core_supir_pos),
             "rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
-            "rsvl_refine_handwritten_caption": (handwritten, hw_pos), "rsvl_uncertainty_guard": (uncertainty, unc_pos)}
+            "rsvl_refine_handwritten_caption": (handwritten, hw_pos), "rsvl_uncertainty_guard": (uncertainty, unc_pos),
+            "rsvl_geotiff_scene": (geotiff_scene, geotiff_pos)}
 
 
 TOP = 210          # canvas y of the first row: titles clear the tab bar, the workflow name and the Run bar
@@ -163,7 +180,8 @@ SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepSche
          "Stage1FidelitySR": (400, 580), "LlavaRSCaption": (400, 480), "ControlNetRefine": (400, 860),
          "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200), "CheckpointLoaderSimple": (400, 160),
          "UpscaleModelLoader": (400, 100), "ModelPatchLoader": (400, 100), "PreviewAny": (400, 300),
-         "RepeatImageBatch": (400, 120), "RSVLUncertainty": (400, 420)}
+         "RepeatImageBatch": (400, 120), "RSVLUncertainty": (400, 420), "RSVLLoadScene": (400, 300),
+         "RSVLSaveGeoTIFF": (400, 260)}
 ZOOM = 0.6
 
 
@@ -244,6 +262,10 @@ PURPOSES = {
                         "and no guidance.",
     "rsvl_refine_handwritten_caption": "Stage 1, then the SUPIR/SDXL refiner guided by a caption you write in the "
                                        "text node (no captioner needed).",
+    "rsvl_geotiff_scene": "A GeoTIFF in, a GeoTIFF out: **RSVL Load Scene** reads a raster from ComfyUI's input "
+                          "folder as `rsvl upscale` does (bands, stretch, nodata) → SR3 stage 1 → caption → SUPIR "
+                          "refine → **RSVL Save GeoTIFF** writes it back in the same place (CRS, finer grid, "
+                          "nodata) in the output folder.",
     "rsvl_uncertainty_guard": "N refined samples of one scene → a per-pixel spread map (where the model invented "
                               "detail) and a guarded image that falls back to stage 1 there.",
 }
@@ -309,7 +331,7 @@ def thumbnail(ui: dict, path: Path) -> None:
             draw.text((box[0] + 3, box[1] + 2), "Note", fill=(240, 240, 240))
             continue
         ours = n["type"] in ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine",
-                             "DynamicStepScheduler", "RSVLUncertainty")
+                             "DynamicStepScheduler", "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF")
         draw.rounded_rectangle(box, 4, fill=(52, 84, 120) if ours else (70, 70, 74), outline=(200, 200, 200))
         draw.text((box[0] + 3, box[1] + 2), n["type"][:18], fill=(240, 240, 240))
     for link in ui["links"]:

@@ -104,7 +104,7 @@ def main() -> None:
         # 3. the whole UNet step (epsilon): ours, and ours with core's control + connectors through the nodes'
         #    adapter (the model_patch input of ControlNetRefine)
         pack = load_pack(repo)
-        adapter = __import__(f"{pack.__name__}.nodes.model_patch", fromlist=["CoreControl"])
+        adapter = __import__(f"{pack.__name__}.rsvl_core.hosted.model_patch", fromlist=["CoreControl"])
         control = adapter.CoreControl(core.control_model, torch.float32)
         for scale in (1.0, 0.5):
             eps = ours.unet(x, timesteps, context, y, features, scale)

@@ -19,6 +19,7 @@ tensors came from, and the largest difference between the two images.
 from __future__ import annotations
 
 import importlib
+import types
 import json
 import sys
 import weakref
@@ -59,9 +60,11 @@ def main() -> None:
     from comfy_probe.core_supir import core_supir_patch
 
     pack = load_pack(repo)
-    nodes = importlib.import_module(f"{pack.__name__}.nodes.comfy_nodes")
-    logic = importlib.import_module(f"{pack.__name__}.nodes.logic")
-    dynamic_vram = importlib.import_module(f"{pack.__name__}.nodes.dynamic_vram")
+    nodes = importlib.import_module(f"{pack.__name__}.nodes.host")
+    logic = types.SimpleNamespace(**{name: getattr(importlib.import_module(f"{pack.__name__}.rsvl_core.hosted.{m}"), name)
+                                     for m, names in (("settings", ["refine_options"]), ("handles", ["ModelHandle"]),
+                                                      ("sdxl", ["refiner_over_host_sdxl"])) for name in names})
+    dynamic_vram = importlib.import_module(f"{pack.__name__}.rsvl_core.hosted.dynamic_vram")
     components = importlib.import_module(f"{pack.__name__}.rsvl_core.pipeline.components")
     host = nodes.HOST
     classic = mp.ModelPatcher

@@ -19,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 OUR_NODES = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler",
-             "RSVLUncertainty")
+             "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,8 +266,18 @@ class FakeComfy:
         sys.modules.update(self.modules)
         self.pack_name = pack_name
         self.pack = load_pack(pack_name)
-        self.nodes = importlib.import_module(f"{pack_name}.nodes.comfy_nodes")
-        self.logic = importlib.import_module(f"{pack_name}.nodes.logic")
+        self.nodes = importlib.import_module(f"{pack_name}.nodes.pack")
+        self.host = importlib.import_module(f"{pack_name}.nodes.host")
+        self.schema = importlib.import_module(f"{pack_name}.nodes.schema")
+        hosted = {name: importlib.import_module(f"{pack_name}.rsvl_core.hosted.{name}")
+                  for name in ("folders", "handles", "sdxl", "settings", "samples")}
+        self.folders, self.handles, self.sdxl, self.settings = (hosted[n] for n in ("folders", "handles", "sdxl",
+                                                                                      "settings"))
+        self.stage_runs = importlib.import_module(f"{pack_name}.rsvl_core.pipeline.stage_runs")
+        # what the nodes' engine side offers, by name (read-only: patch a module above to change one)
+        self.logic = types.SimpleNamespace(**{name: value for module in [*hosted.values(), self.host]
+                                              for name, value in vars(module).items() if not name.startswith("_")})
+        self.logic.LatentPreview = importlib.import_module(f"{pack_name}.rsvl_core.refine.preview").LatentPreview
         self.state = self.modules["folder_paths"].state
         self.folder_paths = self.modules["folder_paths"]
 

@@ -1,5 +1,5 @@
 """ControlNetRefine under ComfyUI's dynamic VRAM (`ModelPatcherDynamic` as CoreModelPatcher, ComfyUI 0.20.1), forced
-on the CPU (nodes/dynamic_vram.py says what the pack does; dynamic_vram_probe.py how the class is forced).
+on the CPU (rsvl_core/hosted/dynamic_vram.py says what the pack does; dynamic_vram_probe.py how the class is forced).
 
 Runs in the 0.20.1 host's interpreter (hosts.py `comfy0201`): fails under CI when that host is missing, skips
 elsewhere. What only a GPU shows (comfy-aimdo's VBAR, weights really left on the CPU by core, VRAM and upload

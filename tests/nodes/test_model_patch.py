@@ -74,7 +74,7 @@ def test_model_patch_core_supir_modules_give_our_features(core_sized_files):
     load_state_dict, so the key layout is checked too. Same inputs to both, in fp32 on the CPU:
     - the 10 control features (ours: GLVControl; core's: GLVControl, hint / x / t / context / y);
     - every connector call our decoder makes (at control scales 1, 0.5, 0), replayed on core's module;
-    - epsilon of the whole UNet step with core's control (through the nodes' adapter, nodes/model_patch.py) and
+    - epsilon of the whole UNet step with core's control (through the nodes' adapter, rsvl_core/hosted/model_patch.py) and
       core's connectors in place of ours;
     - the denoise encoder: ours against core's VAE Encoder class over the patch's `denoise_encoder_sd`.
     All agree within TOLERANCE (2e-5 absolute, on values up to about 5; measured at most 2.2e-6, on the features:
@@ -187,7 +187,7 @@ def test_model_patch_needs_model_and_a_supir_patch(comfy, demo_models):
     with pytest.raises(comfy.logic.NodeError, match="model_patch is connected but model is not"):
         comfy.node("ControlNetRefine").execute(image=torch.rand(1, 16, 16, 3), refiner=refiner, caption="fields",
                                                model_patch=[patch], **widgets)
-    adapter = importlib.import_module(f"{comfy.pack_name}.nodes.model_patch")
+    adapter = importlib.import_module(f"{comfy.pack_name}.rsvl_core.hosted.model_patch")
     with pytest.raises(ValueError, match="expected a SUPIR model patch .* got Linear"):
         adapter.supir_parts_from_patch(patch, {}, {})
     assert refiner.model is None  # nothing was loaded

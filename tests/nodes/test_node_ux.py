@@ -114,13 +114,13 @@ def test_size_guard_refuses_what_cannot_fit_before_loading(comfy, demo_models):
     sr3, _, refiner = load(comfy, demo_models[1])
     comfy.state.free_ram = 2 * 1024 ** 3
     try:
-        # 8192x8192 at 8x: 6 float32 copies of a 65536x65536 RGB image = 288 GiB; no array is made here:
-        # the guard reads only the shape, so an expanded (zero-stride) tensor stands in for the image
+        # 8192x8192 at 8x: the float32 output alone, 65536x65536 RGB, is 48 GiB (the part of the stage run's estimate
+        # known before any model loads); no array is made here: an expanded (zero-stride) tensor stands in
         big = torch.zeros(1, 1, 1, 3).expand(1, 8192, 8192, 3)
         with pytest.raises(comfy.logic.NodeError) as error:
             stage1(comfy, sr3, big, scale="8", tile_size=224, tile_overlap=32)
         message = str(error.value)
-        assert message.startswith(f"{STAGE1}: 1x 8192x8192 -> 65536x65536 (x8) needs about 288.0 GiB of RAM, "
+        assert message.startswith(f"{STAGE1}: stage 1 (1x 8192x8192 -> x8) needs about 48.0 GiB of memory, "
                                   "2.0 GiB free: ") and "smaller scale" in message and "\n" not in message
         assert "tiles on" not in message  # tiles are on (224): no advice to turn them on
         with pytest.raises(comfy.logic.NodeError, match=r"use a smaller scale, turn tiles on \(tile_size > 0\), crop .*"
@@ -143,7 +143,7 @@ def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, capl
     assert line == ("RSVL Stage 1 #4: running on the CPU: 500 steps at ~5.4 s/step, about 45 min left; for a quick "
                     "result connect a DynamicStepScheduler with ddim/dpmpp and fewer steps, or use a GPU")
     sr3 = load(comfy, demo_models[1])[0]
-    monkeypatch.setattr(logic, "CPU_WARN_SECONDS", 0.0)  # the tiny model is fast: any estimate is "long" now
+    monkeypatch.setattr(comfy.settings, "CPU_WARN_SECONDS", 0.0)  # the tiny model is fast: any estimate is "long" now
     with caplog.at_level("WARNING", logger="rsvl"):
         out = stage1(comfy, sr3, torch.rand(1, 8, 8, 3), steps=5)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -153,10 +153,10 @@ def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, capl
 
 def test_cpu_estimate_on_the_node_is_replaced_when_the_run_ends_or_is_cancelled(comfy, demo_models, monkeypatch):
     """The frontend keeps the last progress text on a node: after the estimate, the run's end is sent too."""
-    logic, host = comfy.logic, comfy.nodes.HOST
+    logic, host = comfy.logic, comfy.host.HOST
     sent: list[str] = []
     monkeypatch.setattr(host, "send_text", lambda node_id, text: sent.append(text), raising=False)
-    monkeypatch.setattr(logic, "CPU_WARN_SECONDS", 0.0)
+    monkeypatch.setattr(comfy.settings, "CPU_WARN_SECONDS", 0.0)
     sr3 = load(comfy, demo_models[1])[0]
     node = as_comfy_runs_it(comfy.node("Stage1FidelitySR"), "4")
     stage1(comfy, sr3, torch.rand(1, 8, 8, 3), node, steps=5)
@@ -204,7 +204,7 @@ def test_display_names_and_search_words(comfy):
         name = names[node].lower()
         starts = [name.find(word) for word in query.split()]
         assert all(0 <= start <= 26 for start in starts), (query, names[node], starts)
-    aliases = comfy.nodes.SEARCH_ALIASES
+    aliases = comfy.schema.SEARCH_ALIASES
     assert all("rsvl" in aliases[node] for node in OUR_NODES)
     for query, node in words.items():
         assert query in aliases[node] or query in names[node].lower(), (query, node)

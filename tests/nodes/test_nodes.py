@@ -94,8 +94,12 @@ def test_two_stage_graph_progress_previews_and_host_memory(comfy, demo_models):
     (out,), report = refined.args  # the image output is a list of batches, one per input batch
     assert out.shape == up.shape and 0 <= out.min() and out.max() <= 1
     assert "image 2:" in report and "steps computed" in report and refined.ui.as_dict()["text"] == (report,)
-    latent_previews = [u for u in state.updates if u[2] is not None and u[1] == 3]
-    assert latent_previews and latent_previews[0][2][1].mode == "RGB"
+    # both images on one bar of 2 x 3 steps, each step's latent preview turned to RGB by the engine's map
+    steps = [u[:2] for u in state.updates]
+    assert {total for _, total in steps} == {6} and steps == sorted(steps) and steps[-1] == (6, 6)
+    assert {1, 2, 3} <= {step for step, _ in steps} and {4, 5, 6} <= {step for step, _ in steps}
+    latent_previews = [u for u in state.updates if u[2] is not None]
+    assert latent_previews and all(u[2][1].mode == "RGB" for u in latent_previews)
     assert sr3.load_count == refiner.load_count == captioner.load_count == 1
 
 

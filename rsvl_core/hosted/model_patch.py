@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..rsvl_core.pipeline.components import SupirParts, supir_parts_over
+from ..pipeline.components import SupirParts, supir_parts_over
 
 # the SUPIR parts built over each patch's modules, dropped with the patch's model when ComfyUI lets it go
 _PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
