@@ -24,14 +24,22 @@ CPU_QUICK = "cpu-quick"
 SLOW_ON_CPU = ("stage1_sampler", "stage1_steps", "refine_steps", "min_size")  # any given: the user chose the cost
 
 
+def row(name: str):
+    """A setting's row: the run's (SETTINGS) or how scenes are read (SCENE_SETTINGS)."""
+    from ..pipeline.options import SCENE_SETTINGS
+
+    return SETTINGS[name] if name in SETTINGS else SCENE_SETTINGS[name]
+
+
 def flag_names(name: str) -> tuple[str, ...]:
     """The flags of a setting: --<name-with-dashes>, then its extra spellings."""
-    return ("--" + name.replace("_", "-"), *SETTINGS[name].flags)
+    return ("--" + name.replace("_", "-"), *row(name).flags)
 
 
 def setting_flag(parser, name: str, *aliases: str, **kwargs: Any) -> None:
-    """Add one setting's flag: type, default, choices and help from SETTINGS (None default = the preset's)."""
-    spec = SETTINGS[name]
+    """Add one setting's flag: type, default, choices and help from SETTINGS or SCENE_SETTINGS (None default = the
+    preset's)."""
+    spec = row(name)
     kwargs.setdefault("default", None if spec.preset_default else spec.default)
     if spec.kind is bool:  # a switch: present = True
         kwargs.setdefault("action", "store_true")

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from ..devices import DTYPES, resolve_device
 from ..errors import RsvlError
 from ..pipeline.placement import PLACEMENTS
-from ..scene import CAPTION_POLICIES, WindowOptions
 from ..weights import MODELS_DIR_ENV
 from .bars import say
 from .commands import COMMANDS
@@ -69,9 +68,7 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
     add_model_options(up)
     up.add_argument("--stage1-only", action="store_true", help="run stage 1 alone: no caption, no refiner")
     add_run_settings(up)
-    up.add_argument("--cog", action="store_true",
-                    help="write GeoTIFF outputs as Cloud-Optimised GeoTIFFs (internal tiles, overviews, deflate; "
-                         "needs rio-cogeo, in the [geo] extra)")
+    setting_flag(up, "cog")
     add_scene_flags(up)
     add_refine_options(up)
     add_setting_flags(up.add_argument_group("uncertainty (README: Uncertainty)"), UNCERTAINTY_SETTINGS)
@@ -85,28 +82,16 @@ def add_job_arguments(up: argparse.ArgumentParser) -> None:
 
 def add_scene_flags(parser: argparse.ArgumentParser) -> None:
     """How inputs are read (GeoTIFF bands, stretch) and windows for large scenes: upscale, batch and eval."""
-    parser.add_argument("--bands", default=None,
-                        help="GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; default 1,2,3, or 1 for one band)")
-    parser.add_argument("--stretch", choices=("percentile", "none"), default=None,
-                        help="GeoTIFF value scaling: percentile (default for non-8-bit data) or none (divide by the "
-                             "type's maximum); recorded in the run record")
-    parser.add_argument("--percentiles", default=None, help="low,high percentiles of the stretch (default 2,98)")
-    parser.add_argument("--window-size", type=int, default=0,
-                        help="process large scenes in windows of this many input pixels (0 = whole image, default)")
-    parser.add_argument("--window-overlap", type=int, default=16,
-                        help="input pixels shared by windows (default 16)")
-    parser.add_argument("--caption-per", choices=CAPTION_POLICIES, default="scene",
-                        help="windowed scenes: scene = caption one downsampled overview and guide every window with "
-                             "it (one captioner run per scene, default); window = caption each window (one run per "
-                             "window)")
+    for name in ("bands", "stretch", "percentiles", "window_size", "window_overlap", "caption_per"):
+        setting_flag(parser, name)
 
 
 def scene_options_from_args(args: argparse.Namespace) -> SceneOptions:
     """--bands/--stretch/--percentiles and the window flags -> SceneOptions (validated when made)."""
-    from ..pipeline import SceneOptions
+    from ..pipeline.jobs import scene_options_from
+    from ..pipeline.options import SCENE_SETTINGS
 
-    windows = WindowOptions(args.window_size, args.window_overlap, args.caption_per)
-    return SceneOptions(args.bands, args.stretch, args.percentiles, windows)
+    return scene_options_from({name: getattr(args, name) for name in SCENE_SETTINGS if hasattr(args, name)})
 
 
 def add_run_settings(parser: argparse.ArgumentParser) -> None:

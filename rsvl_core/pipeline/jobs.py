@@ -46,6 +46,18 @@ class SceneOptions:
         self.windows.check()
 
 
+def scene_options_from(values: dict[str, Any]) -> SceneOptions:
+    """SceneOptions from plain values named as in `options.SCENE_SETTINGS` (None, "" or "auto" = the reader's own
+    choice; absent = the row's default): what the command line's scene flags and the scene nodes give."""
+    from .options import SCENE_SETTINGS
+
+    given = {name: values.get(name, SCENE_SETTINGS[name].default) for name in SCENE_SETTINGS}
+    text = {name: None if given[name] in (None, "", "auto") else str(given[name]).strip() or None
+            for name in ("bands", "stretch", "percentiles")}
+    windows = WindowOptions(int(given["window_size"] or 0), int(given["window_overlap"]), str(given["caption_per"]))
+    return SceneOptions(text["bands"], text["stretch"], text["percentiles"], windows)
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """Where outputs go and how: `overwrite` replaces finished outputs (default: skip them, i.e. resume)."""

@@ -21,6 +21,7 @@ from ..cache.policy import CachePolicy, CacheReport
 from ..caption.config import ATTENTIONS, QUANTIZATIONS, SEED_PROMPT, CaptionOptions  # noqa: F401  (choices the faces offer, light to import)
 from ..devices import DTYPES
 from ..refine.options import COLOR_FIXES, PRESETS, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, RefineOptions
+from ..scene import CAPTION_POLICIES
 from ..stage1.sampler import SAMPLERS, SR3SamplerOptions
 from ..stage1.upscaler import SCALES
 from .uncertainty import COMBINES, DEFAULT_FEATHER, UncertaintyOptions
@@ -137,6 +138,26 @@ SETTINGS: dict[str, Setting] = {
                              "uncertainty.feather", min=0, max=256, step=1),
     "uncertainty_band": Setting(False, "GeoTIFF outputs: the uncertainty as an extra band of the output instead "
                                 "of a separate layer", "uncertainty.band"),
+}
+# How inputs are read and large scenes windowed: job options (`jobs.SceneOptions`, built by `jobs.scene_options_from`),
+# not a RunConfig's, but declared once here as well: `rsvl upscale`'s scene flags and the scene nodes' inputs are
+# generated from these rows. "" and "auto" leave the choice to the reader (the type's range, all windows' rules).
+SCENE_SETTINGS: dict[str, Setting] = {
+    "bands": Setting("", "GeoTIFF bands to use as R,G,B, 1-based (e.g. 3,2,1; empty: 1,2,3, or 1 for one band)",
+                     "scene.bands"),
+    "stretch": Setting("auto", "GeoTIFF value scaling: percentile (auto's choice for non-8-bit data) or none (divide "
+                       "by the type's maximum; auto's choice for 8-bit); recorded in the run record", "scene.stretch",
+                       choices=("auto", "percentile", "none")),
+    "percentiles": Setting("", "low,high percentiles of the stretch (empty: 2,98)", "scene.percentiles"),
+    "window_size": Setting(0, "process large scenes in windows of this many input pixels (0 = whole image)",
+                           "scene.windows.size", min=0, max=16384, step=8),
+    "window_overlap": Setting(16, "input pixels shared by neighbouring windows (less than half the window size)",
+                              "scene.windows.overlap", min=0, max=8191, step=1),
+    "caption_per": Setting("scene", "windowed scenes: scene = caption one downsampled overview and guide every "
+                           "window with it (one captioner run per scene); window = caption each window",
+                           "scene.windows.caption", choices=CAPTION_POLICIES),
+    "cog": Setting(False, "write GeoTIFF outputs as Cloud-Optimised GeoTIFFs (internal tiles, overviews, deflate; "
+                   "needs rio-cogeo, in the [geo] extra)", "job.cog"),
 }
 SECTIONS = ("run", "stage1", "caption", "refine", "schedule", "uncertainty")
 BUDGET_UNITS = {"g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20}
