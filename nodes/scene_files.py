@@ -9,7 +9,6 @@ from comfy_api.latest import io, ui
 from ..rsvl_core.hosted.scene_files import (
     BIT_DEPTHS,
     FORMATS,
-    STRETCH_CHOICES,
     input_choices,
     input_problem,
     load_scene,
@@ -18,7 +17,7 @@ from ..rsvl_core.hosted.scene_files import (
     save_scene,
 )
 from .host import HOST, folder_paths, to_bchw, to_bhwc, user_errors
-from .schema import RSVLNode, SceneGeoHandle, node_schema
+from .schema import RSVLNode, SceneGeoHandle, node_schema, setting_input
 
 
 class RSVLLoadScene(RSVLNode):
@@ -26,8 +25,9 @@ class RSVLLoadScene(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
+        node = cls.NODE_ID
         return node_schema(
-            cls.NODE_ID,
+            node,
             description="Reads a GeoTIFF (or JPEG 2000, VRT, any image) from ComfyUI's input folder as `rsvl "
                         "upscale` reads it: bands, stretch and nodata as its --bands/--stretch/--percentiles. "
                         "Connect geo to RSVL Save GeoTIFF to write the result back in the same place.",
@@ -37,15 +37,9 @@ class RSVLLoadScene(RSVLNode):
                                tooltip="A raster in ComfyUI's input folder (.tif/.tiff/.jp2/.vrt, or an image; put "
                                        "it there or upload it through /upload/image); names outside it are "
                                        "refused."),
-                io.String.Input("bands", default="", tooltip="Bands used as R,G,B, 1-based (e.g. 3,2,1; one band "
-                                "is replicated to RGB); empty: 1,2,3, or 1 for a one-band raster (rsvl upscale "
-                                "--bands)."),
-                io.Combo.Input("stretch", options=list(STRETCH_CHOICES), default="auto",
-                               tooltip="Value scaling: percentile, or none (divide by the type's range); auto: none "
-                                       "for 8-bit data, percentile otherwise (rsvl upscale --stretch). Recorded in "
-                                       "geo and in the output's RSVL_STRETCH tag."),
-                io.String.Input("percentiles", default="2,98",
-                                tooltip="low,high percentiles of the percentile stretch (rsvl upscale --percentiles)."),
+                setting_input("bands", node, multiline=False),  # rsvl upscale's --bands, --stretch, --percentiles
+                setting_input("stretch", node),
+                setting_input("percentiles", node, multiline=False),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The scene in [0, 1]; nodata pixels filled from "
                                                                    "their valid neighbours, as the CLI feeds them."),

@@ -23,7 +23,6 @@ from ..image import GDAL_ONLY_SUFFIXES, write_image_atomic
 from .paths import resolve_input, resolve_output
 
 SCENE_SUFFIXES = (".tif", ".tiff", *GDAL_ONLY_SUFFIXES, ".png", ".jpg", ".jpeg", ".webp", ".bmp")
-STRETCH_CHOICES = ("auto", "percentile", "none")  # auto: as the CLI without --stretch (none for 8-bit, else percentile)
 FORMATS = ("GeoTIFF", "COG", "PNG", "TIFF")
 BIT_DEPTHS = ("8", "16")
 # The GeoTIFF the shipped scene template's Load Scene names: the bundled sample, georeferenced, copied into input/
@@ -117,19 +116,16 @@ def output_problem(folder_paths, prefix: str) -> str | None:
     return None
 
 
-def load_scene(folder_paths, name: str, bands: str = "", stretch: str = "auto",
-               percentiles: str = "2,98") -> LoadedScene:
-    """A file of input/ read exactly as `rsvl upscale NAME --bands B --stretch S --percentiles P` reads it."""
-    from ..pipeline.jobs import SceneOptions, read_input
+def load_scene(folder_paths, name: str, bands: str = "", stretch: str = "auto", percentiles: str = "") -> LoadedScene:
+    """A file of input/ read exactly as `rsvl upscale NAME --bands B --stretch S --percentiles P` reads it (the
+    values of the SCENE_SETTINGS rows those flags are made from; "" / "auto": the reader's own choice)."""
+    from ..pipeline.jobs import read_input, scene_options_from
 
     problem = input_problem(folder_paths, name)
     if problem is not None:
         raise InputImageError(problem)
-    if stretch not in STRETCH_CHOICES:
-        raise RsvlError(f"stretch {stretch!r}: choose one of {', '.join(STRETCH_CHOICES)}")
     path = resolve_input(folder_paths, name)
-    options = SceneOptions(bands.strip() or None, None if stretch == "auto" else stretch, percentiles.strip() or None)
-    scene = read_input(path, options)
+    scene = read_input(path, scene_options_from({"bands": bands, "stretch": stretch, "percentiles": percentiles}))
     image = scene.whole()
     if scene.geo is None:
         geo = SceneGeo(name, scene.height, scene.width, None, None, None, tuple(scene.notes))

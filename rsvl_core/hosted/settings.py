@@ -43,6 +43,7 @@ NODE_SETTINGS: dict[str, dict[str, str]] = {
 # The node inputs that carry how a scene is read and windowed (pipeline SCENE_SETTINGS rows, as `rsvl upscale`'s
 # --bands ... --window-size flags): node input name -> row name.
 NODE_SCENE_SETTINGS: dict[str, dict[str, str]] = {
+    "RSVLLoadScene": {name: name for name in ("bands", "stretch", "percentiles")},
     "RSVLUpscaleScene": {name: name for name in ("window_size", "window_overlap", "caption_per", "bands", "stretch",
                                                  "percentiles", "cog")},
 }
