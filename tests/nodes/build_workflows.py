@@ -141,7 +141,7 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
     # A georeferenced scene in, a GeoTIFF out: Load Scene's geo carries the place to Save GeoTIFF.
     geotiff_scene = {
         "1": {"class_type": "RSVLLoadScene", "inputs": {"scene": SAMPLE_SCENE, "bands": "", "stretch": "auto",
-                                                        "percentiles": "2,98"}},
+                                                        "percentiles": ""}},
         "2": loader(),
         "3": stage1(["1", 0], ["2", 0]),
         "4": {"class_type": "LlavaRSCaption", "inputs": {"image": ["3", 0], "captioner": ["2", 1],
