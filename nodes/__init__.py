@@ -4,7 +4,7 @@ A new node is one file here and one line in `pack.NODE_CLASSES` (imported only w
 from __future__ import annotations
 
 NODE_IDS = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler",
-            "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF")
+            "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF", "RSVLUpscaleScene")
 
 
 async def comfy_entrypoint():

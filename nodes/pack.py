@@ -11,12 +11,13 @@ from .host import folder_paths
 from .models import LoadRSVLModels
 from .refine import ControlNetRefine
 from .scene_files import RSVLLoadScene, RSVLSaveGeoTIFF
+from .scene_upscale import RSVLUpscaleScene
 from .schedule import DynamicStepScheduler
 from .stage1 import Stage1FidelitySR
 from .uncertainty import RSVLUncertainty
 
 NODE_CLASSES = [LoadRSVLModels, Stage1FidelitySR, LlavaRSCaption, ControlNetRefine, DynamicStepScheduler,
-                RSVLUncertainty, RSVLLoadScene, RSVLSaveGeoTIFF]
+                RSVLUncertainty, RSVLLoadScene, RSVLSaveGeoTIFF, RSVLUpscaleScene]
 
 
 class RSVLExtension(ComfyExtension):

@@ -29,8 +29,8 @@ def setting_input(name: str, node_id: str, tooltip: str | None = None, **overrid
         return io.Combo.Input(name, options=options, default=overrides.pop("default", str(spec.default)),
                               tooltip=tip, **overrides)
     if spec.kind is int:
-        return io.Int.Input(name, default=spec.default, min=int(spec.min), max=int(spec.max), step=int(spec.step),
-                            tooltip=tip, **overrides)
+        return io.Int.Input(name, default=overrides.pop("default", spec.default), min=int(spec.min),
+                            max=int(spec.max), step=int(spec.step), tooltip=tip, **overrides)
     if spec.kind is float:
         return io.Float.Input(name, default=spec.default, min=spec.min, max=spec.max, step=spec.step, tooltip=tip,
                               **overrides)
@@ -68,6 +68,7 @@ DISPLAY_NAMES = {
     "RSVLUncertainty": "RSVL Uncertainty: where to trust the pixels (N samples, guard)",
     "RSVLLoadScene": "RSVL Load Scene (GeoTIFF, JPEG 2000, VRT)",
     "RSVLSaveGeoTIFF": "RSVL Save GeoTIFF (COG, 16-bit)",
+    "RSVLUpscaleScene": "RSVL Upscale Scene: large GeoTIFF in windows (file to file)",
 }
 SEARCH_ALIASES = {
     "LoadRSVLModels": ["rsvl", "super resolution models", "upscale models", "sr3", "supir", "llava"],
@@ -80,6 +81,8 @@ SEARCH_ALIASES = {
     "RSVLUncertainty": ["uncertainty", "hallucination", "guard", "std map", "confidence", "samples", "rsvl"],
     "RSVLLoadScene": ["load geotiff", "geotiff", "satellite", "raster", "scene", "multispectral", "rsvl"],
     "RSVLSaveGeoTIFF": ["save geotiff", "geotiff", "cog", "16-bit", "save image", "georeferenced", "rsvl"],
+    "RSVLUpscaleScene": ["upscale scene", "large image", "geotiff", "windows", "tiled upscale", "super resolution",
+                         "satellite", "aerial", "remote sensing", "rsvl"],
 }
 
 

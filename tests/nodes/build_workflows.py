@@ -62,6 +62,7 @@ def save(images, prefix):
 
 def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
     from rsvl_core.caption.config import SEED_PROMPT
+    from rsvl_core.refine.options import SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT
 
     full = {
         "1": load_image(),
@@ -153,6 +154,18 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
                                                           "bit_depth": "8"}},
     }
     geotiff_pos = {"1": col(0), "2": col(0, 1), "3": col(1), "4": col(2), "5": col(3), "6": col(4)}
+    # A scene too large for an IMAGE: file in input/ -> windows -> file in output/, in one node.
+    upscale_scene = {
+        "1": loader(),
+        "2": {"class_type": "RSVLUpscaleScene", "inputs": {
+            "scene": SAMPLE_SCENE, "output_folder": "rsvl_scenes", "sr3": ["1", 0], "captioner": ["1", 1],
+            "refiner": ["1", 2], "caption": "", "scale": "4", "seed": 0, "sampler": "faithful", "steps": 0,
+            "tile_size": 224, "tile_overlap": 32, "window_size": 512, "window_overlap": 16, "caption_per": "scene",
+            "bands": "", "stretch": "auto", "percentiles": "", "cog": False, "preset": "paper", "refine_steps": 50,
+            "positive_prompt": SEED_POSITIVE_PROMPT, "negative_prompt": SEED_NEGATIVE_PROMPT, "min_size": 1024}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+    scene_pos = {"1": col(0), "2": col(1), "3": col(2)}
     # Below the frontend's toolbar (TOP), one column per large node, room for what each node shows after a run
     # (image previews, the caption / report text): the browser test checks nothing overlaps after a run.
     full_pos = {"1": col(0), "2": col(0, 1), "3": col(0, 2), "4": col(1), "7": col(1, 1), "5": col(2), "6": col(3),
@@ -168,7 +181,7 @@ def spec() -> dict[str, tuple[dict, dict[str, tuple[int, int]]]]:
     return {"rsvl_native_comfy_models": (native, native_pos), "rsvl_core_supir": (core_supir, core_supir_pos),
             "rsvl_full_two_stage": (full, full_pos), "rsvl_stage1_only": (stage1_only, s1_pos),
             "rsvl_refine_handwritten_caption": (handwritten, hw_pos), "rsvl_uncertainty_guard": (uncertainty, unc_pos),
-            "rsvl_geotiff_scene": (geotiff_scene, geotiff_pos)}
+            "rsvl_geotiff_scene": (geotiff_scene, geotiff_pos), "rsvl_upscale_scene": (upscale_scene, scene_pos)}
 
 
 TOP = 210          # canvas y of the first row: titles clear the tab bar, the workflow name and the Run bar
@@ -181,7 +194,7 @@ SIZES = {"LoadImage": (400, 500), "LoadRSVLModels": (400, 300), "DynamicStepSche
          "SaveImage": (400, 520), "PrimitiveStringMultiline": (400, 200), "CheckpointLoaderSimple": (400, 160),
          "UpscaleModelLoader": (400, 100), "ModelPatchLoader": (400, 100), "PreviewAny": (400, 300),
          "RepeatImageBatch": (400, 120), "RSVLUncertainty": (400, 420), "RSVLLoadScene": (400, 300),
-         "RSVLSaveGeoTIFF": (400, 260)}
+         "RSVLSaveGeoTIFF": (400, 260), "RSVLUpscaleScene": (400, 1000)}
 ZOOM = 0.6
 
 
@@ -266,6 +279,10 @@ PURPOSES = {
                           "folder as `rsvl upscale` does (bands, stretch, nodata) → SR3 stage 1 → caption → SUPIR "
                           "refine → **RSVL Save GeoTIFF** writes it back in the same place (CRS, finer grid, "
                           "nodata) in the output folder.",
+    "rsvl_upscale_scene": "A scene too large for an IMAGE (e.g. 20000 × 20000): **RSVL Upscale Scene** reads it "
+                          "from ComfyUI's input folder window by window → SR3 stage 1 → caption (one overview) → "
+                          "SUPIR refine → a GeoTIFF in output/rsvl_scenes, exactly as `rsvl upscale --window-size`. "
+                          "Cancel stops between windows; queue again to finish (a finished output is kept).",
     "rsvl_uncertainty_guard": "N refined samples of one scene → a per-pixel spread map (where the model invented "
                               "detail) and a guarded image that falls back to stage 1 there.",
 }
@@ -331,7 +348,8 @@ def thumbnail(ui: dict, path: Path) -> None:
             draw.text((box[0] + 3, box[1] + 2), "Note", fill=(240, 240, 240))
             continue
         ours = n["type"] in ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine",
-                             "DynamicStepScheduler", "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF")
+                             "DynamicStepScheduler", "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF",
+                             "RSVLUpscaleScene")
         draw.rounded_rectangle(box, 4, fill=(52, 84, 120) if ours else (70, 70, 74), outline=(200, 200, 200))
         draw.text((box[0] + 3, box[1] + 2), n["type"][:18], fill=(240, 240, 240))
     for link in ui["links"]:
