@@ -122,4 +122,8 @@ class RSVLSaveGeoTIFF(RSVLNode):
             prompt = None if getattr(args, "disable_metadata", False) else getattr(hidden, "prompt", None)
             names = save_scene(folder_paths(), to_bchw(image), geo, filename_prefix, format, bit_depth,
                                prompt_tags(prompt))
-            return io.NodeOutput("\n".join(names), ui=ui.PreviewText("\n".join(f"output/{n}" for n in names)))
+            shown = ui.PreviewText("\n".join(f"output/{name}" for name in names)).as_dict()
+            # "files": what an API client downloads through /view (filename, subfolder, type), as core's "images"
+            files = [{"filename": name.rpartition("/")[2], "subfolder": name.rpartition("/")[0], "type": "output"}
+                     for name in names]
+            return io.NodeOutput("\n".join(names), ui={**shown, "files": files})

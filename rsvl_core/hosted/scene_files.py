@@ -208,11 +208,15 @@ def write_plain(image: torch.Tensor, target: Path, bits: int) -> None:
         if target.suffix == ".png":
             Path(tmp).write_bytes(png16(array))
         else:
+            import warnings
+
             import rasterio
 
-            with rasterio.open(tmp, "w", driver="GTiff", width=array.shape[2], height=array.shape[1], count=3,
-                               dtype="uint16", photometric="RGB", compress="deflate") as ds:
-                ds.write(array)
+            with warnings.catch_warnings():  # a plain TIFF has no place: not worth a warning
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", driver="GTiff", width=array.shape[2], height=array.shape[1], count=3,
+                                   dtype="uint16", photometric="RGB", compress="deflate") as ds:
+                    ds.write(array)
 
 
 def png16(array: np.ndarray) -> bytes:
