@@ -163,6 +163,6 @@ def user_errors(label: str) -> Iterator[None]:
         yield
     except (RsvlError, ValueError, FileNotFoundError) as exc:
         # our own one-line messages whole; an engine's or library's first line, capped
-        message = str(exc).strip().splitlines()[0] if isinstance(exc, NodeError) else first_line(exc)
+        message = (str(exc).strip().splitlines() or [''])[0] if isinstance(exc, RsvlError) else first_line(exc)
         raise NodeError(message if message.startswith(label) else f"{label}: {message}") from None
 

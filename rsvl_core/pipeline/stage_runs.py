@@ -173,7 +173,8 @@ def run_refine(source: StageSource, images: torch.Tensor, captions: Sequence[str
     work_h, work_w = working_size(height, width, options.min_size, options.size_unit)
     what = f"refine ({batch}x {width}x{height}, working size {work_w}x{work_h} for min_size {options.min_size})"
     advice = "lower min_size, crop or split the image (large scenes: `rsvl upscale --window-size`)"
-    check_fits(what, 3 * work_h * work_w * 4 * 2 + output_bytes(images, 1), free_memory, advice)  # before loading
+    # before loading: the working image, its colour reference and the decoded result exist at once, in float32
+    check_fits(what, 3 * (3 * work_h * work_w * 4) + output_bytes(images, 1), free_memory, advice)
     model = source.load()  # None: built when placed (over a host's SDXL)
     need = _once(lambda: refine_need(model, images, options))
     if free_memory is not None and model is not None and model.device.type == "cpu":
