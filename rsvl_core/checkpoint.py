@@ -21,6 +21,9 @@ from .errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+# the one list of weights-file suffixes: a model in one file (".bin" is left out: the shards of a model folder)
+WEIGHT_SUFFIXES = (*SAFETENSORS_SUFFIXES, ".pth", ".pt", ".ckpt")
+SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 
 # Containers that training code wraps a state dict in (Lightning, EMA trainers, ...).
 _NESTED_KEYS = ("state_dict", "params_ema", "params", "model", "module")
@@ -139,18 +142,38 @@ def _read_safetensors(path: Path, expected: str, prefixes: tuple[str, ...] | Non
         ) from None
 
 
+def safetensors_header(path: str | Path) -> tuple[int, dict]:
+    """The JSON header of a safetensors file and its length in bytes: names, dtypes, shapes and data offsets of
+    every tensor, read without touching tensor data (the one header reader: loaders, `rsvl weights`, the nodes'
+    file lists). A ValueError says what is wrong with a file that is not one."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError("too short for a safetensors file")
+        length = int.from_bytes(head, "little")
+        if length > min(Path(path).stat().st_size - 8, SAFETENSORS_HEADER_LIMIT):
+            raise ValueError("not a safetensors file (header length out of range)")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"safetensors header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    return length, header
+
+
+def safetensors_keys(path: str | Path) -> list[str]:
+    """The tensor names of a safetensors file, from its header."""
+    return [key for key in safetensors_header(path)[1] if key != "__metadata__"]
+
+
 def _read_safetensors_header(path: Path, expected: str) -> dict:
     """Meta tensors with the file's names, shapes and dtypes, from its header alone."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            state = {}
-            for key in handle.keys():
-                view = handle.get_slice(key)
-                state[key] = torch.empty(view.get_shape(), dtype=_SAFETENSORS_DTYPES[view.get_dtype()], device="meta")
-            return state
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        _, header = safetensors_header(path)
+        return {key: torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]], device="meta")
+                for key, entry in header.items() if key != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             path, f"not a readable safetensors file, possibly truncated or corrupt ({first_line(exc)})",
             expected,

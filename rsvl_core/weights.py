@@ -42,12 +42,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import WEIGHT_SUFFIXES
 from .errors import RsvlError, WeightsNotFoundError
 
 MODELS_DIR_ENV = "RSVL_MODELS_DIR"
 COMFYUI_DIR_ENV = "COMFYUI_DIR"
 SEED_CKPT_DIR = "CKPT_PTH"
-WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt")
 SEED_ZIP_URL = "https://drive.google.com/file/d/1OJ2wi75Ivdwtp8TjncQGpXjDqdwxVpL3/view?usp=sharing"
 
 

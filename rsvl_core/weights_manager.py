@@ -16,17 +16,15 @@ import importlib
 import json
 import os
 import shutil
-import struct
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import pickle_problem
+from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, pickle_problem, safetensors_header
 from .errors import RsvlError
 from .progress import ProgressCallback, report
 from .weights import (
-    WEIGHT_SUFFIXES,
     WEIGHTS,
     FoundWeights,
     HubSource,
@@ -123,21 +121,14 @@ def header_problem(path: Path) -> str | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
-            if suffix in (".safetensors", ".sft"):
-                if len(head) < 8:
-                    return "too short for a safetensors file"
-                (header_len,) = struct.unpack("<Q", head)
-                if header_len > min(size - 8, 100 * 1024 * 1024):
-                    return "not a safetensors file (header length out of range)"
-                header = json.loads(handle.read(header_len))
-                if not isinstance(header, dict):
-                    return "safetensors header is not a JSON object"
+            if suffix in SAFETENSORS_SUFFIXES:
+                header_len, header = safetensors_header(path)
                 end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
                 if 8 + header_len + end != size:
                     return (f"safetensors size mismatch: the header describes {8 + header_len + end} bytes, "
                             f"the file has {size} (truncated or damaged download)")
                 return None
-        if suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        if suffix in PICKLE_SUFFIXES:
             if head[:1] != b"\x80" and not zipfile.is_zipfile(path):
                 return "not a PyTorch checkpoint (neither a zip archive nor a pickle; truncated download?)"
             if zipfile.is_zipfile(path):
@@ -162,7 +153,8 @@ def _folder_files(entry: WeightsEntry, folder: Path) -> tuple[list[Path], list[s
             json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             problems.append(f"{config.relative_to(folder)} is not valid JSON ({exc})")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (*WEIGHT_SUFFIXES, ".bin")
+    suffixes = (*SAFETENSORS_SUFFIXES, *PICKLE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
         problems.append("no weights file (*.safetensors / *.bin) in the folder")

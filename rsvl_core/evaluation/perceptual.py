@@ -25,14 +25,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_state_dict
+from ..checkpoint import WEIGHT_SUFFIXES, read_state_dict
 from ..errors import RsvlError
 
 PERCEPTUAL_METRICS = ("lpips", "dists", "clip_iqa")
 CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")  # CLIP-IQA's "quality" pair
 EVAL_SUBDIR = "eval"
 LPIPS_FILE, DISTS_FILE, CLIP_DIR = "alexnet-owt-7be5be79.pth", "vgg16-397923af.pth", "clip"
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def _first_match(folder: Path, stem: str) -> Path | None:
     if not folder.is_dir():
         return None
     found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(stem)
-                   and p.suffix in WEIGHT_SUFFIXES)
+                   and p.suffix.lower() in WEIGHT_SUFFIXES)
     return found[0] if found else None
 
 

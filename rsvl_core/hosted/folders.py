@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..checkpoint import SAFETENSORS_SUFFIXES, safetensors_keys
 from ..errors import WeightsNotFoundError
 from ..families import FAMILY
 from ..weights import WEIGHTS
@@ -81,13 +82,10 @@ SUPIR_CONTROL_KEY = FAMILY["supir-control"].signature  # a SUPIR file's signatur
 def is_supir_file(path: str) -> bool:
     """Whether a file in models/model_patches is a SUPIR checkpoint: by its safetensors header (no tensor is
     read), else (a pickle) by "supir" in its name. model_patches also holds other patch kinds."""
-    if path.lower().endswith(".safetensors"):
+    if path.lower().endswith(SAFETENSORS_SUFFIXES):
         try:
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as file:
-                return SUPIR_CONTROL_KEY in file.keys()
-        except Exception:  # unreadable: not offered (a load would say why)
+            return SUPIR_CONTROL_KEY in safetensors_keys(path)
+        except (OSError, ValueError):  # unreadable: not offered (a load would say why)
             return False
     return "supir" in os.path.basename(path).lower()
 
