@@ -4,6 +4,7 @@ Over a folder of tiles, each runner is one process (start, imports, reads, the m
 measured by the parent with `os.wait4`: user + system CPU seconds and peak RSS. Runners, for each model:
 
   rsvl-cli      `python -m rsvl_core upscale FOLDER --stage1-model FILE --scale S --stage1-only -o OUT`
+  rsvl-cli-torch  the same with RSVL_STAGE1_BACKEND=torch (Compact models, where `auto` picks ncnn)
   rsvl-node     what the ComfyUI node runs with a core UPSCALE_MODEL: spandrel's loader, then
                 `SpandrelStage1.from_descriptor(...).upscale(...)` per image (the engine's one stage-1 call)
   spandrel      the bare spandrel call, float32 NCHW (today's arithmetic: the fp32 reference)
@@ -109,7 +110,7 @@ def build_models(folder: Path, smoke: bool, families: list[str], files: list[Pat
                 state, name = _state(Compact(num_feat=feat, num_conv=conv, upscale=4)), "compact"
             path = folder / f"{name}.pth"
             torch.save(state, path)
-            models[name] = {"path": path, "scale": 4, "ncnn": wheel is not None}
+            models[name] = {"path": path, "scale": 4, "ncnn": wheel is not None, "compact": True}
         elif family == "esrgan":
             from spandrel.architectures.ESRGAN import ESRGAN
 
@@ -147,7 +148,9 @@ def make_tiles(folder: Path, count: int, size: int) -> Path:
         rng = np.random.default_rng(0)
         source = Image.fromarray(rng.integers(0, 256, (4 * size, 4 * size, 3), dtype=np.uint8)).resize(
             (16 * size, 16 * size), Image.Resampling.BICUBIC)
-    columns = max(1, source.width // size)
+    columns, rows = max(1, source.width // size), max(1, source.height // size)
+    if count > columns * rows:
+        raise SystemExit(f"the sample holds {columns * rows} tiles of {size}², not {count}: use --folder or --size")
     for k in range(count):
         y, x = (k // columns) * size, (k % columns) * size
         source.crop((x, y, x + size, y + size)).save(folder / f"tile{k}.png")
@@ -159,7 +162,9 @@ def run_child(runner: str, model: Path, scale: int, folder: Path, out: Path) -> 
     """The body of one runner process."""
     out.mkdir(parents=True, exist_ok=True)
     images = sorted(folder.glob("*.png"))
-    if runner == "rsvl-cli":
+    if runner in ("rsvl-cli", "rsvl-cli-torch"):
+        if runner == "rsvl-cli-torch":  # the same command with the network in torch (what `auto` replaced)
+            os.environ["RSVL_STAGE1_BACKEND"] = "torch"
         sys.argv = ["rsvl", "upscale", str(folder), "--stage1-model", str(model), "--scale", str(scale),
                     "--stage1-only", "-o", str(out)]
         from rsvl_core.cli import main
@@ -250,6 +255,8 @@ def runners_for(spec: dict) -> list[str]:
     import importlib.util
 
     names = ["rsvl-cli", "rsvl-node", "spandrel"]
+    if spec["ncnn"] or spec.get("compact"):
+        names.insert(1, "rsvl-cli-torch")  # auto runs ncnn here: the torch backend for comparison
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         names.append("onnxruntime")
     if spec["ncnn"]:
@@ -303,6 +310,7 @@ def overhead_row(models: dict, folder: Path, work: Path, env_threads: int | None
     """For each model: the CLI on one image minus the model's own CPU time on that image (in-process, warm)."""
     import resource
 
+    import numpy as np
     import torch
 
     import rsvl_core  # noqa: F401
@@ -317,9 +325,10 @@ def overhead_row(models: dict, folder: Path, work: Path, env_threads: int | None
     one.mkdir(parents=True, exist_ok=True)
     tile = sorted(folder.glob("*.png"))[0]
     (one / tile.name).write_bytes(tile.read_bytes())
-    from rsvl_core.image import read_image
+    from PIL import Image
 
-    image = read_image(tile)[0]
+    array = np.asarray(Image.open(tile).convert("RGB"), dtype=np.float32) / 255.0
+    image = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
     rows = []
     for name, spec in models.items():
         scale = spec["scale"] or 4
