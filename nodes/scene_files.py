@@ -31,7 +31,6 @@ class RSVLLoadScene(RSVLNode):
             description="Reads a GeoTIFF (or JPEG 2000, VRT, any image) from ComfyUI's input folder as `rsvl "
                         "upscale` reads it: bands, stretch and nodata as its --bands/--stretch/--percentiles. "
                         "Connect geo to RSVL Save GeoTIFF to write the result back in the same place.",
-            is_output_node=True,
             inputs=[
                 io.Combo.Input("scene", options=input_choices(folder_paths()),
                                tooltip="A raster in ComfyUI's input folder (.tif/.tiff/.jp2/.vrt, or an image; put "

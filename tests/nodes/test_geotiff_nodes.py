@@ -125,7 +125,7 @@ def stand_in(comfy):
 
 
 def test_load_scene_node_reads_as_the_cli_reads(stand_in):
-    from rsvl_core.geo import BandPlan, fill_invalid, read_raster
+    from rsvl_core.scenes.geo import BandPlan, fill_invalid, read_raster
 
     source = uint16_four_bands(Path(stand_in.folder_paths.get_input_directory()) / "u16.tif")
     image, geo, mask = stand_in.node("RSVLLoadScene").execute(scene="u16.tif", bands="3,2,1", stretch="auto",
@@ -290,9 +290,6 @@ def cli_geotiff(server: dict, source: Path, bands: str, out: Path) -> Path:
     return out / f"{source.stem}_x2.tif"
 
 
-MEASURED: dict[str, float] = {}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scene", list(SCENES))
 def test_graph_geotiff_equals_rsvl_upscale(server, scene, tmp_path):
@@ -317,7 +314,8 @@ def test_graph_geotiff_equals_rsvl_upscale(server, scene, tmp_path):
         tags_a = {k: v for k, v in a.tags().items() if k != "RSVL_COMFY_PROMPT"}
         assert tags_a == b.tags() and json.loads(a.tags()["RSVL_COMFY_PROMPT"])  # the graph kept beside them
         difference = np.abs(a.read().astype(int) - b.read().astype(int))
-        MEASURED[f"{server['host'].id}/{scene}"] = float(difference.max())
+        print(f"{server['host'].id} {scene}: max |graph - rsvl upscale| = {difference.max()} levels, "
+              f"{(difference > 0).mean():.4%} of values differ")
         assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (difference.max(), (difference > 0).mean())
         if scene == "nodata_collar":  # the collar is nodata at 2x too
             invalid = ~src.dataset_mask().astype(bool).repeat(2, 0).repeat(2, 1)
@@ -393,5 +391,6 @@ def test_uploaded_rasters_load_and_save_in_place(server, suffix, tmp_path):
     (saved,) = client["upscale_geotiff"](server["url"], source, tmp_path / "back", api)
     assert (server["input"] / source.name).is_file()
     with rasterio.open(saved) as out:
-        assert (out.crs, out.transform) == place and out.nodata == 0
+        assert (out.crs, out.transform) == place
+        assert out.nodata == 0 or suffix == ".jp2"  # whether a JPEG 2000 keeps nodata depends on the GDAL build
         assert np.array_equal(out.read(), expected)
