@@ -43,7 +43,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
     from rsvl_core.batch import ClusterOptions, run_batch
     from rsvl_core.demo import demo_config, write_demo_models
-    from rsvl_core.pipeline import JobOptions, locate_model_files, stage1_options_from
+    from rsvl_core.jobs.inputs import JobOptions, locate_model_files
+    from rsvl_core.pipeline import stage1_options_from
 
     counts = [int(c) for c in args.actors.split(",")]
     rows = []

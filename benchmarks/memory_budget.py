@@ -4,7 +4,7 @@ same stage reaches, and seconds per image.
     python3 benchmarks/memory_budget.py --full --out DIR    # full-size random-weight models, bf16, on CUDA
     python3 benchmarks/memory_budget.py --smoke            # tiny models on the CPU (seconds; CI keeps it alive)
 
-For each budget: the plan (`rsvl_core.pipeline.memory_plan`) for the paper's input (28 px, 8x SR3, refine at
+For each budget: the plan (`rsvl_core.memory.plan`) for the paper's input (28 px, 8x SR3, refine at
 1024², 256 caption tokens), the models built with random weights and stored as the plan says (captioner fp8 /
 int4, refiner fp8), placed by the plan's placement (block swap when it chose one), then each stage run once
 as the pipeline runs it. Measured per stage: `torch.cuda.max_memory_allocated` from just before the stage's
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from rsvl_core.caption.config import CaptionOptions
-from rsvl_core.pipeline.memory import Estimator, GiB, StorageTracker, apply_storage, weight_bytes, weights_of
-from rsvl_core.pipeline.memory_plan import MemoryPlan, plan_memory
+from rsvl_core.memory.estimate import Estimator, GiB, StorageTracker, apply_storage, weight_bytes, weights_of
+from rsvl_core.memory.plan import MemoryPlan, plan_memory
 from rsvl_core.pipeline.options import RunConfig
 from rsvl_core.refine.refiner import refine_image
 

@@ -47,7 +47,7 @@ from rsvl_core.pipeline.models import module_bytes, parts  # noqa: E402
 from rsvl_core.refine import refiner as refiner_module  # noqa: E402
 from rsvl_core.refine.options import PRESETS as REFINE_PRESETS  # noqa: E402
 from rsvl_core.refine.refiner import Refiner, refine_image  # noqa: E402
-from rsvl_core.stage1 import SR3SamplerOptions  # noqa: E402
+from rsvl_core.stage1 import Stage1Options  # noqa: E402
 from rsvl_core.stage1.loader import SR3Model  # noqa: E402
 from rsvl_core.stage1.stage import SR3Stage1  # noqa: E402
 
@@ -223,7 +223,7 @@ def seed_cost(enabled: bool):
 def run_configs(mode: Mode, size: Size):
     """(SR3 options, caption options, refine options) of a mode at a size."""
     steps = mode.sr3_steps or size.sr3_steps
-    stage1 = SR3SamplerOptions(sampler=mode.sr3_sampler, steps=steps, tile_size=224)
+    stage1 = Stage1Options(sampler=mode.sr3_sampler, steps=steps, tile_size=224)
     caption = CaptionOptions(seed=0, max_new_tokens=size.caption_tokens)
     base = REFINE_PRESETS["paper"]
     refine = replace(base, sampler=replace(base.sampler, steps=size.refine_steps), min_size=size.min_size,

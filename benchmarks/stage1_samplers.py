@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rsvl_core.stage1 import SR3Config, SR3Model, SR3SamplerOptions, SR3UNet, upscale_stage1
+from rsvl_core.stage1 import SR3Config, SR3Model, SR3UNet, Stage1Options, upscale_stage1
 
 RUNS = [("faithful", None), ("ddim", 50), ("dpmpp", 50), ("dpmpp", 20)]
 
@@ -49,8 +49,8 @@ def main() -> None:
 
     rows = []
     for sampler, steps in RUNS:
-        options = SR3SamplerOptions(sampler=sampler, steps=steps, tile_size=0)
-        upscale_stage1(model, image, scale, SR3SamplerOptions(sampler="ddim", steps=2, tile_size=0))  # warm-up
+        options = Stage1Options(sampler=sampler, steps=steps, tile_size=0)
+        upscale_stage1(model, image, scale, Stage1Options(sampler="ddim", steps=2, tile_size=0))  # warm-up
         unet.calls = 0
         if cuda:
             torch.cuda.synchronize()

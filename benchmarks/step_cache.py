@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rsvl_core.cache import PRESETS, CachePolicy
 from rsvl_core.refine import sampler as S
 from rsvl_core.refine.denoise import GuidedDenoiser
-from rsvl_core.refine.networks import ConditionedNetworks, Conditioning, EncoderState
+from rsvl_core.refine.nets.cfg import ConditionedNetworks, Conditioning, EncoderState
 
 
 class SeedCostNetworks(ConditionedNetworks):
@@ -62,11 +62,11 @@ class Result:
 
 
 def build_refiner_parts(full: bool, device: torch.device, dtype: torch.dtype):
-    from rsvl_core.refine.config import RefinerConfig
-    from rsvl_core.refine.control import GLVControl
+    from rsvl_core.refine.nets.config import RefinerConfig
+    from rsvl_core.refine.nets.control import GLVControl
+    from rsvl_core.refine.nets.unet import RefinerUNet
+    from rsvl_core.refine.nets.vae import RefinerVAE, sdxl_vae_config
     from rsvl_core.refine.tiny import tiny_refiner_config
-    from rsvl_core.refine.unet import RefinerUNet
-    from rsvl_core.refine.vae import RefinerVAE, sdxl_vae_config
 
     torch.manual_seed(0)
     config = RefinerConfig.sdxl() if full else tiny_refiner_config()
@@ -75,7 +75,7 @@ def build_refiner_parts(full: bool, device: torch.device, dtype: torch.dtype):
     if full:
         vae = RefinerVAE.from_config(sdxl_vae_config())
     else:
-        from rsvl_core.refine.tiny_vae import tiny_refiner_vae
+        from rsvl_core.refine.tiny.vae import tiny_refiner_vae
 
         vae = tiny_refiner_vae(0)
     unet, control = unet.to(dtype).eval(), control.to(dtype).eval()
@@ -147,9 +147,9 @@ def print_table(title: str, results: list[Result], lpips=None) -> None:
 def full_size_step_parts(latent: int = 128) -> dict[str, float]:
     """TFLOP of one refiner step's parts at full size (CFG batch 2), counted on the meta device (no weights, no GPU):
     control net, UNet encoder, its first block, middle + decoder."""
-    from rsvl_core.refine.config import RefinerConfig
-    from rsvl_core.refine.control import GLVControl
-    from rsvl_core.refine.unet import RefinerUNet
+    from rsvl_core.refine.nets.config import RefinerConfig
+    from rsvl_core.refine.nets.control import GLVControl
+    from rsvl_core.refine.nets.unet import RefinerUNet
 
     config = RefinerConfig.sdxl()
     with torch.device("meta"):
@@ -190,7 +190,7 @@ def full_size_step_costs(latent: int = 128) -> None:
 
 def run_stage1(full: bool, device: torch.device, dtype: torch.dtype) -> None:
     from rsvl_core.pipeline.tiny import TINY_SR3_CONFIG
-    from rsvl_core.stage1 import SR3Config, SR3SamplerOptions, SR3UNet, upscale_stage1
+    from rsvl_core.stage1 import SR3Config, SR3UNet, Stage1Options, upscale_stage1
     from rsvl_core.stage1.loader import SR3Model
 
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def run_stage1(full: bool, device: torch.device, dtype: torch.dtype) -> None:
     for name, sampler, steps, cache in (("faithful 500, no cache", "faithful", None, CachePolicy()),
                                         ("faithful 500, fast cache", "faithful", None, fast),
                                         ("dpmpp 20, no cache", "dpmpp", 20, CachePolicy())):
-        options = SR3SamplerOptions(sampler=sampler, steps=steps, tile_size=0, cache=cache)
+        options = Stage1Options(sampler=sampler, steps=steps, tile_size=0, cache=cache)
         from rsvl_core.cache import CacheReport
 
         report = CacheReport()

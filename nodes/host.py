@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 import torch
 
-from ..rsvl_core.checkpoint import first_line
-from ..rsvl_core.errors import RsvlError
 from ..rsvl_core.hosted.handles import NodeError as NodeError  # the one error the nodes raise, re-exported
-from ..rsvl_core.progress import preview_image
+from ..rsvl_core.kit.errors import RsvlError
+from ..rsvl_core.kit.progress import preview_image
+from ..rsvl_core.weights.checkpoint import first_line
 
 
 class ComfyHost:

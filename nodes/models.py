@@ -6,8 +6,6 @@ import os
 
 from comfy_api.latest import io
 
-from ..rsvl_core.devices import DTYPE_CHOICES
-from ..rsvl_core.errors import RsvlError
 from ..rsvl_core.hosted import folders
 from ..rsvl_core.hosted.folders import FOLDERS
 from ..rsvl_core.hosted.handles import (
@@ -17,6 +15,8 @@ from ..rsvl_core.hosted.handles import (
     load_stage1_model,
     node_memory_plan,
 )
+from ..rsvl_core.kit.devices import DTYPE_CHOICES
+from ..rsvl_core.kit.errors import RsvlError
 from .host import HOST, NodeError, folder_paths, user_errors
 from .schema import CaptionerHandle, RefinerHandle, RSVLNode, SR3Handle, node_schema, setting_input
 

@@ -15,8 +15,8 @@ from ..rsvl_core.hosted.scene_files import input_choices, input_problem
 from ..rsvl_core.hosted.scene_upscale import HostedModels, SceneEvents, output_preview, scene_config, upscale_scene_file
 from ..rsvl_core.hosted.sdxl import refine_source
 from ..rsvl_core.hosted.settings import setting_values
+from ..rsvl_core.jobs.inputs import scene_options_from
 from ..rsvl_core.pipeline.components import positive_prompt
-from ..rsvl_core.pipeline.jobs import scene_options_from
 from .host import HOST, NodeError, ProgressReporter, folder_paths, to_bhwc, user_errors
 from .schema import (
     CaptionerHandle,

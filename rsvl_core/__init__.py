@@ -9,16 +9,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import torchvision_guard
+from .kit import torchvision_guard
 
 torchvision_guard.install()  # a CUDA-built torchvision beside a CPU torch would otherwise fail to import
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Cancelled": "errors", "CheckpointError": "errors", "InputImageError": "errors", "RsvlError": "errors",
-    "WeightsNotFoundError": "errors", "read_image": "image", "write_image_atomic": "image",
-    "SR3Config": "stage1", "SR3Model": "stage1", "SR3SamplerOptions": "stage1", "SR3UNet": "stage1",
+    "Cancelled": "kit.errors", "CheckpointError": "kit.errors", "InputImageError": "kit.errors",
+    "RsvlError": "kit.errors",
+    "WeightsNotFoundError": "kit.errors", "read_image": "kit.image", "write_image_atomic": "kit.image",
+    "SR3Config": "stage1", "SR3Model": "stage1", "Stage1Options": "stage1", "SR3SamplerOptions": "stage1",
+    "SR3UNet": "stage1",
     "load_sr3": "stage1", "save_sr3": "stage1", "upscale_stage1": "stage1", "load_stage1": "stage1",
 }
 __all__ = sorted(_LAZY)

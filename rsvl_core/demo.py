@@ -15,15 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import (
-    JobEvents,
-    JobOptions,
-    JobSummary,
-    PipelineModels,
-    RunConfig,
-    locate_model_files,
-    run_job,
-)
+from .jobs.inputs import JobEvents, JobOptions, JobSummary, locate_model_files
+from .jobs.work import run_job
+from .pipeline import PipelineModels, RunConfig
 from .pipeline.tiny import write_tiny_models
 
 SAMPLE_IMAGE = Path(__file__).parent / "samples" / "osbs_029_lr100.png"

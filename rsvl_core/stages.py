@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .cache.policy import CacheReport
-from .progress import ProgressCallback
+from .kit.progress import ProgressCallback
 
 
 @dataclass

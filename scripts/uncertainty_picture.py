@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from rsvl_core.cli import main as rsvl
 from rsvl_core.demo import write_demo_models
-from rsvl_core.pipeline.uncertainty import heat_map
+from rsvl_core.jobs.samples import heat_map
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--scale", "2", "--sampler", "ddim", "--steps", "8", "--refine-steps", "8", "--refine-min-size", "0",

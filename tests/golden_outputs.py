@@ -108,7 +108,7 @@ def run_workflow_cases(root: Path) -> dict[str, np.ndarray]:
     choices = place_demo_models(models)
     comfy = FakeComfy(models, pack_name="rsvl_pack_golden")
     try:
-        from rsvl_core.image import read_image
+        from rsvl_core.kit.image import read_image
 
         image = read_image(small_input(root))[0].movedim(1, -1)  # ComfyUI IMAGE (1, H, W, 3)
         out = {}

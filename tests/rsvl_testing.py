@@ -118,8 +118,8 @@ def supir_tiny_parts(fixtures_dir: Path):
 
     from safetensors.torch import load_file
 
-    from rsvl_core.refine.config import RefinerConfig
-    from rsvl_core.refine.loader import load_unet_and_control
+    from rsvl_core.refine.loading.loader import load_unet_and_control
+    from rsvl_core.refine.nets.config import RefinerConfig
 
     folder = fixtures_dir / "supir_tiny"
     params = json.loads((folder / "config.json").read_text())

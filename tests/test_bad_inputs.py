@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rsvl_core import image as image_module
 from rsvl_core.cli import main
-from rsvl_core.errors import InputImageError
-from rsvl_core.image import MAX_INPUT_PIXELS, read_image
+from rsvl_core.kit import image as image_module
+from rsvl_core.kit.errors import InputImageError
+from rsvl_core.kit.image import MAX_INPUT_PIXELS, read_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)

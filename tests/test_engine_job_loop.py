@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from rsvl_core.cli import build_parser, main
-from rsvl_core.pipeline import JobEvents, PipelineModels, StageSpec, caption_job
+from rsvl_core.jobs.inputs import JobEvents
+from rsvl_core.jobs.work import caption_job
+from rsvl_core.pipeline import PipelineModels, StageSpec
 from rsvl_core.pipeline.components import CaptionOptions
 
 

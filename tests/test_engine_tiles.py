@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsvl_core.errors import TileMemoryError
-from rsvl_core.scene import ArraySink, WindowOptions, blend_windows, plan_windows
-from rsvl_core.tiling import (
+from rsvl_core.kit.errors import TileMemoryError
+from rsvl_core.kit.tiling import (
     Feather,
     Tile,
     TileBlender,
@@ -20,6 +19,7 @@ from rsvl_core.tiling import (
     run_tiled,
     tile_weights,
 )
+from rsvl_core.scenes.windows import ArraySink, WindowOptions, blend_windows, plan_windows
 
 FEATHERS = {"ramp": Feather(8), "ramp, border 1": Feather(8, border=False), "guarded": Feather.guarded(12, scale=2),
             "none": Feather(0)}

@@ -241,7 +241,7 @@ def test_eval_perceptual_weights_load_from_local_files(tmp_path):
     assert different["lpips"] > 1e-4 and different["dists"] > 1e-3
     # a file of the wrong network is refused, naming it and what was expected
     save_file({"features.0.weight": torch.zeros(3, 3, 3, 3)}, tmp_path / "wrong.safetensors")
-    from rsvl_core.errors import RsvlError
+    from rsvl_core.kit.errors import RsvlError
 
     with pytest.raises(RsvlError, match=r"wrong.safetensors.*AlexNet"):
         PerceptualScorer(PerceptualWeights(lpips=tmp_path / "wrong.safetensors")).score(hr, hr)
@@ -252,7 +252,7 @@ def tiny_clip_folder(folder: Path) -> Path:
     random tiny weights and the CLIP tokenizer files the refiner ships."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from rsvl_core.refine.text import TOKENIZER_DIR as CLIP_TOKENIZER_DIR
+    from rsvl_core.refine.nets.text import TOKENIZER_DIR as CLIP_TOKENIZER_DIR
 
     torch.manual_seed(0)
     config = CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -281,7 +281,7 @@ def test_eval_clip_iqa_loads_a_local_clip_folder(tmp_path):
     assert 0.0 <= first <= 1.0 and first == again and abs(first - other) > 1e-6
     (tmp_path / "notclip").mkdir()
     (tmp_path / "notclip" / "config.json").write_text('{"model_type": "bert"}')
-    from rsvl_core.errors import RsvlError
+    from rsvl_core.kit.errors import RsvlError
 
     with pytest.raises(RsvlError, match="notclip"):
         PerceptualScorer(PerceptualWeights(clip=tmp_path / "notclip")).score(a, a)

@@ -162,7 +162,7 @@ def test_fault_stale_temporaries_of_a_killed_run_are_removed_and_live_ones_kept(
     out = tmp_path / "out"
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = __import__("rsvl_core.atomic", fromlist=["_HOST"])._HOST
+    host = __import__("rsvl_core.kit.atomic", fromlist=["_HOST"])._HOST
     stale = out / f".OSBS_029_x2.rsvl-{host}-{int(dead.stdout)}.abcd.tif.tmp"
     live = out / f".b_x2.rsvl-{host}-{os.getpid()}.efgh.png.tmp"
     foreign = out / ".notes.txt"
@@ -261,7 +261,7 @@ def test_fault_plain_16bit_and_float_tiffs_are_stretched_not_black_or_clipped(mo
     pytest.importorskip("rasterio", reason='rasterio is not installed (pip install "rsvl[geo]")')
     import rasterio
 
-    from rsvl_core.scene_io import open_scene
+    from rsvl_core.scenes.sources import open_scene
 
     rng = np.random.default_rng(1)
     inputs = tmp_path / "in"
@@ -290,7 +290,7 @@ def test_fault_plain_16bit_and_float_tiffs_are_stretched_not_black_or_clipped(mo
 
 
 def test_fault_exif_rotated_jpeg_is_processed_upright(tmp_path):
-    from rsvl_core.image import read_image
+    from rsvl_core.kit.image import read_image
 
     upright = np.zeros((10, 16, 3), np.uint8)
     upright[:, :8] = 255  # left half white

@@ -1,4 +1,4 @@
-"""GeoTIFF in/out (rsvl_core.geo): georeferencing kept and scaled, band/stretch choices explicit, atomic writes."""
+"""GeoTIFF in/out (rsvl_core.scenes.geo): georeferencing kept and scaled, band/stretch explicit, atomic writes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from rsvl_testing import REPO
 
-from rsvl_core.errors import InputImageError, RsvlError
-from rsvl_core.geo import (
+from rsvl_core.kit.errors import InputImageError, RsvlError
+from rsvl_core.scenes.geo import (
     BandPlan,
     GeoTiffWindowWriter,
     Stretch,
@@ -273,7 +273,7 @@ def _write(path, data, **extra):
 
 
 def test_declared_12_bit_data_with_stretch_none_uses_the_declared_range(tmp_path):
-    from rsvl_core.geo import BandPlan, read_raster
+    from rsvl_core.scenes.geo import BandPlan, read_raster
 
     data = np.tile(np.linspace(0, 4095, 16, dtype=np.uint16), (3, 8, 1))
     path = _write(tmp_path / "nbits.tif", data, nbits=12)
@@ -284,7 +284,7 @@ def test_declared_12_bit_data_with_stretch_none_uses_the_declared_range(tmp_path
 
 
 def test_12_bit_data_without_a_declaration_warns_with_stretch_none(tmp_path):
-    from rsvl_core.geo import BandPlan, read_raster
+    from rsvl_core.scenes.geo import BandPlan, read_raster
 
     data = np.tile(np.linspace(0, 4000, 16, dtype=np.uint16), (3, 8, 1))
     read = read_raster(_write(tmp_path / "dark.tif", data), BandPlan.parse(stretch="none"))
@@ -294,7 +294,7 @@ def test_12_bit_data_without_a_declaration_warns_with_stretch_none(tmp_path):
 
 
 def test_a_constant_band_keeps_its_level_and_an_all_nodata_scene_warns(tmp_path):
-    from rsvl_core.geo import read_raster
+    from rsvl_core.scenes.geo import read_raster
 
     constant = np.full((3, 8, 8), 30000, dtype=np.uint16)
     read = read_raster(_write(tmp_path / "flat.tif", constant))  # percentile by default for uint16

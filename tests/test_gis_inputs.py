@@ -276,7 +276,7 @@ def test_a_scene_without_masks_gets_no_mask_band(models_dir, tmp_path):
 def rim_and_interior(image: torch.Tensor, collar: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean RGB (0-255) of the valid column next to a left collar, and of the interior, in a ×2 bicubic
     upsampling: the condition image stage 1 sees."""
-    from rsvl_core.image import bicubic_resize
+    from rsvl_core.kit.image import bicubic_resize
 
     up = bicubic_resize(image, (image.shape[-2] * 2, image.shape[-1] * 2))[0].numpy() * 255
     return up[:, :, 2 * collar].mean(axis=1), up[:, :, 2 * collar + 8:].mean(axis=(1, 2))
@@ -284,9 +284,9 @@ def rim_and_interior(image: torch.Tensor, collar: int) -> tuple[np.ndarray, np.n
 
 @pytest.mark.parametrize("windowed", [False, True])
 def test_a_nodata_collar_is_filled_from_valid_neighbours_and_leaves_no_rim(tmp_path, windowed):
-    from rsvl_core.geo import read_raster
-    from rsvl_core.scene_io import open_scene
-    from rsvl_core.tiling import Tile
+    from rsvl_core.kit.tiling import Tile
+    from rsvl_core.scenes.geo import read_raster
+    from rsvl_core.scenes.sources import open_scene
 
     data = np.clip(textured((3, 24, 40), (156, 162, 134), 2), 1, 255).astype(np.uint8)
     data[:, :, :8] = 0
@@ -429,7 +429,7 @@ def test_a_real_full_file_system_stops_a_geotiff_run(models_dir, tmp_path, capsy
 
 
 def test_write_errors_map_to_enospc_only_on_a_full_file_system(tmp_path, monkeypatch):
-    from rsvl_core.geo import write_error
+    from rsvl_core.scenes.geo import write_error
 
     assert write_error(tmp_path / "x.tif", ["Write error"]).errno == errno.EIO
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))

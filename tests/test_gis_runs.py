@@ -12,8 +12,8 @@ from PIL import Image
 from rsvl_testing import SAMPLE_IMAGE, tiny_compact, tiny_sr3_config
 from safetensors.torch import save_file
 
-from rsvl_core.atomic import NAME_MAX, this_host
 from rsvl_core.cli import main
+from rsvl_core.kit.atomic import NAME_MAX, this_host
 from rsvl_core.stage1 import SR3UNet, save_sr3
 
 STAGE1 = ["--sampler", "ddim", "--steps", "2", "-q", "--stage1-only", "--tile-size", "128", "--scale", "2"]
@@ -188,8 +188,8 @@ def test_links_in_an_input_folder_that_loop_or_dangle_are_reported(tmp_path, sr3
 
 # 11. a scene by windows: the assembly's memory is estimated before the first window; refuse or advise in one line
 def test_window_memory_of_a_huge_sparse_scene_is_estimated_before_it_starts():
-    from rsvl_core.pipeline.window_memory import estimate_window_memory
-    from rsvl_core.scene import WindowOptions
+    from rsvl_core.memory.windows import estimate_window_memory
+    from rsvl_core.scenes.windows import WindowOptions
 
     need = estimate_window_memory(100_000, 100_000, 4, WindowOptions(512, 16), geotiff=True)
     assert need.output == 0 and need.strip > 30 * 2**30  # 400000 px wide x 2112 rows of float32 strip
@@ -202,7 +202,7 @@ def test_window_memory_of_a_huge_sparse_scene_is_estimated_before_it_starts():
 @pytest.mark.parametrize("spare", [0.5, 1.5])
 def test_a_windowed_run_that_would_not_fit_is_refused_one_that_barely_fits_is_advised(
         tmp_path, sr3_dir, capsys, monkeypatch, spare):
-    from rsvl_core.pipeline import window_memory
+    from rsvl_core.memory import windows as window_memory
 
     image = patch(tmp_path / "in" / "big.png", (0, 0, 40, 40))
     need = window_memory.estimate_window_memory(40, 40, 2, window_memory.WindowOptions(24, 4), False).total
@@ -275,7 +275,7 @@ def test_a_value_error_answers_before_the_engine_loads(tmp_path):
 
     probe = ("import sys; from rsvl_core.cli import main; "
              f"code = main(['upscale', {str(tmp_path / 'p.png')!r}, '-o', {str(tmp_path / 'o')!r}, '--samples', '0']); "
-             "print(code, sorted(m for m in ('rsvl_core.pipeline.work', 'rsvl_core.pipeline.jobs', 'diffusers', "
+             "print(code, sorted(m for m in ('rsvl_core.jobs.work', 'rsvl_core.jobs.inputs', 'diffusers', "
              "'transformers') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).parents[1],
                          check=False)

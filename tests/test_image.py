@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rsvl_core.errors import InputImageError
-from rsvl_core.image import bicubic_resize, read_image, write_image_atomic
+from rsvl_core.kit.errors import InputImageError
+from rsvl_core.kit.image import bicubic_resize, read_image, write_image_atomic
 
 
 def test_modes_are_converted_and_noted(tmp_path):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rsvl_core.weights.catalogue.checkpoint import is_own_aligned, read_state_dict
 from rsvl_testing import tiny_llava_next_folder, tiny_seed_adapter, tiny_sr3_model
-
-from rsvl_core.checkpoint import is_own_aligned, read_state_dict
 
 
 def misplaced(module: torch.nn.Module) -> list[str]:

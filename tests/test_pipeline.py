@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rsvl_core import pipeline as P
-from rsvl_core.pipeline import placement
+from rsvl_core.memory import placement
 
 
 def _model(params: int) -> torch.nn.Module:

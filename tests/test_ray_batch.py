@@ -18,7 +18,7 @@ from rsvl_testing import SAMPLE_IMAGE, assert_records_close
 
 from rsvl_core.batch.cluster import LOOPBACK
 from rsvl_core.cli import main
-from rsvl_core.pipeline.jobs import is_complete
+from rsvl_core.jobs.inputs import is_complete
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'rsvl[batch]')")
 rasterio = pytest.importorskip("rasterio", reason="rasterio is not installed (pip install 'rsvl[geo]')")
@@ -163,7 +163,7 @@ def test_ray_killed_actor_still_completes_every_item(ray_cluster, models, tmp_pa
     from rsvl_core.batch import ClusterOptions, run_batch
     from rsvl_core.cli import build_parser
     from rsvl_core.cli.upscale import config_from_args, job_options_from_args
-    from rsvl_core.pipeline import locate_model_files
+    from rsvl_core.jobs.inputs import locate_model_files
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -222,7 +222,7 @@ def test_ray_driver_killed_then_rerun_resumes(ray_cluster, models, tmp_path):
 
 def test_ray_noise_field_regions_agree_wherever_they_are_cut():
     """The noise of a cell does not depend on the region (window) asking for it, nor on the block grid."""
-    from rsvl_core.noise import NoiseField, coordinate_noise_source
+    from rsvl_core.kit.noise import NoiseField, coordinate_noise_source
 
     field = NoiseField(seed=7)
     big = field.region("stage1", 3, 3, -10, 50, 150, 140)
@@ -252,10 +252,10 @@ def test_ray_window_size_does_not_change_the_image(models, tmp_path):
     import torch
 
     from rsvl_core.demo import demo_config
-    from rsvl_core.pipeline import PipelineModels, locate_model_files, refine_options_from, stage1_options_from
-    from rsvl_core.pipeline.jobs import upscale_scene
-    from rsvl_core.scene import WindowOptions
-    from rsvl_core.scene_io import open_scene
+    from rsvl_core.jobs.inputs import locate_model_files, upscale_scene
+    from rsvl_core.pipeline import PipelineModels, refine_options_from, stage1_options_from
+    from rsvl_core.scenes.sources import open_scene
+    from rsvl_core.scenes.windows import WindowOptions
 
     source = tmp_path / "scene.png"
     Image.open(SAMPLE_IMAGE).convert("RGB").crop((0, 0, 88, 64)).save(source)
@@ -282,7 +282,7 @@ def test_ray_cog_writer_makes_a_valid_cog_with_overviews(tmp_path):
     import torch
     from rio_cogeo.cogeo import cog_validate
 
-    from rsvl_core.geo import cloud_optimised, read_raster, write_geotiff_atomic
+    from rsvl_core.scenes.geo import cloud_optimised, read_raster, write_geotiff_atomic
 
     source = georeferenced(tmp_path / "in.tif", (0, 0, 100, 100))
     raster = read_raster(source)
@@ -317,7 +317,7 @@ def test_ray_scene_overview_is_read_decimated(tmp_path):
     decimated by GDAL (area average), a plain image shrunk the same way."""
     import torch
 
-    from rsvl_core.scene_io import open_scene
+    from rsvl_core.scenes.sources import open_scene
 
     tif = georeferenced(tmp_path / "s.tif", (0, 0, 64, 48))
     lazy = open_scene(tif, windowed=True)

@@ -119,7 +119,7 @@ def test_palette_tiff_is_expanded_to_its_colours(nearest_model, tmp_path, georef
 
 
 def test_palette_is_read_the_same_whole_and_by_windows(tmp_path):
-    from rsvl_core.geo import BandPlan, read_raster, read_window, scene_stretch
+    from rsvl_core.scenes.geo import BandPlan, read_raster, read_window, scene_stretch
 
     source = palette_tiff(tmp_path / "map.tif", True)
     whole = read_raster(source, BandPlan())
@@ -311,7 +311,8 @@ def test_an_actor_ends_itself_when_its_driver_is_gone(tmp_path):
 
     driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     actor = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from rsvl_core.atomic import this_host; from rsvl_core.batch.worker import watch_driver; "
+        "import sys, time; from rsvl_core.kit.atomic import this_host; "
+        "from rsvl_core.batch.worker import watch_driver; "
         f"watch_driver(this_host(), {driver.pid}, interval=0.2); time.sleep(600); sys.exit(3)")],
         cwd=ROOT)
     try:
@@ -385,7 +386,7 @@ def test_an_8_band_tiff_gives_our_error_alone(models_dir, tmp_path):
 
 @pytest.mark.parametrize("windowed", [False, True])
 def test_12_bit_and_all_nodata_warnings_whether_read_whole_or_by_windows(tmp_path, windowed):
-    from rsvl_core.scene_io import open_scene
+    from rsvl_core.scenes.sources import open_scene
 
     dark = write_raster(tmp_path / "dark.tif", np.tile(np.linspace(0, 4000, 32, dtype=np.uint16), (3, 32, 1)))
     scene = open_scene(dark, stretch="none", windowed=windowed)

@@ -9,14 +9,14 @@ import pytest
 from rsvl_core.cli import build_parser
 from rsvl_core.pipeline import SETTINGS, RunConfig, StepSettings, refine_options_from, stage1_options_from
 from rsvl_core.refine.refiner import RefineOptions
-from rsvl_core.stage1 import SR3SamplerOptions
+from rsvl_core.stage1 import Stage1Options
 
 
 def test_a_bad_setting_fails_when_the_config_is_made_naming_it():
     with pytest.raises(ValueError, match="scale must be one of 2, 4, 8"):
         RunConfig(scale=3)
     with pytest.raises(ValueError, match="tile_size must be 0"):
-        RunConfig(stage1=SR3SamplerOptions(tile_size=8))
+        RunConfig(stage1=Stage1Options(tile_size=8))
     with pytest.raises(ValueError, match="color_fix"):
         RunConfig(refine=dataclasses.replace(RefineOptions(), color_fix="sepia"))
     with pytest.raises(ValueError, match="dtype"):
@@ -25,7 +25,7 @@ def test_a_bad_setting_fails_when_the_config_is_made_naming_it():
 
 
 def test_settings_defaults_are_the_stages_own_defaults():
-    assert SETTINGS["tile_size"].default == SR3SamplerOptions().tile_size
+    assert SETTINGS["tile_size"].default == Stage1Options().tile_size
     assert SETTINGS["refine_steps"].default == RefineOptions().sampler.steps
     assert SETTINGS["cfg_scale"].default == RefineOptions().sampler.cfg_scale
     assert SETTINGS["min_size"].default == RefineOptions().min_size

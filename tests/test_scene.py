@@ -9,9 +9,9 @@ import pytest
 import torch
 from rsvl_testing import OracleDenoiser, zero_padded_blur
 
-from rsvl_core.image import read_image
-from rsvl_core.scene import ArraySink, WindowOptions, blend_windows, plan_windows
-from rsvl_core.stage1 import SR3SamplerOptions, upscale_stage1
+from rsvl_core.kit.image import read_image
+from rsvl_core.scenes.windows import ArraySink, WindowOptions, blend_windows, plan_windows
+from rsvl_core.stage1 import Stage1Options, upscale_stage1
 
 YELL = Path(__file__).parents[1].parent / "shared" / "data" / "YELL_541000_4977000_crop.png"
 
@@ -67,13 +67,13 @@ def test_large_scene_in_small_windows_is_seamless_and_exact_size():
     from rsvl_core.stage1.loader import SR3Model
 
     model = SR3Model(unet=OracleDenoiser(lambda c: zero_padded_blur(c, radius=2)))
-    options = SR3SamplerOptions(sampler="ddim", steps=3, tile_size=0)
+    options = Stage1Options(sampler="ddim", steps=3, tile_size=0)
     sink = ArraySink(129 * 2, 156 * 2)
     windows = WindowOptions(size=48, overlap=12)
     count = super_resolve_scene(129, 156, 2, windows, lambda t: scene[..., t.y0:t.y1, t.x0:t.x1],
                                 lambda img, i: upscale_stage1(model, img, 2, options, seed=i), sink)
     assert count == 16 and sink.array.shape == (258, 312, 3) and sink.rows_written == 258
-    from rsvl_core.tiling import tile_starts
+    from rsvl_core.kit.tiling import tile_starts
 
     # window edges in output pixels (where a hard seam would be), excluding the scene border
     ys = sorted({2 * (s + 48) - 1 for s in tile_starts(129, 48, 12)} | {2 * s - 1 for s in tile_starts(129, 48, 12)})
@@ -85,7 +85,7 @@ def test_large_scene_in_small_windows_is_seamless_and_exact_size():
     assert blended < 2.0
     # control: the same windows pasted without blending show seams this measure catches
     pasted = np.zeros_like(sink.array)
-    from rsvl_core.tiling import plan_tiles
+    from rsvl_core.kit.tiling import plan_tiles
 
     for i, t in enumerate(plan_tiles(129, 156, 48, 12)):
         out = upscale_stage1(model, scene[..., t.y0:t.y1, t.x0:t.x1], 2, options, seed=i)

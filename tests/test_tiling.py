@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsvl_core.tiling import Feather, Tile, pad_to_multiple, plan_tiles, run_tiled, tile_starts, tile_weights
+from rsvl_core.kit.tiling import Feather, Tile, pad_to_multiple, plan_tiles, run_tiled, tile_starts, tile_weights
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(1000, 224, 32), (225, 224, 32), (96, 64, 16), (500, 100, 0)])

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from rsvl_core import torchvision_guard
+from rsvl_core.kit import torchvision_guard
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -16,7 +16,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_torchvision_and_spandrel_import_after_rsvl_core_in_a_fresh_process():
     done = run_python("import rsvl_core, torchvision, spandrel, torch\n"
-                      "from rsvl_core.torchvision_guard import TorchvisionImportGuard\n"
+                      "from rsvl_core.kit.torchvision_guard import TorchvisionImportGuard\n"
                       "import sys\n"
                       "assert not any(isinstance(f, TorchvisionImportGuard) for f in sys.meta_path)\n"
                       "print('versions', torch.__version__, torchvision.__version__)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsvl_core.pipeline.uncertainty import (
+from rsvl_core.jobs.samples import (
     LEGEND_HEIGHT,
     UncertaintyOptions,
     apply_guard,
@@ -154,7 +154,7 @@ def test_uncertainty_guard_leaves_no_seam_across_windows():
     """Windows guarded one by one (as every window of a scene is) and blended by the scene's blender: smooth
     samples with a disagreeing blob across the window boundary, and windows that differ slightly where they
     overlap (as separately sampled windows do): no jump at the boundary; a hard splice of the same windows shows one."""
-    from rsvl_core.scene import ArraySink, WindowBlender, WindowOptions, plan_windows
+    from rsvl_core.scenes.windows import ArraySink, WindowBlender, WindowOptions, plan_windows
 
     height, width, scale = 24, 56, 2
     windows = WindowOptions(size=32, overlap=8)

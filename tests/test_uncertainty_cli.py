@@ -13,7 +13,7 @@ from rsvl_testing import SAMPLE_IMAGE, crop_geotiff, tiny_sr3_config
 
 from rsvl_core.cli import main
 from rsvl_core.demo import write_demo_models
-from rsvl_core.pipeline.uncertainty import LEGEND_HEIGHT
+from rsvl_core.jobs.samples import LEGEND_HEIGHT
 from rsvl_core.stage1 import SR3UNet, save_sr3
 
 OSBS = Path(__file__).parents[1].parent / "shared" / "data" / "OSBS_029.tif"

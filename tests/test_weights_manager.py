@@ -11,19 +11,19 @@ import types
 from pathlib import Path
 
 import pytest
-
-from rsvl_core.cli.weights import add_weights_parser, run_weights
-from rsvl_core.demo import write_demo_models
-from rsvl_core.errors import RsvlError
-from rsvl_core.pipeline import load_problems
-from rsvl_core.weights import WEIGHTS, KnownFile, find_weights, search_roots
-from rsvl_core.weights_manager import (
+from rsvl_core.weights.catalogue.catalogue import WEIGHTS, KnownFile, find_weights, search_roots
+from rsvl_core.weights.catalogue.manager import (
     check_weights,
     download_weights,
     header_problem,
     list_weights,
     sha256_file,
 )
+
+from rsvl_core.cli.weights import add_weights_parser, run_weights
+from rsvl_core.demo import write_demo_models
+from rsvl_core.kit.errors import RsvlError
+from rsvl_core.pipeline import load_problems
 
 JUGGERNAUT = "juggernautXL_v8Rundiffusion.safetensors"
 ALL = ("sr3", "captioner", "caption-adapter", "sdxl", "supir")

@@ -6,11 +6,11 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import RsvlError
+from ..kit.errors import RsvlError
 from ..pipeline.acceleration import Acceleration
 
 if TYPE_CHECKING:
-    from ..pipeline.memory_plan import MemoryPlan
+    from ..memory.plan import MemoryPlan
 
 RAY_HINT = ("rsvl batch runs on Ray: pass --ray auto (start Ray on this machine: its GPUs, or CPU actors) or "
             "--ray HOST:PORT (join a cluster started with `ray start --head`); for one process without Ray use "

@@ -2,7 +2,7 @@
 
 Planning (claims, resume, items), execution (`ItemExecutor`, inside each actor) and assembly (`Assembler`:
 windows blended in order into the scene's strip buffer, run records, the storage-full stop) are the job API's
-(`pipeline/work.py`), shared with `rsvl upscale`'s local loop. This module only decides which actor runs which
+(`jobs/work.py`), shared with `rsvl upscale`'s local loop. This module only decides which actor runs which
 item, keeps at most a few window outputs per actor in hand (so the driver's memory is bounded by the strip, not
 the scene), and retries an item whose actor died.
 """
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import remove_stale_temporaries, this_host
-from ..errors import RsvlError
-from ..pipeline.jobs import JobEvents, JobOptions, JobSummary, model_files_record, plan_job, printable
+from ..jobs.inputs import JobEvents, JobOptions, JobSummary, model_files_record, plan_job, printable
+from ..jobs.work import Assembler, ClaimedScene, WorkItem, claim_scene, output_pixels, plan_items
+from ..kit.atomic import remove_stale_temporaries, this_host
+from ..kit.errors import RsvlError
 from ..pipeline.models import ModelFiles, PipelineModels
 from ..pipeline.options import RunConfig
-from ..pipeline.work import Assembler, ClaimedScene, WorkItem, claim_scene, output_pixels, plan_items
 from .cluster import ClusterOptions, connect, plan_actors
 from .worker import SceneWorker
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from ..atomic import process_alive, this_host
-from ..devices import resolve_device
-from ..pipeline.jobs import JobOptions
+from ..jobs.inputs import JobOptions
+from ..jobs.work import ItemExecutor
+from ..kit.atomic import process_alive, this_host
+from ..kit.devices import resolve_device
 from ..pipeline.models import ModelFiles, PipelineModels
 from ..pipeline.options import RunConfig
-from ..pipeline.work import ItemExecutor
 from .cluster import ClusterOptions
 
 

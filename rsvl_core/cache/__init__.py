@@ -1,7 +1,7 @@
 """Step caching (dynamic acceleration): the policy and its per-run state (policy.py), and the one cached
 evaluator both stages call once per sampler step (evaluator.py). Imports no stage."""
 
-from ..lazy import lazy_exports
+from ..kit.lazy import lazy_exports
 
 _HOMES = {  # name -> the module it lives in
     "CachedEvaluator": "evaluator",

@@ -1,6 +1,6 @@
 """Captioning: a vision-language model (LLaVA-NeXT + the seed's LoRA adapter) describes the stage-1 image."""
 
-from ..lazy import lazy_exports
+from ..kit.lazy import lazy_exports
 
 _HOMES = {  # name -> the module it lives in
     "AdapterReport": "adapter", "LoraAdapter": "adapter", "apply_adapter": "adapter", "map_module_name": "adapter",

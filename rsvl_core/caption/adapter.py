@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import read_json_config, read_state_dict
-from ..errors import CheckpointError
+from ..kit.errors import CheckpointError
+from ..weights.checkpoint import read_json_config, read_state_dict
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

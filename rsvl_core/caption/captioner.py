@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import RsvlError
-from ..image import to_uint8
-from ..progress import ProgressCallback, report
+from ..kit.errors import RsvlError
+from ..kit.image import to_uint8
+from ..kit.progress import ProgressCallback, report
 from .adapter import AdapterReport
 from .config import CaptionOptions
 
@@ -20,7 +20,7 @@ STAGE = "caption"
 
 class _ProgressCriteria:
     """A transformers StoppingCriteria that never stops by itself: it reports progress, and a callback that
-    raises (e.g. :class:`rsvl_core.errors.Cancelled`) ends generation between tokens."""
+    raises (e.g. :class:`rsvl_core.kit.errors.Cancelled`) ends generation between tokens."""
 
     def __init__(self, callback: ProgressCallback | None, prompt_length: int, offset: int, total: int) -> None:
         self.callback = callback

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import first_line, own_module_memory, read_json_config
-from ..devices import torch_dtype as to_torch_dtype
-from ..errors import CheckpointError, RsvlError
+from ..kit.devices import torch_dtype as to_torch_dtype
+from ..kit.errors import CheckpointError, RsvlError
+from ..weights.checkpoint import first_line, own_module_memory, read_json_config
 from .adapter import AdapterReport, apply_adapter
 from .config import ATTENTIONS, QUANTIZATIONS
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..lowbit import store_fp8_weights, store_int4_weights, store_int8_weights, to_dtype
+from ..memory.lowbit import store_fp8_weights, store_int4_weights, store_int8_weights, to_dtype
 
 CAPTION_STORAGES = ("none", "fp8", "int8", "int4")
 # Relative L2 of the next-token logits against the same model in bf16, on the tiny captioner

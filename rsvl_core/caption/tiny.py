@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import readable_files
+from ..kit.atomic import readable_files
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"

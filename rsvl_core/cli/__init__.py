@@ -1,6 +1,7 @@
 """The `rsvl` command line: argument parsing and printing only; the work is `rsvl_core.pipeline`'s job API.
 
-One module per command: upscale.py, batch.py, caption.py, weights.py, demo.py; progress.py shows bars and summaries.
+One module per command: upscale.py, batch.py, caption.py, weights.py, demo.py; progress.py shows bars and
+summaries.
 The command modules (and so torch) are imported only when a command runs or shows its own help.
 """
 
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import RsvlError, Terminated
+from ..kit.errors import RsvlError, Terminated
 from .commands import COMMANDS, DESCRIPTION
 
 

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import RsvlError
+from ..kit.errors import RsvlError
 from .bars import say
 from .commands import COMMANDS
 from .upscale import add_job_arguments, add_memory_flag, checked_run, planned_config
@@ -37,7 +37,7 @@ def run_batch_command(args: argparse.Namespace):
     config, options, acceleration = checked_run(args)  # before Ray and the engine load
     from ..batch import ClusterOptions, run_batch
     from ..batch.cluster import RAY_HINT
-    from ..pipeline import collect_inputs, locate_model_files
+    from ..jobs.inputs import collect_inputs, locate_model_files
     from .progress import BatchBars
 
     if args.ray is None:

@@ -12,15 +12,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RsvlError
+from ..kit.errors import RsvlError
 from ..pipeline.options import ATTENTIONS, QUANTIZATIONS
-from ..weights import MODELS_DIR_ENV
+from ..weights.catalogue import MODELS_DIR_ENV
 from .bars import say
 from .commands import COMMANDS
 from .settings import add_setting_flags, cpu_precision, setting_flag, setting_values
 
 if TYPE_CHECKING:  # the engine loads when the command runs, not to parse its flags
-    from ..pipeline import CaptionSummary, MemoryPlan, PipelineModels
+    from ..jobs.work import CaptionSummary
+    from ..memory.plan import MemoryPlan
+    from ..pipeline import PipelineModels
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +67,9 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
 def captioner_models(args: argparse.Namespace, plan: MemoryPlan | None = None) -> PipelineModels:
     """The captioner, found where `rsvl upscale` finds it, as the only stage of a PipelineModels (loaded lazily);
     with a --max-vram plan, stored and placed as the plan says."""
-    from ..devices import resolve_device
-    from ..pipeline import PipelineModels, StageSpec, locate_caption_files
+    from ..jobs.inputs import locate_caption_files
+    from ..kit.devices import resolve_device
+    from ..pipeline import PipelineModels, StageSpec
     from ..pipeline.components import load_captioner
 
     folder, adapter = locate_caption_files(args.models_dir, args.llava, args.adapter, args.ckpt_pth, say,
@@ -91,8 +94,10 @@ def captioner_models(args: argparse.Namespace, plan: MemoryPlan | None = None) -
 
 def caption_plan(args: argparse.Namespace) -> MemoryPlan | None:
     """--max-vram: the captioner's plan for the largest input's overview (said on the start line); else None."""
-    from ..pipeline import RunConfig, collect_inputs, plan_for_captions
-    from ..scene_io import OVERVIEW_SIDE
+    from ..jobs.inputs import collect_inputs
+    from ..memory.plan import plan_for_captions
+    from ..pipeline import RunConfig
+    from ..scenes.sources import OVERVIEW_SIDE
 
     if not args.max_vram:
         return None
@@ -104,7 +109,9 @@ def caption_plan(args: argparse.Namespace) -> MemoryPlan | None:
 
 def run_caption(args: argparse.Namespace) -> CaptionSummary:
     """Caption every input; print `name: caption` lines or write them (atomically) to --output."""
-    from ..pipeline import SceneOptions, caption_job, caption_options_from
+    from ..jobs.inputs import SceneOptions
+    from ..jobs.work import caption_job
+    from ..pipeline import caption_options_from
     from .progress import CaptionBars
 
     try:

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RsvlError
 from ..evaluation.degrade import BASELINES
+from ..kit.errors import RsvlError
 from ..pipeline import SETTINGS, RunConfig
 from .bars import say
 from .commands import COMMANDS
@@ -95,8 +95,8 @@ def method_configs(args: argparse.Namespace) -> dict[str, RunConfig | None]:
 
 
 def run_eval(args: argparse.Namespace) -> EvalSummary:
-    from ..devices import resolve_device
     from ..evaluation import DegradeOptions, EvalOptions, PerceptualScorer, find_perceptual_weights, run_evaluation
+    from ..kit.devices import resolve_device
     from .progress import EvalBars
 
     cpu_precision(args, resolve_device(args.device).type, say)  # before the methods' configs record the dtype
@@ -128,8 +128,9 @@ def eval_models(args: argparse.Namespace, methods: dict[str, RunConfig | None], 
     """The pipeline methods' models (None for baselines only), found as `rsvl upscale` finds them, placed by the
     --max-vram plan that every method fits (planned on the largest HR image's LR input)."""
     from ..evaluation import collect_dataset
-    from ..pipeline import PipelineModels, locate_model_files, plan_for_configs
-    from ..pipeline.memory_plan import largest_input_size
+    from ..jobs.inputs import locate_model_files
+    from ..memory.plan import largest_input_size, plan_for_configs
+    from ..pipeline import PipelineModels
 
     pipeline = [c for c in methods.values() if c is not None]
     if not pipeline:

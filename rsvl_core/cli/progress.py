@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..evaluation import EvalEvents
-from ..pipeline.jobs import JobEvents
-from ..progress import ProgressCallback
+from ..jobs.inputs import JobEvents
+from ..kit.progress import ProgressCallback
 from .bars import progress_bar, say
 from .tally import current_tally
 

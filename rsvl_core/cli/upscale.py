@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..devices import DTYPES, resolve_device
-from ..errors import RsvlError
-from ..pipeline.placement import PLACEMENTS
-from ..weights import MODELS_DIR_ENV
+from ..kit.devices import DTYPES, resolve_device
+from ..kit.errors import RsvlError
+from ..memory.placement import PLACEMENTS
+from ..weights.catalogue import MODELS_DIR_ENV
 from .bars import say
 from .commands import COMMANDS
 from .settings import (
@@ -24,7 +24,9 @@ from .settings import (
 )
 
 if TYPE_CHECKING:  # the engine loads when a command runs, not to parse its flags (a usage error answers at once)
-    from ..pipeline import Acceleration, JobOptions, JobSummary, MemoryPlan, RunConfig, SceneOptions
+    from ..jobs.inputs import JobOptions, JobSummary, SceneOptions
+    from ..memory.plan import MemoryPlan
+    from ..pipeline import Acceleration, RunConfig
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +90,7 @@ def add_scene_flags(parser: argparse.ArgumentParser) -> None:
 
 def scene_options_from_args(args: argparse.Namespace) -> SceneOptions:
     """--bands/--stretch/--percentiles and the window flags -> SceneOptions (validated when made)."""
-    from ..pipeline.jobs import scene_options_from
+    from ..jobs.inputs import scene_options_from
     from ..pipeline.options import SCENE_SETTINGS
 
     return scene_options_from({name: getattr(args, name) for name in SCENE_SETTINGS if hasattr(args, name)})
@@ -122,7 +124,7 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def job_options_from_args(args: argparse.Namespace) -> JobOptions:
-    from ..pipeline import JobOptions
+    from ..jobs.inputs import JobOptions
 
     return JobOptions(args.output, overwrite=args.overwrite, hash_models=not args.no_hash,
                       scene=scene_options_from_args(args), cog=args.cog, recursive=args.recursive)
@@ -137,7 +139,7 @@ def acceleration_from_args(args: argparse.Namespace) -> Acceleration:
 
 def planned_config(config: RunConfig, sources: list[Path], window: int) -> tuple[RunConfig, MemoryPlan | None]:
     """--max-vram: the plan for the largest input (said on the start line) and the options it sets; else none."""
-    from ..pipeline import plan_for_run
+    from ..memory.plan import plan_for_run
 
     plan = plan_for_run(config, sources, window)
     if plan is None:
@@ -162,7 +164,9 @@ def checked_run(args: argparse.Namespace) -> tuple[RunConfig, JobOptions, Accele
 
 def run_upscale(args: argparse.Namespace) -> JobSummary:
     config, options, acceleration = checked_run(args)
-    from ..pipeline import PipelineModels, collect_inputs, locate_model_files, run_job
+    from ..jobs.inputs import collect_inputs, locate_model_files
+    from ..jobs.work import run_job
+    from ..pipeline import PipelineModels
     from .progress import CliEvents
 
     inputs = [*args.inputs, *args.input_img, *args.image_dir]

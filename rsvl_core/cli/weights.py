@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import RsvlError
-from ..weights import COMFYUI_DIR_ENV, MODELS_DIR_ENV, SEED_CKPT_DIR, WEIGHTS, fix_command
-from ..weights_manager import CheckResult, WeightsRow, check_weights, download_weights, list_weights
+from ..kit.errors import RsvlError
+from ..weights.catalogue import COMFYUI_DIR_ENV, MODELS_DIR_ENV, SEED_CKPT_DIR, WEIGHTS, fix_command
+from ..weights.manager import CheckResult, WeightsRow, check_weights, download_weights, list_weights
 from .commands import COMMANDS
 
 

@@ -6,7 +6,7 @@ report.py (tables, chart, comparison sheets), runner.py (the run: resume, failur
 A face-level module: it uses the pipeline's job API and nothing below imports it.
 """
 
-from ..lazy import lazy_exports
+from ..kit.lazy import lazy_exports
 
 _HOMES = {  # name -> the module it lives in
     "DegradeOptions": "degrade", "bicubic_downsample": "degrade", "crop_to_multiple": "degrade", "degrade": "degrade",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_path
+from ..kit.atomic import atomic_path
 from .hallucination import HALLUCINATION
 
 

@@ -14,7 +14,7 @@
   comparable between methods of one run, not necessarily with the paper's.
 Files are found by flag (`--lpips-weights`, `--dists-weights`, `--clip-model`) or in `<models-dir>/eval/`;
 a metric whose file is absent is skipped with one line naming the file to provide. Pickled files are read
-with `torch.load(weights_only=True)` (rsvl_core.checkpoint), never executed.
+with `torch.load(weights_only=True)` (rsvl_core.weights.checkpoint), never executed.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import WEIGHT_SUFFIXES, read_state_dict
-from ..errors import RsvlError
+from ..kit.errors import RsvlError
+from ..weights.checkpoint import WEIGHT_SUFFIXES, read_state_dict
 
 PERCEPTUAL_METRICS = ("lpips", "dists", "clip_iqa")
 CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")  # CLIP-IQA's "quality" pair

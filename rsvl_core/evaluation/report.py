@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..kit.atomic import atomic_path
 
 # how each metric is printed in Markdown, and which direction is better (for the chart's titles)
 DECIMALS = {"psnr_y": 2, "psnr_rgb": 2, "ssim_y": 4, "ssim_rgb": 4, "lr_consistency_l1": 4,

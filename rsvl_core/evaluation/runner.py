@@ -21,11 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import Claim
-from ..errors import RsvlError
-from ..image import list_images, write_image_atomic
-from ..pipeline import PipelineModels, RunConfig
-from ..pipeline.jobs import (
+from ..jobs.inputs import (
     STORAGE_ERRORS,
     JobEvents,
     JobSummary,
@@ -36,9 +32,13 @@ from ..pipeline.jobs import (
     read_input,
     upscale_image,
 )
-from ..pipeline.uncertainty import deterministic_stage1, zero_spread_text
-from ..pipeline.work import Assembler, ClaimedScene, WorkItem, run_local
-from ..progress import ProgressCallback
+from ..jobs.samples import deterministic_stage1, zero_spread_text
+from ..jobs.work import Assembler, ClaimedScene, WorkItem, run_local
+from ..kit.atomic import Claim
+from ..kit.errors import RsvlError
+from ..kit.image import list_images, write_image_atomic
+from ..kit.progress import ProgressCallback
+from ..pipeline import PipelineModels, RunConfig
 from .degrade import BASELINES, DegradeOptions, crop_to_multiple, degrade, image_seed, upsample_baseline
 from .hallucination import CORRECTNESS_METRICS, correctness, opensr_test_version
 from .maps import hallucination_map, std_map, write_map_geotiff, write_map_png
@@ -415,7 +415,7 @@ class Evaluation:
 
     def _sheet(self, image: EvalImage, hr: torch.Tensor, paths: _Paths) -> None:
         """LR | each method | HR, from the saved 8-bit images (so a resumed run draws the same sheet)."""
-        from ..image import read_image
+        from ..kit.image import read_image
 
         panels = []
         lr, _ = read_image(paths.images / "lr.png")

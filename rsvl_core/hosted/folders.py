@@ -7,10 +7,10 @@ import logging
 import os
 from pathlib import Path
 
-from ..checkpoint import SAFETENSORS_SUFFIXES, safetensors_keys
-from ..errors import WeightsNotFoundError
-from ..families import FAMILY
-from ..weights import WEIGHTS
+from ..kit.errors import WeightsNotFoundError
+from ..weights.catalogue import WEIGHTS
+from ..weights.checkpoint import SAFETENSORS_SUFFIXES, safetensors_keys
+from ..weights.families import FAMILY
 
 log = logging.getLogger("rsvl")
 UPSCALE_MODELS = "upscale_models"  # ComfyUI's own folder of single-image SR models (spandrel loads them)

@@ -12,12 +12,12 @@ from typing import Any, Protocol
 
 import torch
 
-from ..devices import auto_dtype, release_freed_host_memory, torch_dtype
-from ..errors import RsvlError
+from ..kit.devices import auto_dtype, release_freed_host_memory, torch_dtype
+from ..kit.errors import RsvlError
+from ..memory.plan import plan_memory
 from ..pipeline import Acceleration, RunConfig
 from ..pipeline.acceleration import accelerate_stage
 from ..pipeline.components import SpandrelStage1, load_captioner, load_refiner, load_stage1
-from ..pipeline.memory_plan import plan_memory
 
 log = logging.getLogger("rsvl")
 

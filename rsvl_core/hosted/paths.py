@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import RsvlError
+from ..kit.errors import RsvlError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")  # "C:..." is absolute (or drive-relative) on Windows: refused everywhere
 

@@ -1,5 +1,5 @@
 """A host's batch of N samples of one scene -> the combined image, the heat-mapped spread and a summary line; the
-guard falls back to a stage-1 image (`rsvl_core.pipeline.uncertainty`, as `rsvl upscale --samples N`)."""
+guard falls back to a stage-1 image (`rsvl_core.jobs.samples`, as `rsvl upscale --samples N`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..pipeline import uncertainty as engine
+from ..jobs import samples as engine
 from .handles import NodeError
 from .settings import setting_values
 

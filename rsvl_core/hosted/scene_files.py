@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
-from ..errors import InputImageError, RsvlError
-from ..geo import RasterInfo, Stretch
-from ..image import GDAL_ONLY_SUFFIXES, write_image_atomic
+from ..kit.atomic import atomic_path
+from ..kit.errors import InputImageError, RsvlError
+from ..kit.image import GDAL_ONLY_SUFFIXES, write_image_atomic
+from ..scenes.geo import RasterInfo, Stretch
 from .paths import resolve_input, resolve_output
 
 SCENE_SUFFIXES = (".tif", ".tiff", *GDAL_ONLY_SUFFIXES, ".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -119,7 +119,7 @@ def output_problem(folder_paths, prefix: str) -> str | None:
 def load_scene(folder_paths, name: str, bands: str = "", stretch: str = "auto", percentiles: str = "") -> LoadedScene:
     """A file of input/ read exactly as `rsvl upscale NAME --bands B --stretch S --percentiles P` reads it (the
     values of the SCENE_SETTINGS rows those flags are made from; "" / "auto": the reader's own choice)."""
-    from ..pipeline.jobs import read_input, scene_options_from
+    from ..jobs.inputs import read_input, scene_options_from
 
     problem = input_problem(folder_paths, name)
     if problem is not None:
@@ -190,7 +190,7 @@ def save_scene(folder_paths, images: torch.Tensor, geo: SceneGeo | None, prefix:
 def write_scene_geotiff(image: torch.Tensor, geo: SceneGeo, target: Path, cog: bool, bit_depth: str,
                         tags: dict[str, str]) -> None:
     """`rsvl upscale`'s writer (scene_io.write_whole) on the scene the image came from."""
-    from ..scene_io import SceneSource, write_whole
+    from ..scenes.sources import SceneSource, write_whole
 
     scale = scale_of(geo, image.shape[-2], image.shape[-1])
     info = replace(geo.info, tags={**geo.info.tags, **tags}) if tags else geo.info

@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import RsvlError
-from ..pipeline.jobs import (
+from ..jobs.inputs import (
     JobEvents,
     JobOptions,
     JobSummary,
@@ -30,13 +29,14 @@ from ..pipeline.jobs import (
     plan_job,
     printable,
 )
+from ..jobs.work import Assembler, ItemExecutor, WorkItem, claim_scene, plan_items, run_local
+from ..kit.errors import RsvlError
+from ..kit.progress import ProgressCallback
+from ..memory.windows import window_memory_check
 from ..pipeline.models import PipelineModels, StageSpec
 from ..pipeline.options import RunConfig, StepSettings
 from ..pipeline.stage_runs import StageSource
-from ..pipeline.window_memory import window_memory_check
-from ..pipeline.work import Assembler, ItemExecutor, WorkItem, claim_scene, plan_items, run_local
-from ..progress import ProgressCallback
-from ..scene_io import header_size
+from ..scenes.sources import header_size
 
 PREVIEW_SIDE = 512  # the preview IMAGE: the output shrunk to at most this many pixels a side, read decimated
 

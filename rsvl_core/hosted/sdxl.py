@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..devices import release_freed_host_memory
+from ..kit.devices import release_freed_host_memory
 from ..pipeline.components import TextEmbedding, load_sdxl_text_encoders, load_supir_parts, refiner_over, shared_bytes
 from .dynamic_vram import HostView, is_dynamic
 from .handles import HandleSource, Host, HostPlacement, ModelHandle, NodeError

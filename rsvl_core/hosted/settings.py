@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checkpoint import first_line
 from ..pipeline import (
     SETTINGS,
     StepSettings,
@@ -14,6 +13,7 @@ from ..pipeline import (
     schedule_from,
     stage1_options_from,
 )
+from ..weights.checkpoint import first_line
 from .handles import NodeError
 
 BATCH_SEPARATOR = "\n---\n"  # how older versions joined a batch's captions; ControlNetRefine still splits on it

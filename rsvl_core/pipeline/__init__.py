@@ -1,27 +1,22 @@
-"""The pipeline: run configuration (options.py), models on one device (models.py), one image through the
-three stages (run.py), and the job API that turns input files into outputs and run records (jobs.py).
+"""The pipeline: run configuration (options.py), one call per stage over a batch (stage_runs.py), one image
+through the three stages (run.py), models on one device (models.py) and the stage calls a face may make
+(components.py).
 
-The names load on first use (`rsvl_core.lazy`): a command line parser that needs only the options table
+The names load on first use (`rsvl_core.kit.lazy`): a command line parser that needs only the options table
 (`SETTINGS`) does not import the stages' libraries.
 """
 
-from ..lazy import lazy_exports
+from ..kit.lazy import lazy_exports
 
 _HOMES = {
     "Acceleration": "acceleration",
-    "CaptionSummary": "work", "JobEvents": "jobs", "JobOptions": "jobs", "JobSummary": "jobs",
-    "SceneOptions": "jobs", "caption_job": "work", "collect_inputs": "jobs", "locate_caption_files": "jobs",
-    "locate_model_files": "jobs", "output_path": "jobs",
-    "MemoryBudgetError": "memory_plan", "MemoryPlan": "memory_plan", "plan_for_captions": "memory_plan",
-    "plan_for_configs": "memory_plan", "plan_for_run": "memory_plan",
     "load_problems": "components",
     "ModelFiles": "models", "PipelineModels": "models", "StageSpec": "models", "module_bytes": "models",
-    "PLACEMENTS": "placement",
     "SETTINGS": "options", "RunConfig": "options", "Setting": "options", "StepSettings": "options",
     "caption_options_from": "options", "refine_options_from": "options", "schedule_from": "options",
     "stage1_options_from": "options",
     "PipelineResult": "run", "run_pipeline": "run",
-    "run_job": "work",
+    "BatchRun": "stage_runs", "run_caption": "stage_runs", "run_refine": "stage_runs", "run_stage1": "stage_runs",
 }
 __all__ = sorted(_HOMES)
 __getattr__ = lazy_exports(__name__, _HOMES)

@@ -12,10 +12,8 @@ from pathlib import Path
 
 from ..caption import Captioner, CaptionOptions, collapse_whitespace, load_captioner
 from ..caption.config import ATTENTIONS, QUANTIZATIONS
-from ..checkpoint import first_line, headers_only, read_state_dict
-from ..errors import CheckpointError
-from ..refine.refiner import RefineOptions, Refiner, load_refiner, positive_prompt, refine_image, working_size
-from ..refine.shared_sdxl import (
+from ..kit.errors import CheckpointError
+from ..refine.loading.shared_sdxl import (
     SupirParts,
     load_sdxl_text_encoders,
     load_supir_parts,
@@ -23,12 +21,14 @@ from ..refine.shared_sdxl import (
     shared_bytes,
     supir_parts_over,
 )
-from ..refine.text import TextEmbedding
+from ..refine.nets.text import TextEmbedding
+from ..refine.refiner import RefineOptions, Refiner, load_refiner, positive_prompt, refine_image, working_size
 from ..stage1 import SpandrelStage1, load_stage1
-from ..stage1.sampler import SR3SamplerOptions
+from ..stage1.sampler import Stage1Options
+from ..weights.checkpoint import first_line, headers_only, read_state_dict
 
 __all__ = [
-    "ATTENTIONS", "QUANTIZATIONS", "CaptionOptions", "Captioner", "RefineOptions", "Refiner", "SR3SamplerOptions",
+    "ATTENTIONS", "QUANTIZATIONS", "CaptionOptions", "Captioner", "RefineOptions", "Refiner", "Stage1Options",
     "SpandrelStage1", "SupirParts", "TextEmbedding", "collapse_whitespace", "integer_weights", "load_captioner",
     "load_problems", "load_refiner", "load_sdxl_text_encoders", "load_stage1", "load_supir_parts", "positive_prompt",
     "refine_image", "refiner_over", "shared_bytes", "supir_parts_over", "working_size",

@@ -63,11 +63,11 @@ def full_refiner(device: torch.device | str, dtype: torch.dtype, vae_dtype: torc
     """SDXL + SUPIR at full size (see the module doc) on `device`; the VAE in `vae_dtype` (default `dtype`)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from ..refine.config import RefinerConfig
-    from ..refine.control import GLVControl
-    from ..refine.text import SDXLTextEncoder, load_shipped_tokenizers, text_encoder_config
-    from ..refine.unet import RefinerUNet
-    from ..refine.vae import RefinerVAE, sdxl_vae_config
+    from ..refine.nets.config import RefinerConfig
+    from ..refine.nets.control import GLVControl
+    from ..refine.nets.text import SDXLTextEncoder, load_shipped_tokenizers, text_encoder_config
+    from ..refine.nets.unet import RefinerUNet
+    from ..refine.nets.vae import RefinerVAE, sdxl_vae_config
 
     config = RefinerConfig.sdxl()
     with torch.device(device):

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..devices import torch_dtype
+from ..kit.devices import torch_dtype
+from ..memory.placement import PLACEMENTS, LocalPlacement, Placement, module_bytes, parts
 from ..stages import CaptionStage, RefineStage, Stage1
 from .acceleration import Acceleration, accelerate_stage
-from .placement import PLACEMENTS, LocalPlacement, Placement, module_bytes, parts
 
 if TYPE_CHECKING:
-    from .memory_plan import MemoryPlan
+    from ..memory.plan import MemoryPlan
 
 STAGES = ("stage1", "caption", "refine")
 __all__ = ["PLACEMENTS", "STAGES", "ModelFiles", "PipelineModels", "StageSpec", "module_bytes", "parts"]

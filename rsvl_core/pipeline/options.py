@@ -19,12 +19,12 @@ from typing import Any
 from ..cache.policy import PRESETS as CACHE_PRESETS
 from ..cache.policy import CachePolicy, CacheReport
 from ..caption.config import ATTENTIONS, QUANTIZATIONS, SEED_PROMPT, CaptionOptions  # noqa: F401  (choices the faces offer, light to import)
-from ..devices import DTYPES
+from ..jobs.samples import COMBINES, DEFAULT_FEATHER, UncertaintyOptions
+from ..kit.devices import DTYPES
 from ..refine.options import COLOR_FIXES, PRESETS, SEED_NEGATIVE_PROMPT, SEED_POSITIVE_PROMPT, RefineOptions
-from ..scene import CAPTION_POLICIES
-from ..stage1.sampler import SAMPLERS, SR3SamplerOptions
+from ..scenes.windows import CAPTION_POLICIES
+from ..stage1.sampler import SAMPLERS, Stage1Options
 from ..stage1.upscaler import SCALES
-from .uncertainty import COMBINES, DEFAULT_FEATHER, UncertaintyOptions
 
 # What a preset sets beyond the refiner (given values still win): cpu-quick's fast SR3 solver and short caption.
 PRESET_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -63,7 +63,7 @@ class Setting:
         return type(self.default)
 
 
-_SR3, _REFINE, _CAPTION = SR3SamplerOptions(), RefineOptions(), CaptionOptions()
+_SR3, _REFINE, _CAPTION = Stage1Options(), RefineOptions(), CaptionOptions()
 SETTINGS: dict[str, Setting] = {
     "scale": Setting(8, "upscale factor (the released SR3 model is 8x)", "run.scale", choices=SCALES,
                      flags=("--upscale",)),
@@ -225,16 +225,16 @@ class StepSettings:
     def check(self) -> None:
         if not 1 <= self.refine_steps <= 1000:
             raise ValueError(f"refine_steps must be in 1..1000, got {self.refine_steps}")
-        self.apply_to_stage1(SR3SamplerOptions())  # SR3's options refuse a bad sampler, step count or cache
+        self.apply_to_stage1(Stage1Options())  # SR3's options refuse a bad sampler, step count or cache
 
     def apply_to_refine(self, base: RefineOptions | None = None) -> RefineOptions:
         """`base` (default: the paper preset) with these steps and this cache."""
         base = base or RefineOptions()
         return replace(base, sampler=replace(base.sampler, steps=self.refine_steps), cache=self.refine_cache)
 
-    def apply_to_stage1(self, base: SR3SamplerOptions | None = None) -> SR3SamplerOptions:
+    def apply_to_stage1(self, base: Stage1Options | None = None) -> Stage1Options:
         """`base` (default: the seed's) with this sampler, these steps and this cache."""
-        base = base or SR3SamplerOptions()
+        base = base or Stage1Options()
         return replace(base, sampler=self.stage1_sampler, steps=self.stage1_steps, cache=self.stage1_cache)
 
     @staticmethod
@@ -268,7 +268,7 @@ class RunConfig:
 
     scale: int = default("scale")
     seed: int = 0
-    stage1: SR3SamplerOptions = field(default_factory=SR3SamplerOptions)
+    stage1: Stage1Options = field(default_factory=Stage1Options)
     caption: CaptionOptions = field(default_factory=CaptionOptions)
     caption_text: str | None = None
     refine: RefineOptions | None = field(default_factory=RefineOptions)
@@ -347,11 +347,11 @@ def schedule_from(values: Mapping[str, Any]) -> StepSettings:
                                      stage1_cache=steps.get("stage1_cache", "off"))
 
 
-def stage1_options_from(values: Mapping[str, Any], schedule: StepSettings | None = None) -> SR3SamplerOptions:
+def stage1_options_from(values: Mapping[str, Any], schedule: StepSettings | None = None) -> Stage1Options:
     """SR3's sampler and tiling; a schedule (given or built from the same values) sets sampler, steps, cache."""
     given = given_values(values)
     schedule = schedule if schedule is not None else schedule_from(given)
-    return schedule.apply_to_stage1(replace(SR3SamplerOptions(), **fields_of("stage1", given)))
+    return schedule.apply_to_stage1(replace(Stage1Options(), **fields_of("stage1", given)))
 
 
 def caption_options_from(values: Mapping[str, Any]) -> CaptionOptions:

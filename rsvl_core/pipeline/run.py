@@ -12,12 +12,12 @@ import torch
 
 from ..cache.policy import CacheReport
 from ..caption import collapse_whitespace
-from ..progress import ProgressCallback
+from ..jobs.samples import deterministic_stage1, reduce_samples, zero_spread_text
+from ..kit.progress import ProgressCallback
 from ..refine.refiner import RefineReport
 from .models import PipelineModels
 from .options import RunConfig
 from .stage_runs import run_caption, run_refine, run_stage1
-from .uncertainty import deterministic_stage1, reduce_samples, zero_spread_text
 
 
 @dataclass
@@ -59,7 +59,7 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
     """stage 1 -> caption -> refine on one image (1, 3, H, W) in [0, 1]; output exactly (H * scale, W * scale).
 
     For a window of a larger scene: `origin` is its top-left (y, x) in the scene's input pixels (noise is then
-    keyed by scene position, see `noise.py`), and `scene_caption` the scene's caption (used instead of
+    keyed by scene position, see `kit/noise.py`), and `scene_caption` the scene's caption (used instead of
     captioning this window). `config` was validated when it was made; nothing here checks it again.
 
     With `config.uncertainty.samples` N >= 2 the stochastic stages run N times (seeds seed .. seed + N - 1), the

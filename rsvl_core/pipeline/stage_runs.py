@@ -15,12 +15,12 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import RsvlError
-from ..progress import ProgressCallback
+from ..kit.errors import RsvlError
+from ..kit.progress import ProgressCallback
+from ..memory.estimate import MemorySetting, stage_activations
 from ..refine.preview import LatentPreview
 from ..refine.refiner import RefineOptions, RefineReport, refine_image, working_size
 from ..stages import Stage1Result
-from .memory import MemorySetting, stage_activations
 
 GIB = 1024 ** 3
 MEASURED_OUTPUT_PIXELS = 1024 ** 2  # estimates run the stage on fake tensors up to this size, and extrapolate above

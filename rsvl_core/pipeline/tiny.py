@@ -13,7 +13,7 @@ import torch
 from ..caption.tiny import write_tiny_llava_next, write_tiny_seed_adapter
 from ..refine.tiny import write_tiny_refiner_files
 from ..stage1 import SR3Config, SR3UNet, save_sr3
-from ..weights import WEIGHTS
+from ..weights.catalogue import WEIGHTS
 
 # Small enough for a CPU, shaped like the real one: widths divisible by 32 (so no config file is
 # needed, as with the released gen.pth) and attention at 1/8 resolution.

@@ -13,8 +13,8 @@ import torch
 
 from ..cache.evaluator import CachedEvaluator
 from ..cache.policy import CachePolicy
-from ..tiling import TileFit, TileGrid, plan_tiles
-from .networks import ConditionedNetworks, EncoderState
+from ..kit.tiling import TileFit, TileGrid, plan_tiles
+from .nets.cfg import ConditionedNetworks, EncoderState
 from .sampler import EpsDenoiser
 
 MIN_LATENT_TILE = 16  # latent pixels (128 image pixels): where halving the tile after running out of memory stops

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..lowbit import FP8, FP8_MAX, Fp8Conv2d, Fp8Linear
-from ..lowbit import store_fp8_weights as store_lowbit_fp8
-from .control import GLVControl
-from .unet import RefinerUNet
+from ..memory.lowbit import FP8, FP8_MAX, Fp8Conv2d, Fp8Linear
+from ..memory.lowbit import store_fp8_weights as store_lowbit_fp8
+from .nets.control import GLVControl
+from .nets.unet import RefinerUNet
 
 __all__ = ["FP8", "FP8_MAX", "FP8_RELATIVE_ERROR", "Fp8Conv2d", "Fp8Linear", "compile_refiner_networks",
            "is_compiled", "store_fp8_weights", "to_channels_last"]
@@ -54,6 +54,6 @@ def to_channels_last(modules: Iterable[nn.Module]) -> None:
 def store_fp8_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, keep: tuple[str, ...] = FP8_KEEP
                       ) -> int:
     """Replace, in place, every Linear and Conv2d of `module` (except the names in `keep`) by its fp8-storage
-    twin computing in `dtype` (`rsvl_core.lowbit`); the rest of the module moves to `dtype`. Returns how many
+    twin computing in `dtype` (`rsvl_core.memory.lowbit`); the rest of the module moves to `dtype`. Returns how many
     layers were replaced."""
     return store_lowbit_fp8(module, dtype, keep)

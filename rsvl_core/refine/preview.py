@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..progress import ProgressCallback
+from ..kit.progress import ProgressCallback
 
 log = logging.getLogger("rsvl")
 

@@ -13,16 +13,14 @@ from pathlib import Path
 import torch
 
 from ..cache.policy import CacheReport
-from ..checkpoint import own_module_memory, read_state_dict, reading_headers
-from ..errors import CheckpointError
-from ..image import bicubic_resize
-from ..noise import NoiseField, coordinate_noise_source
-from ..progress import ProgressCallback, report
+from ..kit.errors import CheckpointError
+from ..kit.image import bicubic_resize
+from ..kit.noise import NoiseField, coordinate_noise_source
+from ..kit.progress import ProgressCallback, report
+from ..weights.checkpoint import own_module_memory, read_state_dict, reading_headers
 from .colorfix import apply_color_fix
-from .config import RefinerConfig
-from .control import GLVControl
 from .denoise import GuidedDenoiser
-from .loader import (
+from .loading.loader import (
     EXPECTED_SUPIR,
     TEXT_PREFIX,
     VAE_PREFIX,
@@ -30,12 +28,19 @@ from .loader import (
     read_refiner_checkpoints,
     unet_and_control_to_single_file,
 )
-from .networks import ConditionedNetworks, Conditioning
+from .nets.cfg import ConditionedNetworks, Conditioning
+from .nets.config import RefinerConfig
+from .nets.control import GLVControl
+from .nets.text import (
+    SDXLTextEncoder,
+    load_text_encoder_from_diffusers,
+    load_text_encoder_from_single_file,
+    sdxl_vector,
+)
+from .nets.unet import RefinerUNet
+from .nets.vae import RefinerVAE, load_refiner_vae, load_refiner_vae_from_diffusers, resolve_vae_dtype
 from .options import RefineOptions
 from .sampler import StepRecord, sample_restore_edm
-from .text import SDXLTextEncoder, load_text_encoder_from_diffusers, load_text_encoder_from_single_file, sdxl_vector
-from .unet import RefinerUNet
-from .vae import RefinerVAE, load_refiner_vae, load_refiner_vae_from_diffusers, resolve_vae_dtype
 
 
 @dataclass
@@ -107,7 +112,7 @@ def _load_from_diffusers_folder(folder: Path, supir: Path, dtype: torch.dtype, v
     """A diffusers SDXL folder (unet/, vae/, text_encoder*/) plus the SUPIR file."""
     from diffusers import UNet2DConditionModel
 
-    from .ldm_keys import ours_to_ldm
+    from .loading.ldm_keys import ours_to_ldm
 
     unet_folder = folder / "unet"
     if not (unet_folder / "config.json").is_file():
@@ -254,7 +259,7 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
 
 def refiner_single_files(refiner: Refiner) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(SDXL file, SUPIR file) state dicts in the original layouts, as the real releases split them."""
-    from .text import sdxl_text_encoders_to_single_file
+    from .nets.text import sdxl_text_encoders_to_single_file
 
     sdxl, supir = unet_and_control_to_single_file(refiner.unet, refiner.control)
     first_stage = refiner.vae.single_file_state()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..progress import ProgressCallback, report
+from ..kit.progress import ProgressCallback, report
 
 # The seed hard-codes this (RestoreEDMSampler.sigma_max and LinearCFG); it is slightly below the
 # real first sigma 14.614641, so the linear rules start a hair outside their range.

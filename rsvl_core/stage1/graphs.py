@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..progress import ProgressCallback, report
+from ..kit.progress import ProgressCallback, report
 from .model import SR3UNet
-from .sampler import NoiseSource, SR3SamplerOptions
+from .sampler import NoiseSource, Stage1Options
 from .schedule import SR3NoiseSchedule
 
 # Columns of a step-table row: the UNet's noise level, the x0 and posterior-mean coefficients, the noise scale.
@@ -54,7 +54,7 @@ def faithful_step(unet: SR3UNet, condition: torch.Tensor, x: torch.Tensor, row: 
     return mean + noise * row[5]
 
 
-def graph_eligible(unet: SR3UNet, shape: tuple[int, ...], options: SR3SamplerOptions) -> bool:
+def graph_eligible(unet: SR3UNet, shape: tuple[int, ...], options: Stage1Options) -> bool:
     """Whether the static loop applies: the faithful sampler, no step cache, one tile at the UNet's size multiple,
     and the noise of every step small enough to keep on the device."""
     height, width = shape[-2:]
@@ -75,7 +75,7 @@ def draw_all_noise(noise_source: NoiseSource, shape: tuple[int, ...], steps: int
 
 
 def sample_faithful_static(unet: SR3UNet, condition: torch.Tensor, shape: tuple[int, ...],
-                           schedule: SR3NoiseSchedule, options: SR3SamplerOptions, noise_source: NoiseSource,
+                           schedule: SR3NoiseSchedule, options: Stage1Options, noise_source: NoiseSource,
                            callback: ProgressCallback | None = None, capture: bool | None = None) -> torch.Tensor:
     """The faithful sampler on static buffers: (B, 3, H, W) in [-1, 1], equal to `sample_sr3`'s result.
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_path
-from ..checkpoint import check_state, read_json_config, read_state_dict, reading_headers, strip_prefix
-from ..errors import CheckpointError
-from ..families import refuse_family
+from ..kit.atomic import atomic_path
+from ..kit.errors import CheckpointError
+from ..weights.checkpoint import check_state, read_json_config, read_state_dict, reading_headers, strip_prefix
+from ..weights.families import refuse_family
 from .config import SCHEDULE_BUFFER_NAMES, SR3Config
 from .model import SR3UNet
 from .schedule import SEED_INFERENCE_SCHEDULE, SR3NoiseSchedule

@@ -133,7 +133,7 @@ class SR3UNet(nn.Module):
     """Predicts the noise in x_t given the bicubic-upsampled LR image and the noise level.
 
     Input height and width must be multiples of ``config.size_multiple`` (16 for the real model);
-    callers pad (see :mod:`rsvl_core.tiling`).
+    callers pad (see :mod:`rsvl_core.kit.tiling`).
     """
 
     def __init__(self, config: SR3Config | None = None) -> None:

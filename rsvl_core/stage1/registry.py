@@ -1,7 +1,8 @@
 """Where a stage-1 architecture is added: SR3 registered beside spandrel's architectures in a copy of its registry.
 
 `load_architecture(state, path)` is the one load for any stage-1 file. It first refuses files of other model
-families (SDXL, SUPIR, VAE, LLaVA, LoRA: the one rule in `rsvl_core.families`), then lets the registry detect the
+families (SDXL, SUPIR, VAE, LLaVA, LoRA: the one rule in `rsvl_core.weights.families`), then lets the registry
+detect the
 architecture by the keys and build it: SR3 first (its `denoise_fn.*` / UNet keys are unambiguous), then every
 architecture spandrel knows (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, SPAN, ...), in spandrel's own order.
 To add a stage-1 architecture: a `spandrel.Architecture` (id, `detect`, `load`) added in `stage1_registry`.
@@ -16,9 +17,9 @@ from pathlib import Path
 import spandrel
 import torch
 
-from ..checkpoint import reading_headers
-from ..errors import CheckpointError
-from ..families import refuse_family
+from ..kit.errors import CheckpointError
+from ..weights.checkpoint import reading_headers
+from ..weights.families import refuse_family
 from .loader import SR3Model, is_sr3_state, load_sr3
 from .model import SR3UNet
 

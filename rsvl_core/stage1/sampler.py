@@ -14,8 +14,8 @@ import torch
 
 from ..cache.evaluator import CachedEvaluator
 from ..cache.policy import CachePolicy
-from ..progress import ProgressCallback, report
-from ..tiling import TileFit, TileGrid, pad_to_multiple, run_tiled
+from ..kit.progress import ProgressCallback, report
+from ..kit.tiling import TileFit, TileGrid, pad_to_multiple, run_tiled
 from .model import SR3UNet
 from .schedule import SR3NoiseSchedule
 
@@ -30,7 +30,7 @@ NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class SR3SamplerOptions:
+class Stage1Options:
     """How stage 1 samples.
 
     Args:
@@ -84,6 +84,9 @@ class SR3SamplerOptions:
         if self.tile_batch < 1:
             raise ValueError(f"stage-1 tile_batch must be >= 1, got {self.tile_batch}")
 
+# its old name (it carries the one-pass models' tiling too), still importable
+SR3SamplerOptions = Stage1Options
+
 
 def gaussian_noise_source(generator: torch.Generator | None, device: torch.device) -> NoiseSource:
     """Noise drawn on the CPU from `generator`, then moved: one seed gives the same noise anywhere."""
@@ -94,7 +97,7 @@ def gaussian_noise_source(generator: torch.Generator | None, device: torch.devic
     return draw
 
 
-def stage1_tile_fit(options: SR3SamplerOptions, height: int, width: int) -> TileFit:
+def stage1_tile_fit(options: Stage1Options, height: int, width: int) -> TileFit:
     """The stage-1 tile of an (height, width) output: `options`' tile, halved on out-of-memory down to MIN_TILE."""
     return TileFit(options.tile_size, options.tile_overlap, max(height, width), MIN_TILE, stage="stage 1 (SR3)")
 
@@ -215,7 +218,7 @@ def sample_sr3(
     eps_model: EpsModel,
     shape: tuple[int, ...],
     schedule: SR3NoiseSchedule,
-    options: SR3SamplerOptions,
+    options: Stage1Options,
     noise_source: NoiseSource,
     callback: ProgressCallback | None = None,
 ) -> torch.Tensor:

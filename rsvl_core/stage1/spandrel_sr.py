@@ -14,11 +14,11 @@ import spandrel
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import read_state_dict
-from ..devices import torch_dtype
-from ..errors import CheckpointError
-from ..progress import ProgressCallback, report
-from ..tiling import Feather, TileFit, TileGrid
+from ..kit.devices import torch_dtype
+from ..kit.errors import CheckpointError
+from ..kit.progress import ProgressCallback, report
+from ..kit.tiling import Feather, TileFit, TileGrid
+from ..weights.checkpoint import read_state_dict
 from .backends import TileRunner, tile_runner
 from .registry import load_architecture
 from .upscaler import check_image_batch

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..cache.policy import CacheReport
-from ..checkpoint import read_state_dict
-from ..progress import ProgressCallback
+from ..kit.progress import ProgressCallback
 from ..stages import Stage1Result
+from ..weights.checkpoint import read_state_dict
 from .loader import SR3Model
-from .sampler import SR3SamplerOptions
+from .sampler import Stage1Options
 from .upscaler import upscale_stage1
 
 if TYPE_CHECKING:
@@ -51,9 +51,9 @@ class SR3Stage1(_LoadedModel):
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.model.unet}
 
-    def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
+    def upscale(self, image: torch.Tensor, scale: int, options: Stage1Options | None, seed: int,
                 callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
-        options = options or SR3SamplerOptions()
+        options = options or Stage1Options()
         report, tiling = CacheReport(), {}
         out = upscale_stage1(self.model, image, scale, options, seed, callback, report, origin, self.static_loop,
                              tiling)
@@ -82,14 +82,14 @@ class SpandrelStage1(_LoadedModel):
     def modules(self) -> dict[str, torch.nn.Module]:
         return self.model.modules()
 
-    def upscale(self, image: torch.Tensor, scale: int, options: SR3SamplerOptions | None, seed: int,
+    def upscale(self, image: torch.Tensor, scale: int, options: Stage1Options | None, seed: int,
                 callback: ProgressCallback | None = None, origin: tuple[int, int] | None = None) -> Stage1Result:
         from .spandrel_sr import upscale_spandrel
 
         out, info = upscale_spandrel(self.model, image, scale, self.tiling(options), callback)
         return Stage1Result(out, {"model": "spandrel", **info})
 
-    def tiling(self, options: SR3SamplerOptions | None):
+    def tiling(self, options: Stage1Options | None):
         """The one-pass tiling (`ONE_PASS_TILE` input pixels, overlap `ONE_PASS_OVERLAP`; 0 = whole image)."""
         from .spandrel_sr import SpandrelOptions
 

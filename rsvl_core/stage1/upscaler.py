@@ -6,12 +6,12 @@ import torch
 
 from ..cache.evaluator import CachedEvaluator
 from ..cache.policy import CacheReport
-from ..image import bicubic_resize
-from ..noise import NoiseField, coordinate_noise_source
-from ..progress import ProgressCallback
+from ..kit.image import bicubic_resize
+from ..kit.noise import NoiseField, coordinate_noise_source
+from ..kit.progress import ProgressCallback
 from .graphs import graph_eligible, sample_faithful_static
 from .loader import SR3Model
-from .sampler import SR3SamplerOptions, gaussian_noise_source, make_eps_model, sample_sr3, stage1_tile_fit
+from .sampler import Stage1Options, gaussian_noise_source, make_eps_model, sample_sr3, stage1_tile_fit
 
 SCALES: tuple[int, ...] = (2, 4, 8)
 
@@ -35,7 +35,7 @@ def upscale_stage1(
     model: SR3Model,
     image: torch.Tensor,
     scale: int,
-    options: SR3SamplerOptions | None = None,
+    options: Stage1Options | None = None,
     seed: int = 0,
     callback: ProgressCallback | None = None,
     cache_report: CacheReport | None = None,
@@ -61,7 +61,7 @@ def upscale_stage1(
     Returns:
         (B, 3, h * scale, w * scale) float in [0, 1] on the model's device.
     """
-    options = options or SR3SamplerOptions()
+    options = options or Stage1Options()
     check_stage1_inputs(image, scale)
     height, width = image.shape[-2] * scale, image.shape[-1] * scale
     device = model.device

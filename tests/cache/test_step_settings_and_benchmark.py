@@ -11,7 +11,7 @@ import pytest
 from rsvl_core.cache import PRESETS
 from rsvl_core.pipeline import StepSettings
 from rsvl_core.refine.refiner import RefineOptions
-from rsvl_core.stage1 import SR3SamplerOptions
+from rsvl_core.stage1 import Stage1Options
 
 REPO = Path(__file__).parents[2]
 
@@ -21,7 +21,7 @@ def test_scheduler_carries_both_stages_settings():
     schedule.check()
     refine = schedule.apply_to_refine(RefineOptions())
     assert refine.sampler.steps == 30 and refine.cache == PRESETS["seed"] and refine.cache.threshold == 0.3
-    stage1 = schedule.apply_to_stage1(SR3SamplerOptions(tile_size=128))
+    stage1 = schedule.apply_to_stage1(Stage1Options(tile_size=128))
     assert (stage1.sampler, stage1.steps, stage1.tile_size, stage1.cache.mode) == ("dpmpp", 20, 128, "off")
     assert StepSettings().refine_cache.mode == "off"  # no cache unless asked
     with pytest.raises(ValueError, match="unknown cache preset"):

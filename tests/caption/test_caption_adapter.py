@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from rsvl_core.caption import apply_adapter, load_vlm, map_module_name, read_adapter
 from rsvl_core.caption.tiny import TinyLlavaSpec
-from rsvl_core.errors import CheckpointError
+from rsvl_core.kit.errors import CheckpointError
 
 RANK, ALPHA = 4, 8.0
 

@@ -10,7 +10,7 @@ from rsvl_testing import REPO, tiny_llava_next_folder, tiny_seed_adapter
 
 from rsvl_core.caption import load_captioner, load_vlm
 from rsvl_core.cli import main
-from rsvl_core.errors import CheckpointError, RsvlError
+from rsvl_core.kit.errors import CheckpointError, RsvlError
 
 
 @pytest.fixture

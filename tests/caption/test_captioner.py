@@ -7,7 +7,7 @@ import torch
 from rsvl_testing import tiny_llava_next_folder, tiny_seed_adapter
 
 from rsvl_core.caption import SEED_PROMPT, CaptionOptions, load_captioner, to_pil_images
-from rsvl_core.errors import Cancelled, RsvlError
+from rsvl_core.kit.errors import Cancelled, RsvlError
 
 FAST = CaptionOptions(max_new_tokens=8)
 
@@ -87,7 +87,7 @@ def test_progress_reports_every_token_and_a_raise_cancels(captioner, image):
 
 
 def test_caption_runs_where_the_placement_put_it_and_unload(tmp_path, image):
-    from rsvl_core.pipeline.placement import LocalPlacement
+    from rsvl_core.memory.placement import LocalPlacement
 
     captioner = load_captioner(tiny_llava_next_folder(tmp_path))
     before = captioner.caption(image[:1], FAST)

@@ -7,9 +7,10 @@ import pytest
 from rsvl_testing import tiny_llava_next_folder
 
 from rsvl_core.cli import main
-from rsvl_core.pipeline import PipelineModels, StageSpec, caption_job
+from rsvl_core.jobs.inputs import SceneOptions
+from rsvl_core.jobs.work import caption_job
+from rsvl_core.pipeline import PipelineModels, StageSpec
 from rsvl_core.pipeline.components import CaptionOptions
-from rsvl_core.pipeline.jobs import SceneOptions
 
 
 def write_int16_scene(path, bands: np.ndarray) -> None:

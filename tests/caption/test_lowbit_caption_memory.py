@@ -20,7 +20,7 @@ from rsvl_core.caption.captioner import Captioner
 from rsvl_core.caption.config import CaptionOptions
 from rsvl_core.caption.storage import LOGIT_RELATIVE_ERROR, language_model_of, store_language_model
 from rsvl_core.caption.tiny import TinyLlavaSpec, tiny_llava_next, tiny_llava_next_processor
-from rsvl_core.lowbit import Fp8Linear, Int4Linear, tensor_bytes, torchao_available
+from rsvl_core.memory.lowbit import Fp8Linear, Int4Linear, tensor_bytes, torchao_available
 
 SPEC = TinyLlavaSpec(hidden_size=64, intermediate_size=128)
 STORAGE_SHARE = {"fp8": 0.55, "int8": 0.55, "int4": 0.30}  # of the bf16 bytes, the bounds
@@ -101,7 +101,7 @@ def test_lowbit_caption_memory_storage_and_quality(storage):
 
 
 def test_lowbit_caption_memory_int4_roundtrip_is_within_half_a_step():
-    from rsvl_core.lowbit import INT4_GROUP
+    from rsvl_core.memory.lowbit import INT4_GROUP
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(2 * INT4_GROUP, 8)

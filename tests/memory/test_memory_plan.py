@@ -18,14 +18,14 @@ import torch
 from rsvl_core.caption.captioner import Captioner
 from rsvl_core.caption.config import CaptionOptions
 from rsvl_core.caption.tiny import tiny_llava_next, tiny_llava_next_processor
-from rsvl_core.pipeline.block_swap import BlockSwap, BlockSwapPlacement, swappable_blocks
-from rsvl_core.pipeline.memory import Estimator, GiB, MemorySetting, StorageTracker, weight_bytes, weights_of
-from rsvl_core.pipeline.memory_plan import MemoryBudgetError, plan_memory
+from rsvl_core.memory.block_swap import BlockSwap, BlockSwapPlacement, swappable_blocks
+from rsvl_core.memory.estimate import Estimator, GiB, MemorySetting, StorageTracker, weight_bytes, weights_of
+from rsvl_core.memory.plan import MemoryBudgetError, plan_memory
 from rsvl_core.pipeline.options import RunConfig, parse_budget
 from rsvl_core.pipeline.tiny import TINY_SR3_CONFIG
 from rsvl_core.refine.refiner import RefineOptions, refine_image
 from rsvl_core.refine.tiny import tiny_refiner
-from rsvl_core.stage1 import SR3SamplerOptions, SR3UNet
+from rsvl_core.stage1 import SR3UNet, Stage1Options
 from rsvl_core.stage1.loader import SR3Model
 from rsvl_core.stage1.stage import SR3Stage1
 
@@ -57,7 +57,7 @@ def test_memory_estimate_matches_real_allocations_at_small_sizes(size, latent_ti
     stage1 = SR3Stage1(SR3Model(SR3UNet(TINY_SR3_CONFIG).eval().requires_grad_(False)))
     refiner = tiny_refiner(0)
     captioner = Captioner(tiny_llava_next(0), tiny_llava_next_processor())
-    sr3 = SR3SamplerOptions(sampler="faithful", steps=3, tile_size=32, tile_overlap=16, tile_batch=2)
+    sr3 = Stage1Options(sampler="faithful", steps=3, tile_size=32, tile_overlap=16, tile_batch=2)
     base = RefineOptions()
     refine = replace(base, sampler=replace(base.sampler, steps=2), min_size=0, latent_tile_size=latent_tile,
                      latent_tile_overlap=latent_tile // 4, vae_encode_tile=128 if latent_tile else 0,

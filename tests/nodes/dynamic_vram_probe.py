@@ -19,9 +19,9 @@ tensors came from, and the largest difference between the two images.
 from __future__ import annotations
 
 import importlib
-import types
 import json
 import sys
+import types
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,7 +61,8 @@ def main() -> None:
 
     pack = load_pack(repo)
     nodes = importlib.import_module(f"{pack.__name__}.nodes.host")
-    logic = types.SimpleNamespace(**{name: getattr(importlib.import_module(f"{pack.__name__}.rsvl_core.hosted.{m}"), name)
+    hosted = f"{pack.__name__}.rsvl_core.hosted"
+    logic = types.SimpleNamespace(**{name: getattr(importlib.import_module(f"{hosted}.{m}"), name)
                                      for m, names in (("settings", ["refine_options"]), ("handles", ["ModelHandle"]),
                                                       ("sdxl", ["refiner_over_host_sdxl"])) for name in names})
     dynamic_vram = importlib.import_module(f"{pack.__name__}.rsvl_core.hosted.dynamic_vram")

@@ -69,17 +69,17 @@ def sdxl_shaped_files() -> dict[str, Path]:
 
 
 def _sdxl_shaped_states() -> dict[str, dict[str, torch.Tensor]]:
-    from rsvl_core.refine.config import RefinerConfig
-    from rsvl_core.refine.control import GLVControl
-    from rsvl_core.refine.loader import unet_and_control_to_single_file
-    from rsvl_core.refine.text import (
+    from rsvl_core.refine.loading.loader import unet_and_control_to_single_file
+    from rsvl_core.refine.nets.config import RefinerConfig
+    from rsvl_core.refine.nets.control import GLVControl
+    from rsvl_core.refine.nets.text import (
         build_empty_text_encoders,
         sdxl_text_encoders_to_single_file,
         text_encoder_config,
         with_text_model_prefix,
     )
-    from rsvl_core.refine.unet import RefinerUNet
-    from rsvl_core.refine.vae import RefinerVAE, sdxl_vae_config
+    from rsvl_core.refine.nets.unet import RefinerUNet
+    from rsvl_core.refine.nets.vae import RefinerVAE, sdxl_vae_config
 
     config = RefinerConfig(**SDXL_SHAPED)
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
 OUR_NODES = ("LoadRSVLModels", "Stage1FidelitySR", "LlavaRSCaption", "ControlNetRefine", "DynamicStepScheduler",
-             "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF")
+             "RSVLUncertainty", "RSVLLoadScene", "RSVLSaveGeoTIFF", "RSVLUpscaleScene")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     io = types.ModuleType("comfy_api.latest.io")
     for name, io_type in (("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Combo", "COMBO"),
                           ("Image", "IMAGE"), ("Boolean", "BOOLEAN"), ("UpscaleModel", "UPSCALE_MODEL"),
-                          ("Model", "MODEL"), ("Clip", "CLIP"), ("Vae", "VAE"), ("Conditioning", "CONDITIONING")):
+                          ("Model", "MODEL"), ("Clip", "CLIP"), ("Vae", "VAE"), ("Conditioning", "CONDITIONING"),
+                          ("Mask", "MASK")):
         setattr(io, name, _comfytype(io_type))
     io.Custom = _comfytype
     io.Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID", prompt="PROMPT", extra_pnginfo="EXTRA_PNGINFO")
@@ -239,6 +240,7 @@ def _fake_modules(models_dir: Path) -> dict[str, types.ModuleType]:
 
     fp.add_model_folder_path = add_model_folder_path
     fp.get_input_directory = lambda: str(models_dir.parent / "input")
+    fp.get_output_directory = lambda: str(models_dir.parent / "output")
     fp.get_folder_paths = lambda name: list(fp.folder_names_and_paths[name][0])
     fp.get_filename_list = get_filename_list
     fp.get_full_path = get_full_path

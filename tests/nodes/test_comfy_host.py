@@ -246,7 +246,7 @@ def test_uncertainty_workflow_runs_on_a_batch_of_3(server):
     out = run_api(server, api, name)
     from PIL import Image
 
-    from rsvl_core.pipeline.uncertainty import LEGEND_HEIGHT
+    from rsvl_core.jobs.samples import LEGEND_HEIGHT
 
     guarded = sorted(out.rglob("guarded*.png"))
     maps = sorted(out.rglob("uncertainty*.png"))

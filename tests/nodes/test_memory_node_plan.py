@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsvl_core.lowbit import Fp8Linear
+from rsvl_core.memory.lowbit import Fp8Linear
 
 
 @pytest.mark.slow

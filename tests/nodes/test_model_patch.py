@@ -74,7 +74,7 @@ def test_model_patch_core_supir_modules_give_our_features(core_sized_files):
     load_state_dict, so the key layout is checked too. Same inputs to both, in fp32 on the CPU:
     - the 10 control features (ours: GLVControl; core's: GLVControl, hint / x / t / context / y);
     - every connector call our decoder makes (at control scales 1, 0.5, 0), replayed on core's module;
-    - epsilon of the whole UNet step with core's control (through the nodes' adapter, rsvl_core/hosted/model_patch.py) and
+    - epsilon of the whole UNet step with core's control (through the adapter, rsvl_core/hosted/model_patch.py) and
       core's connectors in place of ours;
     - the denoise encoder: ours against core's VAE Encoder class over the patch's `denoise_encoder_sd`.
     All agree within TOLERANCE (2e-5 absolute, on values up to about 5; measured at most 2.2e-6, on the features:

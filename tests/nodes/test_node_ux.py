@@ -153,7 +153,7 @@ def test_cpu_warning_for_a_long_stage1_run(comfy, demo_models, monkeypatch, capl
 
 def test_cpu_estimate_on_the_node_is_replaced_when_the_run_ends_or_is_cancelled(comfy, demo_models, monkeypatch):
     """The frontend keeps the last progress text on a node: after the estimate, the run's end is sent too."""
-    logic, host = comfy.logic, comfy.host.HOST
+    host = comfy.host.HOST
     sent: list[str] = []
     monkeypatch.setattr(host, "send_text", lambda node_id, text: sent.append(text), raising=False)
     monkeypatch.setattr(comfy.settings, "CPU_WARN_SECONDS", 0.0)

@@ -11,7 +11,7 @@ def _bhwc(batch: torch.Tensor) -> torch.Tensor:
 
 
 def test_uncertainty_node_combines_maps_and_guards(comfy):
-    from rsvl_core.pipeline.uncertainty import LEGEND_HEIGHT
+    from rsvl_core.jobs.samples import LEGEND_HEIGHT
 
     node = comfy.node("RSVLUncertainty")
     base = torch.full((3, 3, 20, 30), 0.5)

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from rsvl_core.refine.ldm_keys import ldm_to_ours
+from rsvl_core.refine.loading.ldm_keys import ldm_to_ours
+from rsvl_core.refine.nets.text import (
+    CLIP_G_PREFIX,
+    CLIP_L_PREFIX,
+    convert_sdxl_text_encoders,
+    infer_text_encoder_configs,
+)
+from rsvl_core.refine.nets.vae import convert_first_stage
 from rsvl_core.refine.refiner import refiner_single_files
-from rsvl_core.refine.text import CLIP_G_PREFIX, CLIP_L_PREFIX, convert_sdxl_text_encoders, infer_text_encoder_configs
 from rsvl_core.refine.tiny import tiny_refiner
-from rsvl_core.refine.tiny_text import tiny_text_encoder_single_file_state
-from rsvl_core.refine.tiny_vae import tiny_first_stage_single_file_state, tiny_vae_config
-from rsvl_core.refine.vae import convert_first_stage
+from rsvl_core.refine.tiny.text import tiny_text_encoder_single_file_state
+from rsvl_core.refine.tiny.vae import tiny_first_stage_single_file_state, tiny_vae_config
 
 
 def same_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:

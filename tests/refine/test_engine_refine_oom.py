@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from rsvl_core.cache import CachePolicy
 from rsvl_core.refine import denoise as denoise_module
 from rsvl_core.refine import sampler as S
-from rsvl_core.refine import vae as vae_module
 from rsvl_core.refine.denoise import GuidedDenoiser
-from rsvl_core.refine.networks import ConditionedNetworks, Conditioning
-from rsvl_core.refine.tiny_vae import tiny_refiner_vae
+from rsvl_core.refine.nets import vae as vae_module
+from rsvl_core.refine.nets.cfg import ConditionedNetworks, Conditioning
+from rsvl_core.refine.tiny.vae import tiny_refiner_vae
 
 
 def oom_above(module: torch.nn.Module, limit: int):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from rsvl_core.cache import CachePolicy
 from rsvl_core.refine import sampler as S
 from rsvl_core.refine.denoise import GuidedDenoiser
-from rsvl_core.refine.networks import ConditionedNetworks, Conditioning
+from rsvl_core.refine.nets.cfg import ConditionedNetworks, Conditioning
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from rsvl_testing import supir_tiny_parts
 from safetensors.torch import load_file
 
 from rsvl_core.refine import sampler as S
-from rsvl_core.refine.networks import ConditionedNetworks, Conditioning
+from rsvl_core.refine.nets.cfg import ConditionedNetworks, Conditioning
 
 
 @pytest.fixture(scope="module")

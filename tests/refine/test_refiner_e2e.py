@@ -9,8 +9,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from rsvl_core.errors import Cancelled, CheckpointError
-from rsvl_core.image import read_image
+from rsvl_core.kit.errors import Cancelled, CheckpointError
+from rsvl_core.kit.image import read_image
 from rsvl_core.pipeline.options import refine_options_from, refine_preset
 from rsvl_core.refine.refiner import RefineOptions, load_refiner, refine_image, working_size
 from rsvl_core.refine.tiny import TINY_SDXL_NAME, tiny_refiner, write_tiny_refiner_files

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from rsvl_core.refine.config import RefinerConfig
-from rsvl_core.refine.control import GLVControl
-from rsvl_core.refine.ldm_keys import ldm_to_ours, ours_to_ldm
-from rsvl_core.refine.loader import CONTROL_PREFIX, UNET_PREFIX, infer_refiner_config
-from rsvl_core.refine.unet import RefinerUNet
+from rsvl_core.refine.loading.ldm_keys import ldm_to_ours, ours_to_ldm
+from rsvl_core.refine.loading.loader import CONTROL_PREFIX, UNET_PREFIX, infer_refiner_config
+from rsvl_core.refine.nets.config import RefinerConfig
+from rsvl_core.refine.nets.control import GLVControl
+from rsvl_core.refine.nets.unet import RefinerUNet
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsvl_core.errors import CheckpointError
-from rsvl_core.refine.text import (
+from rsvl_core.kit.errors import CheckpointError
+from rsvl_core.refine.nets.text import (
     CLIP_G_PREFIX,
     CLIP_L_PREFIX,
     SDXLTextEncoder,
@@ -22,7 +22,7 @@ from rsvl_core.refine.text import (
     sdxl_vector,
     text_encoder_config,
 )
-from rsvl_core.refine.tiny_text import tiny_text_encoder_single_file_state
+from rsvl_core.refine.tiny.text import tiny_text_encoder_single_file_state
 
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]  # "a photo of a cat" in CLIP's vocabulary
 # 90 content tokens: 80 x "house", then 10 tokens that the variants below change (all past token 77).
@@ -365,7 +365,7 @@ def test_shipped_files_are_what_the_derive_script_produces():
     import json
     from pathlib import Path
 
-    from rsvl_core.refine.text import TOKENIZER_DIR
+    from rsvl_core.refine.nets.text import TOKENIZER_DIR
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "derive_clip_tokenizer.py"
     spec = importlib.util.spec_from_file_location("derive_clip_tokenizer", script)

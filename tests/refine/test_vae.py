@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from rsvl_core.weights.catalogue.checkpoint import read_state_dict
 from safetensors.torch import save_file
 
-from rsvl_core.checkpoint import read_state_dict
-from rsvl_core.errors import CheckpointError
-from rsvl_core.refine.tiny_vae import tiny_first_stage_single_file_state, tiny_refiner_vae, tiny_vae_config
-from rsvl_core.refine.vae import (
+from rsvl_core.kit.errors import CheckpointError
+from rsvl_core.kit.tiling import plan_tiles
+from rsvl_core.refine.nets.vae import (
     RefinerVAE,
     convert_first_stage,
     first_stage_to_single_file,
@@ -23,7 +23,7 @@ from rsvl_core.refine.vae import (
     resolve_vae_dtype,
     sdxl_vae_config,
 )
-from rsvl_core.tiling import plan_tiles
+from rsvl_core.refine.tiny.vae import tiny_first_stage_single_file_state, tiny_refiner_vae, tiny_vae_config
 
 PREFIX = "first_stage_model."
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from rsvl_core.cache import PRESETS
-from rsvl_core.refine.control import GLVControl
 from rsvl_core.refine.denoise import GuidedDenoiser
 from rsvl_core.refine.fast_paths import UNET_ENTRY_POINTS, compile_refiner_networks, is_compiled
-from rsvl_core.refine.networks import ConditionedNetworks, Conditioning
+from rsvl_core.refine.nets.cfg import ConditionedNetworks, Conditioning
+from rsvl_core.refine.nets.control import GLVControl
+from rsvl_core.refine.nets.unet import RefinerUNet
 from rsvl_core.refine.sampler import RestoreSamplerOptions, sample_restore_edm
 from rsvl_core.refine.tiny import tiny_refiner_config
-from rsvl_core.refine.unet import RefinerUNet
 
 # inductor on the CPU vs eager, float32: reassociated sums and fused kernels, nothing more
 COMPILE_RTOL = 1e-4

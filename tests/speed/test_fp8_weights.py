@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from rsvl_core.pipeline.models import module_bytes
-from rsvl_core.refine.control import GLVControl
 from rsvl_core.refine.fast_paths import FP8, FP8_RELATIVE_ERROR, Fp8Conv2d, Fp8Linear, store_fp8_weights
+from rsvl_core.refine.nets.control import GLVControl
+from rsvl_core.refine.nets.unet import RefinerUNet
 from rsvl_core.refine.tiny import tiny_refiner_config
-from rsvl_core.refine.unet import RefinerUNet
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import torch
 from rsvl_testing import tiny_sr3_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rsvl_core.stage1 import SR3SamplerOptions, upscale_stage1
+from rsvl_core.stage1 import Stage1Options, upscale_stage1
 from rsvl_core.stage1.graphs import (
     draw_all_noise,
     faithful_step,
@@ -41,7 +41,7 @@ def _inputs(model, size: int = 32):
 def test_graph_static_loop_equals_the_plain_loop_exactly():
     model = tiny_sr3_model()
     image, _ = _inputs(model)
-    options = SR3SamplerOptions(steps=STEPS, tile_size=0)
+    options = Stage1Options(steps=STEPS, tile_size=0)
     plain = upscale_stage1(model, image, 4, options, seed=7)
     static = upscale_stage1(model, image, 4, options, seed=7, static_loop=True)
     assert static.shape == plain.shape == (1, 3, 32, 32)
@@ -54,7 +54,7 @@ def test_graph_loop_body_has_no_host_sync_and_the_plain_loop_has():
     model = tiny_sr3_model()
     image, schedule = _inputs(model)
     condition = torch.nn.functional.interpolate(image, scale_factor=4, mode="bicubic") * 2 - 1
-    options = SR3SamplerOptions(steps=STEPS, tile_size=0)
+    options = Stage1Options(steps=STEPS, tile_size=0)
     source = gaussian_noise_source(torch.Generator().manual_seed(0), torch.device("cpu"))
     with torch.inference_mode():
         table = faithful_step_table(schedule)
@@ -84,12 +84,12 @@ def test_graph_step_traces_with_zero_graph_breaks():
 def test_graph_eligibility_falls_back_where_it_does_not_apply():
     unet = tiny_sr3_model().unet
     shape = (1, 3, 32, 32)
-    assert graph_eligible(unet, shape, SR3SamplerOptions(tile_size=0))
-    assert graph_eligible(unet, shape, SR3SamplerOptions(tile_size=224))
-    assert not graph_eligible(unet, (1, 3, 256, 256), SR3SamplerOptions(tile_size=224))   # several tiles
-    assert not graph_eligible(unet, shape, SR3SamplerOptions(sampler="dpmpp", tile_size=0))
+    assert graph_eligible(unet, shape, Stage1Options(tile_size=0))
+    assert graph_eligible(unet, shape, Stage1Options(tile_size=224))
+    assert not graph_eligible(unet, (1, 3, 256, 256), Stage1Options(tile_size=224))   # several tiles
+    assert not graph_eligible(unet, shape, Stage1Options(sampler="dpmpp", tile_size=0))
     from rsvl_core.cache import PRESETS
-    assert not graph_eligible(unet, shape, SR3SamplerOptions(tile_size=0, cache=PRESETS["fast"]))
+    assert not graph_eligible(unet, shape, Stage1Options(tile_size=0, cache=PRESETS["fast"]))
 
 
 def test_graph_static_loop_reports_progress_and_can_be_cancelled():
@@ -105,6 +105,6 @@ def test_graph_static_loop_reports_progress_and_can_be_cancelled():
 
     source = gaussian_noise_source(torch.Generator().manual_seed(0), torch.device("cpu"))
     with pytest.raises(KeyboardInterrupt):
-        sample_faithful_static(model.unet, condition, (1, 3, 32, 32), schedule, SR3SamplerOptions(steps=STEPS),
+        sample_faithful_static(model.unet, condition, (1, 3, 32, 32), schedule, Stage1Options(steps=STEPS),
                                source, callback)
     assert seen == [(i, STEPS, "stage1", None) for i in range(1, 6)]

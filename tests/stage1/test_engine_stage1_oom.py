@@ -14,8 +14,8 @@ from rsvl_testing import tiny_compact, tiny_sr3_model
 from safetensors.torch import save_file
 
 from rsvl_core.cache import CachePolicy, CacheReport
-from rsvl_core.errors import TileMemoryError
-from rsvl_core.stage1 import SR3SamplerOptions, upscale_stage1
+from rsvl_core.kit.errors import TileMemoryError
+from rsvl_core.stage1 import Stage1Options, upscale_stage1
 from rsvl_core.stage1.spandrel_sr import SpandrelOptions, load_spandrel_stage1, upscale_spandrel
 
 
@@ -37,7 +37,7 @@ FAST_CACHE = CachePolicy(mode="fast", threshold=10.0, reuse="eps", signal_depth=
 def test_engine_oom_sr3_halves_its_tile_and_equals_the_smaller_tile(cache):
     model = tiny_sr3_model(seed=0)
     image = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
-    options = SR3SamplerOptions(sampler="ddim", steps=5, tile_size=64, tile_overlap=16, tile_batch=2, cache=cache)
+    options = Stage1Options(sampler="ddim", steps=5, tile_size=64, tile_overlap=16, tile_batch=2, cache=cache)
     # the up path's last block sees whole tiles: with a cache the error comes after the step's decision
     handle = oom_above(model.unet.final_conv, 40)
     try:
@@ -60,7 +60,7 @@ def test_engine_oom_sr3_gives_up_at_its_minimum_tile():
     handle = oom_above(model.unet.final_conv, 8)
     try:
         with pytest.raises(TileMemoryError, match=r"stage 1 \(SR3\): out of memory even with 32-pixel tiles"):
-            upscale_stage1(model, torch.rand(1, 3, 20, 24), 4, SR3SamplerOptions(sampler="ddim", steps=2))
+            upscale_stage1(model, torch.rand(1, 3, 20, 24), 4, Stage1Options(sampler="ddim", steps=2))
     finally:
         handle.remove()
 

@@ -15,7 +15,7 @@ from rsvl_testing import spandrel_state, tiny_compact, tiny_esrgan
 from safetensors.torch import save_file
 from spandrel.architectures.SAFMN import SAFMN
 
-from rsvl_core.errors import CheckpointError
+from rsvl_core.kit.errors import CheckpointError
 from rsvl_core.stage1.spandrel_sr import (
     RESAMPLE_FILTER,
     SpandrelOptions,

@@ -11,7 +11,7 @@ import torch
 from rsvl_testing import tiny_sr3_config
 from safetensors.torch import save_file
 
-from rsvl_core.errors import CheckpointError
+from rsvl_core.kit.errors import CheckpointError
 from rsvl_core.stage1 import SR3Config, SR3UNet, load_sr3, save_sr3
 from rsvl_core.stage1.config import SCHEDULE_BUFFER_NAMES
 from rsvl_core.stage1.loader import check_sr3_keys, infer_sr3_config, split_sr3_state_dict

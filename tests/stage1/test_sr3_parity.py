@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from rsvl_core.stage1 import SR3NoiseSchedule, SR3SamplerOptions, load_sr3
+from rsvl_core.stage1 import SR3NoiseSchedule, Stage1Options, load_sr3
 from rsvl_core.stage1.sampler import FaithfulDDPM, make_eps_model, sample_sr3
 
 SINGLE_PASS = dict(rtol=1e-4, atol=1e-4)  # fixtures README: single forward passes
@@ -108,7 +108,7 @@ def test_sr3_parity_full_loop_with_seed_noise(fixtures_dir):
     previews = []
     final = sample_sr3(
         make_eps_model(model.unet, loop["loop.condition"]), (1, 3, 32, 32), SR3NoiseSchedule.create(n_timestep=10),
-        SR3SamplerOptions(steps=10, tile_size=0), replay,
+        Stage1Options(steps=10, tile_size=0), replay,
         callback=lambda step, total, stage, preview=None: previews.append((step, total, stage)),
     )
     assert len(used) == 10  # one initial draw + one per step t = 9..1, none at t = 0, as in the seed

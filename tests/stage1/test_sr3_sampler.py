@@ -6,7 +6,7 @@ import pytest
 import torch
 from rsvl_testing import OracleDenoiser, tiny_sr3_model
 
-from rsvl_core.stage1 import SAMPLERS, SR3NoiseSchedule, SR3SamplerOptions
+from rsvl_core.stage1 import SAMPLERS, SR3NoiseSchedule, Stage1Options
 from rsvl_core.stage1.sampler import gaussian_noise_source, make_eps_model, sample_sr3
 
 
@@ -24,7 +24,7 @@ def test_every_sampler_recovers_x0_from_an_exact_denoiser(sampler, steps):
     oracle = OracleDenoiser(lambda condition: condition)
     eps_model = make_eps_model(oracle, target)
     schedule = SR3NoiseSchedule.create()
-    options = SR3SamplerOptions(sampler=sampler, steps=steps, tile_size=0)
+    options = Stage1Options(sampler=sampler, steps=steps, tile_size=0)
     previews = []
     out = sample_sr3(eps_model, target.shape, schedule, options,
                      gaussian_noise_source(torch.Generator().manual_seed(0), torch.device("cpu")),
@@ -42,7 +42,7 @@ def test_wrong_noise_level_is_caught_by_the_oracle_test():
     inner = make_eps_model(oracle, target)
     previews = []
     sample_sr3(lambda x, level: inner(x, level ** 0.5), target.shape, SR3NoiseSchedule.create(),
-               SR3SamplerOptions(sampler="ddim", steps=25, tile_size=0),
+               Stage1Options(sampler="ddim", steps=25, tile_size=0),
                gaussian_noise_source(torch.Generator().manual_seed(0), torch.device("cpu")),
                callback=lambda step, total, stage, preview=None: previews.append(preview))
     assert max((p * 2 - 1 - target).abs().max().item() for p in previews) > 0.05
@@ -52,7 +52,7 @@ def test_wrong_noise_level_is_caught_by_the_oracle_test():
 def test_sampler_is_deterministic_for_a_seed(sampler):
     model = tiny_sr3_model()
     condition = smooth_target((1, 3, 16, 16))
-    options = SR3SamplerOptions(sampler=sampler, steps=6, tile_size=0)
+    options = Stage1Options(sampler=sampler, steps=6, tile_size=0)
     schedule = model.inference_schedule(6 if sampler == "faithful" else None)
 
     def run(seed):
@@ -65,7 +65,7 @@ def test_sampler_is_deterministic_for_a_seed(sampler):
 
 
 def test_faithful_is_the_default_and_fast_solvers_are_options():
-    options = SR3SamplerOptions()
+    options = Stage1Options()
     assert options.sampler == "faithful" and options.steps is None and options.clip_denoised
     assert SR3NoiseSchedule.create().num_timesteps == 500
 
@@ -82,4 +82,4 @@ def test_faithful_is_the_default_and_fast_solvers_are_options():
 )
 def test_bad_sampler_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SR3SamplerOptions(**kwargs)
+        Stage1Options(**kwargs)

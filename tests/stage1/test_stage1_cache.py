@@ -7,7 +7,7 @@ import torch
 from rsvl_testing import tiny_sr3_model
 
 from rsvl_core.cache import CachePolicy, CacheReport
-from rsvl_core.stage1 import SR3SamplerOptions, upscale_stage1
+from rsvl_core.stage1 import Stage1Options, upscale_stage1
 from rsvl_core.stage1.loader import SR3Model
 
 
@@ -40,16 +40,16 @@ def model():
 
 def test_stage1_cache_is_off_by_default_and_bit_identical_when_off(model):
     image = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(0))
-    plain = upscale_stage1(model, image, 4, SR3SamplerOptions(sampler="ddim", steps=6, tile_size=0), seed=1)
-    assert SR3SamplerOptions().cache.mode == "off"
-    zero = SR3SamplerOptions(sampler="ddim", steps=6, tile_size=0, cache=CachePolicy(mode="fast", threshold=0))
+    plain = upscale_stage1(model, image, 4, Stage1Options(sampler="ddim", steps=6, tile_size=0), seed=1)
+    assert Stage1Options().cache.mode == "off"
+    zero = Stage1Options(sampler="ddim", steps=6, tile_size=0, cache=CachePolicy(mode="fast", threshold=0))
     assert torch.equal(upscale_stage1(model, image, 4, zero, seed=1), plain)
 
 
 def test_stage1_cache_reuses_steps_and_skips_the_up_path(model):
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     policy = CachePolicy(mode="fast", threshold=10.0, reuse="eps", skip_first=1, skip_last=1, max_consecutive=2)
-    options = SR3SamplerOptions(sampler="ddim", steps=8, tile_size=32, tile_overlap=8, tile_batch=2, cache=policy)
+    options = Stage1Options(sampler="ddim", steps=8, tile_size=32, tile_overlap=8, tile_batch=2, cache=policy)
     model.unet.up_calls = 0
     report = CacheReport()
     out = upscale_stage1(model, image, 4, options, seed=1, cache_report=report)
@@ -61,4 +61,4 @@ def test_stage1_cache_reuses_steps_and_skips_the_up_path(model):
 
 def test_stage1_cache_refuses_the_seed_rule():
     with pytest.raises(ValueError, match="stage-1 cache"):
-        SR3SamplerOptions(cache=CachePolicy.seed())
+        Stage1Options(cache=CachePolicy.seed())

@@ -6,12 +6,12 @@ import pytest
 import torch
 from rsvl_testing import SAMPLE_IMAGE, OracleDenoiser, tiny_sr3_model, zero_padded_blur
 
-from rsvl_core.errors import Cancelled
-from rsvl_core.image import bicubic_resize, read_image
-from rsvl_core.stage1 import SR3Model, SR3SamplerOptions, upscale_stage1
-from rsvl_core.tiling import plan_tiles
+from rsvl_core.kit.errors import Cancelled
+from rsvl_core.kit.image import bicubic_resize, read_image
+from rsvl_core.kit.tiling import plan_tiles
+from rsvl_core.stage1 import SR3Model, Stage1Options, upscale_stage1
 
-FAST = SR3SamplerOptions(sampler="ddim", steps=8)
+FAST = Stage1Options(sampler="ddim", steps=8)
 # The oracle's output against the bicubic upsample, tiled or not: the same condition, then 8 DDIM steps of float32
 # arithmetic and the tile blend (weights summing to 1) on values in [0, 1]: float32 rounding, 1e-5 (measured
 # 1.2e-7). A one-pixel shift or a mis-stitched tile moves values by up to ~0.1 on these crops.
@@ -32,11 +32,11 @@ def oracle_model(target_fn) -> SR3Model:
 def test_output_is_exactly_input_times_scale(scale, size):
     model = tiny_sr3_model()
     lr = sample_crop(*size)
-    out = upscale_stage1(model, lr, scale, SR3SamplerOptions(steps=3, tile_size=32, tile_overlap=8), seed=0)
+    out = upscale_stage1(model, lr, scale, Stage1Options(steps=3, tile_size=32, tile_overlap=8), seed=0)
     assert out.shape == (1, 3, size[0] * scale, size[1] * scale)
     # and every output pixel is where it belongs: with an exact denoiser for x0 = condition, the tiled
     # output is the bicubic upsample itself (a crop, shift or mis-stitched tile would show here)
-    tiled = SR3SamplerOptions(sampler="ddim", steps=8, tile_size=32, tile_overlap=8)
+    tiled = Stage1Options(sampler="ddim", steps=8, tile_size=32, tile_overlap=8)
     exact = upscale_stage1(oracle_model(lambda c: c), lr, scale, tiled, seed=0)
     torch.testing.assert_close(exact, bicubic_resize(lr, tuple(out.shape[-2:])).clamp(0, 1), **ORACLE_TOLERANCE)
 
@@ -80,8 +80,8 @@ def test_tiled_run_has_no_seams():
     model = oracle_model(lambda c: zero_padded_blur(c, radius=3))
     lr = sample_crop(24, 40)
     height, width = 96, 160
-    tiled = upscale_stage1(model, lr, 4, SR3SamplerOptions(sampler="ddim", steps=8, tile_size=64, tile_overlap=16))
-    whole = upscale_stage1(model, lr, 4, SR3SamplerOptions(sampler="ddim", steps=8, tile_size=0))
+    tiled = upscale_stage1(model, lr, 4, Stage1Options(sampler="ddim", steps=8, tile_size=64, tile_overlap=16))
+    whole = upscale_stage1(model, lr, 4, Stage1Options(sampler="ddim", steps=8, tile_size=0))
     tiles = plan_tiles(height, width, 64, 16)
     assert len(tiles) == 6
     for axis, dim, length in ((0, 2, height), (1, 3, width)):
@@ -95,7 +95,7 @@ def test_tiled_run_has_no_seams():
 
     # control: the same model with pasted (unblended, non-overlapping) tiles must fail the check
     pasted = upscale_stage1(model, sample_crop(24, 32), 4,
-                            SR3SamplerOptions(sampler="ddim", steps=8, tile_size=64, tile_overlap=0))
+                            Stage1Options(sampler="ddim", steps=8, tile_size=64, tile_overlap=0))
     ratio = border_energy_ratio(pasted, [64], 3)
     assert ratio > 3 * SEAM_FACTOR, ratio
 
@@ -105,8 +105,8 @@ def test_tiled_matches_untiled_away_from_tile_borders_exactly_for_a_local_model(
     model = oracle_model(lambda c: zero_padded_blur(c, radius=radius))
     lr = sample_crop(24, 40)
     options = dict(sampler="ddim", steps=8)
-    whole = upscale_stage1(model, lr, 4, SR3SamplerOptions(tile_size=0, **options))
-    tiled = upscale_stage1(model, lr, 4, SR3SamplerOptions(tile_size=64, tile_overlap=16, **options))
+    whole = upscale_stage1(model, lr, 4, Stage1Options(tile_size=0, **options))
+    tiled = upscale_stage1(model, lr, 4, Stage1Options(tile_size=64, tile_overlap=16, **options))
     # a pixel is unaffected by tiling when every tile covering it sees it >= radius from the tile's cut edges
     exact = torch.ones(96, 160, dtype=torch.bool)
     for t in plan_tiles(96, 160, 64, 16):
@@ -136,9 +136,9 @@ def test_tiled_sr3_matches_untiled_within_tolerance():
     model = tiny_sr3_model()
     lr = sample_crop(24, 40)
     options = dict(sampler="dpmpp", steps=10)
-    whole = upscale_stage1(model, lr, 4, SR3SamplerOptions(tile_size=0, **options), seed=5)
-    tiled = upscale_stage1(model, lr, 4, SR3SamplerOptions(tile_size=64, tile_overlap=16, **options), seed=5)
-    other_seed = upscale_stage1(model, lr, 4, SR3SamplerOptions(tile_size=0, **options), seed=6)
+    whole = upscale_stage1(model, lr, 4, Stage1Options(tile_size=0, **options), seed=5)
+    tiled = upscale_stage1(model, lr, 4, Stage1Options(tile_size=64, tile_overlap=16, **options), seed=5)
+    other_seed = upscale_stage1(model, lr, 4, Stage1Options(tile_size=0, **options), seed=6)
     tiles = plan_tiles(96, 160, 64, 16)
     away = torch.ones(96, 160, dtype=torch.bool)
     for y in interior_edges(tiles, 0, 96):
@@ -155,7 +155,7 @@ def test_tiled_sr3_matches_untiled_within_tolerance():
 def test_seed_reproduces_and_varies():
     model = tiny_sr3_model()
     lr = sample_crop(8, 8)
-    options = SR3SamplerOptions(steps=5)
+    options = Stage1Options(steps=5)
     a, b = upscale_stage1(model, lr, 2, options, seed=7), upscale_stage1(model, lr, 2, options, seed=7)
     c = upscale_stage1(model, lr, 2, options, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -171,7 +171,7 @@ def test_progress_reports_every_step_and_cancel_stops_within_one_step():
             raise Cancelled("user pressed cancel")
 
     with pytest.raises(Cancelled):
-        upscale_stage1(model, sample_crop(6, 5), 2, SR3SamplerOptions(steps=20), callback=callback)
+        upscale_stage1(model, sample_crop(6, 5), 2, Stage1Options(steps=20), callback=callback)
     assert [s[0] for s in seen] == [1, 2, 3]
     assert seen[0][1:] == (20, "stage1", (1, 3, 12, 10))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import RefinerConfig
+from ..nets.config import RefinerConfig
 
 _RESNET_RENAMES = {
     "in_layers.0": "norm1",

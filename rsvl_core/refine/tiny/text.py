@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .text import (
+from ..nets.text import (
     build_empty_text_encoders,
     sdxl_text_encoders_to_single_file,
     text_encoder_config,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..kit.errors import CheckpointError
 
 
 @dataclass(frozen=True)

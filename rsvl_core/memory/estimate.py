@@ -16,7 +16,7 @@ the bytes of every tensor storage alive at each op:
 Weights are counted separately, as placement puts them on the device: `resident` = every stage's weights for
 the whole run; `sequential` = only the running stage's; with block swap (`block_swap.py`) the refiner's UNet
 and control net hold only their non-block weights plus the K largest blocks. Weight storage (fp8 / int8 / int4,
-`rsvl_core.lowbit`) is applied to the fake models, so their bytes are the real layouts'.
+`rsvl_core.memory.lowbit`) is applied to the fake models, so their bytes are the real layouts'.
 
 What it leaves out: the CUDA context and allocator rounding/fragmentation (not in `max_memory_allocated`
 either), cuDNN/cuBLAS workspaces, and kernel-internal scratch. The plan (`memory_plan.py`) keeps a margin.
@@ -36,16 +36,16 @@ from torch.utils._pytree import tree_flatten
 
 from ..caption.config import CaptionOptions
 from ..caption.storage import store_language_model
-from ..lowbit import tensor_bytes
 from ..refine.colorfix import apply_color_fix
 from ..refine.fast_paths import store_fp8_weights
-from ..refine.networks import ConditionedNetworks, Conditioning
+from ..refine.nets.cfg import ConditionedNetworks, Conditioning
+from ..refine.nets.text import sdxl_vector
+from ..refine.nets.vae import resolve_vae_dtype
 from ..refine.refiner import RefineOptions, Refiner, working_size
-from ..refine.text import sdxl_vector
-from ..refine.vae import resolve_vae_dtype
-from ..stage1.sampler import SR3SamplerOptions, make_eps_model, stage1_tile_fit
+from ..stage1.sampler import Stage1Options, make_eps_model, stage1_tile_fit
 from ..stage1.stage import SR3Stage1
 from .block_swap import swappable_blocks
+from .lowbit import tensor_bytes
 from .placement import parts
 
 GiB = 2**30
@@ -128,7 +128,7 @@ def activation_peak(model: Any, work: Callable[[], Any]) -> int:
 
 
 # 1. what each stage does at its peak -------------------------------------------------------------------
-def stage1_work(stage1: SR3Stage1, input_size: tuple[int, int], scale: int, options: SR3SamplerOptions) -> None:
+def stage1_work(stage1: SR3Stage1, input_size: tuple[int, int], scale: int, options: Stage1Options) -> None:
     """SR3 stage 1 at its peak: conditioning + sample images, one tiled UNet evaluation, one update."""
     height, width = input_size[0] * scale, input_size[1] * scale
     unet = stage1.model.unet
@@ -144,7 +144,7 @@ def stage1_work(stage1: SR3Stage1, input_size: tuple[int, int], scale: int, opti
     del kept
 
 
-def one_pass_work(stage1: Any, input_size: tuple[int, int], options: SR3SamplerOptions) -> None:
+def one_pass_work(stage1: Any, input_size: tuple[int, int], options: Stage1Options) -> None:
     """A one-pass (spandrel) stage 1 at its peak: its largest tile through the network (the blend buffers of the
     output are the run's images, counted by the caller)."""
     tiling = stage1.tiling(options)
@@ -244,7 +244,7 @@ def refine_work(refiner: Refiner, image_size: tuple[int, int], options: RefineOp
 class Storage:
     """How the captioner's language model and the refiner's UNet + control net store their weights."""
 
-    caption: str = "none"   # none (as loaded) | fp8 | int8 | int4 (rsvl_core.lowbit)
+    caption: str = "none"   # none (as loaded) | fp8 | int8 | int4 (rsvl_core.memory.lowbit)
     refine: str = "none"    # none | fp8
 
 
@@ -255,7 +255,7 @@ class MemorySetting:
     input_size: tuple[int, int] = (28, 28)
     scale: int = 8
     dtype: torch.dtype = torch.bfloat16
-    stage1: SR3SamplerOptions = field(default_factory=SR3SamplerOptions)
+    stage1: Stage1Options = field(default_factory=Stage1Options)
     caption: CaptionOptions | None = field(default_factory=CaptionOptions)  # None: no captioner runs
     refine: RefineOptions | None = field(default_factory=RefineOptions)
     storage: Storage = field(default_factory=Storage)
@@ -433,7 +433,7 @@ def _work_key(stage: str, setting: MemorySetting) -> tuple:
 
 
 def _full_on_meta(stage: str, dtype: torch.dtype) -> Any:
-    from .full_size import full_captioner, full_refiner, full_stage1
+    from ..pipeline.full_size import full_captioner, full_refiner, full_stage1
 
     if stage == "refine":  # the VAE in the dtype the pipeline gives it (fp16 runs in fp32: SDXL's VAE overflows)
         return full_refiner("meta", dtype, resolve_vae_dtype(dtype))
@@ -441,11 +441,18 @@ def _full_on_meta(stage: str, dtype: torch.dtype) -> Any:
 
 
 _ESTIMATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FULL_SIZE: list[Estimator] = []  # built on first use: a FakeTensorMode imports torch._dynamo (seconds)
 
 
 def stage_activations(stage: str, model: Any, setting: MemorySetting) -> int:
     """Peak activation bytes of one image through this very model (its fake copy, built once per model): what a
-    host's memory manager is asked to keep free beside the weights, and what a CPU run needs in RAM."""
+    host's memory manager is asked to keep free beside the weights, and what a CPU run needs in RAM. `model`
+    None: the full-size model of the real configs, in the setting's dtype (a model that is built only when
+    placed, e.g. our refiner over the SDXL a host holds)."""
+    if model is None:
+        if not _FULL_SIZE:
+            _FULL_SIZE.append(Estimator())
+        return _FULL_SIZE[0].activations(stage, setting)
     try:
         estimator = _ESTIMATORS.get(model)
     except TypeError:  # not weak-referenceable: estimated without a cache

@@ -1,9 +1,9 @@
 """Where a scene comes from and where its result goes: plain images, or GeoTIFFs with their georeferencing.
 
 `open_scene` picks the reader: a georeferenced raster (GeoTIFF, JPEG 2000, VRT, Imagine; geotransform, GCPs or
-RPCs; any TIFF when bands/stretch are given) goes through rasterio (`geo.py`: bands, stretch, palette, validity
+RPCs; any TIFF when bands/stretch are given) goes through rasterio (`scenes/geo.py`: bands, stretch, palette, validity
 mask, georeferencing) and gives a GeoTIFF; a TIFF or GDAL-only raster without georeferencing is read by rasterio
-too and gives a plain image; everything else goes through Pillow (`image.py`). Invalid pixels (nodata, NaN/Inf,
+too and gives a plain image; everything else goes through Pillow (`kit/image.py`). Invalid pixels (nodata, NaN/Inf,
 the file's mask or alpha) reach the model filled from their valid neighbours (`geo.fill_invalid`), whole or window
 by window. The matching writer keeps the georeferencing (pixel size / scale, same bounds; GCPs and RPCs scaled)
 and the mask, and writes atomically, whole or row strip by row strip for windowed runs.
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputImageError
+from ..kit.errors import InputImageError
+from ..kit.image import GDAL_ONLY_SUFFIXES, read_image, write_array_atomic, write_image_atomic
+from ..kit.tiling import Tile
 from .geo import RasterInfo, rasterio_available
-from .image import GDAL_ONLY_SUFFIXES, read_image, write_array_atomic, write_image_atomic
-from .scene import ArraySink
-from .tiling import Tile
+from .windows import ArraySink
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 RASTER_SUFFIXES = GEOTIFF_SUFFIXES + GDAL_ONLY_SUFFIXES  # what rasterio reads for us

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
-from ..image import write_array_atomic
-from ..scene import WindowOptions, plan_windows
-from ..scene_io import SceneSource
-from ..tiling import Feather, Tile, TileBlender
-from .uncertainty import UncertaintyOptions, heat_map, summarise_spread
+from ..kit.atomic import atomic_path
+from ..kit.image import write_array_atomic
+from ..kit.tiling import Feather, Tile, TileBlender
+from ..scenes.sources import SceneSource
+from ..scenes.windows import WindowOptions, plan_windows
+from .samples import UncertaintyOptions, heat_map, summarise_spread
 
 LAYER_SUFFIX = "_uncertainty"
 LAYER_NOTE = "per-pixel standard deviation across samples, in 8-bit output levels"
@@ -115,7 +115,7 @@ def _write_geotiff_layer(target: Path, values: np.ndarray, cog: bool) -> tuple[P
     """A one-band float32 GeoTIFF with the output's CRS, transform and nodata; nodata where the output has it."""
     import rasterio  # a GeoTIFF output was just written with it
 
-    from ..geo import OutputPlace, cloud_optimised, gdal_write_guard
+    from ..scenes.geo import OutputPlace, cloud_optimised, gdal_write_guard
 
     with rasterio.open(target) as out:
         profile = {"driver": "GTiff", "width": out.width, "height": out.height, "count": 1, "dtype": "float32",
@@ -144,7 +144,7 @@ def _add_band(target: Path, values: np.ndarray, cog: bool) -> tuple[np.ndarray, 
     import rasterio  # a GeoTIFF output was just written with it
     from rasterio.enums import ColorInterp
 
-    from ..geo import OutputPlace, cloud_optimised, gdal_write_guard
+    from ..scenes.geo import OutputPlace, cloud_optimised, gdal_write_guard
 
     with rasterio.open(target) as out:
         data, profile, tags = out.read(), dict(out.profile), out.tags()

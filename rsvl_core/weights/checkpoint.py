@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from ..kit.errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .vae import RefinerVAE, sdxl_vae_config
+from ..nets.vae import RefinerVAE, sdxl_vae_config
 
 
 def tiny_vae_config() -> dict[str, Any]:

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_path, check_output_folder, fit_name, remove_stale_temporaries
 from ..caption import collapse_whitespace
-from ..errors import RsvlError
-from ..image import IMAGE_SUFFIXES, list_images
-from ..progress import ProgressCallback
-from ..scene import ArraySink, RowSink, WindowOptions, blend_windows, plan_windows
-from ..scene_io import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
-from ..tiling import Tile
-from ..weights import check_search_folders, find_weights
-from .models import ModelFiles, PipelineModels
-from .options import RunConfig
-from .run import PipelineResult, peak_memory, run_pipeline
-from .uncertainty_layer import SpreadCanvas, layer_notes, layer_owner, merge_window_records, write_layer
+from ..kit.atomic import atomic_path, check_output_folder, fit_name, remove_stale_temporaries
+from ..kit.errors import RsvlError
+from ..kit.image import IMAGE_SUFFIXES, list_images
+from ..kit.progress import ProgressCallback
+from ..kit.tiling import Tile
+from ..pipeline.models import ModelFiles, PipelineModels
+from ..pipeline.options import RunConfig
+from ..pipeline.run import PipelineResult, peak_memory, run_pipeline
+from ..scenes.sources import SceneSource, is_geotiff_input, open_scene, row_sink, write_whole
+from ..scenes.windows import ArraySink, RowSink, WindowOptions, blend_windows, plan_windows
+from ..weights.catalogue import check_search_folders, find_weights
+from .spread_layer import SpreadCanvas, layer_notes, layer_owner, merge_window_records, write_layer
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class SceneOptions:
 def scene_options_from(values: dict[str, Any]) -> SceneOptions:
     """SceneOptions from plain values named as in `options.SCENE_SETTINGS` (None, "" or "auto" = the reader's own
     choice; absent = the row's default): what the command line's scene flags and the scene nodes give."""
-    from .options import SCENE_SETTINGS
+    from ..pipeline.options import SCENE_SETTINGS
 
     given = {name: values.get(name, SCENE_SETTINGS[name].default) for name in SCENE_SETTINGS}
     text = {name: None if given[name] in (None, "", "auto") else str(given[name]).strip() or None
@@ -184,7 +184,7 @@ def locate_model_files(config: RunConfig, models_dir: Path | None = None, stage1
                        notify: Callable[[str], None] | None = None, captioner: Path | None = None,
                        adapter: Path | None = None, ckpt_dir: Path | None = None,
                        comfyui_dir: Path | None = None) -> ModelFiles:
-    """Every file the run needs, found by the one weights lookup (`rsvl_core.weights.find_weights`) before any
+    """Every file the run needs, found by the one weights lookup (`rsvl_core.weights.catalogue.find_weights`) before any
     heavy work; only the stages `config` uses. `notify` hears where a file found outside the first place came from.
     A `models_dir` the caller names must exist (a typo must not fall back to $RSVL_MODELS_DIR or ./models)."""
     check_search_folders(models_dir, comfyui_dir, ckpt_dir)
@@ -525,7 +525,7 @@ def write_run_record(target: Path, record: dict, config: RunConfig, device: torc
 
 def model_files_record(models: PipelineModels, with_hashes: bool = True) -> dict:
     """Each stage's files: path, size and sha256 (computed once per file and cached; folders get no hash)."""
-    from ..weights_manager import cached_sha256
+    from ..weights.manager import cached_sha256
 
     out = {}
     for stage, files in models.files().items():

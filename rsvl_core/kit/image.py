@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", *GD
 
 # Largest input read whole, in pixels (width x height): 100 megapixels, e.g. 10000 x 10000. Pillow's
 # own decompression-bomb guard is replaced by this explicit check, made from the header before any
-# pixel is decoded. A larger scene must be a GeoTIFF processed in windows (rsvl_core.geo).
+# pixel is decoded. A larger scene must be a GeoTIFF processed in windows (rsvl_core.scenes.geo).
 MAX_INPUT_PIXELS = 100_000_000
 EXIF_ORIENTATION = 0x0112
 TIFF_HINT = ('multi-band, 16-bit RGB and float TIFFs are read by the GeoTIFF reader: pip install "rsvl[geo]", '
@@ -86,7 +86,7 @@ def _check_size(path: Path, width: int, height: int) -> None:
 
 def _too_large(path: Path, size: str) -> str:
     return (f"{path}: image is {size}, over the {MAX_INPUT_PIXELS:,}-pixel limit for reading an image whole "
-            f"(rsvl_core.image.MAX_INPUT_PIXELS); split it, or process a GeoTIFF in windows")
+            f"(rsvl_core.kit.image.MAX_INPUT_PIXELS); split it, or process a GeoTIFF in windows")
 
 
 def _header_notes(img: Image.Image) -> list[str]:

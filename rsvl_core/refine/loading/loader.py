@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import check_state, read_state_dict, strip_prefix
-from ..errors import CheckpointError
-from ..families import FAMILY
-from .config import RefinerConfig
-from .control import GLVControl
+from ...kit.errors import CheckpointError
+from ...weights.checkpoint import check_state, read_state_dict, strip_prefix
+from ...weights.families import FAMILY
+from ..nets.config import RefinerConfig
+from ..nets.control import GLVControl
+from ..nets.unet import RefinerUNet
 from .ldm_keys import ldm_to_ours, ours_to_ldm
-from .unet import RefinerUNet
 
 # The single-file layout's parts and the keys that identify each file: from the one table of model families.
 UNET_PREFIX = FAMILY["ldm-unet"].prefix

@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .progress import ProgressCallback, report
-from .tiling import Feather, Tile, TileBlender, plan_tiles
+from ..kit.progress import ProgressCallback, report
+from ..kit.tiling import Feather, Tile, TileBlender, plan_tiles
 
 CAPTION_POLICIES = ("scene", "window")
 

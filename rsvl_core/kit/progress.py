@@ -1,7 +1,7 @@
 """Progress reporting and cancellation: the core calls a callback; the caller shows it.
 
 The core never prints progress. A CLI passes a tqdm-backed callback, ComfyUI a ProgressBar-backed
-one. A callback stops a run by raising :class:`rsvl_core.errors.Cancelled` (or any exception).
+one. A callback stops a run by raising :class:`rsvl_core.kit.errors.Cancelled` (or any exception).
 """
 
 from __future__ import annotations

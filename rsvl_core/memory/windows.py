@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..scene import WindowOptions
+from ..scenes.windows import WindowOptions
 
 STRIP_BYTES = 16 + 12 + 3     # per output pixel of the strip: colour + weight (float32), rows taken (float32), uint8
 GEO_ROW_BYTES = 12            # a GeoTIFF output: the rows once more as float32 on their way to the writer

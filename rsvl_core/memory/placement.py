@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..lowbit import tensor_bytes
+from .lowbit import tensor_bytes
 
 PLACEMENTS = ("auto", "resident", "sequential")
 HEADROOM = 1.25  # activations and the VAE need room beside the weights

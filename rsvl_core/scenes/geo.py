@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, owner_tag
-from .errors import InputImageError, RsvlError
+from ..kit.atomic import atomic_path, owner_tag
+from ..kit.errors import InputImageError, RsvlError
 
 STRETCHES = ("none", "percentile")
 OUTPUT_DTYPES = ("uint8", "source")
@@ -92,7 +92,7 @@ def _rasterio():
 def has_georeference(path: str | Path) -> bool:
     """True when `path` is a TIFF carrying GeoTIFF georeferencing tags (checked with Pillow: no rasterio needed), or
     a raster only GDAL reads (JPEG 2000, VRT, ...) with a CRS or a geotransform."""
-    from .image import GDAL_ONLY_SUFFIXES
+    from ..kit.image import GDAL_ONLY_SUFFIXES
 
     path = Path(path)
     if path.suffix.lower() in GDAL_ONLY_SUFFIXES or _rpc_sidecar(path):
@@ -533,10 +533,10 @@ def read_raster(path: str | Path, plan: BandPlan | None = None, max_pixels: int 
 
     `plain`: the result goes to a plain image (no georeferencing), which has no nodata (said in the notes).
 
-    Rasters over `max_pixels` (default `rsvl_core.image.MAX_INPUT_PIXELS`) are refused with a clear
+    Rasters over `max_pixels` (default `rsvl_core.kit.image.MAX_INPUT_PIXELS`) are refused with a clear
     error: read those in windows (`scene_stretch` + `read_window` + `GeoTiffWindowWriter`).
     """
-    from .image import MAX_INPUT_PIXELS
+    from ..kit.image import MAX_INPUT_PIXELS
 
     plan = plan or BandPlan()
     limit = MAX_INPUT_PIXELS if max_pixels is None else max_pixels

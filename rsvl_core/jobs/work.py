@@ -29,13 +29,17 @@ from typing import Any
 
 import torch
 
-from ..atomic import Claim, atomic_path
 from ..caption import CaptionOptions, collapse_whitespace
-from ..errors import RsvlError
-from ..progress import ProgressCallback
-from ..scene import WindowBlender, plan_windows
-from ..scene_io import SceneSource, header_size, row_sink
-from .jobs import (
+from ..kit.atomic import Claim, atomic_path
+from ..kit.errors import RsvlError
+from ..kit.progress import ProgressCallback
+from ..memory.windows import window_memory_check
+from ..pipeline.models import PipelineModels
+from ..pipeline.options import RunConfig
+from ..pipeline.run import peak_memory
+from ..scenes.sources import SceneSource, header_size, row_sink
+from ..scenes.windows import WindowBlender, plan_windows
+from .inputs import (
     STORAGE_ERRORS,
     JobEvents,
     JobOptions,
@@ -57,11 +61,7 @@ from .jobs import (
     windowed_record,
     write_record_or_remove,
 )
-from .models import PipelineModels
-from .options import RunConfig
-from .run import peak_memory
-from .uncertainty_layer import SpreadCanvas, layer_notes, write_layer
-from .window_memory import window_memory_check
+from .spread_layer import SpreadCanvas, layer_notes, write_layer
 
 OPEN_SCENES = 2  # scenes an executor keeps open (their stretch computed once): windows of one scene arrive together
 FAILURES = (RsvlError, ValueError, OSError)  # what fails one input (reported; the rest go on)

@@ -19,10 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import read_state_dict, strip_prefix
-from ..errors import CheckpointError
-from .config import RefinerConfig
-from .control import GLVControl
+from ...kit.errors import CheckpointError
+from ...weights.checkpoint import read_state_dict, strip_prefix
+from ..nets.config import RefinerConfig
+from ..nets.control import GLVControl
+from ..nets.text import CLIP_G_PREFIX, CLIP_L_PREFIX, SDXLTextEncoder, load_text_encoder_from_single_file
+from ..nets.vae import load_refiner_vae
+from ..refiner import Refiner
 from .loader import (
     CONTROL_PREFIX,
     EXPECTED_SDXL,
@@ -34,9 +37,6 @@ from .loader import (
     build_unet,
     infer_refiner_config,
 )
-from .refiner import Refiner
-from .text import CLIP_G_PREFIX, CLIP_L_PREFIX, SDXLTextEncoder, load_text_encoder_from_single_file
-from .vae import load_refiner_vae
 
 CONNECTORS = "project_modules."
 

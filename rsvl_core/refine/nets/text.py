@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..checkpoint import check_state, own_module_memory
-from ..errors import CheckpointError
+from ...kit.errors import CheckpointError
+from ...weights.checkpoint import check_state, own_module_memory
 
 if TYPE_CHECKING:  # annotations only; the classes are imported where they are built
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer

@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import atomic_path
-from .config import RefinerConfig
-from .control import GLVControl
-from .refiner import Refiner, refiner_single_files
-from .text import load_text_encoder_from_single_file
-from .tiny_text import tiny_text_encoder_single_file_state
-from .tiny_vae import tiny_refiner_vae
-from .unet import RefinerUNet
+from ...kit.atomic import atomic_path
+from ..nets.config import RefinerConfig
+from ..nets.control import GLVControl
+from ..nets.text import load_text_encoder_from_single_file
+from ..nets.unet import RefinerUNet
+from ..refiner import Refiner, refiner_single_files
+from .text import tiny_text_encoder_single_file_state
+from .vae import tiny_refiner_vae
 
 TINY_SDXL_NAME = "rsvl_demo_sdxl.safetensors"
 TINY_SUPIR_NAME = "rsvl_demo_supir.safetensors"

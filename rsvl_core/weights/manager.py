@@ -1,6 +1,6 @@
 """What every entry of the weights table needs: where it was found, whether it is sound, and how to get it.
 
-`list_weights` looks up every entry of `rsvl_core.weights.WEIGHTS` with the one lookup (`find_weights`),
+`list_weights` looks up every entry of `rsvl_core.weights.catalogue.WEIGHTS` with the one lookup (`find_weights`),
 `check_weights` checks the found files (size, header, sha256 against a published hash where one is known),
 `download_weights` fetches a downloadable entry from the Hugging Face Hub. Nothing here downloads unless
 `download_weights` is called, and only `rsvl weights download` calls it.
@@ -21,10 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, pickle_problem, safetensors_header
-from .errors import RsvlError
-from .progress import ProgressCallback, report
-from .weights import (
+from ..kit.errors import RsvlError
+from ..kit.progress import ProgressCallback, report
+from .catalogue import (
     WEIGHTS,
     FoundWeights,
     HubSource,
@@ -36,6 +35,7 @@ from .weights import (
     weight_files,
     weights_entry,
 )
+from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, pickle_problem, safetensors_header
 
 PIP_HINT = 'pip install "huggingface_hub>=0.23"   (or: pip install "rsvl[download]")'
 HASH_CHUNK = 8 * 1024 * 1024
@@ -419,7 +419,7 @@ def cached_sha256(path: Path, progress: ProgressCallback | None = None) -> str:
     """sha256 of a file, computed once per (path, size, mtime) and remembered in `hash_cache_path()`."""
     import json
 
-    from .atomic import atomic_path
+    from ..kit.atomic import atomic_path
 
     path = Path(path).resolve()
     stat = path.stat()

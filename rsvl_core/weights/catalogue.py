@@ -42,8 +42,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..kit.errors import RsvlError, WeightsNotFoundError
 from .checkpoint import WEIGHT_SUFFIXES
-from .errors import RsvlError, WeightsNotFoundError
 
 MODELS_DIR_ENV = "RSVL_MODELS_DIR"
 COMFYUI_DIR_ENV = "COMFYUI_DIR"

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..checkpoint import check_state, own_module_memory
-from ..errors import CheckpointError
-from ..progress import ProgressCallback, report
-from ..tiling import TileFit, run_tiled
+from ...kit.errors import CheckpointError
+from ...kit.progress import ProgressCallback, report
+from ...kit.tiling import TileFit, run_tiled
+from ...weights.checkpoint import check_state, own_module_memory
 
 if TYPE_CHECKING:  # annotations only; the classes are imported where they are built
     from diffusers import AutoencoderKL

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from ..devices import torch_dtype
-from ..errors import RsvlError
-from ..scene_io import header_size
-from .acceleration import Acceleration
+from ..kit.devices import torch_dtype
+from ..kit.errors import RsvlError
+from ..pipeline.acceleration import Acceleration
+from ..pipeline.options import RunConfig, parse_budget
+from ..scenes.sources import header_size
 from .block_swap import BlockSwapPlacement
-from .memory import Estimator, GiB, MemoryEstimate, MemorySetting, Storage
-from .options import RunConfig, parse_budget
+from .estimate import Estimator, GiB, MemoryEstimate, MemorySetting, Storage
 from .placement import LocalPlacement, Placement
 
 BUDGET_SHARE = 0.9  # of the budget a plan may fill (the estimate leaves out context, rounding, workspaces)
