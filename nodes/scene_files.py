@@ -10,6 +10,7 @@ from ..rsvl_core.hosted.scene_files import (
     BIT_DEPTHS,
     FORMATS,
     input_choices,
+    input_fingerprint,
     input_problem,
     load_scene,
     output_problem,
@@ -59,13 +60,7 @@ class RSVLLoadScene(RSVLNode):
     @classmethod
     def fingerprint_inputs(cls, scene=None, **_) -> str:
         """A file replaced under the same name (an upload with overwrite) is read again."""
-        try:
-            from ..rsvl_core.hosted.paths import resolve_input
-
-            stat = resolve_input(folder_paths(), scene).stat()
-            return f"{scene}:{stat.st_size}:{stat.st_mtime_ns}"
-        except (OSError, ValueError, TypeError):
-            return str(scene)
+        return input_fingerprint(folder_paths(), scene)
 
     @classmethod
     def execute(cls, scene, bands, stretch, percentiles) -> io.NodeOutput:

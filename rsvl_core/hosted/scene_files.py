@@ -107,6 +107,15 @@ def input_problem(folder_paths, name: str) -> str | None:
     return None
 
 
+def input_fingerprint(folder_paths, name: str) -> str:
+    """What changes when the file behind a Load Scene name changes (replaced by an upload with overwrite)."""
+    try:
+        stat = resolve_input(folder_paths, name).stat()
+    except (OSError, ValueError, TypeError):
+        return str(name)
+    return f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def output_problem(folder_paths, prefix: str) -> str | None:
     """What is wrong with a Save GeoTIFF file name prefix, in one line (None = fine): for validate_inputs."""
     try:
