@@ -56,6 +56,28 @@ class _HostStages:
         """Nothing: the host's memory manager offloads when it needs the room."""
 
 
+class _OneEstimate:
+    """A stage source for one scene's windows: they are all one size (`plan_windows`), so the estimate of the stage's
+    activations (a trial run of its shapes) is made for the first window and reused for the rest."""
+
+    def __init__(self, source: StageSource) -> None:
+        self.inner, self.need = source, None
+
+    def load(self) -> Any:
+        return self.inner.load()
+
+    def place(self, need: Callable[[], int]) -> Any:
+        def once() -> int:
+            if self.need is None:
+                self.need = int(need())
+            return self.need
+
+        return self.inner.place(once)
+
+    def release(self) -> None:
+        self.inner.release()
+
+
 class HostedModels(PipelineModels):
     """`PipelineModels` whose stages come from a host: each stage a `StageSource` (a loader node's handle, or the
     host's own models: core's UPSCALE_MODEL, an SDXL refiner over core's MODEL/CLIP/VAE), placed by the host's memory
@@ -68,7 +90,7 @@ class HostedModels(PipelineModels):
                  for stage, source in sources.items() if source is not None}
         super().__init__(device, _HostStages(device), specs.get("stage1"), specs.get("caption"),
                          specs.get("refine"))
-        self.sources = {stage: source for stage, source in sources.items() if source is not None}
+        self.sources = {stage: _OneEstimate(source) for stage, source in sources.items() if source is not None}
 
     def source(self, stage: str) -> StageSource:
         if stage not in self.sources:

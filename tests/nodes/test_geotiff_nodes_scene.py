@@ -115,7 +115,7 @@ def test_cancel_after_three_windows_then_resume_completes_to_the_same_pixels(com
 
 
 def test_memory_check_refuses_before_any_model_loads(comfy, stand_in, demo_models, monkeypatch):
-    windows = __import__(f"{comfy.pack_name}.rsvl_core.pipeline.window_memory", fromlist=["available_memory"])
+    windows = __import__(f"{comfy.pack_name}.rsvl_core.memory.windows", fromlist=["available_memory"])
     monkeypatch.setattr(windows, "available_memory", lambda: 100 * 1024)  # 100 KiB free
     models, choices = demo_models
     sr3 = comfy.node("LoadRSVLModels").execute(
