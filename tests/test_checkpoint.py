@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from rsvl_core.weights.catalogue.checkpoint import read_state_dict
+from rsvl_core.weights.checkpoint import read_state_dict
 
 from rsvl_core.kit.errors import CheckpointError
 

@@ -305,7 +305,7 @@ def test_run_record_has_model_hashes_cached_by_size_and_mtime(models_dir, inputs
     row = json.loads((out / "wide_x2.json").read_text())["models"]["stage1"][0]
     path = Path(row["path"])
     assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and row["bytes"] == path.stat().st_size
-    from rsvl_core.weights.catalogue.manager import hash_cache_path
+    from rsvl_core.weights.manager import hash_cache_path
 
     assert str(path.resolve()) in json.loads(hash_cache_path().read_text())
     assert main(["upscale", str(inputs / "wide.png"), "-o", str(out), "--scale", "2", "--models-dir", str(models_dir),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rsvl_core.weights.catalogue.catalogue import WEIGHTS, WeightsEntry, find_weights
+from rsvl_core.weights.catalogue import WEIGHTS, WeightsEntry, find_weights
 from rsvl_testing import tiny_esrgan, tiny_sr3_config
 from safetensors.torch import save_file
 
@@ -179,7 +179,7 @@ def test_engine_stage1_refuses_sdxl_supir_llava_files_by_one_rule(tmp_path, name
 
 
 def test_engine_a_new_family_in_the_one_table_is_refused_by_every_stage1_loader(tmp_path, monkeypatch):
-    import rsvl_core.weights.catalogue.families as families
+    import rsvl_core.weights.families as families
 
     from rsvl_core.stage1.spandrel_sr import load_spandrel_stage1
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from rsvl_core.weights.catalogue.checkpoint import read_state_dict
+from rsvl_core.weights.checkpoint import read_state_dict
 from safetensors.torch import save_file
 
 

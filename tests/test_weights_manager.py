@@ -11,8 +11,8 @@ import types
 from pathlib import Path
 
 import pytest
-from rsvl_core.weights.catalogue.catalogue import WEIGHTS, KnownFile, find_weights, search_roots
-from rsvl_core.weights.catalogue.manager import (
+from rsvl_core.weights.catalogue import WEIGHTS, KnownFile, find_weights, search_roots
+from rsvl_core.weights.manager import (
     check_weights,
     download_weights,
     header_problem,

@@ -129,11 +129,8 @@ def actor_name(index: int) -> str:
 def _dispatch(ray, actors, items: list[WorkItem], deaths, cluster: ClusterOptions, events: BatchEvents,
               summary: BatchSummary, assembler: Assembler) -> None:
     """Hand items to idle actors (windows of a scene in order, a bounded number held), collect results."""
-    idle = list(range(len(actors)))
-    pending: dict[Any, tuple[WorkItem, int]] = {}
-    queue = list(items)
-    held_limit = HELD_PER_ACTOR * len(actors)
-    windowed = _scenes(items)
+    idle, queue, windowed = list(range(len(actors))), list(items), _scenes(items)
+    held_limit, pending = HELD_PER_ACTOR * len(actors), {}  # pending: call -> (item, actor slot)
 
     def dispatchable(item: WorkItem) -> bool:
         if item.kind != "window":
@@ -149,9 +146,8 @@ def _dispatch(ray, actors, items: list[WorkItem], deaths, cluster: ClusterOption
 
     def lost(slot: int, exc: BaseException) -> None:
         """An actor died: Ray restarts it (models loaded again) unless its restarts are used up."""
-        stats = summary.actors[slot]
-        stats.deaths += 1
-        if stats.deaths <= cluster.retries:
+        summary.actors[slot].deaths += 1
+        if summary.actors[slot].deaths <= cluster.retries:
             probes[actors[slot].describe.remote()] = slot
 
     failures_seen = len(summary.failed)
@@ -166,38 +162,18 @@ def _dispatch(ray, actors, items: list[WorkItem], deaths, cluster: ClusterOption
             slot = idle.pop(0)
             pending[actors[slot].execute.remote(*item.call())] = (item, slot)
         if not pending and not probes:
-            if queue and not summary.stopped and idle:
-                raise RuntimeError("batch: items left that can never run")  # a planning bug, not a user error
-            for item in queue:  # every actor is gone (or the storage failed): report what did not run
-                reason = summary.stopped or "every actor died (restarts used up)"
-                assembler.fail(item.scene, f"{printable(str(item.scene.source))}: not run: {reason}")
+            _not_run(queue, bool(idle), summary, assembler)
             break
         done, _ = ray.wait([*pending, *probes], num_returns=1)
         if done[0] in probes:
-            slot = probes.pop(done[0])
-            try:
-                ray.get(done[0])
-                idle.append(slot)  # back, models loaded
-            except restarting:
-                time.sleep(RESTART_POLL)
-                probes[actors[slot].describe.remote()] = slot  # still restarting: ask again
-            except deaths as exc:
-                lost(slot, exc)
+            _probe_answered(ray, done[0], probes, idle, actors, (restarting, deaths), lost)
             continue
         item, slot = pending.pop(done[0])
         try:
             value = ray.get(done[0])
         except deaths as exc:
             lost(slot, exc)
-            if not item.scene.failed and item.attempts < cluster.retries and _alive_slots(summary, cluster):
-                item.attempts += 1
-                summary.retried += 1
-                queue.insert(0, item)
-                events.note(item.scene.source, f"{item.kind} {item.index}: its actor died ({type(exc).__name__}); "
-                                               f"retrying (attempt {item.attempts + 1})")
-            else:
-                assembler.fail(item.scene, f"{printable(str(item.scene.source))}: its actor died "
-                                           f"{item.attempts + 1} time(s) ({type(exc).__name__})")
+            _retry_or_fail(item, exc, queue, cluster, summary, events, assembler)
             continue
         except ray.exceptions.RayTaskError as exc:
             idle.append(slot)
@@ -205,12 +181,54 @@ def _dispatch(ray, actors, items: list[WorkItem], deaths, cluster: ClusterOption
             events.advanced(1, item.pixels)
             continue
         idle.append(slot)
-        stats = summary.actors[slot]
-        stats.items += 1
-        stats.pixels += item.pixels
-        stats.seconds += value.get("seconds", 0.0) if isinstance(value, dict) else 0.0
+        _count(summary.actors[slot], item, value)
         assembler.accept(item, value)
         events.advanced(1, item.pixels)
+
+
+
+def _not_run(queue: list[WorkItem], idle: bool, summary: BatchSummary, assembler: Assembler) -> None:
+    """Nothing is running: every actor is gone (or the storage failed): report what did not run."""
+    if queue and not summary.stopped and idle:
+        raise RuntimeError("batch: items left that can never run")  # a planning bug, not a user error
+    for item in queue:
+        reason = summary.stopped or "every actor died (restarts used up)"
+        assembler.fail(item.scene, f"{printable(str(item.scene.source))}: not run: {reason}")
+
+
+def _probe_answered(ray, call, probes: dict, idle: list[int], actors, errors: tuple, lost) -> None:
+    """A restart probe answered: the actor is back (idle again), still restarting (ask again), or dead for good."""
+    restarting, deaths = errors
+    slot = probes.pop(call)
+    try:
+        ray.get(call)
+        idle.append(slot)  # back, models loaded
+    except restarting:
+        time.sleep(RESTART_POLL)
+        probes[actors[slot].describe.remote()] = slot  # still restarting: ask again
+    except deaths as exc:
+        lost(slot, exc)
+
+
+def _retry_or_fail(item: WorkItem, exc: BaseException, queue: list[WorkItem], cluster: ClusterOptions,
+                   summary: BatchSummary, events: BatchEvents, assembler: Assembler) -> None:
+    """An item whose actor died: run it again first (while retries and live actors are left), else fail its scene."""
+    if not item.scene.failed and item.attempts < cluster.retries and _alive_slots(summary, cluster):
+        item.attempts += 1
+        summary.retried += 1
+        queue.insert(0, item)
+        events.note(item.scene.source, f"{item.kind} {item.index}: its actor died ({type(exc).__name__}); "
+                                       f"retrying (attempt {item.attempts + 1})")
+    else:
+        assembler.fail(item.scene, f"{printable(str(item.scene.source))}: its actor died "
+                                   f"{item.attempts + 1} time(s) ({type(exc).__name__})")
+
+
+def _count(stats, item: WorkItem, value: Any) -> None:
+    """One finished item in its actor's statistics."""
+    stats.items += 1
+    stats.pixels += item.pixels
+    stats.seconds += value.get("seconds", 0.0) if isinstance(value, dict) else 0.0
 
 
 def _scenes(items: list[WorkItem]) -> list[ClaimedScene]:

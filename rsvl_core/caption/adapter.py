@@ -210,33 +210,7 @@ def apply_adapter(model: nn.Module, adapter: LoraAdapter | str | Path, merge: bo
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
 
-    mapping: dict[str, str] = {}
-    unmapped: list[str] = []
-    for original, parts in adapter.lora.items():
-        mapped = map_module_name(original, modules)
-        if mapped is None:
-            unmapped.extend(f"{original}.{p}" for p in sorted(parts))
-            continue
-        _check_lora_shapes(path, original, mapped, modules[mapped], parts)
-        mapping[original] = mapped
-    full_mapping: dict[str, str] = {}
-    for original, tensor in adapter.full.items():
-        mapped = _map_parameter(original, modules, params)
-        if mapped is None:
-            unmapped.append(original)
-            continue
-        if tuple(params[mapped].shape) != tuple(tensor.shape):
-            raise CheckpointError(path, f"{original} has shape {tuple(tensor.shape)} but the model's {mapped} is "
-                                  f"{tuple(params[mapped].shape)}", "an adapter trained for this base model")
-        full_mapping[original] = mapped
-    if unmapped:
-        shown = ", ".join(unmapped[:5]) + (f" (+{len(unmapped) - 5} more)" if len(unmapped) > 5 else "")
-        raise CheckpointError(path, f"{len(unmapped)} adapter tensor(s) match no module of the model: {shown}",
-                              "names of LLaVA-NeXT modules (original or transformers layout)")
-    for entry in adapter.config.get("modules_to_save") or []:
-        if not any(_covers(entry, name) for name in adapter.full):
-            raise CheckpointError(path, f"modules_to_save lists {entry!r} but the file holds no weights for it",
-                                  EXPECTED)
+    mapping, full_mapping = _map_adapter(adapter, modules, params)
 
     report = AdapterReport(lora_modules=sorted(mapping.values()), replaced_parameters=sorted(full_mapping.values()))
     with torch.no_grad():
@@ -266,6 +240,41 @@ def apply_adapter(model: nn.Module, adapter: LoraAdapter | str | Path, merge: bo
         raise CheckpointError(path, f"applied {report.tensors_applied} of {adapter.tensor_count} tensors", EXPECTED)
     model.eval()
     return model, report
+
+
+def _map_adapter(adapter: LoraAdapter, modules: dict[str, nn.Module], params: dict[str, nn.Parameter]
+                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """Where each adapter tensor lands: LoRA pairs on modules, full tensors on parameters (adapter name -> model
+    name); a CheckpointError for any tensor that matches nothing, has the wrong shape, or is missing."""
+    path = adapter.weights_path
+    mapping: dict[str, str] = {}
+    unmapped: list[str] = []
+    for original, parts in adapter.lora.items():
+        mapped = map_module_name(original, modules)
+        if mapped is None:
+            unmapped.extend(f"{original}.{p}" for p in sorted(parts))
+            continue
+        _check_lora_shapes(path, original, mapped, modules[mapped], parts)
+        mapping[original] = mapped
+    full_mapping: dict[str, str] = {}
+    for original, tensor in adapter.full.items():
+        mapped = _map_parameter(original, modules, params)
+        if mapped is None:
+            unmapped.append(original)
+            continue
+        if tuple(params[mapped].shape) != tuple(tensor.shape):
+            raise CheckpointError(path, f"{original} has shape {tuple(tensor.shape)} but the model's {mapped} is "
+                                  f"{tuple(params[mapped].shape)}", "an adapter trained for this base model")
+        full_mapping[original] = mapped
+    if unmapped:
+        shown = ", ".join(unmapped[:5]) + (f" (+{len(unmapped) - 5} more)" if len(unmapped) > 5 else "")
+        raise CheckpointError(path, f"{len(unmapped)} adapter tensor(s) match no module of the model: {shown}",
+                              "names of LLaVA-NeXT modules (original or transformers layout)")
+    for entry in adapter.config.get("modules_to_save") or []:
+        if not any(_covers(entry, name) for name in adapter.full):
+            raise CheckpointError(path, f"modules_to_save lists {entry!r} but the file holds no weights for it",
+                                  EXPECTED)
+    return mapping, full_mapping
 
 
 def _check_lora_shapes(path: Path, original: str, mapped: str, module: nn.Module, parts: dict[str, torch.Tensor]

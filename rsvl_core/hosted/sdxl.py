@@ -105,33 +105,12 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
     if clip is not None:
         text = HostClipText(clip)
         text.prepare(list(prompts))
-    stages = []  # our registered stages this run uses
-    if model_patch is not None:  # SUPIR's parts are the patch's modules (built once per patch)
-        parts = supir_parts_from_patch(model_patch, unet_module.state_dict(), vae_module.state_dict())
-        if handle.shared.get("model_patch") is not parts:  # another patch: its own denoise encoder to register
-            handle.shared["model_patch"] = parts
-            handle.placement.patchers.pop("model_patch", None)
-        stages.append("model_patch")
-    else:
-        if "supir" not in handle.shared:  # SUPIR's parts are built for the host's UNet and VAE (their shapes)
-            unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
-            dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
-            log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
-            handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
-            handle.load_count += 1
-            del unet_ldm, vae_ldm
-            release_freed_host_memory()
-        parts = handle.shared["supir"]
-        stages.append("supir")
-    handle.placement.acquire(stages[0], parts, memory_required)
+    parts, stage = supir_parts(handle, unet_module, vae_module, model_patch)
+    handle.placement.acquire(stage, parts, memory_required)
+    stages = [stage]  # our registered stages this run uses
     if clip is None:
-        if "text" not in handle.shared:
-            log.info("rsvl: loading only the text encoders of %s (no CLIP connected)", handle.sources["sdxl"])
-            handle.shared["text"] = _Stage(text=load_sdxl_text_encoders(handle.sources["sdxl"]))
-            release_freed_host_memory()
-        handle.placement.acquire("text", handle.shared["text"])
+        text = text_encoders(handle)
         stages.append("text")
-        text = handle.shared["text"].modules()["text"]
     # ComfyUI's weights and ours, loaded in one call (none evicts another), placed and patched by ComfyUI; the
     # refiner is built over the tensors as they are now, on every run: nothing stale is kept between runs. A
     # dynamic-VRAM MODEL / VAE leaves its tensors on the offload device: the refiner then takes them through a
@@ -149,20 +128,7 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
     refiner = refiner_over(parts, unet_ldm, vae_ldm, text, sources)
     if views:  # the views (and their device copies) live as long as the refiner built over them: this run
         weakref.finalize(refiner, views.clear)
-    loaded = parts.parameter_bytes() if model_patch is None else 0
-    if clip is None:
-        loaded += sum(p.numel() * p.element_size() for p in text.parameters())
-    if model_patch is None:
-        what = "SUPIR parts" + (")" if clip is not None else " + text encoders)")
-    else:
-        what = ("text encoders)" if clip is None else "nothing)") + "; SUPIR: the connected model_patch's control " \
-            "network, connectors and denoise encoder (not loaded again" + (
-                f"; its denoise encoder converted to the VAE's precision, {parts.copied_bytes / MIB:.0f} MiB)"
-                if parts.copied_bytes else ")")
-    line = (f"weights: SDXL UNet + VAE {shared_bytes(refiner, unet_ldm, vae_ldm) / MIB:.0f} MiB shared with the "
-            f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB ({what}; caption encoded "
-            "by " + ("the connected CLIP" if clip is not None else f"the text encoders of "
-                     f"{os.path.basename(handle.sources['sdxl'])}"))
+    line = weights_line(handle, refiner, parts, text, unet_ldm, vae_ldm, clip is not None, model_patch is not None)
     if views:
         patched = sum(len(v.patched) for v in views.values())
         names = " and ".join({"unet": "UNet", "vae": "VAE"}[n] for n in views)
@@ -171,6 +137,55 @@ def refiner_over_host_sdxl(host: Host, handle: ModelHandle, model: Any, vae: Any
                  + (f"; {patched} weight patch{'es' if patched != 1 else ''} (LoRA) applied)" if patched else ")"))
     return refiner, line
 
+
+
+def supir_parts(handle: ModelHandle, unet_module: Any, vae_module: Any, model_patch: Any = None) -> tuple[Any, str]:
+    """SUPIR's parts for the host's UNet and VAE, and the stage they are registered as: the MODEL_PATCH's modules
+    (built once per patch), else loaded once from the handle's SUPIR file."""
+    if model_patch is not None:
+        parts = supir_parts_from_patch(model_patch, unet_module.state_dict(), vae_module.state_dict())
+        if handle.shared.get("model_patch") is not parts:  # another patch: its own denoise encoder to register
+            handle.shared["model_patch"] = parts
+            handle.placement.patchers.pop("model_patch", None)
+        return parts, "model_patch"
+    if "supir" not in handle.shared:  # SUPIR's parts are built for the host's UNet and VAE (their shapes)
+        unet_ldm, vae_ldm = unet_module.state_dict(), vae_module.state_dict()
+        dtype = next(v.dtype for v in unet_ldm.values() if v.is_floating_point())
+        log.info("rsvl: loading the SUPIR parts of %s over the connected MODEL/VAE", handle.describe())
+        handle.shared["supir"] = load_supir_parts(handle.sources["supir"], unet_ldm, vae_ldm, dtype)
+        handle.load_count += 1
+        del unet_ldm, vae_ldm
+        release_freed_host_memory()
+    return handle.shared["supir"], "supir"
+
+
+def text_encoders(handle: ModelHandle) -> Any:
+    """Only the text encoders of the handle's SDXL file (no CLIP connected): loaded once, placed by the host."""
+    if "text" not in handle.shared:
+        log.info("rsvl: loading only the text encoders of %s (no CLIP connected)", handle.sources["sdxl"])
+        handle.shared["text"] = _Stage(text=load_sdxl_text_encoders(handle.sources["sdxl"]))
+        release_freed_host_memory()
+    handle.placement.acquire("text", handle.shared["text"])
+    return handle.shared["text"].modules()["text"]
+
+
+def weights_line(handle: ModelHandle, refiner: Any, parts: Any, text: Any, unet_ldm: dict, vae_ldm: dict,
+                 with_clip: bool, with_patch: bool) -> str:
+    """The report line: what the refiner shares with the host's MODEL/VAE, and what the pack loaded."""
+    loaded = parts.parameter_bytes() if not with_patch else 0
+    if not with_clip:
+        loaded += sum(p.numel() * p.element_size() for p in text.parameters())
+    if not with_patch:
+        what = "SUPIR parts" + (")" if with_clip else " + text encoders)")
+    else:
+        what = ("text encoders)" if not with_clip else "nothing)") + "; SUPIR: the connected model_patch's control " \
+            "network, connectors and denoise encoder (not loaded again" + (
+                f"; its denoise encoder converted to the VAE's precision, {parts.copied_bytes / MIB:.0f} MiB)"
+                if parts.copied_bytes else ")")
+    return (f"weights: SDXL UNet + VAE {shared_bytes(refiner, unet_ldm, vae_ldm) / MIB:.0f} MiB shared with the "
+            f"connected MODEL/VAE (not copied); loaded by the pack: {loaded / MIB:.0f} MiB ({what}; caption encoded "
+            "by " + ("the connected CLIP" if with_clip else f"the text encoders of "
+                     f"{os.path.basename(handle.sources['sdxl'])}"))
 
 
 def host_sdxl_source(host: Host, handle: ModelHandle, model: Any, vae: Any, clip: Any = None,

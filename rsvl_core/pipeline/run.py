@@ -84,13 +84,7 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
     caption, source = None, None
     if config.refine is not None:
         start = time.perf_counter()
-        if config.caption_text is not None:
-            caption, source = config.caption_text, "given"
-        elif scene_caption is not None:
-            caption, source = scene_caption, "scene overview"
-        else:
-            captions = run_caption(models.source("caption"), first_stage1, config.caption, callback).captions
-            caption, source = collapse_whitespace(captions[0]), "captioner"
+        caption, source = caption_for(first_stage1, config, models, scene_caption, callback)
         seconds["caption"] = time.perf_counter() - start
 
     # 3. refine, guided by the caption (once per sample)
@@ -112,18 +106,36 @@ def run_pipeline(image: torch.Tensor, config: RunConfig, models: PipelineModels,
                                  config.uncertainty)
         result, spread = reduced.image, reduced.spread
         seconds["uncertainty"] = time.perf_counter() - start
-        uncertainty = {"samples": len(seeds), "seeds": seeds, "combine": config.uncertainty.combine,
-                       "caption_from": "the first sample's stage-1 image" if source == "captioner" else source,
-                       "seconds_per_sample": [round(t, 3) for t in sample_seconds],
-                       "guard": {"threshold": config.uncertainty.guard, "feather": config.uncertainty.feather,
-                                 "fallback": "the first sample's stage-1 image",
-                                 "fraction_replaced": round(reduced.fraction_replaced, 6)}}
-        if one_pass:
-            uncertainty["stage1_runs"] = 1  # the other samples reuse its image
-            if config.refine is None:
-                uncertainty["deterministic"] = zero_spread_text(len(seeds))
+        uncertainty = samples_record(config, seeds, source, sample_seconds, reduced.fraction_replaced, one_pass)
 
     peak, kind = peak_memory(models.device)
     return PipelineResult(result.float().cpu(), first_stage1.float().cpu(), caption, source, seconds, peak, kind,
                           models.plan, refine_report, stage1.cache, stage1.record, models.acceleration.enabled(),
                           spread, uncertainty, getattr(models, "memory_plan", None))
+
+
+def caption_for(image: torch.Tensor, config: RunConfig, models: PipelineModels, scene_caption: str | None,
+                callback: ProgressCallback | None) -> tuple[str, str]:
+    """The refiner's caption and where it came from: given, the scene's overview, or the captioner's."""
+    if config.caption_text is not None:
+        return config.caption_text, "given"
+    if scene_caption is not None:
+        return scene_caption, "scene overview"
+    captions = run_caption(models.source("caption"), image, config.caption, callback).captions
+    return collapse_whitespace(captions[0]), "captioner"
+
+
+def samples_record(config: RunConfig, seeds: list[int], source: str | None, sample_seconds: list[float],
+                   fraction_replaced: float, one_pass: bool) -> dict:
+    """The run record's "uncertainty" entry for N >= 2 samples."""
+    uncertainty = {"samples": len(seeds), "seeds": seeds, "combine": config.uncertainty.combine,
+                   "caption_from": "the first sample's stage-1 image" if source == "captioner" else source,
+                   "seconds_per_sample": [round(t, 3) for t in sample_seconds],
+                   "guard": {"threshold": config.uncertainty.guard, "feather": config.uncertainty.feather,
+                             "fallback": "the first sample's stage-1 image",
+                             "fraction_replaced": round(fraction_replaced, 6)}}
+    if one_pass:
+        uncertainty["stage1_runs"] = 1  # the other samples reuse its image
+        if config.refine is None:
+            uncertainty["deterministic"] = zero_spread_text(len(seeds))
+    return uncertainty

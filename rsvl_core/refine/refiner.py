@@ -206,34 +206,15 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
     encode_tiles = refiner.vae.encode_tiles(options.vae_encode_tile, extent=max(work_h, work_w))
     decode_tiles = refiner.vae.decode_tiles(options.vae_decode_tile,
                                             extent=max(work_h, work_w) // refiner.vae.downscale_factor)
-    lq_latent = refiner.vae.encode_lq(work, tiles=encode_tiles)
-    reference = None
-    if options.color_fix != "none":
-        reference = refiner.vae.decode(lq_latent, tiles=decode_tiles)
-    x_center = lq_latent
-    if options.sampler.restoration_scale > 0:
-        colour_ref = reference if reference is not None else refiner.vae.decode(lq_latent, tiles=decode_tiles)
-        x_center = refiner.vae.encode(colour_ref, tiles=encode_tiles)
+    lq_latent, reference, x_center = lq_latents(refiner, work, options, encode_tiles, decode_tiles)
 
     # 4. text: "<caption> <positive prompt>" vs the negative prompt, same length for one CFG batch
-    positive = positive_prompt(caption, options)
-    cond_text, uncond_text = refiner.text.encode_pair([positive], [options.negative_prompt])
-    size_dim = refiner.size_embed_dim
-    cond = Conditioning(cond_text.context.to(device), sdxl_vector(
-        cond_text.pooled, size_dim, options.original_size, (0, 0), options.target_size).to(device))
-    uncond = Conditioning(uncond_text.context.to(device), sdxl_vector(
-        uncond_text.pooled, size_dim, options.original_size, (0, 0), options.target_size).to(device))
+    cond, uncond = conditioning(refiner, caption, options)
     networks = ConditionedNetworks(refiner.unet, refiner.control, cond, uncond, lq_latent)
 
     # 5. noise from one CPU generator (or keyed by scene position): initial noise first, then churn noise
-    if origin is None:
-        generator = torch.Generator().manual_seed(seed)
-
-        def churn_noise(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-    else:
-        cells = (round(origin[0] * work_h / height / 8), round(origin[1] * work_w / width / 8))
-        churn_noise = coordinate_noise_source(NoiseField(seed), "refine", cells, device)
+    cells = None if origin is None else (round(origin[0] * work_h / height / 8), round(origin[1] * work_w / width / 8))
+    churn_noise = refine_noise(seed, cells, device)
     noise = churn_noise(tuple(lq_latent.shape))
 
     # 6. sampling, tiled over the latent when it is larger than a tile, with the step cache if asked
@@ -244,17 +225,63 @@ def refine_image(refiner: Refiner, image: torch.Tensor, caption: str, options: R
 
     # 7. decode, colour fix against the stage-1 reference, back to exactly the input size
     report(callback, options.sampler.steps, options.sampler.steps, "vae decode")
-    result = refiner.vae.decode(latent, tiles=decode_tiles)
-    if reference is not None:
-        result = apply_color_fix(result, reference, options.color_fix)
-    result = result.float().cpu()
-    if (work_h, work_w) != (height, width):
-        result = bicubic_resize(result, (height, width))
-    result = result.clamp(0, 1)
+    result = decoded(refiner, latent, reference, decode_tiles, options, (height, width))
     tiling = {"latent": denoise.fit.record(), "vae_encode": encode_tiles.record(),
               "vae_decode": decode_tiles.record()}
     return result, RefineReport(caption, (work_h, work_w), denoise.tile_count, records, networks.unet_calls,
                                 networks.control_calls, denoise.cache.report, tiling)
+
+
+def decoded(refiner: Refiner, latent: torch.Tensor, reference: torch.Tensor | None, decode_tiles,
+            options: RefineOptions, size: tuple[int, int]) -> torch.Tensor:
+    """The sampled latent decoded, colour-fixed against the stage-1 reference, back at exactly `size`, on the CPU."""
+    result = refiner.vae.decode(latent, tiles=decode_tiles)
+    if reference is not None:
+        result = apply_color_fix(result, reference, options.color_fix)
+    result = result.float().cpu()
+    if tuple(result.shape[-2:]) != tuple(size):
+        result = bicubic_resize(result, size)
+    return result.clamp(0, 1)
+
+
+def lq_latents(refiner: Refiner, work: torch.Tensor, options: RefineOptions, encode_tiles, decode_tiles
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The LQ latent through the denoise encoder, its decode as the colour reference (as the seed does; None with
+    the colour fix off), and the restoration target (the reference encoded again when restoration guides)."""
+    lq_latent = refiner.vae.encode_lq(work, tiles=encode_tiles)
+    reference = None
+    if options.color_fix != "none":
+        reference = refiner.vae.decode(lq_latent, tiles=decode_tiles)
+    x_center = lq_latent
+    if options.sampler.restoration_scale > 0:
+        colour_ref = reference if reference is not None else refiner.vae.decode(lq_latent, tiles=decode_tiles)
+        x_center = refiner.vae.encode(colour_ref, tiles=encode_tiles)
+    return lq_latent, reference, x_center
+
+
+def conditioning(refiner: Refiner, caption: str, options: RefineOptions) -> tuple[Conditioning, Conditioning]:
+    """Positive ("<caption> <positive prompt>") and negative conditioning on the refiner's device."""
+    device = refiner.device
+    cond_text, uncond_text = refiner.text.encode_pair([positive_prompt(caption, options)], [options.negative_prompt])
+
+    def side(text) -> Conditioning:
+        vector = sdxl_vector(text.pooled, refiner.size_embed_dim, options.original_size, (0, 0), options.target_size)
+        return Conditioning(text.context.to(device), vector.to(device))
+
+    return side(cond_text), side(uncond_text)
+
+
+def refine_noise(seed: int, cells: tuple[int, int] | None, device: torch.device):
+    """Draws of noise for one refinement: one CPU generator from `seed`, or keyed by the latent cells' place in a
+    scene (`cells`: this image's offset), so windows agree."""
+    if cells is not None:
+        return coordinate_noise_source(NoiseField(seed), "refine", cells, device)
+    generator = torch.Generator().manual_seed(seed)
+
+    def churn_noise(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+    return churn_noise
 
 
 def refiner_single_files(refiner: Refiner) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

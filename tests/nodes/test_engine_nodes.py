@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsvl_core.weights.catalogue.catalogue import find_weights
+from rsvl_core.weights.catalogue import find_weights
 
 
 def test_engine_node_folders_and_choices_follow_the_weights_table(comfy, demo_models):

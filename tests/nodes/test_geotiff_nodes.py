@@ -225,7 +225,7 @@ def readme_client() -> dict:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### GeoTIFF and large scenes"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert code.startswith("# rsvl GeoTIFF client")
+    assert code.startswith("# GeoTIFF through ComfyUI's API")
     namespace = {"__name__": "readme_client"}
     exec(compile(code, "README.md (GeoTIFF client)", "exec"), namespace)
     return namespace

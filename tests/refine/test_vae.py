@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from rsvl_core.weights.catalogue.checkpoint import read_state_dict
+from rsvl_core.weights.checkpoint import read_state_dict
 from safetensors.torch import save_file
 
 from rsvl_core.kit.errors import CheckpointError

@@ -49,8 +49,8 @@ IGNORED_KEYS = (
     CLIP_G_PREFIX + "attn_mask",
 )
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # refine/configs
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "clip_tokenizer"
 CLIP_L_CONFIG = CONFIG_DIR / "clip_vit_l.json"
 CLIP_G_CONFIG = CONFIG_DIR / "clip_vit_bigg.json"
 
