@@ -7,9 +7,9 @@ import types
 
 import pytest
 import torch
-from rsvl_core.weights.checkpoint import read_state_dict
 
 from rsvl_core.kit.errors import CheckpointError
+from rsvl_core.weights.checkpoint import read_state_dict
 
 
 def _save_with_foreign_class(path, module_name: str, payload_runs: list) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rsvl_core.weights.catalogue import WEIGHTS, WeightsEntry, find_weights
 from rsvl_testing import tiny_esrgan, tiny_sr3_config
 from safetensors.torch import save_file
 
@@ -19,6 +18,7 @@ from rsvl_core.jobs.inputs import locate_model_files
 from rsvl_core.kit.errors import CheckpointError, RsvlError
 from rsvl_core.pipeline import RunConfig
 from rsvl_core.stage1 import SpandrelStage1, SR3Stage1, SR3UNet, load_sr3, load_stage1, save_sr3
+from rsvl_core.weights.catalogue import WEIGHTS, WeightsEntry, find_weights
 
 SAMPLE = Path(__file__).parents[1] / "rsvl_core" / "samples" / "osbs_029_lr100.png"
 
@@ -180,7 +180,6 @@ def test_engine_stage1_refuses_sdxl_supir_llava_files_by_one_rule(tmp_path, name
 
 def test_engine_a_new_family_in_the_one_table_is_refused_by_every_stage1_loader(tmp_path, monkeypatch):
     import rsvl_core.weights.families as families
-
     from rsvl_core.stage1.spandrel_sr import load_spandrel_stage1
 
     new = families.ModelFamily("flux", "a FLUX checkpoint", "double_blocks.")

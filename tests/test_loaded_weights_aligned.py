@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rsvl_core.weights.checkpoint import is_own_aligned, read_state_dict
 from rsvl_testing import tiny_llava_next_folder, tiny_seed_adapter, tiny_sr3_model
+
+from rsvl_core.weights.checkpoint import is_own_aligned, read_state_dict
 
 
 def misplaced(module: torch.nn.Module) -> list[str]:

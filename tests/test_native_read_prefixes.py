@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from rsvl_core.weights.checkpoint import read_state_dict
 from safetensors.torch import save_file
+
+from rsvl_core.weights.checkpoint import read_state_dict
 
 
 def test_native_read_only_prefixed_tensors(tmp_path):

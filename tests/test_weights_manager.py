@@ -11,6 +11,11 @@ import types
 from pathlib import Path
 
 import pytest
+
+from rsvl_core.cli.weights import add_weights_parser, run_weights
+from rsvl_core.demo import write_demo_models
+from rsvl_core.kit.errors import RsvlError
+from rsvl_core.pipeline import load_problems
 from rsvl_core.weights.catalogue import WEIGHTS, KnownFile, find_weights, search_roots
 from rsvl_core.weights.manager import (
     check_weights,
@@ -19,11 +24,6 @@ from rsvl_core.weights.manager import (
     list_weights,
     sha256_file,
 )
-
-from rsvl_core.cli.weights import add_weights_parser, run_weights
-from rsvl_core.demo import write_demo_models
-from rsvl_core.kit.errors import RsvlError
-from rsvl_core.pipeline import load_problems
 
 JUGGERNAUT = "juggernautXL_v8Rundiffusion.safetensors"
 ALL = ("sr3", "captioner", "caption-adapter", "sdxl", "supir")

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from rsvl_core.weights.checkpoint import read_state_dict
 from safetensors.torch import save_file
 
 from rsvl_core.kit.errors import CheckpointError
@@ -24,6 +23,7 @@ from rsvl_core.refine.nets.vae import (
     sdxl_vae_config,
 )
 from rsvl_core.refine.tiny.vae import tiny_first_stage_single_file_state, tiny_refiner_vae, tiny_vae_config
+from rsvl_core.weights.checkpoint import read_state_dict
 
 PREFIX = "first_stage_model."
 
