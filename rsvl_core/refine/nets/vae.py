@@ -55,7 +55,8 @@ _ATTENTION_PROJECTIONS_BACK = {v: k for k, v in _ATTENTION_PROJECTIONS.items()}
 
 def sdxl_vae_config() -> dict[str, Any]:
     """The packaged SDXL VAE config (AutoencoderKL kwargs), so no download is needed to build the model."""
-    text = resources.files(__package__).joinpath("configs", "sdxl_vae.json").read_text(encoding="utf-8")
+    refine = __package__.rpartition(".")[0]  # refine/configs (this module is in refine/nets)
+    text = resources.files(refine).joinpath("configs", "sdxl_vae.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
