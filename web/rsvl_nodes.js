@@ -1,5 +1,6 @@
 // rsvl node pack: what the nodes report is shown on the nodes themselves.
-//  - LlavaRSCaption's caption, ControlNetRefine's report and Stage1FidelitySR's "what ran" line arrive as
+//  - LlavaRSCaption's caption, ControlNetRefine's report, Stage1FidelitySR's "what ran" line, what RSVLLoadScene
+//    read and the file RSVLSaveGeoTIFF wrote arrive as
 //    `ui.text` (ComfyUI's PreviewText) and are shown in a labelled, read-only text box on the node.
 //  - The box is part of the node from the moment it is created, with a fixed height (long texts scroll), so the
 //    node has its final size before a run and does not grow over its neighbours after one.
@@ -19,6 +20,8 @@ const TEXT_BOXES = {
   LlavaRSCaption: { label: "caption", lines: 5 },
   ControlNetRefine: { label: "report", lines: 4 },
   Stage1FidelitySR: { label: "ran", lines: 3 },
+  RSVLLoadScene: { label: "scene", lines: 3 },
+  RSVLSaveGeoTIFF: { label: "written", lines: 2 },
 };
 const LINE_PX = 16;
 const LABEL_PX = 18;

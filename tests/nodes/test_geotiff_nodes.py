@@ -17,6 +17,7 @@ import pytest
 import torch
 from hosts import HOSTS, require
 from nodes_testing import REPO, WORKFLOWS
+from test_browser import browser, page  # noqa: F401  (the canvas test's Chromium and page, on this module's server)
 
 rasterio = pytest.importorskip("rasterio", reason='rasterio is not installed (pip install "rsvl[geo]")')
 from rasterio.transform import from_origin  # noqa: E402
@@ -394,3 +395,34 @@ def test_uploaded_rasters_load_and_save_in_place(server, suffix, tmp_path):
         assert (out.crs, out.transform) == place
         assert out.nodata == 0 or suffix == ".jp2"  # whether a JPEG 2000 keeps nodata depends on the GDAL build
         assert np.array_equal(out.read(), expected)
+
+
+@pytest.mark.slow
+def test_geotiff_workflow_on_the_canvas(page, server, tmp_path):  # noqa: F811
+    """The template on the canvas (the classic one, each host's own frontend): Run with the tiny settings; Load
+    Scene shows what it read and Save GeoTIFF the file it wrote, which is a GeoTIFF at 2x in the sample's place;
+    nothing overlaps. With RSVL_WRITE_DOCS_PICTURES=1 the 0.8.0 host's screenshot becomes README's picture."""
+    import os
+
+    from test_browser import TINY, drop_workflow, node_boxes, overlaps, run, set_widgets, settle, text_on_node
+
+    drop_workflow(page, WORKFLOWS / "rsvl_geotiff_scene.json")
+    set_widgets(page, {**TINY, "LoadRSVLModels": dict(server["choices"])})
+    entry = run(page, server)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    written = text_on_node(page, "RSVLSaveGeoTIFF")
+    assert re.fullmatch(r"output/rsvl/scene_\d{5}_\.tif", written or ""), written
+    assert text_on_node(page, "RSVLLoadScene").startswith("rsvl_sample_scene.tif: 100x100, EPSG:32617")
+    with rasterio.open(server["output"] / written.removeprefix("output/")) as out, \
+            rasterio.open(REPO / "rsvl_core" / "samples" / "osbs_029_lr100.tif") as src:
+        assert (out.width, out.height, out.crs) == (200, 200, src.crs)
+        assert out.bounds == pytest.approx(tuple(src.bounds))
+    settle(page)
+    assert overlaps(node_boxes(page)) == []
+    assert page.page_errors == []
+    picture = tmp_path / "canvas.png"
+    page.screenshot(path=str(picture))
+    if os.environ.get("RSVL_WRITE_DOCS_PICTURES") == "1" and server["host"].id == "comfy080":
+        from PIL import Image
+
+        Image.open(picture).convert("RGB").save(REPO / "docs" / "rsvl_geotiff_scene_canvas.jpg", quality=85)
