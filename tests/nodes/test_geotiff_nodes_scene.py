@@ -3,7 +3,7 @@
 In the ComfyUI stand-in: the node's output equals `rsvl upscale --window-size`'s for the same file and settings,
 one progress update per window, a Cancel after window 3 leaves nothing behind and the next run completes to the same
 pixels (a finished output is not computed again), the memory check refuses before any model loads, and names
-outside input/ and output/ are refused at validation. In each real ComfyUI host, through /prompt: a scene of 5 x 5
+outside input/ and output/ are refused at validation. In each real ComfyUI host, through /prompt: a scene of 4 x 4
 windows, POST /interrupt once the progress bar shows a finished window, then a resume that equals an uninterrupted
 run and the CLI's output.
 """
@@ -27,8 +27,8 @@ from rsvl_testing import crop_geotiff
 rasterio = pytest.importorskip("rasterio", reason='rasterio is not installed (pip install "rsvl[geo]")')
 OSBS = REPO.parent / "shared" / "data" / "OSBS_029.tif"
 pytestmark = pytest.mark.skipif(not OSBS.is_file(), reason=f"shared sample {OSBS} not found")
-SIDE, WINDOW, OVERLAP = 120, 32, 4  # 5 x 5 windows at x2
-WINDOWS = 25
+SIDE, WINDOW, OVERLAP = 96, 32, 4  # 4 x 4 windows at x2
+WINDOWS = 16
 SETTINGS = {"scale": "2", "seed": 0, "sampler": "ddim", "steps": 2, "tile_size": 224, "tile_overlap": 32,
             "window_size": WINDOW, "window_overlap": OVERLAP, "caption_per": "scene", "bands": "", "stretch": "auto",
             "percentiles": "", "cog": False, "preset": "paper", "refine_steps": 50, "positive_prompt": "",
@@ -55,7 +55,8 @@ def cli_output(scene: Path, sr3: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stand_in(comfy, demo_models, tmp_path_factory):
-    """The stand-in with a 120 x 120 georeferenced crop in input/, the SR3 handle, and the CLI's output of it."""
+    """The stand-in with a 96 x 96 georeferenced crop in input/, the SR3 handle, and the CLI's output of it (made
+    when a test asks for it)."""
     fp = comfy.folder_paths
     inputs = Path(fp.get_input_directory())
     inputs.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,12 @@ def stand_in(comfy, demo_models, tmp_path_factory):
     load = comfy.node("LoadRSVLModels").execute
     sr3 = load(sr3_model=choices["sr3_model"], llava_model="none", llava_adapter="none", sdxl_checkpoint="none",
                supir_model="none", dtype="auto", device="auto", llava_quantization="none").args[0]
-    cli = cli_output(scene, sr3_file, tmp_path_factory.mktemp("cli"))
+    made: list[Path] = []
+
+    def cli() -> Path:
+        made[:] = made or [cli_output(scene, sr3_file, tmp_path_factory.mktemp("cli"))]
+        return made[0]
+
     return {"scene": scene, "sr3": sr3, "cli": cli, "output": Path(fp.get_output_directory())}
 
 
@@ -74,6 +80,7 @@ def run_node(comfy, stand_in, folder: str, **overrides):
     return comfy.node("RSVLUpscaleScene").execute(**inputs)
 
 
+@pytest.mark.slow
 def test_node_equals_the_cli_with_one_progress_update_per_window(comfy, stand_in):
     state = comfy.state
     state.updates.clear()
@@ -82,7 +89,7 @@ def test_node_equals_the_cli_with_one_progress_update_per_window(comfy, stand_in
     assert name == "whole/osbs_scene_x2.tif"
     assert [(value, total) for value, total, _ in state.updates] == [(k, WINDOWS) for k in range(1, WINDOWS + 1)]
     pixels, geo = read(stand_in["output"] / name)
-    cli_pixels, cli_geo = read(stand_in["cli"])
+    cli_pixels, cli_geo = read(stand_in["cli"]())
     assert pixels.shape == (3, 2 * SIDE, 2 * SIDE)
     assert np.array_equal(pixels, cli_pixels) and geo == cli_geo  # same process: bit for bit
     record = json.loads((stand_in["output"] / "whole" / "osbs_scene_x2.json").read_text())
@@ -91,6 +98,7 @@ def test_node_equals_the_cli_with_one_progress_update_per_window(comfy, stand_in
     assert f"{WINDOWS} windows computed" in out.ui.value
 
 
+@pytest.mark.slow
 def test_cancel_after_three_windows_then_resume_completes_to_the_same_pixels(comfy, stand_in):
     state, folder = comfy.state, stand_in["output"] / "resumed"
     state.updates.clear()
@@ -106,7 +114,7 @@ def test_cancel_after_three_windows_then_resume_completes_to_the_same_pixels(com
     out = run_node(comfy, stand_in, "resumed")
     assert len(state.updates) == WINDOWS
     pixels, geo = read(folder / "osbs_scene_x2.tif")
-    cli_pixels, cli_geo = read(stand_in["cli"])
+    cli_pixels, cli_geo = read(stand_in["cli"]())
     assert np.array_equal(pixels, cli_pixels) and geo == cli_geo
     state.updates.clear()
     again = run_node(comfy, stand_in, "resumed")  # a finished output is not computed again (as the CLI skips it)
@@ -124,7 +132,8 @@ def test_memory_check_refuses_before_any_model_loads(comfy, stand_in, demo_model
     with pytest.raises(comfy.handles.NodeError) as refused:
         run_node(comfy, {**stand_in, "sr3": sr3}, "memory")
     message = str(refused.value)
-    assert message.startswith("RSVL Upscale Scene") and "osbs_scene.tif: assembling the 240x240 output needs" in message
+    assert message.startswith("RSVL Upscale Scene")
+    assert f"osbs_scene.tif: assembling the {2 * SIDE}x{2 * SIDE} output needs" in message
     assert "\n" not in message and sr3.load_count == 0  # nothing loaded
     assert not (stand_in["output"] / "memory" / "osbs_scene_x2.tif").exists()
 
@@ -200,7 +209,7 @@ def request_json(server, method: str, path: str, body: dict | None = None):
 
 
 def scene_graph(server, folder: str, scene: str = "osbs_scene.tif") -> dict:
-    """The shipped Upscale Scene API workflow with the tiny SR3, stage 1 only, 5 x 5 windows."""
+    """The shipped Upscale Scene API workflow with the tiny SR3, stage 1 only, 4 x 4 windows."""
     api = json.loads((WORKFLOWS / "api" / "rsvl_upscale_scene.json").read_text(encoding="utf-8"))
     for node in api.values():
         if node["class_type"] == "LoadRSVLModels":
@@ -276,7 +285,7 @@ def test_host_cancel_between_windows_then_resume_equals_uninterrupted_and_cli(se
     scene = crop_geotiff(OSBS, inputs / "osbs_scene.tif", SIDE, SIDE)
     whole = wait_history(server, queue(server, scene_graph(server, "whole")))
     assert whole["status"]["status_str"] == "success", whole["status"]
-    # the resumed run: Cancel (POST /interrupt) once the bar shows two finished windows of 25
+    # the resumed run: Cancel (POST /interrupt) once the bar shows two finished windows of 16
     progress = Progress(server, "2")
     prompt_id = queue(server, scene_graph(server, "resumed"), progress.client_id)
     progress.wait_for(2)
@@ -324,3 +333,34 @@ def test_host_refuses_names_outside_input_at_validation(server, tmp_path):
     status, answer = request_json(server, "POST", "/prompt", {"prompt": api})
     assert status == 400 and "'..' in the path" in json.dumps(answer["node_errors"]["2"]), answer
     assert not os.path.exists(base_dir(server) / "outside")
+
+
+@pytest.mark.slow
+def test_two_stage_scene_with_the_loader_handles_equals_the_cli(comfy, stand_in, demo_models, tmp_path):
+    """Stage 1, the scene's one caption (an overview) and the refiner, from LoadRSVLModels' handles through the job
+    engine's windows: the same GeoTIFF as `rsvl upscale` with the same files and settings."""
+    models, choices = demo_models
+    sr3, captioner, refiner = comfy.node("LoadRSVLModels").execute(
+        **choices, dtype="auto", device="auto", llava_quantization="none").args
+    crop_geotiff(OSBS, Path(comfy.folder_paths.get_input_directory()) / "osbs_small.tif", 56, 56)
+    out = run_node(comfy, {**stand_in, "sr3": sr3}, "two_stage", scene="osbs_small.tif", captioner=captioner,
+                   refiner=refiner, refine_steps=2, min_size=0, positive_prompt="sharp", negative_prompt="blur")
+    files = {"--stage1-model": models / "rsvl" / "sr3" / choices["sr3_model"],
+             "--llava": models / "rsvl" / "llava" / choices["llava_model"],
+             "--adapter": models / "rsvl" / "llava_adapter" / choices["llava_adapter"],
+             "--sdxl": models / "checkpoints" / choices["sdxl_checkpoint"],
+             "--supir": models / "rsvl" / "supir" / choices["supir_model"]}
+    from rsvl_core.cli import main
+
+    flags = [flag for flag in CLI_FLAGS if flag != "--stage1-only"]
+    argv = ["upscale", str(Path(comfy.folder_paths.get_input_directory()) / "osbs_small.tif"), "-o",
+            str(tmp_path / "cli"), *flags, "--refine-steps", "2", "--refine-min-size", "0", "--positive-prompt",
+            "sharp", "--negative-prompt", "blur", *(str(x) for pair in files.items() for x in pair)]
+    assert main(argv) == 0
+    pixels, geo = read(stand_in["output"] / out.args[0])
+    cli_pixels, cli_geo = read(tmp_path / "cli" / "osbs_small_x2.tif")
+    assert np.array_equal(pixels, cli_pixels) and geo == cli_geo
+    record = json.loads((stand_in["output"] / "two_stage" / "osbs_small_x2.json").read_text())
+    cli_record = json.loads((tmp_path / "cli" / "osbs_small_x2.json").read_text())
+    assert record["windows"]["count"] == cli_record["windows"]["count"] >= 4
+    assert record["caption"] == cli_record["caption"] and record["caption_source"] == "scene overview"
