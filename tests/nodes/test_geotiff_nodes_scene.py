@@ -364,3 +364,25 @@ def test_two_stage_scene_with_the_loader_handles_equals_the_cli(comfy, stand_in,
     cli_record = json.loads((tmp_path / "cli" / "osbs_small_x2.json").read_text())
     assert record["windows"]["count"] == cli_record["windows"]["count"] >= 4
     assert record["caption"] == cli_record["caption"] and record["caption_source"] == "scene overview"
+
+
+def test_core_upscale_model_as_stage_one_equals_the_cli(comfy, stand_in, tmp_path):
+    """Core's UPSCALE_MODEL (what Load Upscale Model outputs) as the scene's stage 1: the same GeoTIFF as `rsvl
+    upscale --stage1-model` with that file."""
+    import spandrel
+    import torch
+    from rsvl_testing import tiny_esrgan
+
+    weights = tmp_path / "4x_tiny_esrgan.pth"
+    torch.save(tiny_esrgan(), weights)
+    descriptor = spandrel.ModelLoader().load_from_file(str(weights)).eval()
+    out = run_node(comfy, stand_in, "core_model", sr3=None, upscale_model=descriptor, scale="4")
+    from rsvl_core.cli import main
+
+    flags = ["--scale", "4", *CLI_FLAGS[2:]]
+    assert main(["upscale", str(stand_in["scene"]), "-o", str(tmp_path / "cli"), "--stage1-model", str(weights),
+                 *flags]) == 0
+    pixels, geo = read(stand_in["output"] / out.args[0])
+    cli_pixels, cli_geo = read(tmp_path / "cli" / "osbs_scene_x4.tif")
+    assert out.args[0] == "core_model/osbs_scene_x4.tif" and pixels.shape == (3, 4 * SIDE, 4 * SIDE)
+    assert np.array_equal(pixels, cli_pixels) and geo == cli_geo
