@@ -440,3 +440,23 @@ def test_write_errors_map_to_enospc_only_on_a_full_file_system(tmp_path, monkeyp
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_png_is_scaled_by_its_own_range(tmp_path):
+    """Finding 13: 12-bit sensor data in a 16-bit PNG came out near-black (scaled by 1/65535), with only a note."""
+    import numpy as np
+    from PIL import Image
+
+    from rsvl_core.kit.image import read_image
+
+    values = np.linspace(0, 4000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "twelve.png"
+    Image.fromarray(values).save(path)
+    image, notes = read_image(path)
+    assert abs(float(image.max()) - 4000 / 4095) < 1e-4 and abs(float(image.mean()) - 2000 / 4095) < 1e-3
+    assert any("holding 12-bit data (largest value 4000) scaled by 1/4095" in n for n in notes), notes
+    full = tmp_path / "sixteen.png"
+    Image.fromarray((values.astype(np.uint32) * 16).astype(np.uint16)).save(full)  # uses 16 bits: scaled as before
+    image, notes = read_image(full)
+    assert abs(float(image.max()) - 64000 / 65535) < 1e-4
+    assert any("16-bit grayscale scaled by 1/65535" in n for n in notes), notes

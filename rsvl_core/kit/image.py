@@ -102,17 +102,21 @@ def _header_notes(img: Image.Image) -> list[str]:
     return notes
 
 
+def integer_peak(largest: int, container: str) -> tuple[float, str]:
+    """The full scale of integer grayscale: a 16-bit container whose largest value fits 12 bits holds 12-bit
+    sensor data (common in remote sensing), scaled by 1/4095 instead of coming out near-black; else the type's."""
+    if 255 < largest <= 4095:
+        return 4095.0, f"{container} grayscale holding 12-bit data (largest value {largest})"
+    return (65535.0 if largest <= 65535 else float(2**31 - 1)), f"{container} grayscale"
+
+
 def _to_rgb_float(img: Image.Image, path: Path | None = None) -> tuple[np.ndarray, list[str]]:
     notes: list[str] = []
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        gray = np.asarray(img, dtype=np.float32) / 65535.0
-        notes.append("16-bit grayscale scaled by 1/65535 and replicated to RGB")
-        return np.repeat(gray[..., None], 3, axis=2), notes
-    if mode == "I":
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         raw = np.asarray(img)
-        peak = 65535.0 if raw.max(initial=0) <= 65535 else float(2**31 - 1)
-        notes.append(f"32-bit integer grayscale scaled by 1/{peak:.0f} and replicated to RGB")
+        peak, what = integer_peak(int(raw.max(initial=0)), "32-bit integer" if mode == "I" else "16-bit")
+        notes.append(f"{what} scaled by 1/{peak:.0f} and replicated to RGB")
         gray = np.clip(raw.astype(np.float32) / peak, 0.0, 1.0)
         return np.repeat(gray[..., None], 3, axis=2), notes
     if mode == "F":
