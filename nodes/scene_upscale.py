@@ -39,7 +39,6 @@ class RSVLUpscaleScene(RSVLNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        upload = getattr(getattr(io, "UploadType", None), "image", None)  # the frontend's upload button
         return node_schema(
             NODE,
             description="Upscales a scene too large for an IMAGE (e.g. 20000 x 20000) straight from a file in "
@@ -48,9 +47,9 @@ class RSVLUpscaleScene(RSVLNode):
                         "A finished output is not computed again; Cancel stops between windows.",
             is_output_node=True,
             inputs=[
-                io.Combo.Input("scene", options=input_choices(folder_paths()), upload=upload,
-                               tooltip="A raster in ComfyUI's input folder (GeoTIFF, JPEG 2000, VRT or any image; "
-                                       "upload through /upload/image); names outside it are refused."),
+                io.Combo.Input("scene", options=input_choices(folder_paths()),
+                               tooltip="A raster in ComfyUI's input folder (GeoTIFF, JPEG 2000, VRT or any image; put "
+                                       "it there or upload it through /upload/image); names outside it are refused."),
                 io.String.Input("output_folder", default="rsvl_scenes",
                                 tooltip="Folder inside ComfyUI's output folder; the output is named as the CLI names "
                                         "it: <scene>_x<scale>.tif (a GeoTIFF input) or .png, a run record beside it."),
