@@ -22,7 +22,7 @@ PROBES = {
     "caption_max_tokens": (9, lambda c: c.caption.max_new_tokens),
     "caption_temperature": (0.7, lambda c: (c.caption.temperature, c.caption.do_sample)),
     "caption_prompt": ("<image> list the roads", lambda c: c.caption.prompt),
-    "preset": ("paper", lambda c: c.preset),
+    "preset": ("cpu-quick", lambda c: c.preset),
     "refine_steps": (12, lambda c: c.refine.sampler.steps),
     "cfg_scale": (5.0, lambda c: c.refine.sampler.cfg_scale),
     "cfg_scale_start": (3.0, lambda c: c.refine.sampler.cfg_scale_start),

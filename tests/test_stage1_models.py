@@ -78,5 +78,5 @@ def test_a_wrong_file_as_stage1_is_named_with_what_it_is(small_input, tmp_path, 
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(2)}, str(bad))
     assert main(["upscale", str(small_input), "-o", str(tmp_path / "o"), "--stage1-only",
                  "--stage1-model", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert str(bad) in err and "SDXL" in err and "not a stage-1 model" in err and err.count("\n") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "SDXL" in errors[0] and "not a stage-1 model" in errors[0]
