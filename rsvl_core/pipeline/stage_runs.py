@@ -8,6 +8,7 @@ placement or a RAM check asks for it). `run.run_pipeline` (every CLI work item) 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from ..refine.preview import LatentPreview
 from ..refine.refiner import RefineOptions, RefineReport, refine_image, working_size
 from ..stages import Stage1Result
 
+log = logging.getLogger("rsvl")
 GIB = 1024 ** 3
 MEASURED_OUTPUT_PIXELS = 1024 ** 2  # estimates run the stage on fake tensors up to this size, and extrapolate above
 
@@ -198,12 +200,18 @@ def run_refine(source: StageSource, images: torch.Tensor, captions: Sequence[str
 
 
 def _once(compute: Callable[[], int]) -> Callable[[], int]:
-    """`compute`, evaluated on first call only (an estimate costs a fake run of the stage)."""
+    """`compute`, evaluated on first call only (an estimate costs a fake run of the stage). An estimate never fails
+    the run: a model whose fake run raises (a custom layer, an injected fault) is placed with no extra room."""
     value: list[int] = []
 
     def need() -> int:
         if not value:
-            value.append(int(compute()))
+            try:
+                value.append(int(compute()))
+            except Exception as exc:  # noqa: BLE001 - anything the model's own forward raises on fake tensors
+                log.warning("rsvl: no memory estimate for this stage (%s); placed without extra room",
+                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                value.append(0)
         return value[0]
 
     return need
