@@ -191,13 +191,17 @@ def weights_line(handle: ModelHandle, refiner: Any, parts: Any, text: Any, unet_
 def host_sdxl_source(host: Host, handle: ModelHandle, model: Any, vae: Any, clip: Any = None,
                      prompts: Sequence[str] = (), model_patch: Any = None) -> tuple[HandleSource, list[str]]:
     """The refiner over the host's SDXL as a stage run takes it: built when placed (with the run's estimate); the
-    list receives the line saying what is shared and what was loaded."""
+    list receives the line saying what is shared and what was loaded. Built and loaded once per source: a node's
+    later batches reuse it (building it again would load the host's weights and SUPIR's parts once per batch)."""
     lines: list[str] = []
+    built: list[Any] = []
 
     def place(need: Callable[[], int]):
-        refiner, line = refiner_over_host_sdxl(host, handle, model, vae, clip, need(), prompts, model_patch)
-        lines.append(line)
-        return refiner
+        if not built:
+            refiner, line = refiner_over_host_sdxl(host, handle, model, vae, clip, need(), prompts, model_patch)
+            built.append(refiner)
+            lines.append(line)
+        return built[0]
 
     return HandleSource(lambda: None, place), lines
 
