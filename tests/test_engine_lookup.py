@@ -191,27 +191,29 @@ def test_engine_a_new_family_in_the_one_table_is_refused_by_every_stage1_loader(
             load(path)
 
 
-def test_engine_stage1_registry_is_spandrels_plus_sr3_detected_first(tmp_path):
+def test_engine_stage1_registry_is_ours_detected_first_then_spandrels(tmp_path):
     import spandrel
+    from rsvl_testing import tiny_compact
 
-    from rsvl_core.stage1.registry import SR3_ID, stage1_registry
+    from rsvl_core.stage1.compact import CompactDescriptor
+    from rsvl_core.stage1.registry import OWN_ARCHITECTURES, SR3_ID, load_architecture
 
-    registry = stage1_registry(tmp_path / "x.pth")
-    ids = [support.architecture.id for support in registry.architectures("detection")]
-    spandrel_ids = [support.architecture.id for support in spandrel.MAIN_REGISTRY.architectures("detection")]
-    assert ids[0] == SR3_ID and ids[1:] == spandrel_ids and "ESRGAN" in ids
+    assert [arch.id for arch in OWN_ARCHITECTURES] == [SR3_ID, "Compact"]
     assert SR3_ID not in spandrel.MAIN_REGISTRY  # spandrel's own registry (ComfyUI's) is left alone
     # SR3 in the released *_gen.pth layout: one registry load, state-dict compatible, key for key and bit for bit
     torch.manual_seed(0)
     unet = SR3UNet(tiny_sr3_config(inner_channel=32, norm_groups=32))
     path = save_sr3(unet, tmp_path / "I9_E9_gen.pth")
     state = torch.load(path, weights_only=True)
-    loaded = stage1_registry(path).load(state)
+    loaded = load_architecture(state, path)
     assert loaded.config == unet.config and loaded.stored_schedule_length == 2000
     ours, theirs = loaded.unet.state_dict(), unet.state_dict()
     assert sorted(ours) == sorted(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    # the same call loads a spandrel architecture
-    descriptor = stage1_registry(tmp_path / "e.pth").load(tiny_esrgan())
+    # Compact is built by rsvl; the same call loads any architecture spandrel knows
+    compact = load_architecture(tiny_compact(), tmp_path / "c.pth")
+    assert isinstance(compact, CompactDescriptor) and compact.architecture.name == "RealESRGAN Compact"
+    descriptor = load_architecture(tiny_esrgan(), tmp_path / "e.pth")
+    assert isinstance(descriptor, spandrel.ImageModelDescriptor)
     assert descriptor.architecture.id == "ESRGAN" and descriptor.scale == 4
 
 

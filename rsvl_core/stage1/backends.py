@@ -27,9 +27,9 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import spandrel
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +44,8 @@ PROBE_SIZE = 24  # input pixels of the tile every non-torch backend must reprodu
 PROBE_TOLERANCE = 1e-4  # max |difference| to torch on the probe tile ([0, 1] scale; 1/255 ~ 3.9e-3)
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]
+# a descriptor here: spandrel's ImageModelDescriptor or rsvl's own (`compact.CompactDescriptor`), both callable on a
+# tile and carrying `model`, `architecture`, `scale`, `input_channels` and `size_requirements`
 
 
 @dataclass
@@ -80,7 +82,7 @@ def check_backend(name: str) -> None:
 _RUNNERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, TileRunner]] = weakref.WeakKeyDictionary()
 
 
-def tile_runner(descriptor: spandrel.ImageModelDescriptor, backend: str | None = None) -> TileRunner:
+def tile_runner(descriptor: Any, backend: str | None = None) -> TileRunner:
     """The callable that runs `descriptor` on one batch of tiles, built (and cached) for this backend.
 
     Args:
@@ -99,7 +101,7 @@ def tile_runner(descriptor: spandrel.ImageModelDescriptor, backend: str | None =
     return cached[key]
 
 
-def _build(descriptor: spandrel.ImageModelDescriptor, backend: str) -> TileRunner:
+def _build(descriptor: Any, backend: str) -> TileRunner:
     """Try the backend asked for (or auto's choice); fall back to torch with the reason."""
     torch_runner = _torch_runner(descriptor)
     if backend == "torch":
@@ -120,7 +122,7 @@ def _build(descriptor: spandrel.ImageModelDescriptor, backend: str) -> TileRunne
     return TileRunner(chosen, run)
 
 
-def _unsupported(descriptor: spandrel.ImageModelDescriptor, backend: str) -> str | None:
+def _unsupported(descriptor: Any, backend: str) -> str | None:
     """Why `backend` ("auto", "ncnn" or "onnxruntime") cannot take this model, or None."""
     parameter = next(descriptor.model.parameters())
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
@@ -145,7 +147,7 @@ def _installed(name: str) -> bool:
     return True
 
 
-def _torch_runner(descriptor: spandrel.ImageModelDescriptor) -> TileRunner:
+def _torch_runner(descriptor: Any) -> TileRunner:
     """spandrel's call, channels-last where the network is convolutional (weights converted once, in place)."""
     module = descriptor.model
     if not _is_convolutional(module):
@@ -165,7 +167,7 @@ def _is_convolutional(module: nn.Module) -> bool:
     return conv > linear
 
 
-def _ncnn_run(descriptor: spandrel.ImageModelDescriptor) -> TileFn:
+def _ncnn_run(descriptor: Any) -> TileFn:
     """The Compact network as one ncnn graph (float32, CPU, as many threads as torch uses)."""
     import ncnn
 
@@ -197,7 +199,7 @@ def _ncnn_run(descriptor: spandrel.ImageModelDescriptor) -> TileFn:
     return run
 
 
-def _onnx_run(descriptor: spandrel.ImageModelDescriptor) -> TileFn:
+def _onnx_run(descriptor: Any) -> TileFn:
     """The network exported with torch's TorchScript exporter (dynamic height and width) into an ORT session."""
     import onnxruntime
 
@@ -223,7 +225,7 @@ def _onnx_run(descriptor: spandrel.ImageModelDescriptor) -> TileFn:
     return run
 
 
-def _padded(descriptor: spandrel.ImageModelDescriptor, height: int, width: int) -> tuple[int, int]:
+def _padded(descriptor: Any, height: int, width: int) -> tuple[int, int]:
     """(height, width) raised to the model's size requirements."""
     requirements = descriptor.size_requirements
     if requirements is None:
@@ -232,7 +234,7 @@ def _padded(descriptor: spandrel.ImageModelDescriptor, height: int, width: int) 
     return height + pad_h, width + pad_w
 
 
-def _pad(descriptor: spandrel.ImageModelDescriptor, tile: torch.Tensor) -> torch.Tensor:
+def _pad(descriptor: Any, tile: torch.Tensor) -> torch.Tensor:
     """Pad right and bottom as spandrel's call does: reflect as far as it can, then replicate."""
     height, width = tile.shape[-2:]
     full_h, full_w = _padded(descriptor, height, width)
@@ -244,7 +246,7 @@ def _pad(descriptor: spandrel.ImageModelDescriptor, tile: torch.Tensor) -> torch
     return F.pad(tile, (0, pad_w - reflect_w, 0, pad_h - reflect_h), "replicate")
 
 
-def _probe(run: TileFn, reference: TileFn, descriptor: spandrel.ImageModelDescriptor) -> None:
+def _probe(run: TileFn, reference: TileFn, descriptor: Any) -> None:
     """Raise ValueError unless `run` reproduces torch on a seeded probe tile within `PROBE_TOLERANCE`."""
     generator = torch.Generator().manual_seed(0)
     tile = torch.rand(1, descriptor.input_channels, PROBE_SIZE, PROBE_SIZE + 8, generator=generator)

@@ -1,27 +1,30 @@
-"""Where a stage-1 architecture is added: SR3 registered beside spandrel's architectures in a copy of its registry.
+"""Where a stage-1 architecture is added: rsvl's own architectures first, then every one spandrel knows.
 
 `load_architecture(state, path)` is the one load for any stage-1 file. It first refuses files of other model
-families (SDXL, SUPIR, VAE, LLaVA, LoRA: the one rule in `rsvl_core.weights.families`), then lets the registry
-detect the
-architecture by the keys and build it: SR3 first (its `denoise_fn.*` / UNet keys are unambiguous), then every
-architecture spandrel knows (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, SPAN, ...), in spandrel's own order.
-To add a stage-1 architecture: a `spandrel.Architecture` (id, `detect`, `load`) added in `stage1_registry`.
-spandrel's `MAIN_REGISTRY` (what ComfyUI loads its upscale models with) is copied, never modified.
+families (SDXL, SUPIR, VAE, LLaVA, LoRA: the one rule in `rsvl_core.weights.families`), then detects the
+architecture by the keys and builds it: rsvl's own (`OWN_ARCHITECTURES`: SR3, whose `denoise_fn.*` / UNet keys
+are unambiguous, and Real-ESRGAN Compact, `compact.py`), then every architecture spandrel knows (ESRGAN,
+Real-ESRGAN, SwinIR, HAT, DAT, SPAN, ...) in spandrel's own order. spandrel is imported only when a file is none
+of ours (its registry imports torchvision, about a second of CPU). To add a stage-1 architecture: an
+`OwnArchitecture` in `OWN_ARCHITECTURES`. spandrel's `MAIN_REGISTRY` (what ComfyUI loads its upscale models with)
+is never modified.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import spandrel
 import torch
 
 from ..kit.errors import CheckpointError
 from ..weights.checkpoint import reading_headers
 from ..weights.families import refuse_family
-from .loader import SR3Model, is_sr3_state, load_sr3
-from .model import SR3UNet
+from .compact import COMPACT_ID, COMPACT_NAME, is_compact_state, load_compact
+from .loader import is_sr3_state, load_sr3
 
 SR3_ID = "SR3"
 EXPECTED_STAGE1 = ("a stage-1 checkpoint: an SR3 generator (*_gen.pth) or a single-image super-resolution model "
@@ -29,49 +32,64 @@ EXPECTED_STAGE1 = ("a stage-1 checkpoint: an SR3 generator (*_gen.pth) or a sing
 STAGE1_ROLE = "a stage-1 model"
 
 
-class SR3Architecture(spandrel.Architecture[SR3UNet]):
-    """SR3 as a registry entry: detected by its UNet keys, built by `load_sr3` (state-dict compatible with the
-    released `*_gen.pth`). `load` returns an `SR3Model` rather than a spandrel descriptor: SR3 is a sampler with a
-    noise schedule, not one forward pass. `path` is the file, for a config JSON beside it."""
+@dataclass(frozen=True)
+class OwnArchitecture:
+    """A stage-1 architecture rsvl detects and builds itself: `load(state, path)` gives the model on the CPU in
+    float32 (the caller places it); `path` is the file (SR3 reads a config JSON beside it)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(id=SR3_ID, name="SR3", detect=is_sr3_state)
-        self.path = Path(path)
-
-    def load(self, state_dict: spandrel.StateDict) -> SR3Model:  # type: ignore[override]
-        """The SR3 model on the CPU in float32 (the caller places it)."""
-        return load_sr3(self.path, state=state_dict)
+    id: str
+    name: str
+    detect: Callable[[dict[str, Any]], bool]
+    load: Callable[[dict[str, torch.Tensor], Path], Any]
 
 
-def stage1_registry(path: Path) -> spandrel.ArchRegistry:
-    """A copy of spandrel's main registry with SR3 added, detected before every spandrel architecture, for the
-    file at `path` (SR3 reads a config JSON beside it)."""
-    registry = spandrel.MAIN_REGISTRY.copy()
-    spandrel_ids = tuple(support.architecture.id for support in spandrel.MAIN_REGISTRY.architectures())
-    registry.add(spandrel.ArchSupport.from_architecture(SR3Architecture(path), before=spandrel_ids))
-    return registry
+# detected in this order, before any of spandrel's: SR3 returns an `SR3Model` (a sampler with a noise schedule, not
+# one forward pass; state-dict compatible with the released `*_gen.pth`), Compact a `CompactDescriptor`
+OWN_ARCHITECTURES = (
+    OwnArchitecture(SR3_ID, "SR3", is_sr3_state, lambda state, path: load_sr3(path, state=state)),
+    OwnArchitecture(COMPACT_ID, COMPACT_NAME, is_compact_state, lambda state, path: load_compact(state)),
+)
 
 
-def load_architecture(state: spandrel.StateDict, path: Path) -> SR3Model | spandrel.ModelDescriptor:
+def detected_architecture(state: dict[str, Any]) -> OwnArchitecture | None:
+    """The first of `OWN_ARCHITECTURES` whose detection takes `state`, else None (spandrel's registry decides)."""
+    return next((arch for arch in OWN_ARCHITECTURES if arch.detect(state)), None)
+
+
+def load_architecture(state: dict[str, torch.Tensor], path: Path) -> Any:
     """The one load of a stage-1 file's tensors: other model families refused, then the registry's detection and
     build; every failure is a one-line CheckpointError naming the file and what it expected."""
     path = Path(path)
     refuse_family(state, path, STAGE1_ROLE, EXPECTED_STAGE1)
+    own = detected_architecture(state)
+    if own is not None:
+        with _building(path, f"it looks like {own.name}, but its tensors do not build one"):
+            return own.load(state, path)
+    import spandrel  # imported on use: only for files that are none of ours
+
     try:
-        with torch.device("meta") if reading_headers() else nullcontext():  # a check: build without memory
-            return stage1_registry(path).load(state)
-    except CheckpointError:
-        raise
+        with _building(path, "spandrel could not build a model from it"):
+            return spandrel.MAIN_REGISTRY.load(state)
     except spandrel.UnsupportedModelError:
         keys = ", ".join(sorted(state)[:4])
         raise CheckpointError(
             path, f"not SR3, and spandrel {spandrel.__version__} recognises no architecture in it ({len(state)} "
             f"tensors; first keys: {keys})", EXPECTED_STAGE1,
         ) from None
+
+
+@contextmanager
+def _building(path: Path, problem: str) -> Iterator[None]:
+    """Build a detected architecture (on the meta device for a headers-only check); when the tensors do not fit
+    it (strict load_state_dict reports missing/unexpected keys and shape mismatches over several lines), one
+    CheckpointError line saying `problem` and the first 400 characters of why."""
+    try:
+        with torch.device("meta") if reading_headers() else nullcontext():  # a check: build without memory
+            yield
+    except CheckpointError:
+        raise
     except (KeyError, RuntimeError, ValueError, AssertionError, IndexError, TypeError, AttributeError) as exc:
-        # detection matched but the tensors do not build that architecture: strict load_state_dict
-        # reports missing/unexpected keys and shape mismatches over several lines; keep them on one.
         detail = " ".join(str(exc).split()) or type(exc).__name__
         if len(detail) > 400:
             detail = detail[:400] + " ..."
-        raise CheckpointError(path, f"spandrel could not build a model from it: {detail}", EXPECTED_STAGE1) from None
+        raise CheckpointError(path, f"{problem}: {detail}", EXPECTED_STAGE1) from None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import spandrel
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +20,12 @@ from ..kit.progress import ProgressCallback, report
 from ..kit.tiling import Feather, TileFit, TileGrid
 from ..weights.checkpoint import read_state_dict
 from .backends import TileRunner, tile_runner
+from .loader import SR3Model
 from .registry import load_architecture
 from .upscaler import check_image_batch
+
+if TYPE_CHECKING:
+    import spandrel
 
 SPANDREL_EXPECTED = (
     "a single-image super-resolution checkpoint that spandrel recognises "
@@ -39,9 +43,12 @@ _PURPOSE_WORDS = {
 
 @dataclass
 class SpandrelModel:
-    """A loaded spandrel SR model (eval mode, no gradients), the file it came from and where its forward runs."""
+    """A loaded one-pass SR model (eval mode, no gradients), the file it came from and where its forward runs.
 
-    descriptor: spandrel.ImageModelDescriptor
+    `descriptor` is spandrel's image-model descriptor, or rsvl's own for the architectures it builds itself
+    (`compact.CompactDescriptor`: the same attributes and call)."""
+
+    descriptor: Any
     path: Path | None = None
     backend: str | None = None  # one of backends.BACKENDS; None: RSVL_STAGE1_BACKEND, else "auto"
 
@@ -98,13 +105,13 @@ def load_spandrel_stage1(
     path = Path(path)
     state = read_state_dict(path, SPANDREL_EXPECTED) if state is None else state
     descriptor = load_architecture(state, path)
-    if not isinstance(descriptor, spandrel.ModelBase):
+    if isinstance(descriptor, SR3Model):
         raise CheckpointError(path, "is an SR3 generator, not a spandrel model (load it with load_stage1)",
                               SPANDREL_EXPECTED)
     return spandrel_model(descriptor, path, device, dtype)
 
 
-def spandrel_model(descriptor: spandrel.ModelDescriptor, path: Path, device: str | torch.device = "cpu",
+def spandrel_model(descriptor: Any, path: Path, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32) -> SpandrelModel:
     """A loaded spandrel descriptor as stage 1: refused unless RGB -> larger RGB, in a dtype it supports, placed."""
     dtype = torch_dtype(dtype)
@@ -121,10 +128,11 @@ def spandrel_model(descriptor: spandrel.ModelDescriptor, path: Path, device: str
     return SpandrelModel(descriptor=descriptor, path=path)
 
 
-def _check_is_rgb_sr(descriptor: spandrel.ModelDescriptor, path: Path) -> None:
-    """Refuse anything that is not RGB image -> larger RGB image, saying what the file is instead."""
+def _check_is_rgb_sr(descriptor: Any, path: Path) -> None:
+    """Refuse anything that is not RGB image -> larger RGB image, saying what the file is instead (an image model's
+    purpose is SR, FaceSR or Restoration; an image + mask model's is Inpainting)."""
     name = descriptor.architecture.name
-    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose != "SR":
+    if descriptor.purpose != "SR":
         what = _PURPOSE_WORDS.get(descriptor.purpose, f"a {descriptor.purpose} model")
         raise CheckpointError(
             path, f"is a {name} checkpoint for {what}, scale {descriptor.scale}, not single-image super-resolution",
@@ -220,7 +228,7 @@ def upscale_spandrel(
 
 
 def _run_native(
-    descriptor: spandrel.ImageModelDescriptor,
+    descriptor: Any,
     runner: TileRunner,
     lowres: torch.Tensor,
     native: int,

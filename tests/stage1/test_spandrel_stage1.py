@@ -219,15 +219,17 @@ def test_spandrel_refuses_fp16_where_unsupported(files):
 
 def test_spandrel_refuses_bf16_where_unsupported(files, monkeypatch):
     # Only AuraSR (a large GAN) has supports_bfloat16=False in spandrel 0.4.2, too big to build here,
-    # so the flag is switched off on a tiny Compact's descriptor as spandrel hands it over.
-    original = spandrel.ArchRegistry.load  # the stage-1 registry is a copy of spandrel's
+    # so the flag is switched off on a tiny Compact's descriptor as the stage-1 registry builds it.
+    from rsvl_core.stage1 import registry
 
-    def no_bf16(self, state):
-        descriptor = original(self, state)
+    original = registry.load_compact
+
+    def no_bf16(state):
+        descriptor = original(state)
         descriptor.supports_bfloat16 = False
         return descriptor
 
-    monkeypatch.setattr(spandrel.ArchRegistry, "load", no_bf16)
+    monkeypatch.setattr(registry, "load_compact", no_bf16)
     with pytest.raises(ValueError, match=r"RealESRGAN Compact does not support bfloat16"):
         load_spandrel_stage1(files["compact"], dtype=torch.bfloat16)
 

@@ -182,3 +182,85 @@ def test_benchmark_smoke_prints_the_table(tmp_path):
     assert all(row["max_levels"] <= 1 for row in data["cpu"])  # every runner within one level of fp32
     assert runners["rsvl-cli"]["backend"] == ("ncnn" if HAS_NCNN else "torch-channels-last")
     assert "| compact | rsvl-cli |" in (tmp_path / "stage1_models.md").read_text()
+
+
+# rsvl's own Compact (stage1/compact.py): spandrel is not imported for it, and it computes what spandrel's does
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_backend_own_compact_equals_spandrels_bit_for_bit(scale):
+    from spandrel.architectures.Compact import Compact
+
+    from rsvl_core.stage1.compact import compact_layout, load_compact
+
+    state = tiny_compact(scale=scale, num_conv=3)
+    assert compact_layout(state).__dict__ == {"channels": 3, "features": 8, "convs": 3, "scale": scale}
+    ours = load_compact(state)
+    theirs = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=3, upscale=scale)
+    theirs.load_state_dict(state)
+    assert sorted(ours.model.state_dict()) == sorted(theirs.state_dict())
+    assert ours.purpose == ("SR" if scale > 1 else "Restoration") and ours.scale == scale
+    image = _image(19, 23)
+    with torch.inference_mode():
+        want = theirs.eval()(image).clamp(0, 1)
+    assert torch.equal(ours(image), want)
+
+
+def test_backend_compact_detection_takes_exactly_the_layout():
+    from rsvl_core.stage1.compact import compact_layout, is_compact_state
+
+    state = tiny_compact()
+    assert is_compact_state(state)
+    assert not is_compact_state({**state, "extra.weight": torch.zeros(1)})  # another key: not ours to judge
+    assert not is_compact_state({k: v for k, v in state.items() if k != "body.1.weight"})  # no PReLU slopes
+    assert not is_compact_state({**state, "body.2.weight": torch.zeros(8, 8, 5, 5)})  # not 3x3
+    last = max(int(k.split(".")[1]) for k in state)
+    odd = {**state, f"body.{last}.weight": torch.zeros(40, 8, 3, 3), f"body.{last}.bias": torch.zeros(40)}
+    assert compact_layout(odd) is None  # 40 = 3 x 13.3: no integer scale (spandrel's registry decides)
+    assert not is_compact_state(tiny_esrgan())
+
+
+def test_backend_a_compact_run_imports_neither_spandrel_nor_torchvision(tmp_path):
+    # spandrel's registry imports torchvision and with it torch's compiler: about a second of CPU per process
+    from PIL import Image
+
+    model = tmp_path / "compact.pth"
+    torch.save({"params": tiny_compact()}, model)
+    Image.new("RGB", (24, 20), (90, 120, 60)).save(tmp_path / "in.png")
+    code = ("import sys; from rsvl_core.cli import main; "
+            f"code = main(['upscale', {str(tmp_path / 'in.png')!r}, '--stage1-model', {str(model)!r}, '--scale', '4',"
+            f" '--stage1-only', '-o', {str(tmp_path / 'out')!r}]); "
+            "print('loaded', sorted({'spandrel', 'torchvision'} & set(sys.modules))); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loaded []" in result.stdout
+    assert Image.open(tmp_path / "out" / "in_x4.png").size == (96, 80)
+
+
+def test_backend_console_exit_keeps_code_atexit_handlers_and_unflushed_output(tmp_path):
+    # `rsvl` ends with os._exit (no interpreter teardown): what a normal exit does must still happen
+    code = ("import atexit, sys; from rsvl_core.cli import console; "
+            "atexit.register(lambda: print('atexit ran', end='')); "
+            "sys.stdout.write('buffered '); "
+            f"sys.argv = ['rsvl', 'upscale', {str(tmp_path / 'missing.png')!r}, '-o', {str(tmp_path / 'out')!r}]; "
+            "console()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stdout.endswith("buffered atexit ran")
+    assert "missing.png" in result.stderr
+
+
+def test_speed_png_is_written_at_comfyuis_zlib_level_and_lossless(tmp_path):
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    from rsvl_core.kit.image import PNG_COMPRESS_LEVEL, write_array_atomic
+
+    array = np.random.default_rng(0).integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    path = write_array_atomic(array, tmp_path / "x.png")
+    assert np.array_equal(np.asarray(Image.open(path)), array)
+    data = path.read_bytes()
+    idat = data.index(b"IDAT") + 4
+    flevel = data[idat + 1] >> 6  # zlib header: 1 = "fast" (levels 2-5), 2 = default (6)
+    assert PNG_COMPRESS_LEVEL == 4 and flevel == 1
+    assert zlib.decompress(data[idat:data.index(b"IEND") - 8])  # one IDAT chunk: a complete zlib stream
