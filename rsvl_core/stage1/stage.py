@@ -1,7 +1,8 @@
 """Stage-1 models behind one interface (`rsvl_core.stages.Stage1`): SR3, or any SR model spandrel knows.
 
 `load_stage1` reads a weights file once and loads it with one registry load (`registry.load_architecture`:
-SR3 registered beside spandrel's architectures; SDXL / SUPIR / LLaVA files refused by the one family rule).
+SR3 and Real-ESRGAN Compact detected by rsvl, then spandrel's architectures; SDXL / SUPIR / LLaVA files refused
+by the one family rule).
 Add a stage-1 architecture in registry.py; a new kind of stage-1 model (not a spandrel descriptor, not SR3)
 also needs a class here with `kind`, `device`, `modules()` and `upscale()`.
 """
@@ -110,7 +111,7 @@ class SpandrelStage1(_LoadedModel):
 def load_stage1(path: str | Path, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> SR3Stage1 | SpandrelStage1:
     """Load any stage-1 checkpoint with one registry load: SR3, or any architecture spandrel knows."""
-    from .registry import EXPECTED_STAGE1, load_architecture  # imported on use: spandrel's import takes a second
+    from .registry import EXPECTED_STAGE1, load_architecture
     from .spandrel_sr import spandrel_model
 
     path = Path(path)

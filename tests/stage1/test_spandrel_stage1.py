@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-import spandrel
 import torch
 import torch.nn.functional as F
 from rsvl_testing import spandrel_state, tiny_compact, tiny_esrgan
