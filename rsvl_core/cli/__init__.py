@@ -30,21 +30,20 @@ def top_level_parser() -> argparse.ArgumentParser:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; with `command`, that command's parser alone (only its module, and what it needs, loads)."""
+    """The full parser; with `command`, that command's parser alone (only its module, and what it needs, loads).
+    Each command's module here has `add_<command>_parser`."""
     import importlib
 
     parser = argparse.ArgumentParser(prog="rsvl", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, adder) in PARSERS.items():
+    for name in COMMANDS:  # in `rsvl --help` order
         if command is None or name == command:
-            getattr(importlib.import_module(f".{module}", __name__), adder)(sub)
+            module = importlib.import_module(f".{COMMAND_MODULES.get(name, name)}", __name__)
+            getattr(module, f"add_{name}_parser")(sub)
     return parser
 
 
-# command -> (its module in this package, the function that adds its parser), in `rsvl --help` order
-PARSERS = {"upscale": ("upscale", "add_upscale_parser"), "batch": ("batch", "add_batch_parser"),
-           "caption": ("caption", "add_caption_parser"), "weights": ("weights", "add_weights_parser"),
-           "eval": ("evaluate", "add_eval_parser"), "demo": ("demo", "add_demo_parser")}
+COMMAND_MODULES = {"eval": "evaluate"}  # a command whose module in this package is not named after it
 
 
 def dispatch(args: argparse.Namespace) -> int:

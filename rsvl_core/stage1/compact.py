@@ -61,20 +61,17 @@ class CompactLayout:
 
 def compact_layout(state: dict[str, Any]) -> CompactLayout | None:
     """The layout when `state` holds exactly a PReLU Compact network's tensors (any other key: None)."""
-    indices: dict[int, set[str]] = {}
-    for key in state:
-        match = _BODY_KEY.fullmatch(key)
-        if match is None:
-            return None
-        indices.setdefault(int(match.group(1)), set()).add(match.group(2))
-    last = max(indices, default=-1)
-    if last < 2 or last % 2 or sorted(indices) != list(range(last + 1)):
+    matches = [_BODY_KEY.fullmatch(key) for key in state]
+    if not matches or None in matches:
         return None
-    first = state["body.0.weight"]
-    if len(first.shape) != 4 or tuple(first.shape[2:]) != (3, 3):
+    last = max(int(match.group(1)) for match in matches)
+    first, final = state.get("body.0.weight"), state.get(f"body.{last}.weight")
+    if last < 2 or last % 2 or first is None or final is None or len(first.shape) != 4 \
+            or tuple(first.shape[2:]) != (3, 3):
         return None
+    # every key and shape is checked below, against the layout these figures describe
     features, channels = int(first.shape[0]), int(first.shape[1])
-    scale = math.isqrt(int(state[f"body.{last}.weight"].shape[0]) // channels) if channels else 0
+    scale = math.isqrt(int(final.shape[0]) // channels) if channels else 0
     layout = CompactLayout(channels, features, (last - 2) // 2, scale)
     if scale < 1 or _expected_shapes(layout) != {k: tuple(v.shape) for k, v in state.items()}:
         return None
