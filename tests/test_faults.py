@@ -218,7 +218,11 @@ def test_fault_two_concurrent_runs_split_the_work(models_dir, tmp_path):
     out = tmp_path / "out"
     args = _stage1_args(inputs, out, models_dir, 20)
     runs = [_run_cli(args), _run_cli(args)]
-    errs = [_finish(run) for run in runs]
+    try:
+        errs = [_finish(run) for run in runs]
+    finally:  # the first one timing out must not leave the second behind
+        for run in runs:
+            run.kill()
     assert [run.returncode for run in runs] == [0, 0], errs
     written = [int(err.strip().splitlines()[-1].split()[0]) for err in errs]
     assert sum(written) == 8  # each output computed exactly once

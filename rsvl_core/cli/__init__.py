@@ -112,9 +112,13 @@ def console() -> None:
     """The `rsvl` console command: `main`, then the process ends without tearing the interpreter down.
 
     After a run, Python would free every module and object of torch one by one (about 0.4 s of CPU per process, a
-    tenth of a one-image run). Everything a normal exit does that matters is done first: other threads joined,
-    the `atexit` handlers run (logging, temporary files, Ray's shutdown, multiprocessing), standard streams
-    flushed. Then `os._exit` with main's code."""
+    tenth of a one-image run). Startup runs with the garbage collector paused (`end_startup`). Everything a normal
+    exit does that matters is done first: other threads joined, the `atexit` handlers run (logging, temporary
+    files, Ray's shutdown, multiprocessing), standard streams flushed. Then `os._exit` with main's code."""
+    # numpy's OpenBLAS starts a thread per core as it loads, and each spins (~0.05 CPU s on the 2-core developers'
+    # machine) before it first sleeps; rsvl does no BLAS work in numpy, so they sleep at once unless the user says
+    # otherwise. OpenBLAS reads this as numpy loads, which `import rsvl_core.cli` does not do.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     gc.disable()  # until the command's parser is built: `end_startup`
     code = main(collector_paused=True)
     for thread in threading.enumerate():

@@ -8,6 +8,7 @@ Tolerances (values in [0, 1], compared with spandrel's own NCHW float32 call, ti
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zlib
@@ -251,27 +252,34 @@ def test_backend_console_exit_keeps_code_atexit_handlers_and_unflushed_output(tm
 
 def test_speed_console_startup_runs_no_collection_and_freezes_what_it_imported(tmp_path):
     # a full collection walks all of torch's objects: startup (torch and ours imported) runs with the collector
-    # paused, then its objects are frozen and collection resumes for the run
+    # paused, then its objects are frozen and collection resumes for the run; numpy's BLAS threads do not spin
     from PIL import Image
 
     model = tmp_path / "compact.pth"
     torch.save({"params": tiny_compact()}, model)
     Image.new("RGB", (24, 20), (90, 120, 60)).save(tmp_path / "in.png")
-    code = ("import gc, sys; from rsvl_core import cli; seen = []; "
+    code = ("import gc, os, sys; from rsvl_core import cli; seen = []; print('numpy early', 'numpy' in sys.modules); "
             "gc.callbacks.append(lambda phase, info: seen.append(info['generation']) if phase == 'stop' else None); "
             "dispatch = cli.dispatch; "
             "cli.dispatch = lambda args: (print('at dispatch', len(seen), gc.isenabled(), gc.get_freeze_count(), "
-            "'torch' in sys.modules), dispatch(args))[1]; "
+            "'torch' in sys.modules, os.environ.get('OPENBLAS_THREAD_TIMEOUT')), dispatch(args))[1]; "
             f"sys.argv = ['rsvl', 'upscale', {str(tmp_path / 'in.png')!r}, '--stage1-model', {str(model)!r}, "
             f"'--scale', '4', '--stage1-only', '-o', {str(tmp_path / 'out')!r}]; "
             "cli.console()")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "numpy early False" in result.stdout  # OpenBLAS reads its setting as numpy loads: after console's start
     line = next(x for x in result.stdout.splitlines() if x.startswith("at dispatch")).split()
-    collections, enabled, frozen, torch_loaded = int(line[2]), line[3], int(line[4]), line[5]
-    assert (collections, enabled, torch_loaded) == (0, "True", "True")
+    collections, enabled, frozen, torch_loaded, blas_timeout = int(line[2]), line[3], int(line[4]), line[5], line[6]
+    assert (collections, enabled, torch_loaded, blas_timeout) == (0, "True", "True", "4")
     assert frozen > 100_000  # torch's objects, at least
     assert Image.open(tmp_path / "out" / "in_x4.png").size == (96, 80)
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**env, "OPENBLAS_THREAD_TIMEOUT": "12"})  # the user's setting is kept
+    assert mine.returncode == 0, mine.stderr[-2000:]
+    assert next(x for x in mine.stdout.splitlines() if x.startswith("at dispatch")).endswith(" True 12")
     # `main` called in-process (tests, embedding code) leaves the collector as it found it
     direct = ("import gc; from rsvl_core.cli import main; "
               f"code = main(['upscale', {str(tmp_path / 'missing.png')!r}, '-o', {str(tmp_path / 'out2')!r}]); "
