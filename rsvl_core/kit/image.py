@@ -148,7 +148,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
         if image.shape[0] != 1:
             raise ValueError(f"expected one image, got a batch of {image.shape[0]}")
         image = image[0]
-    array = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    array = image.detach().float().clamp(0, 1).mul_(255).round_().to(torch.uint8)  # one float copy, not three
     return array.permute(1, 2, 0).cpu().numpy()
 
 

@@ -193,8 +193,10 @@ def _ncnn_run(descriptor: Any) -> TileFn:
             status, out = extractor.extract(OUTPUT)
             if status != 0:
                 raise RuntimeError(f"ncnn failed on a {image.shape[1]}x{image.shape[2]} tile (status {status})")
-            outs.append(torch.from_numpy(np.array(out)))
-        return torch.stack(outs).clamp_(0.0, 1.0)  # as spandrel's call does, before tiles are blended
+            out = np.array(out)  # ncnn's Mat belongs to the extractor
+            outs.append(np.clip(out, 0.0, 1.0, out=out))  # as spandrel's call does, before tiles are blended
+        # numpy's clip and no stacking copy for the usual single tile: no torch thread pool for a memory-bound op
+        return torch.from_numpy(outs[0]).unsqueeze(0) if len(outs) == 1 else torch.from_numpy(np.stack(outs))
 
     return run
 

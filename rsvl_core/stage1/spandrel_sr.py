@@ -198,20 +198,21 @@ def upscale_spandrel(
     height, width = image.shape[-2:]
     runner = model.runner()
 
-    # 2. the network at its native scale, tile by tile
-    with torch.inference_mode():
+    # 2. the network at its native scale, tile by tile; under no_grad rather than inference mode, so that the
+    # caller gets an ordinary tensor that later in-place operations may modify (an inference tensor would refuse
+    # them) without a copy of the whole output where the runtime gave one (ncnn, or tiles blended here)
+    with torch.no_grad():
         lowres = image.to(device=model.device, dtype=model.dtype)
         native_out, tiles, fit = _run_native(model.descriptor, runner, lowres, native, options, callback)
 
-    # 3. to the requested scale; outside inference mode, so the caller gets an ordinary tensor that
-    # later in-place operations may modify (an inference tensor would refuse them)
-    resampled = native != scale
-    with torch.no_grad():
+        # 3. to the requested scale
+        resampled = native != scale
         if resampled:
             out = F.interpolate(native_out, size=(height * scale, width * scale), mode="bicubic",
                                 align_corners=False, antialias=True)
-        else:
-            out = native_out.clone()
+        else:  # spandrel's call runs in inference mode: one tile from it is copied out
+            out = native_out.clone() if native_out.is_inference() and not torch.is_inference_mode_enabled() \
+                else native_out
         del native_out
         out.clamp_(0.0, 1.0)
     info = {

@@ -67,6 +67,28 @@ def test_channels_last_torch_equals_nchw(files, options):
     assert (got - want).abs().max().item() < CHANNELS_LAST_TOL
 
 
+@pytest.mark.parametrize("backend", ["torch", "ncnn"])
+@pytest.mark.parametrize("scale", [4, 2])
+@pytest.mark.parametrize("options", [TILED, SpandrelOptions(tile_size=0)], ids=["tiled", "whole"])
+def test_backend_output_is_an_ordinary_tensor_of_its_own(files, backend, scale, options):
+    # the caller may modify the result in place: not an inference tensor (spandrel's call makes those), and no
+    # memory shared with the input; made without a copy of the whole output where the runtime gave a fresh one
+    if backend == "ncnn" and not HAS_NCNN:
+        pytest.skip("ncnn is not installed (optional extra rsvl[ncnn])")
+    image = _image()
+    model = load_spandrel_stage1(files["compact-prelu"])
+    model.backend = backend
+    out, info = upscale_spandrel(model, image, scale, options)
+    assert info["backend"] == ("ncnn" if backend == "ncnn" else "torch-channels-last")
+    assert out.shape == (1, 3, 40 * scale, 52 * scale) and not out.is_inference()
+    before = image.clone()
+    out.mul_(0.5)  # refused for an inference tensor
+    assert torch.equal(image, before)
+    with torch.inference_mode():  # a host that runs nodes in inference mode gets its own kind of tensor
+        inside, _ = upscale_spandrel(model, image, scale, options)
+    torch.testing.assert_close(inside * 0.5, out, atol=0, rtol=0)
+
+
 @pytest.mark.skipif(not HAS_NCNN, reason="ncnn is not installed (optional extra rsvl[ncnn])")
 @pytest.mark.parametrize("options", [TILED, SpandrelOptions(tile_size=0)], ids=["tiled", "whole"])
 def test_ncnn_equals_torch_within_one_level(files, options):
