@@ -210,9 +210,9 @@ def upscale_spandrel(
         if resampled:
             out = F.interpolate(native_out, size=(height * scale, width * scale), mode="bicubic",
                                 align_corners=False, antialias=True)
-        else:  # spandrel's call runs in inference mode: one tile from it is copied out
-            out = native_out.clone() if native_out.is_inference() and not torch.is_inference_mode_enabled() \
-                else native_out
+        else:  # spandrel's call makes inference tensors: a single tile from it is copied out of inference mode
+            copy = native_out.is_inference() and not torch.is_inference_mode_enabled()
+            out = native_out.clone() if copy else native_out
         del native_out
         out.clamp_(0.0, 1.0)
     info = {
